@@ -1,0 +1,108 @@
+/**
+ * The agent's configuration file contract. Keys are snake_case as written in JSON; every key is
+ * documented in configs/agent.example.json. Secrets decode straight into `Redacted` and carry a
+ * message override so a value that fails to decode is never echoed in the error.
+ */
+import { Schema } from "effect"
+import { NodeName } from "./ids.js"
+
+/** ParseError text prints the offending input; the override keeps a mistyped secret out of it. */
+export const Secret = Schema.Redacted(
+  Schema.String.pipe(
+    Schema.minLength(1),
+    Schema.annotations({
+      message: () => ({ message: "expected a non-empty string (value hidden)", override: true })
+    })
+  )
+).annotations({
+  message: () => ({ message: "expected a non-empty string (value hidden)", override: true })
+})
+
+const AbsolutePath = Schema.String.pipe(
+  Schema.filter((s) => s.startsWith("/") || "expected an absolute path (starting with '/')")
+)
+
+const HttpsUrl = Schema.String.pipe(
+  Schema.filter((s) => {
+    try {
+      const u = new URL(s)
+      return (u.protocol === "https:" && u.username === "" && u.password === "") ||
+        "expected an https:// URL without credentials in it"
+    } catch {
+      return "expected an https:// URL"
+    }
+  })
+)
+
+export const Fingerprint256 = Schema.String.pipe(
+  Schema.pattern(/^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$/, {
+    message: () => "expected a SHA-256 fingerprint: 32 hex pairs joined by ':' (as in PVE's ssl_fingerprint)"
+  })
+)
+
+export const PveTokenId = Schema.String.pipe(
+  Schema.pattern(/^[^\s@!:=]+@[A-Za-z][A-Za-z0-9._-]*![A-Za-z][A-Za-z0-9._-]*$/, {
+    message: () => "expected a PVE API token id 'user@realm!tokenname'"
+  })
+)
+
+export class TlsTrust extends Schema.Class<TlsTrust>("TlsTrust")({
+  /** Full chain verification against this CA bundle (PEM). */
+  ca_file: Schema.optional(AbsolutePath),
+  /** Exact match of the leaf certificate's SHA-256 fingerprint. */
+  fingerprint_sha256: Schema.optional(Fingerprint256),
+  /** No verification at all; refused unless the endpoint is loopback. */
+  insecure_skip_verify: Schema.optionalWith(Schema.Boolean, { default: () => false })
+}) {}
+
+export class ProxmoxConfig extends Schema.Class<ProxmoxConfig>("ProxmoxConfig")({
+  url: HttpsUrl,
+  token_id: PveTokenId,
+  token_secret: Secret,
+  /** The node this agent manages; when absent, the only node of the cluster is used. */
+  node: Schema.optional(NodeName),
+  tls: TlsTrust,
+  request_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 600)), { default: () => 30 }),
+  task_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(10, 86_400)), { default: () => 3600 })
+}) {}
+
+export const PrivilegedCommand = Schema.Literal(
+  "pct",
+  "vzdump",
+  "systemd-mount",
+  "systemd-umount",
+  "smartctl",
+  "sensors"
+)
+export type PrivilegedCommand = typeof PrivilegedCommand.Type
+
+export class PrivilegedConfig extends Schema.Class<PrivilegedConfig>("PrivilegedConfig")({
+  /** `sudo`: non-root service user + sudoers allowlist (production). `direct`: already root. */
+  mode: Schema.optionalWith(Schema.Literal("sudo", "direct"), { default: () => "sudo" as const }),
+  sudo_path: Schema.optionalWith(AbsolutePath, { default: () => "/usr/bin/sudo" }),
+  /** Absolute paths of the allowlisted binaries; must match configs/sudoers/felhom-agent. */
+  commands: Schema.optionalWith(Schema.partial(Schema.Record({ key: PrivilegedCommand, value: AbsolutePath })), {
+    default: () => ({})
+  }),
+  timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 86_400)), { default: () => 600 })
+}) {}
+
+export class HubConfig extends Schema.Class<HubConfig>("HubConfig")({
+  url: HttpsUrl,
+  api_key: Secret,
+  ca_file: Schema.optional(AbsolutePath)
+}) {}
+
+export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")({
+  host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
+  state_dir: Schema.optionalWith(AbsolutePath, { default: () => "/var/lib/felhom-agent" }),
+  proxmox: Schema.optional(ProxmoxConfig),
+  privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
+  hub: Schema.optional(HubConfig)
+}, {
+  // Unknown keys are typos more often than not; reject them by name.
+  parseOptions: { onExcessProperty: "error" }
+}) {}
+
+/** What the running subcommand needs; validation checks exactly that and names what is missing. */
+export type ConfigMode = "selftest" | "privileged" | "daemon" | "none"
