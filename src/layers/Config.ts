@@ -75,14 +75,22 @@ const envOverlay = Effect.forEach(OVERLAY, ([path, kind]) =>
     Effect.mapError((e) => new ConfigError({ key: "environment", message: `could not read ${ENV_PREFIX}* variables: ${e._tag}` }))
   )
 
+/**
+ * Messages say what was expected, never what was found: Schema's default text appends
+ * `actual <input>`, and for an optional block (a union with undefined) that input is the whole
+ * block, secrets included. So the `actual` part is cut from every issue, and the union's
+ * "Expected undefined" noise is dropped when a deeper issue explains the same block.
+ */
 const formatParseError = (e: ParseResult.ParseError): ConfigError => {
-  const issues = ParseResult.ArrayFormatter.formatErrorSync(e)
-  const first = issues[0]
-  const key = first === undefined || first.path.length === 0 ? "(root)" : first.path.map(String).join(".")
-  const message = issues
-    .map((i) => `${i.path.length === 0 ? "(root)" : i.path.map(String).join(".")}: ${i.message}`)
-    .join("; ")
-  return new ConfigError({ key, message })
+  const all = ParseResult.ArrayFormatter.formatErrorSync(e).map((i) => ({
+    path: i.path.length === 0 ? "(root)" : i.path.map(String).join("."),
+    message: i.message.replace(/,?\s*actual[\s\S]*$/, "").trim()
+  }))
+  const issues = all.filter((i) =>
+    !(i.message === "Expected undefined" && all.some((j) => j !== i && j.path.startsWith(`${i.path}.`)))
+  )
+  const key = issues[0]?.path ?? "(root)"
+  return new ConfigError({ key, message: issues.map((i) => `${i.path}: ${i.message}`).join("; ") })
 }
 
 export const decodeConfigObject = (raw: unknown): Either.Either<AgentConfigFile, ConfigError> =>

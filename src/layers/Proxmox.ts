@@ -1,0 +1,450 @@
+/**
+ * Proxmox: the typed PVE REST client (SPEC §2). It never shells out: its layer requires only an
+ * HttpClient and AgentConfig, and every method is `R = never` (checked in test/fence.test.ts).
+ *
+ * Every mutating call returns what PVE returns (a UPID, or nothing for synchronous PUT config);
+ * `waitTask` is the only way to learn whether the work happened. Writes are never retried here:
+ * a 596 does not mean the change did not land, so callers read back first (SPEC §17).
+ */
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import type { HttpClientResponse } from "@effect/platform"
+import { Context, Duration, Effect, Layer, Option, ParseResult, Redacted, Schedule, Schema } from "effect"
+import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
+import { NodeName as NodeNameSchema, type Upid, upidParts } from "../schema/ids.js"
+import type { MissingPermission, ProxmoxError, WaitError } from "../schema/proxmox.js"
+import {
+  Envelope,
+  ErrorBody,
+  GuestConfig,
+  GuestStatus,
+  GuestSummary,
+  NextIdResponse,
+  NodeEntry,
+  NodeStatus,
+  NodeStorageEntry,
+  PveApiError,
+  PveDecodeError,
+  PveLocked,
+  PveTaskFailed,
+  PveTaskTimeout,
+  PveTransportError,
+  PveVersion,
+  SnapshotEntry,
+  StorageConfigEntry,
+  StorageContentEntry,
+  TaskLogPage,
+  TaskStatus,
+  UpidOrNull,
+  UpidOrOk,
+  UpidResponse
+} from "../schema/proxmox.js"
+import { AgentConfig } from "./Config.js"
+import { REASON_HEADER } from "./PveTransport.js"
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+
+/** Form values; booleans become 1/0 in exactly one place (PVE rejects true/false in forms). */
+export type Param = string | number | boolean | undefined
+export type Params = Readonly<Record<string, Param>>
+
+export const encodeParams = (params: Params): Array<[string, string]> =>
+  Object.entries(params).flatMap(([k, v]) =>
+    v === undefined ? [] : [[k, typeof v === "boolean" ? (v ? "1" : "0") : String(v)] as [string, string]]
+  )
+
+export interface RestoreOptions {
+  readonly vmid: VmId
+  /** The backup volume to restore from (golden archive or a customer backup). */
+  readonly archive: VolumeId
+  /** Target storage for the guest's volumes. */
+  readonly storage: StorageId
+  /** Overwrite an existing stopped guest: destroys its volumes first. Destructive. */
+  readonly force?: boolean
+  /** Fresh MACs for every netN in the backup. */
+  readonly unique?: boolean
+  readonly hostname?: string
+  readonly cores?: number
+  readonly memoryMiB?: number
+  readonly swapMiB?: number
+  readonly start?: boolean
+}
+
+export interface VzdumpOptions {
+  readonly vmid: VmId
+  readonly storage: StorageId
+  readonly mode?: "snapshot" | "suspend" | "stop"
+  readonly compress?: "zstd" | "gzip" | "lzo" | "0"
+  readonly notesTemplate?: string
+  readonly protected?: boolean
+}
+
+export interface ConfigChange {
+  /** Keys to set, e.g. { cores: 2, memory: 2048, description: "..." }. */
+  readonly set: Params
+  /** Keys to remove. */
+  readonly delete?: ReadonlyArray<string>
+  /** Refuse if the config changed since this digest was read. */
+  readonly digest?: string
+}
+
+export interface WaitOptions {
+  /** Give up waiting (not the task) after this long; default proxmox.task_timeout_seconds. */
+  readonly timeout?: Duration.DurationInput
+  /** Treat `WARNINGS: n` as success. Off by default: only `OK` is success. */
+  readonly acceptWarnings?: boolean
+}
+
+export interface ProxmoxShape {
+  /** The node this agent manages (config, or the cluster's only node). */
+  readonly node: Effect.Effect<NodeName, ProxmoxError>
+  readonly version: Effect.Effect<PveVersion, ProxmoxError>
+  readonly nodes: Effect.Effect<ReadonlyArray<NodeEntry>, ProxmoxError>
+  readonly nodeStatus: Effect.Effect<NodeStatus, ProxmoxError>
+  readonly listGuests: Effect.Effect<ReadonlyArray<GuestSummary>, ProxmoxError>
+  readonly guestStatus: (vmid: VmId) => Effect.Effect<GuestStatus, ProxmoxError>
+  readonly guestConfig: (vmid: VmId, opts?: { readonly snapshot?: SnapshotName }) => Effect.Effect<GuestConfig, ProxmoxError>
+  readonly listSnapshots: (vmid: VmId) => Effect.Effect<ReadonlyArray<SnapshotEntry>, ProxmoxError>
+  readonly storageList: Effect.Effect<ReadonlyArray<StorageConfigEntry>, ProxmoxError>
+  readonly nodeStorage: Effect.Effect<ReadonlyArray<NodeStorageEntry>, ProxmoxError>
+  readonly storageContent: (
+    storage: StorageId,
+    opts?: { readonly content?: string; readonly vmid?: VmId }
+  ) => Effect.Effect<ReadonlyArray<StorageContentEntry>, ProxmoxError>
+  /** A free vmid (nothing is reserved: creators race and retry). With `vmid`, asks if that one is free. */
+  readonly nextId: (vmid?: VmId) => Effect.Effect<VmId, ProxmoxError>
+  readonly taskStatus: (upid: Upid) => Effect.Effect<TaskStatus, ProxmoxError>
+  readonly taskLog: (
+    upid: Upid,
+    opts?: { readonly start?: number; readonly limit?: number }
+  ) => Effect.Effect<{ readonly lines: ReadonlyArray<string>; readonly total: number }, ProxmoxError>
+  /** The last `n` log lines of a task. */
+  readonly taskLogTail: (upid: Upid, n?: number) => Effect.Effect<ReadonlyArray<string>, ProxmoxError>
+
+  readonly restore: (opts: RestoreOptions) => Effect.Effect<Upid, ProxmoxError>
+  /** None when PVE answers "OK": the guest is not on this node, nothing was started. */
+  readonly vzdump: (opts: VzdumpOptions) => Effect.Effect<Option.Option<Upid>, ProxmoxError>
+  readonly snapshot: (vmid: VmId, name: SnapshotName, description?: string) => Effect.Effect<Upid, ProxmoxError>
+  readonly rollback: (vmid: VmId, name: SnapshotName, opts?: { readonly start?: boolean }) => Effect.Effect<Upid, ProxmoxError>
+  readonly deleteSnapshot: (vmid: VmId, name: SnapshotName, opts?: { readonly force?: boolean }) => Effect.Effect<Upid, ProxmoxError>
+  /** Dual mode: Some(upid) → wait for it; None → applied synchronously. */
+  readonly setConfig: (vmid: VmId, change: ConfigChange) => Effect.Effect<Option.Option<Upid>, ProxmoxError>
+  /** `size` as PVE takes it: "+2G" grows by, "16G" sets absolute. */
+  readonly resize: (vmid: VmId, disk: string, size: string, digest?: string) => Effect.Effect<Upid, ProxmoxError>
+  readonly start: (vmid: VmId) => Effect.Effect<Upid, ProxmoxError>
+  readonly stop: (vmid: VmId) => Effect.Effect<Upid, ProxmoxError>
+  readonly shutdown: (
+    vmid: VmId,
+    opts?: { readonly timeoutSeconds?: number; readonly forceStop?: boolean }
+  ) => Effect.Effect<Upid, ProxmoxError>
+  readonly destroy: (vmid: VmId, opts?: { readonly purge?: boolean; readonly force?: boolean }) => Effect.Effect<Upid, ProxmoxError>
+
+  /** Polls until the task stops; succeeds only on exitstatus "OK". */
+  readonly waitTask: (upid: Upid, opts?: WaitOptions) => Effect.Effect<TaskStatus, WaitError>
+}
+
+export class Proxmox extends Context.Tag("felhom/Proxmox")<Proxmox, ProxmoxShape>() {}
+
+// ---------------------------------------------------------------------------------------------
+// Error classification (one place: PVE has no 404 and signals most failures by message text)
+
+const PERMISSION_RE = /Permission check failed \(([^,()]+), ([^()]+)\)/
+const LOCK_RE = /(?:CT|VM) is locked \(([a-z-]+)\)/
+const FLOCK_RE = /can't lock file '[^']*' - got timeout/
+
+export const parsePermission = (text: string): MissingPermission | undefined => {
+  const m = PERMISSION_RE.exec(text)
+  if (m === null) return undefined
+  return { aclPath: m[1]!.trim(), privileges: m[2]!.split("|").map((p) => p.trim()).filter((p) => p.length > 0) }
+}
+
+const classify = (status: number, message: string): PveApiError["kind"] => {
+  if (status === 401) return "auth"
+  if (status === 403) return "permission"
+  if (status === 400) return "validation"
+  if (status === 501) return "not_implemented"
+  if (status === 595 || status === 596) return "proxy"
+  if (/does not exist/.test(message)) return "not_found"
+  if (/already exists|already running|not running|already used|detected modified configuration|can't overwrite running/.test(message)) {
+    return "conflict"
+  }
+  return "server"
+}
+
+/** Bounded, single-line excerpts of server text for error messages. */
+const excerpt = (s: string, max = 300) => {
+  const one = s.replace(/\s+/g, " ").trim()
+  return one.length > max ? `${one.slice(0, max)}…` : one
+}
+
+export const POLL_INITIAL = Duration.seconds(1)
+export const POLL_CAP = Duration.seconds(5)
+/** 1 s growing ×2 to a 5 s cap: 1, 2, 4, 5, 5, ... */
+export const pollSchedule = Schedule.exponential(POLL_INITIAL).pipe(Schedule.union(Schedule.spaced(POLL_CAP)))
+
+const isTransientRead = (e: ProxmoxError) =>
+  e._tag === "PveTransportError" || (e._tag === "PveApiError" && (e.kind === "proxy" || (e.kind === "server" && e.status >= 500)))
+
+/** Reads retry transient failures a few times; writes never do (see the module comment). */
+const readRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
+
+// ---------------------------------------------------------------------------------------------
+
+export const make = Effect.gen(function*() {
+  const { file } = yield* AgentConfig
+  const http = yield* HttpClient.HttpClient
+  if (file.proxmox === undefined) {
+    return yield* Effect.dieMessage("Proxmox layer built without a proxmox config block (validated at load)")
+  }
+  const pve = file.proxmox
+  const base = `${pve.url.replace(/\/+$/, "")}/api2/json`
+  const requestTimeout = Duration.seconds(pve.request_timeout_seconds)
+  const taskTimeout = Duration.seconds(pve.task_timeout_seconds)
+
+  const authorize = (req: HttpClientRequest.HttpClientRequest) =>
+    req.pipe(
+      HttpClientRequest.setHeader("Authorization", `PVEAPIToken=${pve.token_id}=${Redacted.value(pve.token_secret)}`),
+      HttpClientRequest.acceptJson
+    )
+
+  const errorFrom = (method: string, path: string, res: HttpClientResponse.HttpClientResponse, text: string): ProxmoxError => {
+    const body = Schema.decodeUnknownOption(Schema.parseJson(ErrorBody))(text)
+    const reason = res.headers[REASON_HEADER] ?? ""
+    const fromBody = Option.flatMap(body, (b) => Option.fromNullable(b.message))
+    const raw = Option.getOrElse(fromBody, () => reason).trim()
+    const message = excerpt(raw.length > 0 ? raw : `HTTP ${res.status}`)
+    const lock = LOCK_RE.exec(raw)
+    if (lock !== null) return new PveLocked({ method, path, lock: lock[1]!, message })
+    if (FLOCK_RE.test(raw)) return new PveLocked({ method, path, lock: "flock", message })
+    const permission = res.status === 403 ? parsePermission(raw) : undefined
+    const paramErrors = Option.getOrUndefined(Option.flatMap(body, (b) => Option.fromNullable(b.errors)))
+    const detail = paramErrors === undefined
+      ? message
+      : `${message} ${Object.entries(paramErrors).map(([k, v]) => `${k}: ${excerpt(v, 120)}`).join("; ")}`
+    return new PveApiError({
+      method,
+      path,
+      status: res.status,
+      kind: classify(res.status, raw),
+      message: detail,
+      ...(permission === undefined ? {} : { permission }),
+      ...(paramErrors === undefined ? {} : { paramErrors })
+    })
+  }
+
+  const request = <A, I>(
+    method: "GET" | "POST" | "PUT" | "DELETE",
+    path: string,
+    schema: Schema.Schema<A, I>,
+    params: Params = {}
+  ): Effect.Effect<A, ProxmoxError> => {
+    const url = base + path
+    const encoded = encodeParams(params)
+    const req = authorize(
+      method === "GET" || method === "DELETE"
+        ? HttpClientRequest.make(method)(url).pipe(HttpClientRequest.setUrlParams(encoded))
+        : HttpClientRequest.make(method)(url).pipe(HttpClientRequest.bodyUrlParams(encoded))
+    )
+    const transport = (message: string) => new PveTransportError({ method, path, message })
+    const once = http.execute(req).pipe(
+      Effect.flatMap((res) => Effect.map(res.text, (text) => [res, text] as const)),
+      Effect.timeoutFail({ duration: requestTimeout, onTimeout: () => transport(`no answer within ${Duration.format(requestTimeout)}`) }),
+      Effect.catchTags({
+        RequestError: (e) => Effect.fail(transport(describeCause(e.cause, e.message))),
+        ResponseError: (e) => Effect.fail(transport(describeCause(e.cause, e.message)))
+      }),
+      Effect.flatMap(([res, text]): Effect.Effect<A, ProxmoxError> => {
+        if (res.status !== 200) return Effect.fail(errorFrom(method, path, res, text))
+        return Schema.decodeUnknown(Schema.parseJson(schema))(text).pipe(
+          Effect.mapError((e) =>
+            new PveDecodeError({ method, path, message: excerpt(ParseResult.TreeFormatter.formatErrorSync(e), 600) })
+          )
+        )
+      })
+    )
+    return method === "GET" ? once.pipe(Effect.retry({ schedule: readRetry, while: isTransientRead })) : once
+  }
+
+  const get = <A, I>(path: string, schema: Schema.Schema<A, I>, params?: Params) =>
+    Effect.map(request("GET", path, Envelope(schema), params), (e) => e.data)
+
+  const pathNode = yield* Effect.cached(
+    pve.node !== undefined
+      ? Effect.succeed(pve.node)
+      : get("/nodes", Schema.Array(NodeEntry)).pipe(
+        Effect.flatMap((nodes) =>
+          nodes.length === 1 && Schema.is(NodeNameSchema)(nodes[0]!.node)
+            ? Effect.succeed(nodes[0]!.node)
+            : Effect.fail(new PveApiError({
+              method: "GET",
+              path: "/nodes",
+              status: 200,
+              kind: "validation",
+              message: `cluster has ${nodes.length} nodes (${nodes.map((n) => n.node).join(", ")}); set proxmox.node`
+            }))
+        )
+      )
+  )
+  const onNode = <A>(f: (node: NodeName) => Effect.Effect<A, ProxmoxError>) => Effect.flatMap(pathNode, f)
+  const ct = (node: string, vmid: VmId) => `/nodes/${node}/lxc/${vmid}`
+  const post = (path: string, params?: Params) => Effect.map(request("POST", path, UpidResponse, params), (e) => e.data)
+
+  const taskPath = (upid: Upid) => `/nodes/${upidParts(upid).node}/tasks/${encodeURIComponent(upid)}`
+
+  const taskStatus = (upid: Upid) => get(`${taskPath(upid)}/status`, TaskStatus)
+
+  const taskLog = (upid: Upid, opts: { readonly start?: number; readonly limit?: number } = {}) =>
+    request("GET", `${taskPath(upid)}/log`, TaskLogPage, { start: opts.start ?? 0, limit: opts.limit ?? 50 }).pipe(
+      Effect.map((page) => ({ lines: page.data.map((l) => l.t), total: page.total ?? page.data.length }))
+    )
+
+  const taskLogTail = (upid: Upid, n = 20) =>
+    Effect.flatMap(taskLog(upid, { start: 0, limit: 1 }), ({ total }) =>
+      Effect.map(taskLog(upid, { start: Math.max(0, total - n), limit: n }), (p) => p.lines))
+
+  const waitTask = (upid: Upid, opts: WaitOptions = {}): Effect.Effect<TaskStatus, WaitError> => {
+    const limit = opts.timeout === undefined ? taskTimeout : Duration.decode(opts.timeout)
+    const whileRunning = pollSchedule.pipe(
+      Schedule.whileInput((s: TaskStatus) => s.status === "running"),
+      Schedule.passthrough
+    )
+    return taskStatus(upid).pipe(
+      Effect.repeat(whileRunning),
+      Effect.timeoutFail({
+        duration: limit,
+        onTimeout: () =>
+          new PveTaskTimeout({
+            upid,
+            afterSeconds: Duration.toSeconds(limit),
+            message: `task ${upid} still running after ${Duration.format(limit)}; it was not stopped, keep tracking it`
+          })
+      }),
+      Effect.flatMap((last): Effect.Effect<TaskStatus, WaitError> => {
+        const exit = last.exitstatus ?? "(no exitstatus)"
+        if (last.status === "stopped" && (exit === "OK" || (opts.acceptWarnings === true && /^WARNINGS: \d+$/.test(exit)))) {
+          return Effect.succeed(last)
+        }
+        return taskLogTail(upid).pipe(
+          Effect.orElseSucceed((): ReadonlyArray<string> => []),
+          Effect.flatMap((logTail) => {
+            const permission = parsePermission(exit) ?? logTail.map(parsePermission).find((p) => p !== undefined)
+            return Effect.fail(new PveTaskFailed({
+              upid,
+              exitstatus: exit,
+              logTail,
+              message: `task ${last.type ?? upidParts(upid).type} (${upid}) failed: ${excerpt(exit)}${
+                permission === undefined ? "" : ` [missing ${permission.privileges.join("|")} on ${permission.aclPath}]`
+              }`,
+              ...(permission === undefined ? {} : { permission })
+            }))
+          })
+        )
+      })
+    )
+  }
+
+  const shape: ProxmoxShape = {
+    node: pathNode,
+    version: get("/version", PveVersion),
+    nodes: get("/nodes", Schema.Array(NodeEntry)),
+    nodeStatus: onNode((n) => get(`/nodes/${n}/status`, NodeStatus)),
+    listGuests: onNode((n) => get(`/nodes/${n}/lxc`, Schema.Array(GuestSummary))),
+    guestStatus: (vmid) => onNode((n) => get(`${ct(n, vmid)}/status/current`, GuestStatus)),
+    guestConfig: (vmid, opts = {}) => onNode((n) => get(`${ct(n, vmid)}/config`, GuestConfig, { snapshot: opts.snapshot })),
+    listSnapshots: (vmid) => onNode((n) => get(`${ct(n, vmid)}/snapshot`, Schema.Array(SnapshotEntry))),
+    storageList: get("/storage", Schema.Array(StorageConfigEntry)),
+    nodeStorage: onNode((n) => get(`/nodes/${n}/storage`, Schema.Array(NodeStorageEntry))),
+    storageContent: (storage, opts = {}) =>
+      onNode((n) =>
+        get(`/nodes/${n}/storage/${storage}/content`, Schema.Array(StorageContentEntry), {
+          content: opts.content,
+          vmid: opts.vmid
+        })
+      ),
+    nextId: (vmid) => Effect.map(request("GET", "/cluster/nextid", NextIdResponse, { vmid }), (e) => e.data),
+    taskStatus,
+    taskLog,
+    taskLogTail,
+
+    restore: (o) =>
+      onNode((n) =>
+        post(`/nodes/${n}/lxc`, {
+          vmid: o.vmid,
+          ostemplate: o.archive,
+          restore: true,
+          storage: o.storage,
+          force: o.force,
+          unique: o.unique,
+          hostname: o.hostname,
+          cores: o.cores,
+          memory: o.memoryMiB,
+          swap: o.swapMiB,
+          start: o.start
+        })
+      ),
+    vzdump: (o) =>
+      onNode((n) =>
+        request("POST", `/nodes/${n}/vzdump`, UpidOrOk, {
+          vmid: o.vmid,
+          storage: o.storage,
+          mode: o.mode ?? "snapshot",
+          compress: o.compress ?? "zstd",
+          "notes-template": o.notesTemplate,
+          protected: o.protected
+        }).pipe(Effect.map((e) => (e.data === "OK" ? Option.none() : Option.some(e.data))))
+      ),
+    snapshot: (vmid, name, description) =>
+      onNode((n) => post(`${ct(n, vmid)}/snapshot`, { snapname: name, description })),
+    rollback: (vmid, name, opts = {}) =>
+      onNode((n) => post(`${ct(n, vmid)}/snapshot/${name}/rollback`, { start: opts.start })),
+    deleteSnapshot: (vmid, name, opts = {}) =>
+      onNode((n) =>
+        Effect.map(request("DELETE", `${ct(n, vmid)}/snapshot/${name}`, UpidResponse, { force: opts.force }), (e) => e.data)
+      ),
+    setConfig: (vmid, change) =>
+      onNode((n) =>
+        request("PUT", `${ct(n, vmid)}/config`, UpidOrNull, {
+          ...change.set,
+          delete: change.delete === undefined || change.delete.length === 0 ? undefined : change.delete.join(","),
+          digest: change.digest
+        }).pipe(Effect.map((e) => Option.fromNullable(e.data)))
+      ),
+    resize: (vmid, disk, size, digest) =>
+      onNode((n) =>
+        Effect.map(request("PUT", `${ct(n, vmid)}/resize`, UpidResponse, { disk, size, digest }), (e) => e.data)
+      ),
+    start: (vmid) => onNode((n) => post(`${ct(n, vmid)}/status/start`)),
+    stop: (vmid) => onNode((n) => post(`${ct(n, vmid)}/status/stop`)),
+    shutdown: (vmid, opts = {}) =>
+      onNode((n) => post(`${ct(n, vmid)}/status/shutdown`, { timeout: opts.timeoutSeconds, forceStop: opts.forceStop })),
+    destroy: (vmid, opts = {}) =>
+      onNode((n) =>
+        Effect.map(request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force }), (e) => e.data)
+      ),
+    waitTask
+  }
+  return shape
+})
+
+/** Walks an error's cause chain for the most specific message (undici wraps connector errors). */
+const describeCause = (cause: unknown, fallback: string): string => {
+  const seen: Array<string> = []
+  let c: unknown = cause
+  for (let i = 0; i < 5 && c !== undefined && c !== null; i++) {
+    if (c instanceof Error) {
+      seen.push(c.message)
+      c = (c as { cause?: unknown }).cause
+    } else {
+      seen.push(String(c))
+      break
+    }
+  }
+  const best = seen.filter((m) => m.length > 0).pop()
+  return excerpt(best ?? fallback)
+}
+
+/** Proxmox over whatever HttpClient is provided (real undici in production, in-process sim in tests). */
+export const ProxmoxWithoutClient = Layer.effect(Proxmox, make).pipe(
+  Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>()
+)
+

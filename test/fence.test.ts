@@ -1,0 +1,110 @@
+/**
+ * The fence (SPEC §1) as types: Proxmox never requires a CommandExecutor, Privileged never an
+ * HttpClient. The @ts-expect-error lines fail `tsc` if the allow-lists ever stop rejecting.
+ * The second half runs the import-boundary script over broken trees to prove it catches leaks.
+ */
+import { CommandExecutor, HttpClient } from "@effect/platform"
+import { describe, expect, expectTypeOf, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { spawnSync } from "node:child_process"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { AgentConfig } from "../src/layers/Config.js"
+import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.js"
+import { Privileged } from "../src/layers/Privileged.js"
+import { Proxmox, type ProxmoxShape, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
+
+type RIn<L> = L extends Layer.Layer<infer _A, infer _E, infer R> ? R : never
+type MethodR<S> = {
+  [K in keyof S]: S[K] extends (...args: ReadonlyArray<never>) => Effect.Effect<infer _A, infer _E, infer R> ? R
+    : S[K] extends Effect.Effect<infer _A, infer _E, infer R> ? R
+    : never
+}[keyof S]
+
+describe("the fence (types)", () => {
+  it("Proxmox's layer requires only HttpClient and AgentConfig, never a CommandExecutor", () => {
+    expectTypeOf<Extract<RIn<typeof ProxmoxWithoutClient>, CommandExecutor.CommandExecutor>>().toBeNever()
+    expectTypeOf<RIn<typeof ProxmoxWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | AgentConfig>()
+    expectTypeOf<MethodR<ProxmoxShape>>().toBeNever()
+  })
+
+  it("Privileged's layer requires only CommandExecutor and AgentConfig, never an HttpClient", () => {
+    expectTypeOf<Extract<RIn<typeof PrivilegedLive>, HttpClient.HttpClient>>().toBeNever()
+    expectTypeOf<MethodR<PrivilegedShape>>().toBeNever()
+  })
+
+  it("a Proxmox layer that shells out does not compile", () => {
+    const shellsOut = Layer.effect(Proxmox, Effect.as(CommandExecutor.CommandExecutor, {} as ProxmoxShape))
+    // @ts-expect-error CommandExecutor is outside Proxmox's allow-list
+    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>())
+    expect(fenced).toBeDefined()
+  })
+
+  it("a Privileged layer that does HTTP does not compile", () => {
+    const doesHttp = Layer.effect(Privileged, Effect.as(HttpClient.HttpClient, {} as PrivilegedShape))
+    // @ts-expect-error HttpClient is outside Privileged's allow-list
+    const fenced = doesHttp.pipe(Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>())
+    expect(fenced).toBeDefined()
+  })
+})
+
+describe("the fence (import boundaries)", () => {
+  const script = join(__dirname, "..", "scripts", "check-boundaries.mjs")
+  const runOn = (files: Record<string, string>) => {
+    const dir = mkdtempSync(join(tmpdir(), "fence-"))
+    try {
+      for (const [path, text] of Object.entries(files)) {
+        mkdirSync(join(dir, path, ".."), { recursive: true })
+        writeFileSync(join(dir, path), text)
+      }
+      return spawnSync(process.execPath, [script], { env: { ...process.env, FENCE_ROOT: dir }, encoding: "utf8" })
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  const clean = {
+    "src/layers/Proxmox.ts": `import { HttpClient } from "@effect/platform"\nexport const x = HttpClient\n`,
+    "src/layers/PveTransport.ts": `export const y = 1\n`,
+    "src/layers/Privileged.ts": `import { Command } from "@effect/platform"\nexport const z = Command\n`
+  }
+
+  it("passes on the real tree", () => {
+    const r = spawnSync(process.execPath, [script], { encoding: "utf8" })
+    expect(r.stderr).toBe("")
+    expect(r.status).toBe(0)
+  })
+
+  it("passes on a clean tree", () => {
+    expect(runOn(clean).status).toBe(0)
+  })
+
+  it("catches Proxmox importing child_process through a helper module", () => {
+    const r = runOn({
+      ...clean,
+      "src/layers/Proxmox.ts": `import { run } from "../util/run.js"\nexport const x = run\n`,
+      "src/util/run.ts": `import { spawn } from "node:child_process"\nexport const run = spawn\n`
+    })
+    expect(r.status).toBe(1)
+    expect(r.stderr).toContain("src/layers/Proxmox.ts -> src/util/run.ts")
+  })
+
+  it("catches Proxmox importing CommandExecutor from the platform barrel", () => {
+    const r = runOn({ ...clean, "src/layers/Proxmox.ts": `import { CommandExecutor } from "@effect/platform"\nexport const x = CommandExecutor\n` })
+    expect(r.status).toBe(1)
+    expect(r.stderr).toContain("imports CommandExecutor")
+  })
+
+  it("catches Privileged importing HttpClient, undici, node:https or calling fetch", () => {
+    for (const body of [
+      `import { HttpClient } from "@effect/platform"\nexport const z = HttpClient\n`,
+      `import { request } from "undici"\nexport const z = request\n`,
+      `import https from "node:https"\nexport const z = https\n`,
+      `export const z = () => fetch("https://example.invalid")\n`,
+      `import { x } from "./Proxmox.js"\nexport const z = x\n`
+    ]) {
+      const r = runOn({ ...clean, "src/layers/Privileged.ts": body })
+      expect(r.status, body).toBe(1)
+    }
+  })
+})
