@@ -165,3 +165,24 @@ describe("AgentConfig", () => {
     for (const name of overlayEnvNames) expect(doc, name).toContain(name)
   })
 })
+
+describe("configs/agent.example.json", () => {
+  const example = join(__dirname, "..", "configs", "agent.example.json")
+  it.effect("decodes for the daemon mode", () =>
+    Effect.gen(function*() {
+      expect(Either.isRight(yield* load(example, "daemon"))).toBe(true)
+    }))
+
+  it("shows every key the schema knows (ca_file is documented in docs/operations.md, exclusive with the pin)", async () => {
+    const { readFileSync } = await import("node:fs")
+    const text = readFileSync(example, "utf8")
+    const ops = readFileSync(join(__dirname, "..", "docs", "operations.md"), "utf8")
+    const { AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig } = await import("../src/schema/config.js")
+    for (const s of [AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig]) {
+      for (const key of Object.keys(s.fields)) {
+        expect(text.includes(`"${key}"`) || key === "ca_file", `example shows ${key}`).toBe(true)
+        expect(ops.includes(`\`${key}\``) || ops.includes(`.${key}\``), `docs/operations.md documents ${key}`).toBe(true)
+      }
+    }
+  })
+})

@@ -182,8 +182,10 @@ export const POLL_CAP = Duration.seconds(5)
 /** 1 s growing ×2 to a 5 s cap: 1, 2, 4, 5, 5, ... */
 export const pollSchedule = Schedule.exponential(POLL_INITIAL).pipe(Schedule.union(Schedule.spaced(POLL_CAP)))
 
+const TLS_FAILURE_RE = /fingerprint mismatch|certificate|self[- ]signed|altnames|CERT_|SSL|TLS/i
+
 const isTransientRead = (e: ProxmoxError) =>
-  e._tag === "PveTransportError" || (e._tag === "PveApiError" && (e.kind === "proxy" || (e.kind === "server" && e.status >= 500)))
+  (e._tag === "PveTransportError" && e.reason !== "tls") || (e._tag === "PveApiError" && (e.kind === "proxy" || (e.kind === "server" && e.status >= 500)))
 
 /** Reads retry transient failures a few times; writes never do (see the module comment). */
 const readRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
@@ -245,13 +247,18 @@ export const make = Effect.gen(function*() {
         ? HttpClientRequest.make(method)(url).pipe(HttpClientRequest.setUrlParams(encoded))
         : HttpClientRequest.make(method)(url).pipe(HttpClientRequest.bodyUrlParams(encoded))
     )
-    const transport = (message: string) => new PveTransportError({ method, path, message })
+    const transport = (message: string, reason: PveTransportError["reason"] = "network") =>
+      new PveTransportError({ method, path, reason, message })
+    const fromCause = (cause: unknown, fallback: string) => {
+      const message = describeCause(cause, fallback)
+      return transport(message, TLS_FAILURE_RE.test(message) ? "tls" : "network")
+    }
     const once = http.execute(req).pipe(
       Effect.flatMap((res) => Effect.map(res.text, (text) => [res, text] as const)),
-      Effect.timeoutFail({ duration: requestTimeout, onTimeout: () => transport(`no answer within ${Duration.format(requestTimeout)}`) }),
+      Effect.timeoutFail({ duration: requestTimeout, onTimeout: () => transport(`no answer within ${Duration.format(requestTimeout)}`, "timeout") }),
       Effect.catchTags({
-        RequestError: (e) => Effect.fail(transport(describeCause(e.cause, e.message))),
-        ResponseError: (e) => Effect.fail(transport(describeCause(e.cause, e.message)))
+        RequestError: (e) => Effect.fail(fromCause(e.cause, e.message)),
+        ResponseError: (e) => Effect.fail(fromCause(e.cause, e.message))
       }),
       Effect.flatMap(([res, text]): Effect.Effect<A, ProxmoxError> => {
         if (res.status !== 200) return Effect.fail(errorFrom(method, path, res, text))

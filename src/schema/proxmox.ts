@@ -273,6 +273,8 @@ export class PveLocked extends Data.TaggedError("PveLocked")<{
 export class PveTransportError extends Data.TaggedError("PveTransportError")<{
   readonly method: string
   readonly path: string
+  /** tls: the peer failed verification or the pin; retrying cannot help. */
+  readonly reason: "network" | "tls" | "timeout"
   readonly message: string
 }> {}
 
