@@ -243,7 +243,12 @@ const make = Effect.gen(function*() {
 
   const binaryOf = (name: PrivilegedCommand): string => config.commands[name] ?? DEFAULT_COMMAND_PATHS[name]
 
-  /** SIGTERM the process group, then SIGKILL; reports whether the process is still alive. */
+  /**
+   * SIGTERM the process group, then SIGKILL; reports whether the process is still alive. The
+   * child leads its own group (the executor spawns detached), so the agent is never signalled.
+   * In sudo mode the group signal reaches sudo, which relays SIGTERM to the root command; a
+   * SIGKILL can only end sudo itself.
+   */
   const terminate = (proc: CommandExecutor.Process): Effect.Effect<boolean> => {
     const running = proc.isRunning.pipe(Effect.orElseSucceed(() => false))
     const signal = (s: "SIGTERM" | "SIGKILL") => proc.kill(s).pipe(Effect.timeout(KILL_GRACE), Effect.ignore)
@@ -297,7 +302,8 @@ const make = Effect.gen(function*() {
           const outcome = yield* Effect.timeoutOption(finished, timeout)
           const c = yield* Ref.get(captured)
           if (Option.isNone(outcome)) {
-            return yield* fail("Timeout", `timed out after ${config.timeout_seconds} s and was terminated`, c)
+            const fate = (yield* Ref.get(stuck)) ? "survived SIGKILL" : "was terminated"
+            return yield* fail("Timeout", `timed out after ${config.timeout_seconds} s and ${fate}`, c)
           }
           if (Option.isNone(outcome.value)) return yield* fail("NonZeroExit", "terminated by a signal", c)
           return {
@@ -403,7 +409,7 @@ const make = Effect.gen(function*() {
     const dev = yield* check("smartctl", "device", BlockDevice)(device)
     const r = yield* run("smartctl", ["--json=c", "-a", `/dev/${dev}`])
     // Bits 0-1: the command line did not parse, or the device could not be opened.
-    if ((r.exitCode & 0b11) !== 0 || r.exitCode > 0xff) return yield* nonZero("smartctl", r)
+    if ((r.exitCode & 0b11) !== 0) return yield* nonZero("smartctl", r)
     return yield* decodeSmart(dev, r)
   })
 

@@ -1,0 +1,879 @@
+/**
+ * The Privileged layer against real fake executables: small sh scripts written per test into a
+ * temp dir that record their argv (NUL-separated, so any byte but NUL survives) and environment,
+ * then print canned output and exit with a canned status. Direct mode points
+ * privileged.commands at them; sudo mode adds a fake sudo that records its own argv and execs
+ * the rest. Nothing here needs root, except the sudoers-matching test, which skips without it.
+ */
+import { NodeContext } from "@effect/platform-node"
+import { afterAll, describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Layer, Schema } from "effect"
+import { spawnSync } from "node:child_process"
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { AgentConfig } from "../src/layers/Config.js"
+import {
+  CHILD_ENV,
+  DEFAULT_COMMAND_PATHS,
+  Privileged,
+  PrivilegedLive,
+  type PrivilegedShape,
+  STDERR_TAIL_BYTES,
+  STDOUT_CAP_BYTES
+} from "../src/layers/Privileged.js"
+import { AgentConfigFile, type PrivilegedCommand } from "../src/schema/config.js"
+import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
+import type { PrivilegedError } from "../src/schema/privileged.js"
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+const shq = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`
+
+interface Canned {
+  readonly stdout?: string
+  readonly stderr?: string
+  readonly exit?: number
+  /** Extra shell lines run before output (e.g. sleeping). */
+  readonly script?: string
+}
+
+/** A temp dir holding fake binaries; each records into `<dir>/<name>.argv` and `.env`. */
+const makeBinDir = (label = "bin") => {
+  const root = mkdtempSync(join(tmpdir(), "felhom-priv-"))
+  const dir = join(root, label)
+  mkdirSync(dir, { recursive: true })
+  const fake = (name: string, canned: Canned = {}) => {
+    const path = join(dir, name)
+    if (canned.stdout !== undefined) writeFileSync(`${path}.stdout`, canned.stdout)
+    if (canned.stderr !== undefined) writeFileSync(`${path}.stderr`, canned.stderr)
+    writeFileSync(path, [
+      "#!/bin/sh",
+      `p=${shq(path)}`,
+      `printf '%s\\0' "$0" "$@" > "$p.argv"`,
+      `/usr/bin/env -0 > "$p.env"`,
+      canned.script ?? "",
+      `[ -f "$p.stdout" ] && cat "$p.stdout"`,
+      `[ -f "$p.stderr" ] && cat "$p.stderr" >&2`,
+      `exit ${canned.exit ?? 0}`,
+      ""
+    ].join("\n"))
+    chmodSync(path, 0o755)
+    return path
+  }
+  /** Records its argv, insists on -n, then execs the rest (what sudo does once allowed). */
+  const fakeSudo = (canned?: Canned) => {
+    const path = join(dir, "sudo")
+    writeFileSync(path, [
+      "#!/bin/sh",
+      `p=${shq(path)}`,
+      `printf '%s\\0' "$0" "$@" > "$p.argv"`,
+      canned === undefined ? "" : [
+        canned.stderr === undefined ? "" : `printf '%s' ${shq(canned.stderr)} >&2`,
+        `exit ${canned.exit ?? 1}`
+      ].join("\n"),
+      `[ "$1" = "-n" ] || exit 97`,
+      "shift",
+      `exec "$@"`,
+      ""
+    ].join("\n"))
+    chmodSync(path, 0o755)
+    return path
+  }
+  const argv = (name: string): ReadonlyArray<string> | undefined => {
+    const file = join(dir, `${name}.argv`)
+    if (!existsSync(file)) return undefined
+    return readFileSync(file, "utf8").split("\0").slice(0, -1)
+  }
+  const env = (name: string): Record<string, string> =>
+    Object.fromEntries(
+      readFileSync(join(dir, `${name}.env`), "utf8").split("\0").filter((l) => l.length > 0).map((l) => {
+        const i = l.indexOf("=")
+        return [l.slice(0, i), l.slice(i + 1)]
+      })
+    )
+  const recorded = () => readdirSync(dir).filter((f) => f.endsWith(".argv"))
+  return { root, dir, fake, fakeSudo, argv, env, recorded, cleanup: () => rmSync(root, { recursive: true, force: true }) }
+}
+
+type Bin = ReturnType<typeof makeBinDir>
+
+const ALL: ReadonlyArray<PrivilegedCommand> = ["pct", "vzdump", "systemd-mount", "systemd-umount", "smartctl", "sensors"]
+
+/** Config pointing every command at `<dir>/<name>`. */
+const layerFor = (bin: Bin, extra: { mode?: "sudo" | "direct"; timeout_seconds?: number; sudo_path?: string } = {}) => {
+  const commands = Object.fromEntries(ALL.map((c) => [c, join(bin.dir, c)]))
+  const file = Schema.decodeUnknownSync(AgentConfigFile)({
+    privileged: { mode: "direct", timeout_seconds: 10, commands, ...extra }
+  })
+  return PrivilegedLive.pipe(
+    Layer.provide(Layer.succeed(AgentConfig, { source: undefined, file })),
+    Layer.provide(NodeContext.layer)
+  )
+}
+
+/** Runs `f` against a fresh layer and returns its Either; the bin dir is removed afterwards. */
+const withPriv = <A>(
+  bin: Bin,
+  f: (p: PrivilegedShape) => Effect.Effect<A, PrivilegedError>,
+  extra?: Parameters<typeof layerFor>[1]
+) =>
+  Effect.flatMap(Privileged, (p) => Effect.either(f(p))).pipe(
+    Effect.provide(layerFor(bin, extra))
+  )
+
+const expectError = <A>(result: Either.Either<A, PrivilegedError>): PrivilegedError => {
+  if (Either.isRight(result)) throw new Error(`expected a PrivilegedError, got ${JSON.stringify(result.right)}`)
+  return result.left
+}
+const expectValue = <A>(result: Either.Either<A, PrivilegedError>): A => {
+  if (Either.isLeft(result)) throw new Error(`expected success, got ${result.left.reason}: ${result.left.message}`)
+  return result.right
+}
+
+const vmid = VmId.make(9000)
+const golden = {
+  vmid,
+  ostemplate: VolumeId.make("local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"),
+  storage: StorageId.make("local-lvm"),
+  hostname: "golden-base",
+  memory: 1024,
+  cores: 2,
+  rootfsGiB: 8
+}
+const goldenArgs = [
+  "create", "9000", "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+  "--features", "keyctl=1,nesting=1",
+  "--unprivileged", "1",
+  "--hostname", "golden-base",
+  "--storage", "local-lvm",
+  "--rootfs", "local-lvm:8",
+  "--memory", "1024",
+  "--cores", "2"
+]
+const bind = {
+  vmid: VmId.make(101),
+  mpIndex: 7,
+  hostPath: "/var/lib/felhom-agent/bootstrap/101",
+  guestPath: "/etc/felhom-bootstrap",
+  readOnly: true
+}
+
+// ---------------------------------------------------------------------------------------------
+// argv and environment
+
+describe("Privileged: exact argv per operation (direct mode)", () => {
+  it.live("createGoldenContainer runs pct create with keyctl+nesting, unprivileged", () => {
+    const bin = makeBinDir()
+    const pct = bin.fake("pct")
+    return withPriv(bin, (p) => p.createGoldenContainer(golden)).pipe(
+      Effect.map((r) => {
+        expectValue(r)
+        expect(bin.argv("pct")).toEqual([pct, ...goldenArgs])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("the child gets only PATH and LC_ALL, never the agent's environment", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", { stdout: "{}" })
+    process.env["FELHOM_LEAK_CANARY"] = "must-not-leak"
+    return withPriv(bin, (p) => p.sensors()).pipe(
+      Effect.map((r) => {
+        expect(expectValue(r)).toEqual([])
+        const env = bin.env("sensors")
+        expect(env["PATH"]).toBe(CHILD_ENV["PATH"])
+        expect(env["LC_ALL"]).toBe("C")
+        expect(env["FELHOM_LEAK_CANARY"]).toBeUndefined()
+        expect(env["HOME"]).toBeUndefined()
+        // The shell itself may add PWD/SHLVL/_; nothing else may appear.
+        expect(Object.keys(env).filter((k) => !["PATH", "LC_ALL", "PWD", "SHLVL", "_"].includes(k))).toEqual([])
+      }),
+      Effect.ensuring(Effect.sync(() => {
+        delete process.env["FELHOM_LEAK_CANARY"]
+        bin.cleanup()
+      }))
+    )
+  })
+
+  it.live("dumpGoldenArchive runs vzdump stop/zstd without pruning and reports the archive", () => {
+    const bin = makeBinDir()
+    const vzdump = bin.fake("vzdump", {
+      stderr: [
+        "INFO: starting new backup job: vzdump 9000 --storage local --mode stop --compress zstd --remove 0",
+        "INFO: Starting Backup of VM 9000 (lxc)",
+        "INFO: creating vzdump archive '/var/lib/vz/dump/vzdump-lxc-9000-2026_01_01-00_00_00.tar.zst'",
+        "INFO: Backup job finished successfully",
+        ""
+      ].join("\n")
+    })
+    return withPriv(bin, (p) => p.dumpGoldenArchive({ vmid, storage: StorageId.make("local") })).pipe(
+      Effect.map((r) => {
+        expect(expectValue(r)).toEqual({
+          archive: "/var/lib/vz/dump/vzdump-lxc-9000-2026_01_01-00_00_00.tar.zst",
+          volumeId: "local:backup/vzdump-lxc-9000-2026_01_01-00_00_00.tar.zst"
+        })
+        expect(bin.argv("vzdump")).toEqual([
+          vzdump, "9000", "--storage", "local", "--mode", "stop", "--compress", "zstd", "--remove", "0"
+        ])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("dumpGoldenArchive without an archive line still succeeds, with nothing reported", () => {
+    const bin = makeBinDir()
+    bin.fake("vzdump", { stdout: "INFO: done\n" })
+    return withPriv(bin, (p) => p.dumpGoldenArchive({ vmid, storage: StorageId.make("local") })).pipe(
+      Effect.map((r) => expect(expectValue(r)).toEqual({})),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("destroyGoldenContainer runs pct destroy <vmid>", () => {
+    const bin = makeBinDir()
+    const pct = bin.fake("pct")
+    return withPriv(bin, (p) => p.destroyGoldenContainer(vmid)).pipe(
+      Effect.map((r) => {
+        expectValue(r)
+        expect(bin.argv("pct")).toEqual([pct, "destroy", "9000"])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("mountUsbByUuid runs systemd-mount by-uuid with nosuid,nodev,noexec (both UUID forms)", () => {
+    const bin = makeBinDir()
+    const mount = bin.fake("systemd-mount")
+    return Effect.gen(function*() {
+      const ext4 = yield* withPriv(bin, (p) =>
+        p.mountUsbByUuid({ uuid: "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", mountPoint: "/mnt/felhom/usb-backup" }))
+      expectValue(ext4)
+      expect(bin.argv("systemd-mount")).toEqual([
+        mount, "--collect", "--options=nosuid,nodev,noexec",
+        "/dev/disk/by-uuid/3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", "/mnt/felhom/usb-backup"
+      ])
+      const vfat = yield* withPriv(bin, (p) => p.mountUsbByUuid({ uuid: "A1B2-C3D4", mountPoint: "/mnt/felhom/stick" }))
+      expectValue(vfat)
+      expect(bin.argv("systemd-mount")).toEqual([
+        mount, "--collect", "--options=nosuid,nodev,noexec", "/dev/disk/by-uuid/A1B2-C3D4", "/mnt/felhom/stick"
+      ])
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live("unmount runs systemd-umount <mountPoint>", () => {
+    const bin = makeBinDir()
+    const umount = bin.fake("systemd-umount")
+    return withPriv(bin, (p) => p.unmount("/mnt/felhom/usb-backup")).pipe(
+      Effect.map((r) => {
+        expectValue(r)
+        expect(bin.argv("systemd-umount")).toEqual([umount, "/mnt/felhom/usb-backup"])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("bindMountIntoGuest runs pct set --mpN host,mp=guest,ro=1|0,backup=0", () => {
+    const bin = makeBinDir()
+    const pct = bin.fake("pct")
+    return Effect.gen(function*() {
+      expectValue(yield* withPriv(bin, (p) => p.bindMountIntoGuest(bind)))
+      expect(bin.argv("pct")).toEqual([
+        pct, "set", "101", "--mp7", "/var/lib/felhom-agent/bootstrap/101,mp=/etc/felhom-bootstrap,ro=1,backup=0"
+      ])
+      expectValue(yield* withPriv(bin, (p) =>
+        p.bindMountIntoGuest({ ...bind, mpIndex: 255, hostPath: "/var/lib/felhom-agent/bootstrap/101/data", readOnly: false })))
+      expect(bin.argv("pct")).toEqual([
+        pct, "set", "101", "--mp255", "/var/lib/felhom-agent/bootstrap/101/data,mp=/etc/felhom-bootstrap,ro=0,backup=0"
+      ])
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live("smart runs smartctl --json=c -a /dev/<disk>; sensors runs sensors -j", () => {
+    const bin = makeBinDir()
+    const smartctl = bin.fake("smartctl", { stdout: "{}" })
+    const sensors = bin.fake("sensors", { stdout: "{}" })
+    return Effect.gen(function*() {
+      expectValue(yield* withPriv(bin, (p) => p.smart("nvme0n1")))
+      expect(bin.argv("smartctl")).toEqual([smartctl, "--json=c", "-a", "/dev/nvme0n1"])
+      expectValue(yield* withPriv(bin, (p) => p.sensors()))
+      expect(bin.argv("sensors")).toEqual([sensors, "-j"])
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live("stdin is at EOF: a command reading stdin does not hang", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", { script: "cat >/dev/null", stdout: "{}" })
+    return withPriv(bin, (p) => p.sensors(), { timeout_seconds: 5 }).pipe(
+      Effect.map((r) => expect(expectValue(r)).toEqual([])),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+})
+
+describe("Privileged: sudo mode", () => {
+  it.live("runs sudo -n <absolute binary> <args>, and the binary sees the same argv", () => {
+    const bin = makeBinDir()
+    const sudo = bin.fakeSudo()
+    const pct = bin.fake("pct")
+    return withPriv(bin, (p) => p.createGoldenContainer(golden), { mode: "sudo", sudo_path: sudo }).pipe(
+      Effect.map((r) => {
+        expectValue(r)
+        expect(bin.argv("sudo")).toEqual([sudo, "-n", pct, ...goldenArgs])
+        expect(bin.argv("pct")).toEqual([pct, ...goldenArgs])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("a sudoers refusal is a NonZeroExit that points at the sudoers drop-in", () => {
+    const bin = makeBinDir()
+    const sudo = bin.fakeSudo({ stderr: "sudo: a password is required\n", exit: 1 })
+    bin.fake("pct")
+    return withPriv(bin, (p) => p.destroyGoldenContainer(vmid), { mode: "sudo", sudo_path: sudo }).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        expect(e.reason).toBe("NonZeroExit")
+        expect(e.exitCode).toBe(1)
+        expect(e.message).toContain("configs/sudoers/felhom-agent")
+        expect(bin.argv("pct")).toBeUndefined()
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("default binary paths are the PVE 8 locations named in the sudoers file", () => {
+    const sudoers = readFileSync(join(__dirname, "..", "configs", "sudoers", "felhom-agent"), "utf8")
+    expect(DEFAULT_COMMAND_PATHS).toEqual({
+      pct: "/usr/sbin/pct",
+      vzdump: "/usr/bin/vzdump",
+      "systemd-mount": "/usr/bin/systemd-mount",
+      "systemd-umount": "/usr/bin/systemd-umount",
+      smartctl: "/usr/sbin/smartctl",
+      sensors: "/usr/bin/sensors"
+    })
+    for (const path of Object.values(DEFAULT_COMMAND_PATHS)) expect(sudoers).toContain(`    ${path} ^`)
+    return Effect.void
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Validation: nothing is spawned for a bad argument
+
+describe("Privileged: invalid arguments never spawn", () => {
+  const cases: ReadonlyArray<readonly [string, string, (p: PrivilegedShape) => Effect.Effect<unknown, PrivilegedError>]> = [
+    ["vmid", "vmid below 100", (p) => p.destroyGoldenContainer(99 as VmId)],
+    ["vmid", "vmid not an integer", (p) => p.createGoldenContainer({ ...golden, vmid: 100.5 as VmId })],
+    ["vmid", "vmid as a string with an option", (p) => p.destroyGoldenContainer("100 --purge" as unknown as VmId)],
+    ["hostname", "command substitution in hostname", (p) => p.createGoldenContainer({ ...golden, hostname: "$(touch MARKER)" })],
+    ["hostname", "option injection in hostname", (p) => p.createGoldenContainer({ ...golden, hostname: "-x" })],
+    ["hostname", "space in hostname", (p) => p.createGoldenContainer({ ...golden, hostname: "a --net0 b" })],
+    ["ostemplate", "a backup instead of a template", (p) =>
+      p.createGoldenContainer({ ...golden, ostemplate: VolumeId.make("local:backup/vzdump-lxc-1.tar.zst") })],
+    ["ostemplate", "a template path escaping vztmpl/", (p) =>
+      p.createGoldenContainer({ ...golden, ostemplate: VolumeId.make("local:vztmpl/../../etc/x") })],
+    ["storage", "storage with a comma", (p) => p.createGoldenContainer({ ...golden, storage: "local,size=1" as StorageId })],
+    ["memory", "memory below 16 MiB", (p) => p.createGoldenContainer({ ...golden, memory: 8 })],
+    ["cores", "fractional cores", (p) => p.createGoldenContainer({ ...golden, cores: 1.5 })],
+    ["rootfsGiB", "zero rootfs", (p) => p.createGoldenContainer({ ...golden, rootfsGiB: 0 })],
+    ["storage", "bad vzdump storage", (p) => p.dumpGoldenArchive({ vmid, storage: "-all" as StorageId })],
+    ["uuid", "uuid with a path", (p) => p.mountUsbByUuid({ uuid: "../../sda1", mountPoint: "/mnt/felhom/x" })],
+    ["uuid", "uuid of the wrong length", (p) => p.mountUsbByUuid({ uuid: "ABCD-12345", mountPoint: "/mnt/felhom/x" })],
+    ["mountPoint", "mount point outside the root", (p) => p.mountUsbByUuid({ uuid: "ABCD-1234", mountPoint: "/etc" })],
+    ["mountPoint", "mount point escaping the root", (p) => p.mountUsbByUuid({ uuid: "ABCD-1234", mountPoint: "/mnt/felhom/../etc" })],
+    ["mountPoint", "nested mount point", (p) => p.mountUsbByUuid({ uuid: "ABCD-1234", mountPoint: "/mnt/felhom/a/b" })],
+    ["mountPoint", "the mount root itself", (p) => p.unmount("/mnt/felhom")],
+    ["mountPoint", "trailing slash", (p) => p.unmount("/mnt/felhom/usb/")],
+    ["mountPoint", "newline in mount point", (p) => p.unmount("/mnt/felhom/usb\n/etc")],
+    ["mountPoint", "NUL in mount point", (p) => p.unmount("/mnt/felhom/usb\0")],
+    ["hostPath", "host path outside the bootstrap root", (p) => p.bindMountIntoGuest({ ...bind, hostPath: "/etc" })],
+    ["hostPath", "host path with ..", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap/../../../../etc" })],
+    ["hostPath", "host path with a comma (pct property injection)", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap/x,mp=/root" })],
+    ["hostPath", "host path that is the root itself", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap" })],
+    ["hostPath", "host path with a double slash", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap//x" })],
+    ["guestPath", "guest path '/'", (p) => p.bindMountIntoGuest({ ...bind, guestPath: "/" })],
+    ["guestPath", "relative guest path", (p) => p.bindMountIntoGuest({ ...bind, guestPath: "etc/x" })],
+    ["guestPath", "guest path with '=' (pct property injection)", (p) =>
+      p.bindMountIntoGuest({ ...bind, guestPath: "/etc/x,ro=0" })],
+    ["guestPath", "guest path with a dash-led component", (p) => p.bindMountIntoGuest({ ...bind, guestPath: "/-x" })],
+    ["mpIndex", "mp index 256", (p) => p.bindMountIntoGuest({ ...bind, mpIndex: 256 })],
+    ["mpIndex", "negative mp index", (p) => p.bindMountIntoGuest({ ...bind, mpIndex: -1 })],
+    ["readOnly", "readOnly not a boolean", (p) => p.bindMountIntoGuest({ ...bind, readOnly: "yes" as unknown as boolean })],
+    ["device", "device with /dev/", (p) => p.smart("/dev/sda")],
+    ["device", "device path traversal", (p) => p.smart("../sda")],
+    ["device", "a partition", (p) => p.smart("sda1")],
+    ["device", "option injection in device", (p) => p.smart("-d")]
+  ]
+
+  for (const [argument, label, run] of cases) {
+    it.live(`${label} → InvalidArgument(${argument}), nothing spawned`, () => {
+      const bin = makeBinDir()
+      for (const c of ALL) bin.fake(c)
+      const sudo = bin.fakeSudo()
+      const marker = join(bin.dir, "MARKER")
+      // Swap in the real marker path, so a shell (if one were involved) would create it.
+      const runWithMarker = (p: PrivilegedShape) =>
+        run({
+          ...p,
+          createGoldenContainer: (spec) =>
+            p.createGoldenContainer({ ...spec, hostname: spec.hostname.replace("MARKER", marker) })
+        })
+      return Effect.gen(function*() {
+        for (const mode of ["direct", "sudo"] as const) {
+          const e = expectError(yield* withPriv(bin, runWithMarker, { mode, sudo_path: sudo }))
+          expect(e.reason).toBe("InvalidArgument")
+          expect(e.argument).toBe(argument)
+          expect(e.message.length).toBeGreaterThan(0)
+        }
+        expect(bin.recorded()).toEqual([])
+        expect(existsSync(marker)).toBe(false)
+      }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+    })
+  }
+
+  it.live("error messages state the rule and never echo the rejected value", () => {
+    const bin = makeBinDir()
+    return withPriv(bin, (p) => p.createGoldenContainer({ ...golden, hostname: "secret-looking$value" })).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        expect(e.message).toContain("hostname must be")
+        expect(e.message).not.toContain("secret-looking")
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+})
+
+describe("Privileged: no shell anywhere", () => {
+  it.live("a binary path full of shell syntax is executed literally, in direct and sudo mode", () => {
+    const bin = makeBinDir()
+    const marker = join(bin.root, "pwned")
+    // The directory name is valid for spawn but would run `touch` and split on spaces in a shell.
+    const evil = makeBinDir(`x $(touch ${marker}) \`touch ${marker}\` ; touch ${marker} |`)
+    const sensors = evil.fake("sensors", { stdout: "{}" })
+    const sudo = evil.fakeSudo()
+    return Effect.gen(function*() {
+      expectValue(yield* withPriv(evil, (p) => p.sensors()))
+      expect(evil.argv("sensors")).toEqual([sensors, "-j"])
+      expectValue(yield* withPriv(evil, (p) => p.sensors(), { mode: "sudo", sudo_path: sudo }))
+      expect(evil.argv("sudo")).toEqual([sudo, "-n", sensors, "-j"])
+      expect(existsSync(marker)).toBe(false)
+      expect(readdirSync(bin.root).filter((f) => f === "pwned")).toEqual([])
+    }).pipe(Effect.ensuring(Effect.sync(() => {
+      bin.cleanup()
+      evil.cleanup()
+    })))
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Failures: exit status, spawn, timeout, caps
+
+describe("Privileged: failures", () => {
+  it.live("a non-zero exit is NonZeroExit with the exit code and the stderr tail", () => {
+    const bin = makeBinDir()
+    bin.fake("pct", { stderr: "unable to create CT 9000 - storage 'local-lvm' does not exist\n", exit: 255 })
+    return withPriv(bin, (p) => p.createGoldenContainer(golden)).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        expect(e.reason).toBe("NonZeroExit")
+        expect(e.command).toBe("pct")
+        expect(e.exitCode).toBe(255)
+        expect(e.stderrTail).toContain("storage 'local-lvm' does not exist")
+        // argv values stay out of the message
+        expect(e.message).not.toContain("golden-base")
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("a missing binary is SpawnFailed, and the message carries no argv", () => {
+    const bin = makeBinDir()
+    return withPriv(bin, (p) => p.createGoldenContainer(golden)).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        expect(e.reason).toBe("SpawnFailed")
+        expect(e.message).toContain("NotFound")
+        expect(e.message).not.toContain("golden-base")
+        expect(e.message).not.toContain("keyctl")
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("a command that outlives the timeout is killed, with its whole process group", () => {
+    const bin = makeBinDir()
+    const childPid = join(bin.dir, "child.pid")
+    // The fake starts a grandchild and waits on it: both must die.
+    bin.fake("vzdump", {
+      script: `echo 'INFO: starting' >&2\nsleep 30 &\necho $! > ${shq(childPid)}\nwait`
+    })
+    const started = Date.now()
+    return withPriv(bin, (p) => p.dumpGoldenArchive({ vmid, storage: StorageId.make("local") }), { timeout_seconds: 1 })
+      .pipe(
+        Effect.map((r) => {
+          const elapsed = Date.now() - started
+          const e = expectError(r)
+          expect(e.reason).toBe("Timeout")
+          expect(e.stderrTail).toContain("INFO: starting")
+          expect(elapsed).toBeLessThan(2500)
+          const pid = Number(readFileSync(childPid, "utf8").trim())
+          expect(isAlive(pid)).toBe(false)
+        }),
+        Effect.ensuring(Effect.sync(bin.cleanup))
+      )
+  })
+
+  it.live("stderr is kept as a bounded tail", () => {
+    const bin = makeBinDir()
+    const noise = "x".repeat(100 * 1024)
+    bin.fake("pct", { stderr: `${noise}\nEND-OF-STDERR\n`, exit: 2 })
+    return withPriv(bin, (p) => p.destroyGoldenContainer(vmid)).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        const tail = e.stderrTail ?? ""
+        expect(tail.startsWith("…")).toBe(true)
+        expect(Buffer.byteLength(tail.slice(1))).toBeLessThanOrEqual(STDERR_TAIL_BYTES)
+        expect(tail.endsWith("END-OF-STDERR\n")).toBe(true)
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("stdout past the cap is dropped (the process still completes) and reported as Decode", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", { script: `head -c ${STDOUT_CAP_BYTES * 3} /dev/zero | tr '\\0' ' '\necho '{}'` })
+    return withPriv(bin, (p) => p.sensors()).pipe(
+      Effect.map((r) => {
+        const e = expectError(r)
+        expect(e.reason).toBe("Decode")
+        expect(e.message).toContain(`exceeded ${STDOUT_CAP_BYTES} bytes`)
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+})
+
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+  } catch {
+    return false
+  }
+  // A zombie still answers kill(0); it is dead for our purposes.
+  const stat = existsSync(`/proc/${pid}/stat`) ? readFileSync(`/proc/${pid}/stat`, "utf8") : ""
+  return !/^\d+ \(.*\) Z/.test(stat)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardware decoding
+
+const smartJson = (extra: Record<string, unknown> = {}) =>
+  JSON.stringify({
+    json_format_version: [1, 0],
+    smartctl: { version: [7, 3], exit_status: 0 },
+    device: { name: "/dev/sda", info_name: "/dev/sda [SAT]", type: "sat", protocol: "ATA" },
+    model_name: "Samsung SSD 870 EVO 1TB",
+    serial_number: "S6PTNX0T123456A",
+    smart_status: { passed: true },
+    temperature: { current: 31 },
+    power_on_time: { hours: 12345 },
+    ata_smart_attributes: { revision: 1, table: [] },
+    ...extra
+  })
+
+describe("Privileged: smartctl", () => {
+  it.live("decodes model, serial, passed, temperature and power-on hours", () => {
+    const bin = makeBinDir()
+    bin.fake("smartctl", { stdout: smartJson() })
+    return withPriv(bin, (p) => p.smart("sda")).pipe(
+      Effect.map((r) =>
+        expect(expectValue(r)).toEqual({
+          device: "sda",
+          exitStatus: 0,
+          findings: [],
+          model: "Samsung SSD 870 EVO 1TB",
+          serial: "S6PTNX0T123456A",
+          passed: true,
+          temperatureC: 31,
+          powerOnHours: 12345
+        })
+      ),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("exit status bits 2-7 are findings, not errors", () => {
+    const bin = makeBinDir()
+    bin.fake("smartctl", { stdout: smartJson({ smart_status: { passed: false } }), exit: 4 | 8 | 64 })
+    return withPriv(bin, (p) => p.smart("sdb")).pipe(
+      Effect.map((r) => {
+        const report = expectValue(r)
+        expect(report.exitStatus).toBe(76)
+        expect(report.findings).toEqual(["SmartCommandFailed", "DiskFailing", "ErrorLogHasRecords"])
+        expect(report.passed).toBe(false)
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  for (const status of [1, 2, 2 | 64]) {
+    it.live(`exit status ${status} (bit 0 or 1 set) is NonZeroExit`, () => {
+      const bin = makeBinDir()
+      bin.fake("smartctl", {
+        stdout: JSON.stringify({ smartctl: { exit_status: status, messages: [{ string: "open failed", severity: "error" }] } }),
+        stderr: "Smartctl open device: /dev/sdc failed: No such device\n",
+        exit: status
+      })
+      return withPriv(bin, (p) => p.smart("sdc")).pipe(
+        Effect.map((r) => {
+          const e = expectError(r)
+          expect(e.reason).toBe("NonZeroExit")
+          expect(e.exitCode).toBe(status)
+          expect(e.stderrTail).toContain("No such device")
+        }),
+        Effect.ensuring(Effect.sync(bin.cleanup))
+      )
+    })
+  }
+
+  it.live("fields that are missing or of an unexpected type are left out", () => {
+    const bin = makeBinDir()
+    bin.fake("smartctl", {
+      stdout: JSON.stringify({
+        model_name: 42,
+        serial_number: "X1",
+        smart_status: "passed",
+        temperature: { current: "hot" },
+        power_on_time: null
+      })
+    })
+    return withPriv(bin, (p) => p.smart("nvme1n1")).pipe(
+      Effect.map((r) =>
+        expect(expectValue(r)).toEqual({ device: "nvme1n1", exitStatus: 0, findings: [], serial: "X1" })
+      ),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("output that is not a JSON object is a Decode error", () => {
+    const bin = makeBinDir()
+    bin.fake("smartctl", { stdout: "smartctl 7.3 2022-02-28 r5338 [x86_64-linux] (local build)\n" })
+    return Effect.gen(function*() {
+      const e = expectError(yield* withPriv(bin, (p) => p.smart("sda")))
+      expect(e.reason).toBe("Decode")
+      bin.fake("smartctl", { stdout: "[1,2]" })
+      expect(expectError(yield* withPriv(bin, (p) => p.smart("sda"))).reason).toBe("Decode")
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+})
+
+const sensorsJson = JSON.stringify({
+  "coretemp-isa-0000": {
+    Adapter: "ISA adapter",
+    "Package id 0": { temp1_input: 45.0, temp1_max: 80.0, temp1_crit: 100.0, temp1_crit_alarm: 0.0 },
+    "Core 0": { temp2_input: 42.0, temp2_max: 80.0, temp2_crit: 100.0, temp2_crit_alarm: 1.0 }
+  },
+  "nvme-pci-0100": {
+    Adapter: "PCI adapter",
+    Composite: { temp1_input: 38.85, temp1_max: 81.85, temp1_min: -273.15, temp1_crit: 84.85, temp1_alarm: 0.0 }
+  },
+  "nct6798-isa-0290": {
+    Adapter: "ISA adapter",
+    in0: { in0_input: 0.352, in0_min: 0.0, in0_max: 1.744, in0_alarm: 0.0 },
+    fan2: { fan2_input: 1205.0, fan2_min: 0.0, fan2_alarm: 0.0 },
+    intrusion0: { intrusion0_alarm: 1.0 }
+  },
+  "power_meter-acpi-0": { Adapter: "ACPI interface", power1: { power1_average: 98.5 } },
+  "broken-chip": "not an object"
+})
+
+describe("Privileged: sensors", () => {
+  it.live("decodes sensors -j into typed readings", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", { stdout: sensorsJson })
+    return withPriv(bin, (p) => p.sensors()).pipe(
+      Effect.map((r) =>
+        expect(expectValue(r)).toEqual([
+          {
+            chip: "coretemp-isa-0000",
+            adapter: "ISA adapter",
+            label: "Package id 0",
+            kind: "temperature",
+            input: 45,
+            max: 80,
+            crit: 100
+          },
+          {
+            chip: "coretemp-isa-0000",
+            adapter: "ISA adapter",
+            label: "Core 0",
+            kind: "temperature",
+            input: 42,
+            max: 80,
+            crit: 100
+          },
+          {
+            chip: "nvme-pci-0100",
+            adapter: "PCI adapter",
+            label: "Composite",
+            kind: "temperature",
+            input: 38.85,
+            min: -273.15,
+            max: 81.85,
+            crit: 84.85,
+            alarm: false
+          },
+          {
+            chip: "nct6798-isa-0290",
+            adapter: "ISA adapter",
+            label: "in0",
+            kind: "voltage",
+            input: 0.352,
+            min: 0,
+            max: 1.744,
+            alarm: false
+          },
+          { chip: "nct6798-isa-0290", adapter: "ISA adapter", label: "fan2", kind: "fan", input: 1205, min: 0, alarm: false },
+          { chip: "power_meter-acpi-0", adapter: "ACPI interface", label: "power1", kind: "power", input: 98.5 }
+        ])
+      ),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  it.live("a host without sensors is an empty list; other failures are NonZeroExit", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", {
+      stderr: "No sensors found!\nMake sure you loaded all the kernel drivers you need.\nTry sensors-detect to find out which these are.\n",
+      exit: 1
+    })
+    return Effect.gen(function*() {
+      expect(expectValue(yield* withPriv(bin, (p) => p.sensors()))).toEqual([])
+      bin.fake("sensors", { stderr: "Error: File /etc/sensors3.conf, line 12: parse error\n", exit: 1 })
+      const e = expectError(yield* withPriv(bin, (p) => p.sensors()))
+      expect(e.reason).toBe("NonZeroExit")
+      expect(e.stderrTail).toContain("parse error")
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live("invalid JSON is a Decode error", () => {
+    const bin = makeBinDir()
+    bin.fake("sensors", { stdout: `{"coretemp-isa-0000":{"Adapter": "ISA adapter",}` })
+    return withPriv(bin, (p) => p.sensors()).pipe(
+      Effect.map((r) => expect(expectError(r).reason).toBe("Decode")),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// The sudoers drop-in
+
+const SUDOERS = join(__dirname, "..", "configs", "sudoers", "felhom-agent")
+const hasVisudo = spawnSync("sh", ["-c", "command -v visudo"], { encoding: "utf8" }).status === 0
+
+describe("configs/sudoers/felhom-agent", () => {
+  // CI images may lack sudo entirely; `apt-get install sudo` makes this run.
+  it.skipIf(!hasVisudo)("passes visudo -cf (skipped only when visudo is not installed)", () => {
+    const r = spawnSync("visudo", ["-cf", SUDOERS], { encoding: "utf8" })
+    expect(r.stderr + r.stdout).toContain("parsed OK")
+    expect(r.status).toBe(0)
+  })
+
+  /**
+   * Checks the argv the layer really produces against the real sudoers rules with
+   * `sudo -l -U felhom-agent <argv>`, inside a private mount namespace where the drop-in is bound
+   * over /etc/sudoers (with a felhom-agent user) and stub binaries are overlaid at the default
+   * paths. Needs root, unshare and overlayfs; skipped elsewhere, since it cannot run unprivileged.
+   */
+  const sandbox = makeSudoSandbox()
+  it.live.skipIf(sandbox === undefined)("allows exactly the argv the layer produces (needs root + unshare)", () => {
+    if (sandbox === undefined) return Effect.void
+    const bin = makeBinDir()
+    for (const c of ALL) bin.fake(c, { stdout: "{}" })
+    const sudo = bin.fakeSudo()
+    const ops: ReadonlyArray<readonly [PrivilegedCommand, (p: PrivilegedShape) => Effect.Effect<unknown, PrivilegedError>]> = [
+      ["pct", (p) => p.createGoldenContainer(golden)],
+      ["vzdump", (p) => p.dumpGoldenArchive({ vmid, storage: StorageId.make("local") })],
+      ["pct", (p) => p.destroyGoldenContainer(vmid)],
+      ["systemd-mount", (p) => p.mountUsbByUuid({ uuid: "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", mountPoint: "/mnt/felhom/usb" })],
+      ["systemd-mount", (p) => p.mountUsbByUuid({ uuid: "A1B2-C3D4", mountPoint: "/mnt/felhom/usb" })],
+      ["systemd-umount", (p) => p.unmount("/mnt/felhom/usb")],
+      ["pct", (p) => p.bindMountIntoGuest(bind)],
+      ["pct", (p) => p.bindMountIntoGuest({ ...bind, mpIndex: 0, readOnly: false })],
+      ["smartctl", (p) => p.smart("sda")],
+      ["smartctl", (p) => p.smart("nvme10n1")],
+      ["sensors", (p) => p.sensors()]
+    ]
+    return Effect.gen(function*() {
+      for (const [name, op] of ops) {
+        yield* withPriv(bin, op, { mode: "sudo", sudo_path: sudo })
+        const argv = bin.argv("sudo") ?? []
+        // [fake sudo, -n, <fake dir>/<name>, ...args] → the production binary with the same args
+        const args = argv.slice(3)
+        expect(argv[2]).toBe(join(bin.dir, name))
+        expect(sandbox.allows([DEFAULT_COMMAND_PATHS[name], ...args]), args.join(" ")).toBe(true)
+      }
+      // And a few things the agent would never produce are refused.
+      for (const denied of [
+        ["/usr/sbin/pct", "exec", "9000", "--", "sh"],
+        ["/usr/sbin/pct", "destroy", "9000", "--purge"],
+        ["/usr/sbin/pct", "set", "101", "--mp0", "/etc,mp=/mnt/etc,ro=0,backup=0"],
+        ["/usr/sbin/pct", "set", "101", "--mp0", "/var/lib/felhom-agent/bootstrap/../../../etc,mp=/x,ro=0,backup=0"],
+        ["/usr/sbin/pct", ...goldenArgs.map((a) => (a === "golden-base" ? "golden --net0 name=eth0" : a))],
+        ["/usr/bin/vzdump", "--all"],
+        ["/usr/bin/systemd-mount", "/dev/sda1", "/mnt/felhom/usb"],
+        ["/usr/bin/systemd-mount", "--collect", "--options=nosuid,nodev,noexec", "/dev/disk/by-uuid/A1B2-C3D4", "/mnt/felhom/a/b"],
+        ["/usr/bin/systemd-umount", "/"],
+        ["/usr/sbin/smartctl", "--json=c", "-a", "/dev/sda", "-s", "off"],
+        ["/usr/bin/sensors", "-s"],
+        ["/bin/sh"]
+      ]) {
+        expect(sandbox.allows(denied), denied.join(" ")).toBe(false)
+      }
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+  afterAll(() => sandbox?.cleanup())
+})
+
+function makeSudoSandbox() {
+  if (process.getuid?.() !== 0 || !hasVisudo) return undefined
+  const dir = mkdtempSync(join(tmpdir(), "felhom-sudoers-"))
+  const etc = join(dir, "etc")
+  mkdirSync(etc)
+  writeFileSync(join(etc, "sudoers"), readFileSync(SUDOERS))
+  chmodSync(join(etc, "sudoers"), 0o440)
+  writeFileSync(join(etc, "passwd"), `${readFileSync("/etc/passwd", "utf8")}felhom-agent:x:64999:64999::/nonexistent:/usr/sbin/nologin\n`)
+  writeFileSync(join(etc, "group"), `${readFileSync("/etc/group", "utf8")}felhom-agent:x:64999:\n`)
+  for (const [, path] of Object.entries(DEFAULT_COMMAND_PATHS)) {
+    const stub = join(dir, "stubs", path)
+    mkdirSync(join(stub, ".."), { recursive: true })
+    writeFileSync(stub, "#!/bin/sh\nexit 0\n")
+    chmodSync(stub, 0o755)
+  }
+  const script = [
+    "set -e",
+    `d=${shq(dir)}`,
+    `for f in sudoers passwd group; do mount --bind "$d/etc/$f" "/etc/$f"; done`,
+    `for b in /usr/bin /usr/sbin; do mount -t overlay overlay -o "lowerdir=$d/stubs$b:$b" "$b"; done`,
+    `exec sudo -l -U felhom-agent "$@"`
+  ].join("\n")
+  const allowsRaw = (argv: ReadonlyArray<string>) =>
+    spawnSync("unshare", ["-m", "--", "sh", "-c", script, "sh", ...argv], { encoding: "utf8" })
+  const probe = allowsRaw([DEFAULT_COMMAND_PATHS.sensors, "-j"])
+  if (probe.status !== 0) {
+    rmSync(dir, { recursive: true, force: true })
+    return undefined
+  }
+  return {
+    allows: (argv: ReadonlyArray<string>) => allowsRaw(argv).status === 0,
+    cleanup: () => rmSync(dir, { recursive: true, force: true })
+  }
+}
