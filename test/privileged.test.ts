@@ -7,7 +7,7 @@
  */
 import { NodeContext } from "@effect/platform-node"
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Schema } from "effect"
+import { Effect, Either, Fiber, Layer, Schema } from "effect"
 import { spawnSync } from "node:child_process"
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -528,6 +528,21 @@ describe("Privileged: failures", () => {
         }),
         Effect.ensuring(Effect.sync(bin.cleanup))
       )
+  })
+
+  it.live("interrupting the caller terminates the running command", () => {
+    const bin = makeBinDir()
+    const childPid = join(bin.dir, "child.pid")
+    bin.fake("pct", { script: `sleep 30 &\necho $! > ${shq(childPid)}\nwait` })
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(withPriv(bin, (p) => p.destroyGoldenContainer(vmid)))
+      // wait (really) until the grandchild exists, then interrupt
+      yield* Effect.sleep("50 millis").pipe(Effect.repeat({ until: () => existsSync(childPid) }))
+      yield* Effect.sleep("50 millis")
+      yield* Fiber.interrupt(fiber)
+      const pid = Number(readFileSync(childPid, "utf8").trim())
+      expect(isAlive(pid)).toBe(false)
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
   })
 
   it.live("stderr is kept as a bounded tail", () => {

@@ -15,7 +15,7 @@
 import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import type { PlatformError } from "@effect/platform/Error"
-import { Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
 import type { PrivilegedCommand } from "../schema/config.js"
 import { StorageId, VmId, VolumeId } from "../schema/ids.js"
 import {
@@ -283,7 +283,7 @@ const make = Effect.gen(function*() {
     return Effect.gen(function*() {
       const captured = yield* Ref.make(emptyCapture)
       const stuck = yield* Ref.make(false)
-      const started = Date.now()
+      const started = yield* Clock.currentTimeMillis
 
       const body = (scope: Scope.Scope) =>
         Effect.gen(function*() {
@@ -325,7 +325,8 @@ const make = Effect.gen(function*() {
               ? Effect.logWarning(`${name} survived SIGKILL; leaving it behind`)
               : Scope.close(scope, exit))
       )
-      yield* Effect.logDebug(`${name} exited ${result.exitCode} after ${Date.now() - started} ms`)
+      const elapsed = (yield* Clock.currentTimeMillis) - started
+      yield* Effect.logDebug(`${name} exited ${result.exitCode} after ${elapsed} ms`)
       return result
     })
   }
