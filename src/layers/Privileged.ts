@@ -119,17 +119,17 @@ export interface PrivilegedShape {
   readonly createGoldenContainer: (spec: GoldenContainerSpec) => Effect.Effect<void, PrivilegedError>
   /**
    * `vzdump <vmid> --storage <s> --mode stop --compress zstd --remove 0`: the golden archive.
-   * Why not the API: it would work for a token with VM.Backup, but the build container was
-   * created here as root@pam and is deliberately kept out of the token's view (no ACL on its
-   * vmid is required), so the golden image is built end to end on this one path. `--remove 0`
-   * keeps the storage's prune policy from deleting the previous golden archive before the new
-   * one has been proven by a restore.
+   * Why here: strictly, the API could run this vzdump (VM.Backup on the build vmid). It sits on
+   * the root path so the golden build (create → dump → destroy) does not depend on the token's
+   * ACL covering a container the token did not create; moving it to the Proxmox layer is an
+   * option. `--remove 0` keeps the storage's prune policy from deleting the previous golden
+   * archive before the new one has been proven by a restore.
    */
   readonly dumpGoldenArchive: (spec: GoldenDumpSpec) => Effect.Effect<GoldenArchive, PrivilegedError>
   /**
    * `pct destroy <vmid>`: removes the golden build container after the dump (or after a failed
-   * build). Why not the API: same as dumpGoldenArchive; the API could destroy it if the token's
-   * ACL covered the build vmid, but the build lifecycle stays on the root path by design.
+   * build). Why here: as for dumpGoldenArchive, the API could do it with VM.Allocate; it stays
+   * beside `pct create` so cleanup of a root-created container never depends on the token's ACL.
    */
   readonly destroyGoldenContainer: (vmid: VmId) => Effect.Effect<void, PrivilegedError>
   /**
