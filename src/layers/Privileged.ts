@@ -150,10 +150,11 @@ export interface PrivilegedShape {
    */
   readonly bindMountIntoGuest: (spec: GuestBindMountSpec) => Effect.Effect<void, PrivilegedError>
   /**
-   * `smartctl --json=c -a /dev/<device>`. Why not the API: PVE's disk SMART endpoint needs
-   * Sys.Audit on /nodes and returns only a pass/fail text and attribute table per disk; the raw
-   * JSON (temperature, power-on hours, exit-status findings) comes only from smartctl, which needs
-   * root for the device ioctls. Exit status bits 0-1 are errors; bits 2-7 are findings.
+   * `smartctl --json=c -a /dev/<device>`. Why not the API: PVE's `GET /nodes/{node}/disks/smart`
+   * (Sys.Audit) gives a health string plus an ATA attribute table, or unparsed text for NVMe, and
+   * drops smartctl's exit-status bits; the uniform JSON (temperature, power-on hours, findings)
+   * needs smartctl itself, which needs root for the device ioctls. Exit status bits 0-1 are
+   * errors; bits 2-7 are findings reported in the result.
    */
   readonly smart: (device: string) => Effect.Effect<SmartReport, PrivilegedError>
   /**
