@@ -1,0 +1,22 @@
+/**
+ * The simulator-only TLS certificate and key (configs/sim/tls/, publicly known, loopback use only),
+ * embedded so the esbuild-bundled CLI can serve HTTPS without reading files.
+ */
+export const simCertPem = `-----BEGIN CERTIFICATE-----
+MIIByjCCAXGgAwIBAgIUYkEFOQShKnElFipehOJr0gxW2a4wCgYIKoZIzj0EAwIw
+EjEQMA4GA1UEAwwHcHZlLXNpbTAeFw0yNjExMjIwMDE0MDBaFw0zNjExMTkwMDE0
+MDBaMBIxEDAOBgNVBAMMB3B2ZS1zaW0wWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AAQh2GGatFm0rZV4d8vFE9j1QM+dwEhXy9AIqk5XgLEZW8PDtZWxNgCcgyWdt8FY
+8c8VEtQ/Rfqe6g/Ym2K14qlio4GkMIGhMB0GA1UdDgQWBBRtHfqeOha7eJj5qdAp
+olxFyEfHnDAfBgNVHSMEGDAWgBRtHfqeOha7eJj5qdApolxFyEfHnDAsBgNVHREE
+JTAjgglsb2NhbGhvc3SHBH8AAAGHEAAAAAAAAAAAAAAAAAAAAAEwDAYDVR0TAQH/
+BAIwADAOBgNVHQ8BAf8EBAMCB4AwEwYDVR0lBAwwCgYIKwYBBQUHAwEwCgYIKoZI
+zj0EAwIDRwAwRAIgMkUoYE43Io2u5YaEvRzB0sjixVdld05SJKZ0P2JVkTkCIEtq
+23Uy1izkJ1CTXIm0SxaDrY/hrSyBWzLV2WzYFfAB
+-----END CERTIFICATE-----`
+
+export const simKeyPem = `-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQglrs3p6Fvs9pBCdqa
+mgfvgFcLvxOm11urZMlrZ+6lCL2hRANCAAQh2GGatFm0rZV4d8vFE9j1QM+dwEhX
+y9AIqk5XgLEZW8PDtZWxNgCcgyWdt8FY8c8VEtQ/Rfqe6g/Ym2K14qli
+-----END PRIVATE KEY-----`
