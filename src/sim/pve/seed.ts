@@ -158,6 +158,15 @@ const BackupSeed = Schema.Struct({
 })
 export type SimBackupSeed = typeof BackupSeed.Type
 
+const TemplateSeed = Schema.Struct({
+  storage: Schema.String,
+  /** file name under vztmpl/, e.g. debian-13-standard_13.1-2_amd64.tar.zst */
+  name: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._+-]*\.tar\.(?:gz|xz|zst)$/)),
+  size: NonNegativeInt,
+  ctime: Schema.optionalWith(NonNegativeInt, { default: () => 1_760_000_000 })
+})
+export type SimTemplateSeed = typeof TemplateSeed.Type
+
 const TaskDurations = Schema.partial(
   Schema.Struct(Object.fromEntries(TASK_TYPES.map((t) => [t, NonNegativeInt])) as Record<SimTaskType, typeof NonNegativeInt>)
 )
@@ -215,6 +224,8 @@ export const SimPveSeed = Schema.Struct({
   storages: Schema.Array(StorageSeed),
   guests: Schema.optionalWith(Schema.Array(GuestSeed), { default: () => [] }),
   backups: Schema.optionalWith(Schema.Array(BackupSeed), { default: () => [] }),
+  /** container templates (vztmpl) for plain creates */
+  templates: Schema.optionalWith(Schema.Array(TemplateSeed), { default: () => [] }),
   task_durations_ms: Schema.optionalWith(TaskDurations, { default: () => ({}) }),
   quirks: Schema.optionalWith(SimPveQuirks, { default: () => Schema.decodeSync(SimPveQuirks)({}) }),
   faults: Schema.optionalWith(SimPveFaultsSeed, { default: () => Schema.decodeSync(SimPveFaultsSeed)({}) }),
@@ -285,6 +296,11 @@ export const crossCheckSeed = (seed: SimPveSeed): string | undefined => {
     const cfg = validateConfig(b.config)
     if (Either.isLeft(cfg)) return `backups[${i}].config: ${firstError(cfg.left)}`
     if (cfg.right["rootfs"] === undefined) return `backups[${i}].config: rootfs is required (restore recovers it)`
+  }
+  for (const [i, t] of seed.templates.entries()) {
+    const st = storages.get(t.storage)
+    if (st === undefined) return `templates[${i}]: storage '${t.storage}' is not in storages`
+    if (!st.content.includes("vztmpl")) return `templates[${i}]: storage '${t.storage}' has no vztmpl content`
   }
   return undefined
 }

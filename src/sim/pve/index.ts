@@ -1,0 +1,33 @@
+/**
+ * The PVE simulator: a Proxmox VE API (under /api2/json) that behaves like a host (async tasks
+ * with UPIDs and logs, locks, privilege checks with PVE's 403 texts, storage content, vzdump
+ * archives, snapshots, fault injection) on Effect's Clock. See docs in each module.
+ */
+export { layerSimHttpClient, makeSimHttpClient, type SimHttpClientOptions } from "./client.js"
+export { defaultSeed, defaultSeedJson } from "./defaultSeed.js"
+export { PveApiError, SimPveBindRefused, SimPveSeedError, SimPveServeError } from "./errors.js"
+export { FELHOM_AGENT_ROLE, PVE_PRIVILEGES, type PvePrivilege } from "./privileges.js"
+export {
+  DEFAULT_TASK_DURATIONS_MS,
+  decodeSeed,
+  defaultSeedPath,
+  loadSeed,
+  SimPveFaultsSeed,
+  SimPveQuirks,
+  SimPveSeed,
+  type SimPveFaults,
+  type SimPveSeedEncoded,
+  type SimTaskType,
+  TASK_TYPES
+} from "./seed.js"
+export {
+  isLoopbackHost,
+  runSimPveCli,
+  type RunSimPveCliOptions,
+  serveSimPve,
+  type ServeSimPveOptions,
+  simFingerprint256,
+  type SimPveServer
+} from "./server.js"
+export { makeSimPve, type SimGuestView, type SimPve, type SimPveOptions, type SimTaskView } from "./sim.js"
+export { simCertPem, simKeyPem } from "./tlsMaterial.js"

@@ -1,0 +1,293 @@
+/**
+ * makeSimPve: builds a simulated PVE host from a seed. Tasks are fibers forked into the caller's
+ * scope and every delay runs on Effect's Clock, so a test under TestClock can drive hours of
+ * host time deterministically. Besides the HttpApp, the handle offers inspection and
+ * manipulation helpers for tests (state snapshots, faults, ACL grants/revokes, stale locks).
+ */
+import type { HttpApp } from "@effect/platform"
+import { Clock, Effect, Either, Option, type Scope } from "effect"
+import { makeRng, type SimEnv } from "./env.js"
+import { SimPveSeedError } from "./errors.js"
+import { type LxcConfig, parseMountPoint, validateConfig } from "./lxcconf.js"
+import type { RawValue } from "./params.js"
+import { type AclEntry, splitTokenId, subjectPrivileges } from "./privileges.js"
+import { makeApp } from "./router.js"
+import { contentEntry } from "./routes/read.js"
+import {
+  crossCheckSeed,
+  DEFAULT_TASK_DURATIONS_MS,
+  type SimPveFaults,
+  type SimPveSeed,
+  type SimTaskType,
+  TASK_TYPES
+} from "./seed.js"
+import { backupVolid, type GuestState, type NodeState, type SimState, type TokenState, type VolumeState } from "./state.js"
+
+export interface SimPveOptions {
+  /** overrides of the seed's fault settings */
+  readonly faults?: Partial<SimPveFaults> | undefined
+  /** SHA-256 fingerprint (AA:BB:..) of the certificate the server presents: shown in GET /nodes */
+  readonly tlsFingerprint?: string | undefined
+}
+
+export interface SimGuestView {
+  readonly vmid: number
+  readonly node: string
+  readonly status: "running" | "stopped"
+  readonly lock: string | undefined
+  readonly config: Readonly<LxcConfig>
+  readonly snapshots: ReadonlyArray<{
+    readonly name: string
+    readonly description: string
+    readonly snaptime: number
+    readonly snapstate: string | undefined
+    readonly config: Readonly<LxcConfig>
+  }>
+}
+
+export interface SimTaskView {
+  readonly upid: string
+  readonly node: string
+  readonly type: SimTaskType
+  readonly id: string
+  /** the full token id that started it */
+  readonly user: string
+  readonly status: "running" | "stopped"
+  readonly exitstatus: string | undefined
+  readonly log: ReadonlyArray<string>
+}
+
+export interface SimPve {
+  /** the API as an HttpApp (serve it, or call it in-process with layerSimHttpClient) */
+  readonly app: HttpApp.Default
+  /** the default token: `user@realm!name` */
+  readonly tokenId: string
+  readonly tokenSecret: string
+  /** ready-to-send `Authorization` header value for the default token */
+  readonly authorization: string
+  /** the first node's name */
+  readonly node: string
+  readonly guests: Effect.Effect<ReadonlyArray<SimGuestView>>
+  readonly guest: (vmid: number) => Effect.Effect<Option.Option<SimGuestView>>
+  readonly tasks: Effect.Effect<ReadonlyArray<SimTaskView>>
+  readonly task: (upid: string) => Effect.Effect<Option.Option<SimTaskView>>
+  /** storage content as the API lists it (unfiltered by permissions) */
+  readonly storageContent: (storage: string) => Effect.Effect<ReadonlyArray<Record<string, unknown>>>
+  readonly faults: Effect.Effect<SimPveFaults>
+  /** changes fault injection; a new `seed` restarts the PRNGs */
+  readonly setFaults: (faults: Partial<SimPveFaults>) => Effect.Effect<void>
+  /**
+   * Adds privileges for a user or token on a path, on top of what it already has there
+   * (the entry written at `path` carries the union, so nothing inherited is lost).
+   */
+  readonly grant: (ugid: string, path: string, privs: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Removes privileges for a user or token on a path and below (like a narrower role on that path). */
+  readonly revoke: (ugid: string, path: string, privs: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Sets or clears a guest's `lock` (e.g. the stale lock a crashed job leaves for `pct unlock`). */
+  readonly setLock: (vmid: number, lock: string | undefined) => Effect.Effect<void>
+}
+
+const cloneConfig = (c: LxcConfig): LxcConfig => ({ ...c })
+
+const guestView = (g: GuestState): SimGuestView => ({
+  vmid: g.vmid,
+  node: g.node,
+  status: g.status,
+  lock: typeof g.config["lock"] === "string" ? g.config["lock"] : undefined,
+  config: cloneConfig(g.config),
+  snapshots: g.snapshots.map((s) => ({
+    name: s.name,
+    description: s.description,
+    snaptime: s.snaptime,
+    snapstate: s.snapstate,
+    config: cloneConfig(s.config)
+  }))
+})
+
+const validated = (raw: Readonly<Record<string, RawValue>>): LxcConfig =>
+  // the seed was cross-checked, so a Left cannot happen here
+  Either.getOrElse(validateConfig(raw), () => ({}))
+
+const mergeDurations = (seed: SimPveSeed): Record<SimTaskType, number> => {
+  const out = { ...DEFAULT_TASK_DURATIONS_MS }
+  for (const type of TASK_TYPES) {
+    const ms = seed.task_durations_ms[type]
+    if (ms !== undefined) out[type] = ms
+  }
+  return out
+}
+
+/** Builds the initial state from a decoded, cross-checked seed. */
+const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): SimState => {
+  const nowSec = Math.floor(nowMs / 1000)
+  const nodes = new Map<string, NodeState>(seed.nodes.map((n) => [n.node, { ...n, bootMs: nowMs - n.uptime_s * 1000 }]))
+  const firstNode = seed.nodes[0].node
+  const tokens = new Map<string, TokenState>()
+  for (const t of seed.tokens) {
+    const split = splitTokenId(t.tokenid)
+    if (split === undefined) continue
+    tokens.set(t.tokenid, { tokenid: t.tokenid, userid: split.userid, tokenName: split.tokenName, privsep: t.privsep, secret: t.secret, expire: t.expire })
+  }
+  const acl: Array<AclEntry> = seed.acl.map((e) => ({
+    path: e.path,
+    ugid: e.ugid,
+    propagate: e.propagate,
+    privs: new Set(e.roles.flatMap((r) => seed.roles[r] ?? []))
+  }))
+  const volumes = new Map<string, VolumeState>()
+  const guests = new Map<number, GuestState>()
+  for (const g of seed.guests) {
+    const config = validated(g.config)
+    const running = g.status === "running"
+    guests.set(g.vmid, {
+      vmid: g.vmid,
+      node: g.node ?? firstNode,
+      status: g.status,
+      config,
+      snapshots: g.snapshots.map((s) => ({
+        name: s.name,
+        description: s.description,
+        snaptime: s.snaptime,
+        config: validated(s.config)
+      })),
+      startedAtMs: running ? nowMs - g.uptime_s * 1000 : undefined,
+      pid: running ? 2000 + ((g.vmid * 131) % 90_000) : undefined
+    })
+    for (const [key, value] of Object.entries(config)) {
+      if (key !== "rootfs" && !/^mp\d+$/.test(key)) continue
+      const mp = Either.getOrUndefined(parseMountPoint(key, String(value)))
+      if (mp === undefined || mp.type !== "volume" || mp.storage === undefined) continue
+      volumes.set(mp.volume, {
+        volid: mp.volume,
+        storage: mp.storage,
+        content: "rootdir",
+        format: "raw",
+        size: mp.size ?? 0,
+        ctime: nowSec - 30 * 86_400,
+        vmid: g.vmid
+      })
+    }
+  }
+  for (const b of seed.backups) {
+    const ctime = Math.floor(Date.parse(b.time) / 1000)
+    const volid = backupVolid(b.storage, b.vmid, ctime, b.compression)
+    volumes.set(volid, {
+      volid,
+      storage: b.storage,
+      content: "backup",
+      format: `tar.${b.compression}`,
+      size: b.size,
+      ctime,
+      vmid: b.vmid,
+      notes: b.notes,
+      protected: b.protected,
+      archiveConfig: validated(b.config)
+    })
+  }
+  for (const t of seed.templates) {
+    const volid = `${t.storage}:vztmpl/${t.name}`
+    // PVE reports templates as tgz / txz / tzst
+    const format = `t${t.name.slice(t.name.lastIndexOf(".") + 1)}`
+    volumes.set(volid, { volid, storage: t.storage, content: "vztmpl", format, size: t.size, ctime: t.ctime, vmid: undefined })
+  }
+  return {
+    version: seed.version,
+    nextid: { lower: seed.cluster.nextid_lower, upper: seed.cluster.nextid_upper },
+    nodes,
+    users: new Map(seed.users.map((u) => [u.userid, u])),
+    tokens,
+    acl,
+    storages: new Map(seed.storages.map((s) => [s.storage, s])),
+    guests,
+    volumes,
+    tasks: [],
+    durations: mergeDurations(seed),
+    quirks: seed.quirks,
+    faults: { ...seed.faults, ...options.faults },
+    authFailureDelayMs: seed.auth_failure_delay_ms,
+    tlsFingerprint: options.tlsFingerprint,
+    nextPid: 0x0003_1a2c
+  }
+}
+
+/** Rewrites `ugid`'s entries on `path` to carry exactly `privs` (propagating). */
+const setPrivsAt = (state: SimState, ugid: string, path: string, privs: ReadonlySet<string>): void => {
+  state.acl = [...state.acl.filter((e) => !(e.ugid === ugid && e.path === path)), { path, ugid, propagate: true, privs }]
+}
+
+export const makeSimPve = (
+  seed: SimPveSeed,
+  options: SimPveOptions = {}
+): Effect.Effect<SimPve, SimPveSeedError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const problem = crossCheckSeed(seed)
+    if (problem !== undefined) return yield* Effect.fail(new SimPveSeedError({ source: "seed", message: problem }))
+    const nowMs = yield* Clock.currentTimeMillis
+    const state = buildState(seed, options, nowMs)
+    const env: SimEnv = {
+      state,
+      scope: yield* Effect.scope,
+      rng: makeRng(state.faults.seed),
+      flocks: new Map(),
+      vzdumpLocks: new Map(),
+      fibers: new Map()
+    }
+    const app = yield* makeApp(env)
+    const defaultTokenId = seed.default_token ?? seed.tokens[0]?.tokenid ?? ""
+    const token = state.tokens.get(defaultTokenId)
+    const secret = token?.secret ?? ""
+    const taskView = (t: SimState["tasks"][number]): SimTaskView => ({
+      upid: t.upid,
+      node: t.node,
+      type: t.type,
+      id: t.id,
+      user: t.token.tokenid,
+      status: t.status,
+      exitstatus: t.exitstatus,
+      log: [...t.log]
+    })
+    const sim: SimPve = {
+      app,
+      tokenId: defaultTokenId,
+      tokenSecret: secret,
+      authorization: `PVEAPIToken=${defaultTokenId}=${secret}`,
+      node: seed.nodes[0].node,
+      guests: Effect.sync(() => [...state.guests.values()].sort((a, b) => a.vmid - b.vmid).map(guestView)),
+      guest: (vmid) => Effect.sync(() => Option.map(Option.fromNullable(state.guests.get(vmid)), guestView)),
+      tasks: Effect.sync(() => state.tasks.map(taskView)),
+      task: (upid) => Effect.sync(() => Option.map(Option.fromNullable(state.tasks.find((t) => t.upid === upid)), taskView)),
+      storageContent: (storage) =>
+        Effect.sync(() =>
+          [...state.volumes.values()]
+            .filter((v) => v.storage === storage)
+            .sort((a, b) => a.volid.localeCompare(b.volid))
+            .map(contentEntry)
+        ),
+      faults: Effect.sync(() => ({ ...state.faults })),
+      setFaults: (faults) =>
+        Effect.sync(() => {
+          state.faults = { ...state.faults, ...faults }
+          if (faults.seed !== undefined) Object.assign(env.rng, makeRng(faults.seed))
+        }),
+      grant: (ugid, path, privs) =>
+        Effect.sync(() => {
+          const have = new Set(subjectPrivileges(state.acl, ugid, path).keys())
+          for (const p of privs) have.add(p)
+          setPrivsAt(state, ugid, path, have)
+        }),
+      revoke: (ugid, path, privs) =>
+        Effect.sync(() => {
+          const have = new Set(subjectPrivileges(state.acl, ugid, path).keys())
+          for (const p of privs) have.delete(p)
+          setPrivsAt(state, ugid, path, have)
+        }),
+      setLock: (vmid, lock) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return
+          const { lock: _l, ...rest } = g.config
+          g.config = lock === undefined ? rest : { ...rest, lock }
+        })
+    }
+    return sim
+  })
