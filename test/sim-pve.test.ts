@@ -295,6 +295,9 @@ describe("sim-pve: tasks and locks", () => {
       const log = yield* call(sim, "GET", taskPath(upid, "log"))
       assert.deepStrictEqual(log.body, { data: [{ n: 1, t: "TASK OK" }], total: 1 })
       assert.strictEqual((yield* guest(sim, 101)).status, "running")
+      const listed = yield* call(sim, "GET", "/nodes/pve/tasks?source=all&vmid=101")
+      assert.strictEqual(listed.body.total, 1)
+      assert.deepInclude((listed.body.data as Array<Record<string, unknown>>)[0], { upid, status: "OK", type: "vzstart" })
       const again = yield* call(sim, "POST", "/nodes/pve/lxc/101/status/start")
       assert.strictEqual(again.reason, "CT 101 already running")
       const notRunning = yield* call(sim, "POST", "/nodes/pve/lxc/102/status/stop")
@@ -346,6 +349,18 @@ describe("sim-pve: tasks and locks", () => {
       const restored = yield* guest(sim, 150)
       assert.strictEqual(restored.config["memory"], 1024)
       assert.strictEqual(restored.config["hostname"], "cust-beta")
+    }))
+
+  it.scoped("stopping a task (DELETE .../tasks/{upid}) ends it; vzdump clears its lock", () =>
+    Effect.gen(function*() {
+      const sim = yield* setup()
+      const upid = upidOf(yield* call(sim, "POST", "/nodes/pve/vzdump", { form: { vmid: "100", storage: "local", compress: "zstd" } }))
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* guest(sim, 100)).lock, "backup")
+      assert.strictEqual(ok(yield* call(sim, "DELETE", `/nodes/pve/tasks/${encodeURIComponent(upid)}`)), null)
+      const st = yield* finish(sim, upid)
+      assert.strictEqual(st["exitstatus"], "interrupted by signal")
+      assert.isUndefined((yield* guest(sim, 100)).lock)
     }))
 
   it.scoped("vzdump answers OK when no guest is local, and refuses root-only options", () =>
@@ -508,6 +523,25 @@ describe("sim-pve: restore", () => {
       assert.strictEqual(after.length, 1)
       const restore = yield* call(sim, "POST", "/nodes/pve/lxc", { form: { vmid: "122", ostemplate: GOLDEN, restore: "1", storage: "local-lvm" } })
       assert.strictEqual(restore.reason, "Permission check failed (/vms/9000, VM.Backup)")
+    }))
+
+  it.scoped("an authorization failure can surface inside the task (bind mount in the archive)", () =>
+    Effect.gen(function*() {
+      const json = structuredClone(defaultSeedJson) as { backups: Array<Record<string, unknown>> }
+      json.backups.push({
+        storage: "local",
+        vmid: 9100,
+        time: "2026-01-12T02:00:00Z",
+        size: 1000,
+        config: { hostname: "legacy", rootfs: "local-lvm:vm-9100-disk-0,size=2G", mp0: "/srv/shared,mp=/shared", unprivileged: 1 }
+      })
+      const sim = yield* makeSimPve(yield* decodeSeed(json, "test"))
+      const upid = upidOf(yield* call(sim, "POST", "/nodes/pve/lxc", {
+        form: { vmid: "131", ostemplate: "local:backup/vzdump-lxc-9100-2026_01_12-02_00_00.tar.zst", restore: "1", storage: "local-lvm" }
+      }))
+      const st = yield* finish(sim, upid)
+      assert.strictEqual(st["exitstatus"], "unable to restore CT 131 - restoring 'mp0' to bind mount is only possible for root")
+      assert.isTrue(Option.isNone(yield* sim.guest(131)))
     }))
 
   it.scoped("a failed overwrite-restore (force=1) leaves the guest gone", () =>

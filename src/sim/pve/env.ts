@@ -214,8 +214,6 @@ export const startTask = (
     return task.upid
   })
 
-export const isPveApiError = (u: unknown): u is PveApiError => u instanceof PveApiError
-
 /** Random locally administered MAC with Proxmox's OUI prefix (BC:24:11), as PVE generates them. */
 export const randomMac = (env: SimEnv): Effect.Effect<string> =>
   Effect.map(

@@ -243,10 +243,6 @@ export const taskStatusJson = (t: TaskState): Record<string, unknown> => ({
 
 const hashish = (n: number): number => ((n * 2654435761) >>> 0) / 2 ** 32
 
-export interface GuestStats {
-  readonly json: Record<string, unknown>
-}
-
 /** One `GET /nodes/{node}/lxc` entry (also the base of status/current). */
 export const guestStatusJson = (
   state: SimState,
