@@ -78,6 +78,16 @@ describe("PVE TLS trust", () => {
       expect(v.version).toBe("9.0.11")
     }))
 
+  it.live("the pin holds on every new connection (no session resumption without a certificate)", () =>
+    Effect.gen(function*() {
+      // several concurrent calls force several connections; later ones would resume the TLS session
+      const results = yield* Effect.forEach(Array.from({ length: 8 }), () => version, { concurrency: 8 }).pipe(
+        Effect.zipRight(Effect.forEach(Array.from({ length: 8 }), () => version, { concurrency: 8 })),
+        Effect.provide(proxmoxWith({ fingerprint_sha256: fingerprint }))
+      )
+      expect(results.every((v) => v.version === "9.0.11")).toBe(true)
+    }))
+
   it.live("a pin written in lower case without colons still matches only the same certificate", () =>
     Effect.gen(function*() {
       const v = yield* version.pipe(Effect.provide(proxmoxWith({ fingerprint_sha256: fingerprint.toLowerCase() })))

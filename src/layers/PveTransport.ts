@@ -47,7 +47,9 @@ export class TlsPinMismatch extends Error {
 }
 
 const pinnedConnector = (fingerprint256: string): Undici.buildConnector.connector => {
-  const base = Undici.buildConnector({ rejectUnauthorized: false })
+  // No session cache: a resumed TLS session carries no peer certificate to compare, and every
+  // connection must prove the pinned certificate itself.
+  const base = Undici.buildConnector({ rejectUnauthorized: false, maxCachedSessions: 0 })
   const want = normalizeFingerprint(fingerprint256)
   return (options, callback) =>
     base(options, (error, socket) => {

@@ -18,7 +18,7 @@ export interface GuestSpec {
 }
 
 export interface GuestReport {
-  readonly vmid: number
+  readonly vmid: VmId
   readonly name: string | null
   readonly status: "running" | "stopped"
   readonly lock: string | null
