@@ -1,0 +1,156 @@
+/**
+ * The shipped CLI (the esbuild bundle behind bin/felhom-agent.cjs) as a user runs it:
+ * `sim pve` in one process, `selftest --json` in another, exit codes and one-line reasons.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { readFileSync, writeFileSync, mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { VERSION } from "../src/version.js"
+
+const root = join(__dirname, "..")
+const bin = join(root, "bin", "felhom-agent.cjs")
+
+/** An empty config file, so a host's /etc/felhom-agent/agent.json never leaks into the test. */
+const emptyConfig = join(mkdtempSync(join(tmpdir(), "felhom-cli-")), "empty.json")
+writeFileSync(emptyConfig, "{}")
+
+/** Env without any FELHOM_AGENT_* from the developer's shell, plus what the test sets. */
+const env = (extra: Record<string, string> = {}) => {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_")))
+  return { ...clean, FELHOM_AGENT_CONFIG: emptyConfig, ...extra } as NodeJS.ProcessEnv
+}
+const run = (args: Array<string>, extra: Record<string, string> = {}) =>
+  spawnSync(process.execPath, [bin, ...args], { env: env(extra), encoding: "utf8", timeout: 60_000 })
+
+let sim: ChildProcess
+let exports: Record<string, string> = {}
+
+beforeAll(async () => {
+  // the bundle is what ships; build it from the current sources so the test never runs a stale one
+  const build = spawnSync(process.execPath, [join(root, "scripts", "build.mjs")], { cwd: root, encoding: "utf8" })
+  if (build.status !== 0) throw new Error(`build failed: ${build.stderr}`)
+  sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0"], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
+  let out = ""
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`simulator did not start: ${out}`)), 20_000)
+    sim.stdout!.on("data", (chunk: Buffer) => {
+      out += chunk.toString()
+      if (out.includes("Ctrl-C")) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    sim.on("exit", (code) => reject(new Error(`simulator exited ${code}: ${out}`)))
+  })
+  for (const m of out.matchAll(/^export (FELHOM_AGENT_[A-Z_0-9]+)='([^']*)'$/gm)) exports[m[1]!] = m[2]!
+})
+
+afterAll(() => {
+  sim?.kill("SIGTERM")
+})
+
+describe("felhom-agent CLI", () => {
+  it("version matches package.json", () => {
+    const r = run(["version"])
+    expect(r.status).toBe(0)
+    expect(r.stdout.trim()).toBe(`felhom-agent ${VERSION}`)
+    expect(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version).toBe(VERSION)
+    expect(JSON.parse(run(["version", "--json"]).stdout)).toEqual({ name: "felhom-agent", version: VERSION })
+  })
+
+  it("--help works on the root and on subcommands", () => {
+    for (const args of [["--help"], ["selftest", "--help"], ["selftest", "task", "--help"], ["sim", "pve", "--help"]]) {
+      const r = run(args)
+      expect(r.status, args.join(" ")).toBe(0)
+      expect(r.stdout).toContain("felhom-agent")
+    }
+  })
+
+  it("sim pve prints everything selftest needs", () => {
+    expect(Object.keys(exports).sort()).toEqual([
+      "FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256",
+      "FELHOM_AGENT_PROXMOX_TOKEN_ID",
+      "FELHOM_AGENT_PROXMOX_TOKEN_SECRET",
+      "FELHOM_AGENT_PROXMOX_URL"
+    ])
+    expect(exports["FELHOM_AGENT_PROXMOX_URL"]).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/)
+  })
+
+  it("selftest --json against `sim pve` in another process: healthy, exit 0", () => {
+    const r = run(["selftest", "--json"], exports)
+    expect(r.stderr).toBe("")
+    expect(r.status).toBe(0)
+    const report = JSON.parse(r.stdout)
+    expect(report.healthy).toBe(true)
+    expect(report.node).toBe("pve")
+    expect(report.guests.map((g: { vmid: number }) => g.vmid)).toEqual([100, 101, 102])
+    expect(report.guests[0].spec.memory_mib).toBe(2048)
+    expect(report.storage.length).toBe(2)
+    expect(r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
+  })
+
+  it("human output by default", () => {
+    const r = run(["selftest"], exports)
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/^felhom-agent selftest: HEALTHY/)
+  })
+
+  it("selftest task needs --yes (exit 2, one line) and then completes the cycle", () => {
+    const refused = run(["selftest", "task", "--vmid", "101"], exports)
+    expect(refused.status).toBe(2)
+    expect(refused.stderr.trim().split("\n")).toHaveLength(1)
+    expect(refused.stderr).toContain("--yes")
+    const r = run(["selftest", "task", "--vmid", "101", "--yes", "--json"], exports)
+    expect(r.status).toBe(0)
+    const report = JSON.parse(r.stdout)
+    expect(report.steps.map((s: { step: string; ok: boolean }) => [s.step, s.ok])).toEqual([
+      ["snapshot", true],
+      ["rollback", true],
+      ["delete_snapshot", true]
+    ])
+  }, 60_000)
+
+  it("a wrong pin: exit 1 with a one-line reason naming the mismatch, no secret", () => {
+    const wrong = exports["FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256"]!.split(":").reverse().join(":")
+    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256: wrong })
+    expect(r.status).toBe(1)
+    expect(r.stderr.trim().split("\n")).toHaveLength(1)
+    expect(r.stderr).toContain("fingerprint mismatch")
+    expect(r.stderr + r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
+  })
+
+  it("a missing privilege: exit 1, the reason names it", () => {
+    // a guest id the token has no VM.Audit on does not exist; use an unknown token instead
+    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TOKEN_SECRET: "00000000-0000-0000-0000-000000000000" })
+    expect(r.status).toBe(1)
+    expect(r.stderr).toMatch(/auth|authentication/i)
+    expect(r.stderr).not.toContain("00000000-0000-0000-0000-000000000000")
+  })
+
+  it("configuration errors: exit 2, the key named, nothing echoed", () => {
+    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_URL: "http://127.0.0.1:1" })
+    expect(r.status).toBe(2)
+    expect(r.stderr).toContain("proxmox.url")
+    const none = run(["selftest"])
+    expect(none.status).toBe(2)
+    expect(none.stderr).toContain("proxmox")
+  })
+
+  it("--print-config redacts the token secret", () => {
+    const dir = mkdtempSync(join(tmpdir(), "felhom-cli-"))
+    const path = join(dir, "agent.json")
+    writeFileSync(path, JSON.stringify({ privileged: { mode: "direct" } }))
+    const r = run(["selftest", "--print-config", "--config", path], exports)
+    expect(r.status).toBe(0)
+    const printed = JSON.parse(r.stdout)
+    expect(printed.proxmox.token_secret).toBe("<redacted>")
+    expect(printed.privileged.mode).toBe("direct")
+    expect(r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
+  })
+
+  it("an unknown command is a usage error (exit 2)", () => {
+    expect(run(["frobnicate"]).status).toBe(2)
+  })
+})
