@@ -3,10 +3,11 @@
  * measured in the same run, interleaved so machine noise hits both alike.
  */
 import { spawnSync } from "node:child_process"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
 
 const runs = Number(process.env["BENCH_RUNS"] ?? 15)
-const bin = join(__dirname, "..", "bin", "felhom-agent.cjs")
+const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "felhom-agent.cjs")
 
 const time = (args: Array<string>): number => {
   const t0 = process.hrtime.bigint()
@@ -31,4 +32,4 @@ export const coldStart = () => {
   return { baseMs: b, oursMs: o, ratio: o / b }
 }
 
-if (require.main === module) coldStart()
+if (process.argv[1] === fileURLToPath(import.meta.url)) coldStart()
