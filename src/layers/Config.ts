@@ -4,7 +4,7 @@
  */
 import { FileSystem } from "@effect/platform"
 import { Config, Context, Effect, Either, Layer, Option, ParseResult, Redacted, Schema } from "effect"
-import { AgentConfigFile, type ConfigMode, HubConfig, PrivilegedConfig, ProxmoxConfig } from "../schema/config.js"
+import { AgentConfigFile, AuthzConfig, type ConfigMode, HubConfig, PrivilegedConfig, ProxmoxConfig } from "../schema/config.js"
 import { ConfigError } from "../schema/errors.js"
 
 export const DEFAULT_CONFIG_PATH = "/etc/felhom-agent/agent.json"
@@ -36,7 +36,8 @@ const OVERLAY: ReadonlyArray<readonly [path: ReadonlyArray<string>, kind: "strin
   [["privileged", "timeout_seconds"], "int"],
   [["hub", "url"], "string"],
   [["hub", "api_key"], "string"],
-  [["hub", "ca_file"], "string"]
+  [["hub", "ca_file"], "string"],
+  [["authz", "clock_skew_seconds"], "int"]
 ]
 
 export const envNameOf = (path: ReadonlyArray<string>) => ENV_PREFIX + path.join("_").toUpperCase()
@@ -150,10 +151,11 @@ export const validateForMode = (
     const checked = validateProxmox(file.proxmox)
     if (Either.isLeft(checked)) return Either.left(checked.left)
   }
-  if (mode === "daemon") {
-    if (file.hub === undefined) return Either.left(missing("hub", mode))
+  if (mode === "daemon" || mode === "authz") {
     if (file.host_id === undefined) return Either.left(missing("host_id", mode))
+    if (file.authz === undefined) return Either.left(missing("authz", mode))
   }
+  if (mode === "daemon" && file.hub === undefined) return Either.left(missing("hub", mode))
   return Either.right(file)
 }
 
@@ -222,4 +224,4 @@ export const renderRedacted = (file: AgentConfigFile): string => {
   return JSON.stringify(walk(file), null, 2)
 }
 
-export { HubConfig, PrivilegedConfig, ProxmoxConfig }
+export { AuthzConfig, HubConfig, PrivilegedConfig, ProxmoxConfig }

@@ -93,16 +93,27 @@ export class HubConfig extends Schema.Class<HubConfig>("HubConfig")({
   ca_file: Schema.optional(AbsolutePath)
 }) {}
 
+export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
+  /**
+   * Operator keys, authorized_keys style: `role=<operational|recovery>,key-id=<id> <type> <base64> [comment]`.
+   * Parsed (and each bad line named) when the Authz layer starts.
+   */
+  signers: Schema.Array(Schema.String),
+  /** Tolerance for clock differences between the operator's machine and this host. */
+  clock_skew_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 900)), { default: () => 120 })
+}) {}
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")({
   host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
   state_dir: Schema.optionalWith(AbsolutePath, { default: () => "/var/lib/felhom-agent" }),
   proxmox: Schema.optional(ProxmoxConfig),
   privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
-  hub: Schema.optional(HubConfig)
+  hub: Schema.optional(HubConfig),
+  authz: Schema.optional(AuthzConfig)
 }, {
   // Unknown keys are typos more often than not; reject them by name.
   parseOptions: { onExcessProperty: "error" }
 }) {}
 
 /** What the running subcommand needs; validation checks exactly that and names what is missing. */
-export type ConfigMode = "selftest" | "privileged" | "daemon" | "none"
+export type ConfigMode = "selftest" | "privileged" | "daemon" | "authz" | "none"

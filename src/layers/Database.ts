@@ -1,0 +1,79 @@
+/**
+ * The state database: one SQLite file in the state directory (WAL, synchronous=FULL), migrated
+ * with `Migrator.make` from @effect/sql. (`SqliteMigrator.layer` shells out to the sqlite3 binary
+ * to dump the schema, which would put a CommandExecutor into every layer above this one.)
+ *
+ * Later issues add the journal, idempotency and audit tables here as further migrations.
+ */
+import { FileSystem } from "@effect/platform"
+import { Migrator, SqlClient } from "@effect/sql"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Data, Effect, Layer } from "effect"
+import { AgentConfig } from "./Config.js"
+
+export class DatabaseError extends Data.TaggedError("DatabaseError")<{ readonly message: string }> {}
+
+export const STATE_DB_FILE = "state.db"
+
+/** Migrations in order; ids come from the key prefix. Never edit one that has shipped. */
+export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> = {
+  "0001_nonces": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // One row per accepted signed op. The nonce is global (not per signer): a blob's nonce can be
+    // used once, whoever signed it. Rows live until the op's expiry plus the skew tolerance.
+    yield* sql`CREATE TABLE nonces (
+      nonce TEXT PRIMARY KEY NOT NULL,
+      signer_fingerprint TEXT NOT NULL,
+      op TEXT NOT NULL,
+      expires_at_ms INTEGER NOT NULL,
+      recorded_at_ms INTEGER NOT NULL
+    ) STRICT`
+    yield* sql`CREATE INDEX nonces_expiry ON nonces (expires_at_ms)`
+  })
+}
+
+const migrate = Migrator.make({})({ loader: Migrator.fromRecord(migrations), table: "felhom_migrations" })
+
+/** Pragmas, then migrations; fails the layer (with a clear message) if the file is unusable. */
+const setup = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  // FULL: a committed nonce or journal row survives power loss, not only a process crash.
+  yield* sql`PRAGMA synchronous = FULL`
+  yield* sql`PRAGMA foreign_keys = ON`
+  yield* sql`PRAGMA busy_timeout = 5000`
+  yield* migrate
+}).pipe(Effect.mapError((e) => new DatabaseError({ message: `state database setup failed: ${describe(e)}` })))
+
+const describe = (e: unknown): string => {
+  if (typeof e === "object" && e !== null && "message" in e && typeof e.message === "string" && e.message.length > 0) {
+    const cause = "cause" in e && e.cause instanceof Error ? `: ${e.cause.message}` : ""
+    return `${e.message}${cause}`
+  }
+  return String(e)
+}
+
+/** A database at an explicit path (":memory:" for benchmarks and throwaway verification). */
+export const layerAt = (filename: string): Layer.Layer<SqlClient.SqlClient | SqliteClient.SqliteClient, DatabaseError> =>
+  Layer.effectDiscard(setup).pipe(
+    Layer.provideMerge(
+      SqliteClient.layer({ filename }).pipe(
+        Layer.mapError((e) => new DatabaseError({ message: `cannot open ${filename}: ${describe(e)}` }))
+      )
+    )
+  )
+
+/** The state database in `state_dir` (created 0700 if missing). */
+export const DatabaseLive: Layer.Layer<
+  SqlClient.SqlClient | SqliteClient.SqliteClient,
+  DatabaseError,
+  AgentConfig | FileSystem.FileSystem
+> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const { file } = yield* AgentConfig
+    const fs = yield* FileSystem.FileSystem
+    yield* fs.makeDirectory(file.state_dir, { recursive: true, mode: 0o700 }).pipe(
+      Effect.mapError((e) => new DatabaseError({ message: `cannot create state_dir ${file.state_dir}: ${e.message}` }))
+    )
+    return layerAt(`${file.state_dir.replace(/\/+$/, "")}/${STATE_DB_FILE}`)
+  })
+)
