@@ -129,7 +129,7 @@ export class SshReader {
     return Either.isLeft(len) ? Either.left(len.left) : this.bytes(len.right, field)
   }
 
-  /** A text field as OpenSSH reads it (sshbuf_get_cstring): no embedded NUL; bytes kept 1:1. */
+  /** A text field (cf. sshbuf_get_cstring, but stricter: no NUL at all, not even a final one); bytes kept 1:1. */
   cstring(field: string): Either.Either<string, SshsigError> {
     const raw = this.string(field)
     if (Either.isLeft(raw)) return Either.left(raw.left)

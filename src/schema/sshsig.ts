@@ -21,6 +21,8 @@
  *     (ssh-keygen ignores the flags; sshd does not).
  *   - The webauthn-sk-ecdsa signature form is refused (ssh-keygen never makes it).
  *   - Only [ \t\r\n] is skipped inside the base64 body (b64_pton also skips \v and \f).
+ *   - Text fields (namespace, hash, types, application) may not contain any NUL byte, not even
+ *     the single trailing one sshbuf_get_cstring tolerates ("felhom-op-v1\0" passes ssh-keygen).
  *   - Namespace and FIDO application must be valid UTF-8; RSA exponents are capped at 64 bits.
  */
 import { Either } from "effect"
