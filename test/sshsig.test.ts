@@ -84,6 +84,15 @@ const strings = (b: Uint8Array, count: number) => {
   return { parts: out, rest: buf.subarray(o) }
 }
 
+/** The same Ed25519 signature with S replaced by S + L (the group order): non-canonical. */
+const malleate = (inner: Uint8Array) => {
+  const { parts: [type, sig] } = strings(inner, 2)
+  const L = (1n << 252n) + 27742317777372353535851937790883648493n
+  const s = BigInt("0x" + Buffer.from(sig!.subarray(32)).reverse().toString("hex")) + L
+  const sBytes = Buffer.from(s.toString(16).padStart(64, "0"), "hex").reverse()
+  return Buffer.concat([sshString(type!), sshString(Buffer.concat([sig!.subarray(0, 32), sBytes]))])
+}
+
 const nodeEd = makeKey("ssh-ed25519")
 const nodeRsa = makeKey("ssh-rsa", { bits: 2048 })
 
@@ -181,6 +190,13 @@ const cases: ReadonlyArray<Case> = [
   { name: "SHA512 (wrong case) SSHSIG hash", armored: signSshsig({ message: text, namespace: NS, key: nodeEd, hashAlgorithm: "SHA512" }), message: text, ours: "Malformed", match: /unsupported hash/ },
   // signature types (reference §6)
   { name: "ed25519 key with sigtype ssh-rsa", armored: signSshsig({ message: text, namespace: NS, key: nodeEd, sigType: "ssh-rsa" }), message: text, ours: "BadSignature", match: /does not match the key type/ },
+  {
+    name: "ed25519 signature malleated to S + L",
+    armored: rebuild(ed.parsed, { signature: malleate(ed.parsed.signature) }),
+    message: text,
+    ours: "BadSignature",
+    sshKeygen: { accepts: true, why: "OpenSSH 9.2's bundled ref10 Ed25519 does not check S < L; OpenSSL does" }
+  },
   {
     name: "ed25519 signature of 65 bytes",
     armored: rebuild(ed.parsed, { signature: (() => { const { parts: [t, s] } = strings(ed.parsed.signature, 2); return Buffer.concat([sshString(t!), sshString(Buffer.concat([s!, Buffer.of(0)]))]) })() }),

@@ -20,6 +20,8 @@
  *   - sk signatures without the user-presence flag are refused unless the policy says otherwise
  *     (ssh-keygen ignores the flags; sshd does not).
  *   - The webauthn-sk-ecdsa signature form is refused (ssh-keygen never makes it).
+ *   - Non-canonical Ed25519 signatures (S >= L) are refused: OpenSSL checks S < L, while
+ *     OpenSSH 9.2's bundled ref10 code accepts S + L. Honest signers never produce them.
  *   - Only [ \t\r\n] is skipped inside the base64 body (b64_pton also skips \v and \f).
  *   - Text fields (namespace, hash, types, application) may not contain any NUL byte, not even
  *     the single trailing one sshbuf_get_cstring tolerates ("felhom-op-v1\0" passes ssh-keygen).
