@@ -26,6 +26,26 @@ const RULES = [
     source: []
   },
   {
+    name: "Authz and the state database neither shell out nor do HTTP",
+    entries: ["src/layers/Authz.ts", "src/layers/Database.ts"],
+    modules: [
+      /^(node:)?child_process$/,
+      /^(node:)?(http|https|http2|net|tls|dgram)$/,
+      /^undici$/,
+      /^@effect\/platform\/(Command|CommandExecutor|HttpClient|HttpClientRequest|HttpClientResponse|FetchHttpClient)$/,
+      /^@effect\/platform-node\/(NodeCommandExecutor|NodeContext|NodeHttpClient|Undici)$/,
+      // SqliteMigrator shells out to the sqlite3 binary (SPEC §17)
+      /^@effect\/sql-sqlite-node\/SqliteMigrator$/
+    ],
+    named: {
+      "@effect/platform": ["Command", "CommandExecutor", "HttpClient", "HttpClientRequest", "HttpClientResponse", "FetchHttpClient"],
+      "@effect/platform-node": ["NodeCommandExecutor", "NodeContext", "NodeHttpClient", "Undici"],
+      "@effect/sql-sqlite-node": ["SqliteMigrator"]
+    },
+    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/Privileged.ts"],
+    source: [/\bfetch\s*\(/]
+  },
+  {
     name: "Privileged never does HTTP",
     entries: ["src/layers/Privileged.ts"],
     modules: [

@@ -6,11 +6,14 @@
  */
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Console, Data, Effect, Exit, Layer, Option, Schema } from "effect"
+import { FileSystem } from "@effect/platform"
+import { Cause, Console, Data, Duration, Effect, Exit, Layer, Option, Schema } from "effect"
 import * as AgentConfigLayer from "./layers/Config.js"
 import { ProxmoxWithoutClient } from "./layers/Proxmox.js"
 import { PveHttpClientLive } from "./layers/PveTransport.js"
 import { runDemo } from "./programs/demo.js"
+import { newOp, signOp, verifyOpLocally } from "./programs/op.js"
+import { sshsigVerify } from "./programs/sshsigVerify.js"
 import { renderReport, renderTask, selftestRead, selftestTask } from "./programs/selftest.js"
 import type { ConfigMode } from "./schema/config.js"
 import { VmId } from "./schema/ids.js"
@@ -117,13 +120,143 @@ const sim = Command.make("sim").pipe(
   Command.withSubcommands([simPve])
 )
 
+// ---------------------------------------------------------------------------------------------
+// op: build, sign and verify operator-signed ops
+
+const fileOpt = (name: string, description: string) => Options.text(name).pipe(Options.withDescription(description))
+
+const readBytes = (path: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(path)).pipe(
+    Effect.mapError((e) => new CliFailure({ code: 2, message: `cannot read ${path}: ${e.message}` }))
+  )
+
+const opNew = Command.make(
+  "new",
+  {
+    op: Options.text("op").pipe(Options.withDescription("operation, e.g. decommission, restore-now, force-backup")),
+    host: Options.text("host").pipe(Options.withDescription("target host_id")),
+    guest: Options.integer("guest").pipe(Options.withSchema(VmId), Options.optional, Options.withDescription("target guest vmid")),
+    params: Options.text("params").pipe(Options.withDefault("{}"), Options.withDescription("params as a JSON object")),
+    expiresIn: Options.text("expires-in").pipe(Options.withDefault("1 hour"), Options.withDescription("validity, e.g. '15 minutes', '2 hours'")),
+    notBefore: Options.text("not-before").pipe(Options.optional, Options.withDescription("RFC 3339 UTC start of validity")),
+    keyId: Options.text("key-id").pipe(Options.withDescription("your key id (audit only)")),
+    out: fileOpt("out", "write the blob here (default: stdout)").pipe(Options.optional)
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const expiresIn = yield* Option.match(Duration.decodeUnknown(o.expiresIn), {
+        onNone: () => Effect.fail(new CliFailure({ code: 2, message: `--expires-in: not a duration: ${o.expiresIn}` })),
+        onSome: Effect.succeed
+      })
+      const bytes = yield* newOp({
+        op: o.op,
+        hostId: o.host,
+        guestId: Option.getOrNull(o.guest),
+        params: o.params,
+        expiresIn,
+        notBefore: Option.getOrUndefined(o.notBefore),
+        keyId: o.keyId
+      })
+      if (Option.isSome(o.out)) {
+        const out = o.out.value
+        yield* Effect.flatMap(FileSystem.FileSystem, (fs) => fs.writeFile(out, bytes))
+        yield* Console.error(`wrote ${bytes.length} bytes to ${out}; sign with: felhom-agent op sign --key KEY --in ${out}`)
+      } else {
+        yield* Effect.sync(() => process.stdout.write(bytes))
+      }
+    }).pipe(Effect.mapError((e) => toCliFailure(e)))
+).pipe(Command.withDescription("build an op blob (fresh random nonce) and write its exact bytes"))
+
+const opSign = Command.make(
+  "sign",
+  { key: fileOpt("key", "your ssh key (private key, or the .pub of a key held by ssh-agent or a FIDO token)"), file: fileOpt("in", "the op blob to sign") },
+  ({ file, key }) =>
+    signOp({ keyFile: key, file }).pipe(
+      Effect.flatMap((sig) => Console.error(`signature written to ${sig}`)),
+      Effect.mapError((e) => toCliFailure(e))
+    )
+).pipe(Command.withDescription("sign an op blob with ssh-keygen -Y sign -n felhom-op-v1"))
+
+const readSignerLines = (path: string) =>
+  Effect.map(readBytes(path), (b) =>
+    new TextDecoder().decode(b).split("\n").map((l) => l.trim()).filter((l) => l.length > 0 && !l.startsWith("#")))
+
+const opVerify = Command.make(
+  "verify",
+  {
+    blob: fileOpt("blob", "the op blob"),
+    signature: fileOpt("signature", "its armored SSHSIG signature (default: BLOB.sig)").pipe(Options.optional),
+    signers: fileOpt("signers", "signer lines (role=...,key-id=... <key>), one per line; default: authz.signers from --config").pipe(Options.optional),
+    hostId: Options.text("host-id").pipe(Options.optional, Options.withDescription("this host's id (default: host_id from --config)")),
+    config: configOpt,
+    json: jsonOpt
+  },
+  (o) =>
+    Effect.gen(function*() {
+      const needConfig = Option.isNone(o.signers) || Option.isNone(o.hostId)
+      const cfg = needConfig ? Option.some(yield* AgentConfigLayer.loadConfig({ path: o.config, mode: "none" })) : Option.none()
+      const fromConfig = Option.map(cfg, (c) => c.file)
+      const signers = Option.isSome(o.signers)
+        ? yield* readSignerLines(o.signers.value)
+        : Option.getOrElse(Option.flatMap(fromConfig, (f) => Option.fromNullable(f.authz?.signers)), () => [] as ReadonlyArray<string>)
+      const hostId = Option.getOrElse(o.hostId, () => Option.getOrElse(Option.flatMap(fromConfig, (f) => Option.fromNullable(f.host_id)), () => ""))
+      if (hostId === "") return yield* new CliFailure({ code: 2, message: "no host id: pass --host-id or set host_id in the config" })
+      if (signers.length === 0) return yield* new CliFailure({ code: 2, message: "no signers: pass --signers FILE or set authz.signers in the config" })
+      const verdict = yield* verifyOpLocally({
+        blob: yield* readBytes(o.blob),
+        signature: yield* readBytes(Option.getOrElse(o.signature, () => `${o.blob}.sig`)),
+        signers,
+        hostId,
+        clockSkewSeconds: Option.getOrElse(Option.flatMap(fromConfig, (f) => Option.fromNullable(f.authz?.clock_skew_seconds)), () => 120)
+      })
+      yield* Console.log(o.json ? JSON.stringify(verdict, null, 2) : verdict.valid ? verdict.message : `rejected at stage ${verdict.stage}: ${verdict.error}: ${verdict.message}`)
+      if (!verdict.valid) return yield* new CliFailure({ code: 1, message: `rejected (${verdict.error} at ${verdict.stage})` })
+    }).pipe(Effect.mapError((e) => toCliFailure(e)))
+).pipe(Command.withDescription("verify an op blob + signature against an allow-list; prints the stage that rejected it"))
+
+const op = Command.make("op").pipe(
+  Command.withDescription("operator-signed operations: build, sign, verify"),
+  Command.withSubcommands([opNew, opSign, opVerify])
+)
+
+const readStdin = Effect.async<Uint8Array>((resume) => {
+  const chunks: Array<Buffer> = []
+  process.stdin.on("data", (c: Buffer) => chunks.push(c))
+  process.stdin.on("end", () => resume(Effect.succeed(Buffer.concat(chunks))))
+  process.stdin.on("error", () => resume(Effect.succeed(Buffer.concat(chunks))))
+})
+
+const sshsigVerifyCmd = Command.make(
+  "verify",
+  {
+    namespace: Options.text("namespace").pipe(Options.withDescription("the namespace the signature must carry")),
+    key: fileOpt("key", "the signer's public key (.pub line)"),
+    signature: fileOpt("signature", "the armored signature")
+  },
+  ({ key, namespace, signature }) =>
+    Effect.gen(function*() {
+      const message = yield* readStdin
+      const r = yield* sshsigVerify({ namespace, keyFile: key, signatureFile: signature, message })
+      if (r.valid) {
+        yield* Console.log(`Good "${namespace}" signature with ${r.keyType ?? "?"} key ${r.fingerprint ?? "?"}`)
+      } else {
+        return yield* new CliFailure({ code: 1, message: `Could not verify signature: ${r.reason ?? "invalid"}` })
+      }
+    })
+).pipe(Command.withDescription("check one SSHSIG signature of stdin against a key (like ssh-keygen -Y check-novalidate)"))
+
+const sshsig = Command.make("sshsig").pipe(
+  Command.withDescription("low-level SSHSIG diagnostics"),
+  Command.withSubcommands([sshsigVerifyCmd])
+)
+
 const demo = Command.make("demo", {}, () => runDemo.pipe(Effect.mapError(toCliFailure))).pipe(
   Command.withDescription("start the PVE simulator in-process and run selftest read + task against it")
 )
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, selftest, sim, demo])
+  Command.withSubcommands([version, selftest, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

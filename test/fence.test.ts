@@ -10,6 +10,8 @@ import { spawnSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import type { SqlClient } from "@effect/sql"
+import { AuthzLive, type AuthzShape } from "../src/layers/Authz.js"
 import type { AgentConfig } from "../src/layers/Config.js"
 import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.js"
 import { Privileged } from "../src/layers/Privileged.js"
@@ -32,6 +34,11 @@ describe("the fence (types)", () => {
   it("Privileged's layer requires only CommandExecutor and AgentConfig, never an HttpClient", () => {
     expectTypeOf<Extract<RIn<typeof PrivilegedLive>, HttpClient.HttpClient>>().toBeNever()
     expectTypeOf<MethodR<PrivilegedShape>>().toBeNever()
+  })
+
+  it("Authz's layer requires only SqlClient and AgentConfig: no HTTP, no processes", () => {
+    expectTypeOf<RIn<typeof AuthzLive>>().toEqualTypeOf<SqlClient.SqlClient | AgentConfig>()
+    expectTypeOf<MethodR<AuthzShape>>().toBeNever()
   })
 
   it("a Proxmox layer that shells out does not compile", () => {
@@ -66,7 +73,9 @@ describe("the fence (import boundaries)", () => {
   const clean = {
     "src/layers/Proxmox.ts": `import { HttpClient } from "@effect/platform"\nexport const x = HttpClient\n`,
     "src/layers/PveTransport.ts": `export const y = 1\n`,
-    "src/layers/Privileged.ts": `import { Command } from "@effect/platform"\nexport const z = Command\n`
+    "src/layers/Privileged.ts": `import { Command } from "@effect/platform"\nexport const z = Command\n`,
+    "src/layers/Authz.ts": `import { SqlClient } from "@effect/sql"\nexport const a = SqlClient\n`,
+    "src/layers/Database.ts": `export const d = 1\n`
   }
 
   it("passes on the real tree", () => {
@@ -93,6 +102,18 @@ describe("the fence (import boundaries)", () => {
     const r = runOn({ ...clean, "src/layers/Proxmox.ts": `import { CommandExecutor } from "@effect/platform"\nexport const x = CommandExecutor\n` })
     expect(r.status).toBe(1)
     expect(r.stderr).toContain("imports CommandExecutor")
+  })
+
+  it("catches Authz reaching a process or the network, and the shelling SqliteMigrator", () => {
+    for (const body of [
+      `import { Command } from "@effect/platform"\nexport const a = Command\n`,
+      `import { HttpClient } from "@effect/platform"\nexport const a = HttpClient\n`,
+      `import { SqliteMigrator } from "@effect/sql-sqlite-node"\nexport const a = SqliteMigrator\n`,
+      `import { execFile } from "node:child_process"\nexport const a = execFile\n`
+    ]) {
+      const r = runOn({ ...clean, "src/layers/Authz.ts": body })
+      expect(r.status, body).toBe(1)
+    }
   })
 
   it("catches Privileged importing HttpClient, undici, node:https or calling fetch", () => {

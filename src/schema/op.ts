@@ -4,9 +4,10 @@
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { VmId } from "./ids.js"
+import { FELHOM_OP_NAMESPACE } from "./sshsig.js"
 
 /** The SSHSIG namespace for operator ops: a constant, never taken from a caller. */
-export const OP_NAMESPACE = "felhom-op-v1"
+export const OP_NAMESPACE = FELHOM_OP_NAMESPACE
 
 /** RFC 3339 UTC timestamps with a Z suffix, second (optionally sub-second) precision. */
 const RFC3339_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z$/
