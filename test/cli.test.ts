@@ -28,9 +28,7 @@ let sim: ChildProcess
 let exports: Record<string, string> = {}
 
 beforeAll(async () => {
-  // the bundle is what ships; build it from the current sources so the test never runs a stale one
-  const build = spawnSync(process.execPath, [join(root, "scripts", "build.mjs")], { cwd: root, encoding: "utf8" })
-  if (build.status !== 0) throw new Error(`build failed: ${build.stderr}`)
+  // the bundle (what ships) was built from the current sources by test/global-setup.ts
   sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0"], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
   let out = ""
   await new Promise<void>((resolve, reject) => {

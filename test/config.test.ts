@@ -28,7 +28,8 @@ const base = {
     token_secret: SECRET,
     tls: { fingerprint_sha256: FP }
   },
-  hub: { url: "https://hub.example.net", api_key: API_KEY }
+  hub: { url: "https://hub.example.net", api_key: API_KEY },
+  authz: { signers: [] }
 }
 
 const load = (path: string | undefined, mode: ConfigMode, env: Record<string, string> = {}) =>
@@ -90,13 +91,17 @@ describe("AgentConfig", () => {
       expect(e.message).toContain("nope.json")
     }))
 
-  it.effect("mode-aware: selftest needs only proxmox; daemon needs hub and host_id too", () =>
+  it.effect("mode-aware: selftest needs only proxmox; daemon needs hub, authz and host_id too", () =>
     Effect.gen(function*() {
       const onlyPve = writeConfig({ proxmox: base.proxmox })
       expect(Either.isRight(yield* load(onlyPve, "selftest"))).toBe(true)
-      const e = failure(yield* load(onlyPve, "daemon"))
+      expect(failure(yield* load(onlyPve, "daemon")).key).toBe("host_id")
+      expect(failure(yield* load(writeConfig({ ...base, authz: undefined }), "daemon")).key).toBe("authz")
+      const e = failure(yield* load(writeConfig({ ...base, hub: undefined }), "daemon"))
       expect(e.key).toBe("hub")
       expect(e.message).toContain("FELHOM_AGENT_HUB")
+      // `op verify` with a config needs host_id and authz, not hub or proxmox
+      expect(Either.isRight(yield* load(writeConfig({ host_id: "h", authz: { signers: [] } }), "authz"))).toBe(true)
       const none = failure(yield* load(writeConfig({}), "selftest"))
       expect(none.key).toBe("proxmox")
       expect(Either.isRight(yield* load(writeConfig({}), "none"))).toBe(true)

@@ -18,8 +18,6 @@ const run = (args: Array<string>, input?: Buffer) =>
   spawnSync(process.execPath, [bin, ...args], { env: cleanEnv, encoding: "utf8", timeout: 60_000, ...(input ? { input } : {}) })
 
 beforeAll(() => {
-  const build = spawnSync(process.execPath, [join(root, "scripts", "build.mjs")], { cwd: root, encoding: "utf8" })
-  if (build.status !== 0) throw new Error(`build failed: ${build.stderr}`)
   execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f", join(dir, "alice")])
   execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "mallory@test", "-f", join(dir, "mallory")])
   const pub = readFileSync(join(dir, "alice.pub"), "utf8").trim()
