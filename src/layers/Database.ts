@@ -8,7 +8,7 @@
 import { FileSystem } from "@effect/platform"
 import { Migrator, SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Data, Effect, Layer } from "effect"
+import { Cause, Data, Effect, Layer } from "effect"
 import { AgentConfig } from "./Config.js"
 
 export class DatabaseError extends Data.TaggedError("DatabaseError")<{ readonly message: string }> {}
@@ -57,7 +57,11 @@ export const layerAt = (filename: string): Layer.Layer<SqlClient.SqlClient | Sql
   Layer.effectDiscard(setup).pipe(
     Layer.provideMerge(
       SqliteClient.layer({ filename }).pipe(
-        Layer.mapError((e) => new DatabaseError({ message: `cannot open ${filename}: ${describe(e)}` }))
+        // better-sqlite3 throws from its constructor (missing directory, permissions): that surfaces
+        // as a defect, but it is an environment problem the operator must see as such
+        Layer.catchAllCause((cause) =>
+          Layer.fail(new DatabaseError({ message: `cannot open ${filename}: ${describe(Cause.squash(cause))}` }))
+        )
       )
     )
   )
