@@ -1,0 +1,333 @@
+/**
+ * Reconcile (SPEC §7a) as pure functions: normalize what PVE reports and what the hub wants into
+ * one comparable shape, then diff them into the minimal action set. Nothing here talks to PVE or
+ * decides whether an action may run; the gate and the executor do that.
+ *
+ * Normalization exists so that PVE's round-trip quirks never read as drift: memory in MiB,
+ * description with PVE's trailing newline, tags in any order and separator, absent keys meaning
+ * PVE's defaults.
+ */
+import type { StorageId, VmId, VolumeId } from "../schema/ids.js"
+import type { DesiredGuest, DesiredState } from "../schema/desired.js"
+import type { GuestConfig, GuestSummary } from "../schema/proxmox.js"
+import { rootfsBytes } from "./selftest.js"
+
+const MiB = 1024 * 1024
+const GiB = 1024 * MiB
+
+/** PVE's defaults for a CT config that omits the key (pve-container's schema). */
+export const PVE_DEFAULT_MEMORY_MIB = 512
+export const PVE_DEFAULT_SWAP_MIB = 512
+
+export type Power = "running" | "stopped"
+
+export interface NormalSpec {
+  readonly hostname: string | null
+  /** null: unset, PVE gives the guest all host cores. */
+  readonly cores: number | null
+  readonly memory_mib: number | null
+  readonly swap_mib: number | null
+  /** Whole GiB, rounded down; null when the rootfs size is not readable. */
+  readonly rootfs_gib: number | null
+  readonly description: string
+  /** Sorted, deduplicated, lower-case. */
+  readonly tags: ReadonlyArray<string>
+}
+
+export interface DesiredSpec extends NormalSpec {
+  readonly power: Power
+}
+
+export interface ActualGuest {
+  readonly vmid: VmId
+  readonly status: Power
+  readonly lock: string | null
+  /** null: the config could not be read, so only the run state is known. */
+  readonly spec: NormalSpec | null
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalization
+
+/** PVE returns the description decoded, with a trailing newline; CRLF from web UI pastes. */
+export const normalizeDescription = (s: string | undefined): string =>
+  (s ?? "").replace(/\r\n?/g, "\n").trimEnd()
+
+/** PVE joins with ";" but older tooling wrote "," or spaces; order carries no meaning. */
+export const normalizeTags = (tags: string | ReadonlyArray<string> | undefined): ReadonlyArray<string> => {
+  const parts = typeof tags === "string" ? tags.split(/[;,\s]+/) : (tags ?? [])
+  const set = new Set<string>()
+  for (const t of parts) {
+    const lc = t.trim().toLowerCase()
+    if (lc !== "") set.add(lc)
+  }
+  return [...set].sort()
+}
+
+/**
+ * Rounded down: a disk of 8.5 GiB satisfies a desired 8 (no bogus shrink note) and does not
+ * satisfy a desired 9 (so the grow is planned). Rounding up would miss that grow.
+ */
+export const rootfsGib = (rootfs: string | undefined): number | null => {
+  const bytes = rootfsBytes(rootfs)
+  return bytes === null || !Number.isFinite(bytes) ? null : Math.floor(bytes / GiB)
+}
+
+// Config numbers are already numbers (GuestConfig decodes numeric strings); a fractional MiB is
+// rounded down so the guest is never credited with memory it does not have.
+const mib = (n: number | undefined, dflt: number): number =>
+  n === undefined || !Number.isFinite(n) ? dflt : Math.floor(n)
+
+export const normalizeConfig = (config: GuestConfig): NormalSpec => ({
+  hostname: config.hostname ?? null,
+  cores: config.cores === undefined || !Number.isFinite(config.cores) ? null : config.cores,
+  memory_mib: mib(config.memory, PVE_DEFAULT_MEMORY_MIB),
+  swap_mib: mib(config.swap, PVE_DEFAULT_SWAP_MIB),
+  rootfs_gib: rootfsGib(config.rootfs),
+  description: normalizeDescription(config.description),
+  tags: normalizeTags(config.tags)
+})
+
+export const normalizeActual = (summary: GuestSummary, config: GuestConfig | null): ActualGuest => ({
+  vmid: summary.vmid,
+  status: summary.status,
+  // The config's lock is read later than the list entry, so it wins when both are present.
+  lock: config?.lock ?? summary.lock ?? null,
+  spec: config === null ? null : normalizeConfig(config)
+})
+
+/** Bytes to MiB rounding up: PVE takes whole MiB and the guest gets at least what was asked. */
+export const normalizeDesired = (g: DesiredGuest): DesiredSpec => ({
+  hostname: g.hostname,
+  cores: g.cores ?? null,
+  memory_mib: Math.ceil(g.memory_bytes / MiB),
+  swap_mib: g.swap_mib,
+  rootfs_gib: g.rootfs_gib,
+  description: normalizeDescription(g.description),
+  tags: normalizeTags(g.tags),
+  power: g.power
+})
+
+// ---------------------------------------------------------------------------------------------
+// Plan
+
+export type ConfigSet = {
+  readonly cores?: number
+  /** MiB */
+  readonly memory?: number
+  /** MiB */
+  readonly swap?: number
+  readonly hostname?: string
+  /** Normalized; "" means delete the key. */
+  readonly description?: string
+  /** ";"-joined, sorted; "" means delete the key. */
+  readonly tags?: string
+}
+
+export type Action =
+  | {
+    readonly kind: "create"
+    readonly vmid: VmId
+    readonly spec: DesiredGuest
+    /** null: the desired state has no provisioning section (a note says so). */
+    readonly source: { readonly archive: VolumeId; readonly storage: StorageId } | null
+  }
+  | { readonly kind: "destroy"; readonly vmid: VmId; readonly reason: "absent_from_desired" }
+  | { readonly kind: "set_config"; readonly vmid: VmId; readonly set: ConfigSet }
+  | { readonly kind: "resize"; readonly vmid: VmId; readonly disk: "rootfs"; readonly sizeGib: number }
+  | { readonly kind: "start"; readonly vmid: VmId }
+  | { readonly kind: "stop"; readonly vmid: VmId }
+
+export type NoteReason = "shrink_refused" | "locked" | "config_unreadable" | "rootfs_size_unknown" | "no_provisioning"
+
+/** Something the plan cannot converge this pass; reported, never silently dropped. */
+export interface Note {
+  readonly vmid: VmId
+  readonly reason: NoteReason
+  readonly message: string
+}
+
+export interface Plan {
+  readonly generation: number
+  /** Grouped by vmid ascending; per guest in execution order (set_config, resize, start/stop). */
+  readonly actions: ReadonlyArray<Action>
+  readonly notes: ReadonlyArray<Note>
+}
+
+const sameTags = (a: ReadonlyArray<string>, b: ReadonlyArray<string>): boolean =>
+  a.length === b.length && a.every((t, i) => t === b[i])
+
+const configDiff = (actual: NormalSpec, want: DesiredSpec): ConfigSet => {
+  const set: {
+    cores?: number
+    memory?: number
+    swap?: number
+    hostname?: string
+    description?: string
+    tags?: string
+  } = {}
+  // cores null in desired = unmanaged; null in actual = all host cores, drift only if desired sets it
+  if (want.cores !== null && want.cores !== actual.cores) set.cores = want.cores
+  if (want.memory_mib !== null && want.memory_mib !== actual.memory_mib) set.memory = want.memory_mib
+  if (want.swap_mib !== null && want.swap_mib !== actual.swap_mib) set.swap = want.swap_mib
+  if (want.hostname !== null && want.hostname !== actual.hostname) set.hostname = want.hostname
+  if (want.description !== actual.description) set.description = want.description
+  if (!sameTags(want.tags, actual.tags)) set.tags = want.tags.join(";")
+  return set
+}
+
+const powerAction = (vmid: VmId, status: Power, want: Power): Array<Action> =>
+  status === want ? [] : [want === "running" ? { kind: "start", vmid } : { kind: "stop", vmid }]
+
+/** First occurrence wins, so a duplicated vmid in the input cannot make the plan order-dependent. */
+const indexBy = <A extends { readonly vmid: VmId }>(xs: ReadonlyArray<A>): Map<VmId, A> => {
+  const m = new Map<VmId, A>()
+  for (const x of xs) if (!m.has(x.vmid)) m.set(x.vmid, x)
+  return m
+}
+
+/** The minimal action set taking `actual` to `desired`; total and deterministic. */
+export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState): Plan => {
+  const have = indexBy(actual)
+  const want = indexBy(desired.guests)
+  const vmids = [...new Set<VmId>([...have.keys(), ...want.keys()])].sort((a, b) => a - b)
+  const source = desired.provisioning === undefined
+    ? null
+    : { archive: desired.provisioning.golden_archive, storage: desired.provisioning.storage }
+
+  const actions: Array<Action> = []
+  const notes: Array<Note> = []
+  const note = (vmid: VmId, reason: NoteReason, message: string) => notes.push({ vmid, reason, message })
+
+  for (const vmid of vmids) {
+    const a = have.get(vmid)
+    const d = want.get(vmid)
+    if (a === undefined) {
+      if (d === undefined) continue
+      actions.push({ kind: "create", vmid, spec: d, source })
+      if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
+      continue
+    }
+    if (a.lock !== null) {
+      // A locked guest is busy (backup, snapshot, a create in flight): act on it next pass.
+      note(vmid, "locked", `guest is locked (${a.lock}); no action this pass`)
+      continue
+    }
+    if (d === undefined) {
+      actions.push({ kind: "destroy", vmid, reason: "absent_from_desired" })
+      continue
+    }
+    const w = normalizeDesired(d)
+    if (a.spec === null) {
+      note(vmid, "config_unreadable", "config could not be read; only the power state is converged")
+      actions.push(...powerAction(vmid, a.status, w.power))
+      continue
+    }
+    const set = configDiff(a.spec, w)
+    if (Object.keys(set).length > 0) actions.push({ kind: "set_config", vmid, set })
+    const size = a.spec.rootfs_gib
+    if (w.rootfs_gib !== null) {
+      if (size === null) {
+        note(vmid, "rootfs_size_unknown", "rootfs size is not readable; not resizing")
+      } else if (size < w.rootfs_gib) {
+        actions.push({ kind: "resize", vmid, disk: "rootfs", sizeGib: w.rootfs_gib })
+      } else if (size > w.rootfs_gib) {
+        note(vmid, "shrink_refused", `rootfs is ${size} GiB, desired ${w.rootfs_gib} GiB: PVE cannot shrink a disk`)
+      }
+    }
+    actions.push(...powerAction(vmid, a.status, w.power))
+  }
+  return { generation: desired.generation, actions, notes }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model of execution, with the PVE round-trip
+
+/** What PVE would store for this spec and return from GET config (decoded). */
+export const pveConfigOf = (vmid: VmId, spec: NormalSpec): GuestConfig => ({
+  ...(spec.hostname === null ? {} : { hostname: spec.hostname }),
+  ...(spec.cores === null ? {} : { cores: spec.cores }),
+  ...(spec.memory_mib === null ? {} : { memory: spec.memory_mib }),
+  ...(spec.swap_mib === null ? {} : { swap: spec.swap_mib }),
+  ...(spec.rootfs_gib === null ? {} : { rootfs: `local-lvm:vm-${vmid}-disk-0,size=${spec.rootfs_gib}G` }),
+  // PVE keeps the description as comment lines, so it comes back with a trailing newline.
+  ...(spec.description === "" ? {} : { description: `${spec.description}\n` }),
+  ...(spec.tags.length === 0 ? {} : { tags: normalizeTags(spec.tags).join(";") })
+})
+
+const without = (c: GuestConfig, key: string): GuestConfig =>
+  Object.fromEntries(Object.entries(c).filter(([k]) => k !== key))
+
+/** PUT config as PVE applies it: "" for description or tags deletes the key. */
+const applySet = (c0: GuestConfig, set: ConfigSet): GuestConfig => {
+  let c: GuestConfig = {
+    ...c0,
+    ...(set.cores === undefined ? {} : { cores: set.cores }),
+    ...(set.memory === undefined ? {} : { memory: set.memory }),
+    ...(set.swap === undefined ? {} : { swap: set.swap }),
+    ...(set.hostname === undefined ? {} : { hostname: set.hostname })
+  }
+  if (set.description !== undefined) {
+    c = set.description === "" ? without(c, "description") : { ...c, description: `${set.description}\n` }
+  }
+  if (set.tags !== undefined) {
+    const sorted = normalizeTags(set.tags)
+    c = sorted.length === 0 ? without(c, "tags") : { ...c, tags: sorted.join(";") }
+  }
+  return c
+}
+
+const reread = (vmid: VmId, status: Power, lock: string | null, config: GuestConfig | null): ActualGuest =>
+  normalizeActual({ vmid, status, ...(lock === null ? {} : { lock }) }, config)
+
+/** A guest as the bring-up would leave it (restore, size, power), read back through PVE. */
+export const actualFromDesiredGuest = (g: DesiredGuest): ActualGuest => {
+  const w = normalizeDesired(g)
+  return reread(g.vmid, w.power, null, pveConfigOf(g.vmid, w))
+}
+
+/**
+ * A pure model of executing `p` against `actual`: what PVE would then store and return,
+ * re-normalized. A create without a source does nothing (the executor reports it).
+ */
+export const applyPlanToActual = (actual: ReadonlyArray<ActualGuest>, p: Plan): ReadonlyArray<ActualGuest> => {
+  const state = new Map<VmId, { status: Power; lock: string | null; config: GuestConfig | null }>()
+  for (const a of actual) {
+    if (!state.has(a.vmid)) {
+      state.set(a.vmid, { status: a.status, lock: a.lock, config: a.spec === null ? null : pveConfigOf(a.vmid, a.spec) })
+    }
+  }
+  for (const act of p.actions) {
+    const g = state.get(act.vmid)
+    switch (act.kind) {
+      case "create": {
+        if (act.source !== null && g === undefined) {
+          const w = normalizeDesired(act.spec)
+          state.set(act.vmid, { status: w.power, lock: null, config: pveConfigOf(act.vmid, w) })
+        }
+        break
+      }
+      case "destroy":
+        state.delete(act.vmid)
+        break
+      case "set_config":
+        if (g !== undefined && g.config !== null) g.config = applySet(g.config, act.set)
+        break
+      case "resize":
+        if (g !== undefined && g.config !== null) {
+          const rest = (g.config.rootfs ?? `local-lvm:vm-${act.vmid}-disk-0`).replace(/,size=[^,]*/, "")
+          g.config = { ...g.config, rootfs: `${rest},size=${act.sizeGib}G` }
+        }
+        break
+      case "start":
+        if (g !== undefined) g.status = "running"
+        break
+      case "stop":
+        if (g !== undefined) g.status = "stopped"
+        break
+    }
+  }
+  return [...state.entries()]
+    .sort(([a], [b]) => a - b)
+    .map(([vmid, g]) => reread(vmid, g.status, g.lock, g.config))
+}

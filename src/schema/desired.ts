@@ -1,0 +1,106 @@
+/**
+ * The hub's desired state (SPEC §7a): which guests should exist, their spec and power state, and
+ * where new guests are provisioned from (the golden archive, SPEC §10). Decoded strictly: an
+ * unknown key is an error, because a field the agent silently ignores is a change the hub thinks
+ * it made.
+ */
+import { Either, ParseResult, Schema } from "effect"
+import { StorageId, VmId, VolumeId } from "./ids.js"
+
+const MiB = 1024 * 1024
+
+/** RFC 1123 label: PVE puts it in /etc/hostname, so no dots and at most 63 characters. */
+export const Hostname = Schema.String.pipe(
+  Schema.filter((s) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(s), {
+    message: () => "a hostname is an RFC 1123 label: 1-63 of [A-Za-z0-9-], not starting or ending with '-'"
+  })
+)
+
+/** PVE's tag format (pve-tag); lower-case only, so the tag set compares without case folding. */
+export const PveTag = Schema.String.pipe(
+  Schema.filter((s) => s.length <= 128 && /^[a-z0-9_][a-z0-9_+.-]*$/.test(s), {
+    message: () => "a tag is [a-z0-9_] then [a-z0-9_+.-], at most 128 characters"
+  })
+)
+
+// Custom messages on every refinement: the default text echoes the rejected value.
+const intIn = (min: number, max: number, what: string) =>
+  Schema.Number.pipe(
+    Schema.filter((n) => Number.isSafeInteger(n) && n >= min && n <= max, {
+      message: () => `${what} is an integer between ${min} and ${max}`
+    })
+  )
+
+export const DesiredGuest = Schema.Struct({
+  vmid: VmId,
+  hostname: Hostname,
+  /** Absent: leave cores unmanaged (PVE's default is all host cores). */
+  cores: Schema.optional(intIn(1, 512, "cores")),
+  /** Bytes, as the hub speaks; the plan rounds up to whole MiB. */
+  memory_bytes: intIn(16 * MiB, Number.MAX_SAFE_INTEGER, "memory_bytes"),
+  swap_mib: intIn(0, 64 * 1024 * 1024, "swap_mib"),
+  rootfs_gib: intIn(1, 65536, "rootfs_gib"),
+  power: Schema.Literal("running", "stopped"),
+  // pve-container's own limit on the description
+  description: Schema.String.pipe(
+    Schema.filter((s) => s.length <= 8192, { message: () => "a description is at most 8192 characters" })
+  ),
+  tags: Schema.Array(PveTag)
+})
+export type DesiredGuest = typeof DesiredGuest.Type
+
+export const Provisioning = Schema.Struct({
+  golden_archive: VolumeId,
+  storage: StorageId
+})
+export type Provisioning = typeof Provisioning.Type
+
+/** A filter issue per repeated vmid, pointing at the later occurrence. */
+const uniqueVmids = (guests: ReadonlyArray<DesiredGuest>): Array<Schema.FilterIssue> => {
+  const first = new Map<number, number>()
+  const issues: Array<Schema.FilterIssue> = []
+  guests.forEach((g, i) => {
+    const seen = first.get(g.vmid)
+    if (seen === undefined) first.set(g.vmid, i)
+    else issues.push({ path: [i, "vmid"], message: `duplicate vmid ${g.vmid} (first at guests[${seen}])` })
+  })
+  return issues
+}
+
+export const DesiredState = Schema.Struct({
+  generation: intIn(0, Number.MAX_SAFE_INTEGER, "generation"),
+  guests: Schema.Array(DesiredGuest).pipe(Schema.filter(uniqueVmids)),
+  /** Needed only to create guests; a create without it is reported by the executor. */
+  provisioning: Schema.optional(Provisioning),
+  /** Storage manifest (SPEC §13); typed by a later issue. */
+  storage: Schema.optional(Schema.Array(Schema.Unknown)),
+  /** Backup/retention policies; typed by a later issue. */
+  policies: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+})
+export type DesiredState = typeof DesiredState.Type
+
+const decode = Schema.decodeUnknownEither(DesiredState, { errors: "all", onExcessProperty: "error" })
+
+const MAX_ISSUES = 8
+const MAX_MESSAGE = 200
+
+const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
+  path.length === 0
+    ? "(root)"
+    : path
+      .map((k, i) => (typeof k === "number" ? `[${k}]` : i === 0 ? String(k) : `.${String(k)}`))
+      .join("")
+
+const clip = (s: string): string => (s.length > MAX_MESSAGE ? `${s.slice(0, MAX_MESSAGE)}…` : s)
+
+/**
+ * Decodes the hub's JSON. Errors name the path of each issue; messages are clipped so a huge or
+ * hostile input is never echoed back whole.
+ */
+export const decodeDesiredState = (u: unknown): Either.Either<DesiredState, string> =>
+  Either.mapLeft(decode(u), (e) => {
+    const issues = ParseResult.ArrayFormatter.formatErrorSync(e)
+    const lines = issues.slice(0, MAX_ISSUES).map((i) => `${formatPath(i.path)}: ${clip(i.message)}`)
+    if (issues.length > MAX_ISSUES) lines.push(`(${issues.length - MAX_ISSUES} more issues)`)
+    return `invalid desired state: ${lines.join("; ")}`
+  })
