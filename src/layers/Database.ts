@@ -3,7 +3,7 @@
  * with `Migrator.make` from @effect/sql. (`SqliteMigrator.layer` shells out to the sqlite3 binary
  * to dump the schema, which would put a CommandExecutor into every layer above this one.)
  *
- * Later issues add the journal, idempotency and audit tables here as further migrations.
+ * 0002_journal adds the journal, provenance, idempotency and audit tables (src/layers/Journal.ts).
  */
 import { FileSystem } from "@effect/platform"
 import { Migrator, SqlClient } from "@effect/sql"
@@ -29,6 +29,60 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       recorded_at_ms INTEGER NOT NULL
     ) STRICT`
     yield* sql`CREATE INDEX nonces_expiry ON nonces (expires_at_ms)`
+  }),
+  "0002_journal": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Multi-step ops (SPEC §9). `seq` orders ops independently of the clock; JSON columns are TEXT.
+    yield* sql`CREATE TABLE journal_ops (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      id TEXT NOT NULL UNIQUE,
+      kind TEXT NOT NULL,
+      vmid INTEGER,
+      status TEXT NOT NULL CHECK (status IN ('in_flight', 'done', 'rolled_back', 'failed')),
+      payload TEXT NOT NULL,
+      detail TEXT,
+      created_at_ms INTEGER NOT NULL,
+      updated_at_ms INTEGER NOT NULL
+    ) STRICT`
+    yield* sql`CREATE INDEX journal_ops_status ON journal_ops (status, seq)`
+    // One row per (op, step); `seq` keeps the order the steps were first written.
+    yield* sql`CREATE TABLE journal_steps (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      op_id TEXT NOT NULL REFERENCES journal_ops (id),
+      name TEXT NOT NULL,
+      status TEXT NOT NULL CHECK (status IN ('started', 'done', 'compensated')),
+      upid TEXT,
+      data TEXT NOT NULL,
+      updated_at_ms INTEGER NOT NULL,
+      UNIQUE (op_id, name)
+    ) STRICT`
+    // Agent-internal provenance: never written from hub data.
+    yield* sql`CREATE TABLE provenance (
+      vmid INTEGER PRIMARY KEY NOT NULL,
+      kind TEXT NOT NULL CHECK (kind IN ('same_transaction', 'scratch')),
+      op_id TEXT NOT NULL,
+      recorded_at_ms INTEGER NOT NULL
+    ) STRICT`
+    yield* sql`CREATE TABLE idempotency (
+      key TEXT PRIMARY KEY NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+      outcome TEXT,
+      claimed_at_ms INTEGER NOT NULL,
+      completed_at_ms INTEGER
+    ) STRICT`
+    // Hash-chained audit log. AUTOINCREMENT so sqlite_sequence remembers the highest seq ever
+    // written: a deleted newest entry shows up as a gap against it.
+    yield* sql`CREATE TABLE audit_log (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      at_ms INTEGER NOT NULL,
+      actor TEXT NOT NULL,
+      action TEXT NOT NULL,
+      target TEXT,
+      decision TEXT NOT NULL,
+      detail TEXT NOT NULL,
+      prev_hash TEXT NOT NULL,
+      hash TEXT NOT NULL
+    ) STRICT`
   })
 }
 

@@ -1,0 +1,584 @@
+/**
+ * Journal (SPEC §9): the operation journal with in-flight UPIDs, agent-internal provenance, the
+ * idempotency store and the hash-chained audit log, all in the state database.
+ *
+ * Every write is its own transaction and is durable when the call returns (synchronous=FULL). A
+ * failed journal write is a defect, never a typed error: the agent cannot act safely without its
+ * journal, so the process dies, systemd restarts it and recovery replays the journal.
+ * Requires only SqlClient: no HTTP, no processes. Time comes from Clock (TestClock in tests).
+ */
+import { SqlClient } from "@effect/sql"
+import { Cause, Clock, Context, Deferred, Effect, Exit, FiberId, Layer, Option, Schema } from "effect"
+import { randomUUID } from "node:crypto"
+import { auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
+
+export type OpStatus = "in_flight" | "done" | "rolled_back" | "failed"
+export type StepStatus = "started" | "done" | "compensated"
+
+export interface StepRecord {
+  readonly name: string
+  readonly status: StepStatus
+  readonly upid: string | null
+  /** JSON */
+  readonly data: unknown
+  readonly updatedAtMs: number
+}
+
+export interface JournalOp {
+  readonly id: string
+  readonly kind: string
+  readonly vmid: number | null
+  readonly status: OpStatus
+  /** JSON */
+  readonly payload: unknown
+  /** In the order each step was first written. */
+  readonly steps: ReadonlyArray<StepRecord>
+  readonly detail: string | null
+  readonly createdAtMs: number
+  readonly updatedAtMs: number
+}
+
+export interface AuditEntry {
+  readonly seq: number
+  readonly atMs: number
+  readonly actor: string
+  readonly action: string
+  readonly target: string | null
+  readonly decision: string
+  readonly detail: unknown
+  readonly prevHash: string
+  readonly hash: string
+}
+
+export type AuditVerdict =
+  | { readonly ok: true; readonly entries: number }
+  | { readonly ok: false; readonly entries: number; readonly brokenAtSeq: number; readonly reason: string }
+
+export type Provenance = { readonly kind: "same_transaction" | "scratch"; readonly opId: string }
+
+export type RunOnceResult<A> =
+  | { readonly replayed: false; readonly value: A }
+  | { readonly replayed: true; readonly outcome: unknown; readonly interrupted: boolean }
+
+export interface JournalShape {
+  /** Dies if `id` is given and already used: op ids are never reused. */
+  readonly begin: (op: {
+    readonly id?: string
+    readonly kind: string
+    readonly vmid: number | null
+    readonly payload: unknown
+  }) => Effect.Effect<JournalOp>
+  /** (Re)starts a step: status started, upid cleared; `data` replaces the step's data if given. */
+  readonly stepStarted: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
+  /** Called with the UPID BEFORE waiting on it, so a crash mid-wait leaves it recoverable. */
+  readonly recordUpid: (opId: string, step: string, upid: string) => Effect.Effect<void>
+  /** `data` replaces the step's data if given; the upid is kept. */
+  readonly stepDone: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
+  readonly stepCompensated: (opId: string, step: string) => Effect.Effect<void>
+  /** Dies for an unknown op id. */
+  readonly finish: (opId: string, status: Exclude<OpStatus, "in_flight">, detail?: string) => Effect.Effect<void>
+  readonly get: (opId: string) => Effect.Effect<Option.Option<JournalOp>>
+  /** Oldest first. */
+  readonly inFlight: Effect.Effect<ReadonlyArray<JournalOp>>
+  /** Newest first; `limit` defaults to 100. */
+  readonly list: (opts?: { readonly limit?: number; readonly status?: OpStatus }) => Effect.Effect<ReadonlyArray<JournalOp>>
+  /**
+   * Agent-internal provenance (never from the hub): a guest created inside journaled op `opId`,
+   * or tagged scratch by the agent. Keyed by vmid, so it must be cleared when the guest is
+   * destroyed: PVE reuses vmids.
+   */
+  readonly recordProvenance: (vmid: number, kind: "same_transaction" | "scratch", opId: string) => Effect.Effect<void>
+  readonly clearProvenance: (vmid: number) => Effect.Effect<void>
+  readonly provenanceOf: (vmid: number) => Effect.Effect<Option.Option<Provenance>>
+  /** Idempotency store: key → outcome JSON (null while running). */
+  readonly idempotencyGet: (
+    key: string
+  ) => Effect.Effect<Option.Option<{ readonly state: "running" | "done"; readonly outcome: unknown }>>
+  /** Atomically claims a key; false if it already exists (in any state). */
+  readonly idempotencyClaim: (key: string) => Effect.Effect<boolean>
+  readonly idempotencyComplete: (key: string, outcome: unknown) => Effect.Effect<void>
+  /**
+   * Runs `effect` at most once per key across retries and restarts: a second call returns
+   * { replayed: true, outcome } (outcome of the first); a key left "running" by a crash returns
+   * { replayed: true, outcome: null, interrupted: true } and does NOT run again.
+   *
+   * - success: outcome = encode(value).
+   * - typed failure: the key is completed with { failed: true, error, message } and the failure
+   *   is re-raised; wrap `effect` in Effect.either to choose the encoding yourself.
+   * - defect or interruption: the key stays "running" (outcome unknown, like a crash).
+   * A concurrent call for a key running in this process waits for it, then replays.
+   */
+  readonly runOnce: <A, E, R>(
+    key: string,
+    effect: Effect.Effect<A, E, R>,
+    encode: (a: A) => unknown
+  ) => Effect.Effect<RunOnceResult<A>, E, R>
+  /** Append-only, tamper-evident: each entry carries the sha256 of the previous entry's hash + its own canonical content. */
+  readonly audit: (e: {
+    readonly actor: string
+    readonly action: string
+    readonly target: string | null
+    readonly decision: string
+    readonly detail?: unknown
+  }) => Effect.Effect<AuditEntry>
+  /** Oldest→newest of the last n. */
+  readonly auditTail: (n: number) => Effect.Effect<ReadonlyArray<AuditEntry>>
+  /**
+   * Recomputes the whole chain: an edited, deleted (anywhere, including the newest, via
+   * sqlite_sequence) or reordered entry breaks it. Someone able to rewrite the file can rebuild
+   * a consistent chain; only a head hash kept off-host (the hub) catches that.
+   */
+  readonly verifyAudit: Effect.Effect<AuditVerdict>
+}
+
+export class Journal extends Context.Tag("felhom/Journal")<Journal, JournalShape>() {}
+
+// ---------------------------------------------------------------------------------------------
+// Row decoding: columns are decoded, never cast; a row that does not decode is a defect.
+
+const Json = Schema.parseJson()
+
+const OpRow = Schema.Struct({
+  id: Schema.String,
+  kind: Schema.String,
+  vmid: Schema.NullOr(Schema.Number),
+  status: Schema.Literal("in_flight", "done", "rolled_back", "failed"),
+  payload: Json,
+  detail: Schema.NullOr(Schema.String),
+  created_at_ms: Schema.Number,
+  updated_at_ms: Schema.Number
+})
+const OpRows = Schema.Array(OpRow)
+
+const StepRows = Schema.Array(Schema.Struct({
+  op_id: Schema.String,
+  name: Schema.String,
+  status: Schema.Literal("started", "done", "compensated"),
+  upid: Schema.NullOr(Schema.String),
+  data: Json,
+  updated_at_ms: Schema.Number
+}))
+
+const ProvenanceRows = Schema.Array(Schema.Struct({
+  kind: Schema.Literal("same_transaction", "scratch"),
+  op_id: Schema.String
+}))
+
+const IdempotencyRows = Schema.Array(Schema.Struct({
+  state: Schema.Literal("running", "done"),
+  outcome: Schema.NullOr(Json)
+}))
+
+// detail stays TEXT here: verifyAudit checks the stored bytes are canonical
+const AuditRow = Schema.Struct({
+  seq: Schema.Number,
+  at_ms: Schema.Number,
+  actor: Schema.String,
+  action: Schema.String,
+  target: Schema.NullOr(Schema.String),
+  decision: Schema.String,
+  detail: Schema.String,
+  prev_hash: Schema.String,
+  hash: Schema.String
+})
+type AuditRow = typeof AuditRow.Type
+const AuditRows = Schema.Array(AuditRow)
+
+const SeqRows = Schema.Array(Schema.Struct({ seq: Schema.Number }))
+
+const decode = <A, I>(schema: Schema.Schema<A, I>) => (rows: unknown) => Effect.orDie(Schema.decodeUnknown(schema)(rows))
+
+/** Canonical JSON text for a JSON column; a value JSON cannot carry (BigInt, cycle) is a defect. */
+const toJson = (value: unknown) => Effect.try({ try: () => canonicalJson(value), catch: (e) => e }).pipe(Effect.orDie)
+const fromJson = (text: string) => Effect.orDie(Schema.decodeUnknown(Json)(text))
+
+const AUDIT_PAGE = 1000
+const DEFAULT_LIST_LIMIT = 100
+
+const clampCount = (n: number) => (Number.isFinite(n) ? Math.max(0, Math.floor(n)) : 0)
+
+export const make = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+
+  // --- ops and steps -------------------------------------------------------------------------
+
+  const withSteps = (ops: ReadonlyArray<typeof OpRow.Type>) =>
+    Effect.gen(function*() {
+      if (ops.length === 0) return []
+      const steps = yield* sql`
+        SELECT op_id, name, status, upid, data, updated_at_ms FROM journal_steps
+        WHERE ${sql.in("op_id", ops.map((o) => o.id))} ORDER BY seq`.pipe(Effect.flatMap(decode(StepRows)))
+      const byOp = new Map<string, Array<StepRecord>>()
+      for (const s of steps) {
+        const list = byOp.get(s.op_id) ?? []
+        list.push({ name: s.name, status: s.status, upid: s.upid, data: s.data, updatedAtMs: s.updated_at_ms })
+        byOp.set(s.op_id, list)
+      }
+      return ops.map((o): JournalOp => ({
+        id: o.id,
+        kind: o.kind,
+        vmid: o.vmid,
+        status: o.status,
+        payload: o.payload,
+        steps: byOp.get(o.id) ?? [],
+        detail: o.detail,
+        createdAtMs: o.created_at_ms,
+        updatedAtMs: o.updated_at_ms
+      }))
+    })
+
+  const OP_COLUMNS = sql`id, kind, vmid, status, payload, detail, created_at_ms, updated_at_ms`
+
+  const begin: JournalShape["begin"] = Effect.fn("Journal.begin")(function*(op) {
+    const id = op.id ?? randomUUID()
+    const at = yield* Clock.currentTimeMillis
+    const payloadText = yield* toJson(op.payload)
+    yield* sql`
+      INSERT INTO journal_ops (id, kind, vmid, status, payload, detail, created_at_ms, updated_at_ms)
+      VALUES (${id}, ${op.kind}, ${op.vmid}, 'in_flight', ${payloadText}, NULL, ${at}, ${at})`
+    const created: JournalOp = {
+      id,
+      kind: op.kind,
+      vmid: op.vmid,
+      status: "in_flight",
+      payload: yield* fromJson(payloadText), // as `get` will return it
+      steps: [],
+      detail: null,
+      createdAtMs: at,
+      updatedAtMs: at
+    }
+    return created
+  }, Effect.orDie)
+
+  /** Bumps the op's updated_at in the same transaction as a step write; an unknown op is a bug. */
+  const touchOp = (opId: string, at: number) =>
+    sql<{ id: string }>`UPDATE journal_ops SET updated_at_ms = ${at} WHERE id = ${opId} RETURNING id`.pipe(
+      Effect.flatMap((rows) => rows.length === 1 ? Effect.void : Effect.dieMessage(`journal: unknown op ${opId}`))
+    )
+
+  const stepWrite = (opId: string, write: (at: number) => Effect.Effect<unknown, unknown>) =>
+    Effect.gen(function*() {
+      const at = yield* Clock.currentTimeMillis
+      yield* Effect.gen(function*() {
+        yield* touchOp(opId, at)
+        yield* write(at)
+      }).pipe(sql.withTransaction)
+    }).pipe(Effect.orDie)
+
+  const optionalJson = (data: unknown) => data === undefined ? Effect.succeed(null) : toJson(data)
+
+  const stepStarted: JournalShape["stepStarted"] = (opId, step, data) =>
+    Effect.flatMap(optionalJson(data), (d) =>
+      stepWrite(opId, (at) =>
+        sql`
+          INSERT INTO journal_steps (op_id, name, status, upid, data, updated_at_ms)
+          VALUES (${opId}, ${step}, 'started', NULL, COALESCE(${d}, 'null'), ${at})
+          ON CONFLICT (op_id, name) DO UPDATE SET
+            status = 'started', upid = NULL, data = COALESCE(${d}, data), updated_at_ms = ${at}`)).pipe(
+        Effect.withSpan("Journal.stepStarted")
+      )
+
+  const recordUpid: JournalShape["recordUpid"] = (opId, step, upid) =>
+    stepWrite(opId, (at) =>
+      sql`
+        INSERT INTO journal_steps (op_id, name, status, upid, data, updated_at_ms)
+        VALUES (${opId}, ${step}, 'started', ${upid}, 'null', ${at})
+        ON CONFLICT (op_id, name) DO UPDATE SET upid = ${upid}, updated_at_ms = ${at}`).pipe(
+      Effect.withSpan("Journal.recordUpid")
+    )
+
+  const stepDone: JournalShape["stepDone"] = (opId, step, data) =>
+    Effect.flatMap(optionalJson(data), (d) =>
+      stepWrite(opId, (at) =>
+        sql`
+          INSERT INTO journal_steps (op_id, name, status, upid, data, updated_at_ms)
+          VALUES (${opId}, ${step}, 'done', NULL, COALESCE(${d}, 'null'), ${at})
+          ON CONFLICT (op_id, name) DO UPDATE SET
+            status = 'done', data = COALESCE(${d}, data), updated_at_ms = ${at}`)).pipe(
+        Effect.withSpan("Journal.stepDone")
+      )
+
+  const stepCompensated: JournalShape["stepCompensated"] = (opId, step) =>
+    stepWrite(opId, (at) =>
+      sql`
+        INSERT INTO journal_steps (op_id, name, status, upid, data, updated_at_ms)
+        VALUES (${opId}, ${step}, 'compensated', NULL, 'null', ${at})
+        ON CONFLICT (op_id, name) DO UPDATE SET status = 'compensated', updated_at_ms = ${at}`).pipe(
+      Effect.withSpan("Journal.stepCompensated")
+    )
+
+  const finish: JournalShape["finish"] = Effect.fn("Journal.finish")(function*(opId, status, detail) {
+    const at = yield* Clock.currentTimeMillis
+    const rows = yield* sql<{ id: string }>`
+      UPDATE journal_ops SET status = ${status}, detail = ${detail ?? null}, updated_at_ms = ${at}
+      WHERE id = ${opId} RETURNING id`
+    if (rows.length !== 1) return yield* Effect.dieMessage(`journal: finish of unknown op ${opId}`)
+  }, Effect.orDie)
+
+  const get: JournalShape["get"] = Effect.fn("Journal.get")(function*(opId) {
+    const ops = yield* sql`SELECT ${OP_COLUMNS} FROM journal_ops WHERE id = ${opId}`.pipe(Effect.flatMap(decode(OpRows)))
+    const [op] = yield* withSteps(ops)
+    return Option.fromNullable(op)
+  }, Effect.orDie)
+
+  const inFlight: JournalShape["inFlight"] =
+    sql`SELECT ${OP_COLUMNS} FROM journal_ops WHERE status = 'in_flight' ORDER BY seq ASC`.pipe(
+      Effect.flatMap(decode(OpRows)),
+      Effect.flatMap(withSteps),
+      Effect.orDie,
+      Effect.withSpan("Journal.inFlight")
+    )
+
+  const list: JournalShape["list"] = Effect.fn("Journal.list")(function*(opts) {
+    const limit = clampCount(opts?.limit ?? DEFAULT_LIST_LIMIT)
+    const where = opts?.status === undefined ? sql`` : sql`WHERE status = ${opts.status}`
+    const ops = yield* sql`SELECT ${OP_COLUMNS} FROM journal_ops ${where} ORDER BY seq DESC LIMIT ${limit}`.pipe(
+      Effect.flatMap(decode(OpRows))
+    )
+    return yield* withSteps(ops)
+  }, Effect.orDie)
+
+  // --- provenance ----------------------------------------------------------------------------
+
+  const recordProvenance: JournalShape["recordProvenance"] = Effect.fn("Journal.recordProvenance")(function*(vmid, kind, opId) {
+    const at = yield* Clock.currentTimeMillis
+    yield* sql`
+      INSERT INTO provenance (vmid, kind, op_id, recorded_at_ms) VALUES (${vmid}, ${kind}, ${opId}, ${at})
+      ON CONFLICT (vmid) DO UPDATE SET kind = ${kind}, op_id = ${opId}, recorded_at_ms = ${at}`
+  }, Effect.orDie)
+
+  const clearProvenance: JournalShape["clearProvenance"] = (vmid) =>
+    sql`DELETE FROM provenance WHERE vmid = ${vmid}`.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("Journal.clearProvenance"))
+
+  const provenanceOf: JournalShape["provenanceOf"] = (vmid) =>
+    sql`SELECT kind, op_id FROM provenance WHERE vmid = ${vmid}`.pipe(
+      Effect.flatMap(decode(ProvenanceRows)),
+      Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r): Provenance => ({ kind: r.kind, opId: r.op_id }))),
+      Effect.orDie,
+      Effect.withSpan("Journal.provenanceOf")
+    )
+
+  // --- idempotency ---------------------------------------------------------------------------
+
+  const idempotencyGet: JournalShape["idempotencyGet"] = (key) =>
+    sql`SELECT state, outcome FROM idempotency WHERE key = ${key}`.pipe(
+      Effect.flatMap(decode(IdempotencyRows)),
+      Effect.map((rows) => Option.fromNullable(rows[0])),
+      Effect.orDie,
+      Effect.withSpan("Journal.idempotencyGet")
+    )
+
+  const idempotencyClaim: JournalShape["idempotencyClaim"] = Effect.fn("Journal.idempotencyClaim")(function*(key) {
+    const at = yield* Clock.currentTimeMillis
+    const rows = yield* sql<{ key: string }>`
+      INSERT INTO idempotency (key, state, outcome, claimed_at_ms) VALUES (${key}, 'running', NULL, ${at})
+      ON CONFLICT (key) DO NOTHING RETURNING key`
+    return rows.length === 1
+  }, Effect.orDie)
+
+  const idempotencyComplete: JournalShape["idempotencyComplete"] = Effect.fn("Journal.idempotencyComplete")(
+    function*(key, outcome) {
+      const at = yield* Clock.currentTimeMillis
+      const text = yield* toJson(outcome)
+      yield* sql`
+        INSERT INTO idempotency (key, state, outcome, claimed_at_ms, completed_at_ms)
+        VALUES (${key}, 'done', ${text}, ${at}, ${at})
+        ON CONFLICT (key) DO UPDATE SET state = 'done', outcome = ${text}, completed_at_ms = ${at}`
+    },
+    Effect.orDie
+  )
+
+  const replayOf = (key: string) =>
+    Effect.map(idempotencyGet(key), (row): RunOnceResult<never> =>
+      Option.isSome(row) && row.value.state === "done"
+        ? { replayed: true, outcome: row.value.outcome, interrupted: false }
+        // "running" with no run of it in this process: a crash, a defect or an interruption
+        // cut it short, so its outcome is unknown and it must not run again
+        : { replayed: true, outcome: null, interrupted: true })
+
+  /** What a typed failure is recorded as; falls back to the message if the error is not JSON. */
+  const failureOutcome = (e: unknown): unknown => {
+    const message = e instanceof Error ? e.message : String(e)
+    try {
+      return JSON.parse(canonicalJson({ failed: true, error: e, message }))
+    } catch {
+      return { failed: true, error: null, message }
+    }
+  }
+
+  // keys running in this process: a concurrent call waits for the first instead of misreading
+  // its "running" row as a crash
+  const running = new Map<string, Deferred.Deferred<void>>()
+
+  const runOnce: JournalShape["runOnce"] = <A, E, R>(key: string, effect: Effect.Effect<A, E, R>, encode: (a: A) => unknown) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.suspend((): Effect.Effect<RunOnceResult<A>, E, R> => {
+        const inProcess = running.get(key)
+        if (inProcess !== undefined) return Effect.zipRight(restore(Deferred.await(inProcess)), replayOf(key))
+        const done = Deferred.unsafeMake<void>(FiberId.none)
+        running.set(key, done)
+        const release = Effect.sync(() => {
+          running.delete(key)
+          Deferred.unsafeDone(done, Exit.void)
+        })
+        return Effect.gen(function*() {
+          if (!(yield* idempotencyClaim(key))) return yield* replayOf(key)
+          const exit = yield* Effect.exit(restore(effect))
+          if (Exit.isSuccess(exit)) {
+            const outcome = yield* Effect.try({ try: () => encode(exit.value), catch: (e) => e }).pipe(Effect.orDie)
+            yield* idempotencyComplete(key, outcome)
+            const result: RunOnceResult<A> = { replayed: false, value: exit.value }
+            return result
+          }
+          if (!Cause.isInterrupted(exit.cause) && !Cause.isDie(exit.cause)) {
+            const failure = Cause.failureOption(exit.cause)
+            if (Option.isSome(failure)) yield* idempotencyComplete(key, failureOutcome(failure.value))
+          }
+          return yield* Effect.failCause(exit.cause)
+        }).pipe(Effect.ensuring(release))
+      })
+    ).pipe(Effect.withSpan("Journal.runOnce", { attributes: { key } }))
+
+  // --- audit ---------------------------------------------------------------------------------
+
+  const toEntry = (r: AuditRow, detail: unknown): AuditEntry => ({
+    seq: r.seq,
+    atMs: r.at_ms,
+    actor: r.actor,
+    action: r.action,
+    target: r.target,
+    decision: r.decision,
+    detail,
+    prevHash: r.prev_hash,
+    hash: r.hash
+  })
+
+  /** The highest seq ever handed out (survives deleting the newest rows); 0 for an empty log. */
+  const sequenceHigh = sql`SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'`.pipe(
+    Effect.flatMap(decode(SeqRows)),
+    Effect.map((rows) => rows[0]?.seq)
+  )
+
+  const audit: JournalShape["audit"] = Effect.fn("Journal.audit")(function*(e) {
+    const at = yield* Clock.currentTimeMillis
+    const detailText = yield* toJson(e.detail ?? null)
+    const detail = yield* fromJson(detailText)
+    return yield* Effect.gen(function*() {
+      const last = yield* sql`SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`.pipe(
+        Effect.flatMap(decode(Schema.Array(Schema.Struct({ seq: Schema.Number, hash: Schema.String }))))
+      )
+      const high = yield* sequenceHigh
+      // never reuse a seq, even one whose row was deleted: the gap stays visible to verifyAudit
+      const seq = Math.max(last[0]?.seq ?? 0, high ?? 0) + 1
+      const prevHash = last[0]?.hash ?? GENESIS_HASH
+      const hash = auditHash({ seq, atMs: at, actor: e.actor, action: e.action, target: e.target, decision: e.decision, detail, prevHash })
+      yield* sql`
+        INSERT INTO audit_log (seq, at_ms, actor, action, target, decision, detail, prev_hash, hash)
+        VALUES (${seq}, ${at}, ${e.actor}, ${e.action}, ${e.target}, ${e.decision}, ${detailText}, ${prevHash}, ${hash})`
+      const entry: AuditEntry = { seq, atMs: at, actor: e.actor, action: e.action, target: e.target, decision: e.decision, detail, prevHash, hash }
+      return entry
+    }).pipe(sql.withTransaction)
+  }, Effect.orDie)
+
+  const auditTail: JournalShape["auditTail"] = Effect.fn("Journal.auditTail")(function*(n) {
+    const rows = yield* sql`SELECT * FROM audit_log ORDER BY seq DESC LIMIT ${clampCount(n)}`.pipe(
+      Effect.flatMap(decode(AuditRows))
+    )
+    return yield* Effect.forEach([...rows].reverse(), (r) => Effect.map(fromJson(r.detail), (d) => toEntry(r, d)))
+  }, Effect.orDie)
+
+  type Check = { readonly ok: true; readonly hash: string } | { readonly ok: false; readonly reason: string }
+
+  /** One row against the chain so far. Pure: a garbled row is a verdict, not a defect. */
+  const checkRow = (r: AuditRow, expectedSeq: number, prevHash: string): Check => {
+    if (r.seq !== expectedSeq) return { ok: false, reason: `entry ${expectedSeq} is missing` }
+    if (r.prev_hash !== prevHash) {
+      return { ok: false, reason: `prev_hash does not match the hash of entry ${expectedSeq - 1} (deleted, reordered or edited)` }
+    }
+    let detail: unknown
+    try {
+      detail = JSON.parse(r.detail)
+    } catch {
+      return { ok: false, reason: "detail is not valid JSON (edited)" }
+    }
+    if (canonicalJson(detail) !== r.detail) return { ok: false, reason: "detail is not in canonical form (edited)" }
+    const hash = auditHash({
+      seq: r.seq,
+      atMs: r.at_ms,
+      actor: r.actor,
+      action: r.action,
+      target: r.target,
+      decision: r.decision,
+      detail,
+      prevHash: r.prev_hash
+    })
+    return hash === r.hash ? { ok: true, hash } : { ok: false, reason: "content does not match its hash (edited)" }
+  }
+
+  const verifyAudit: JournalShape["verifyAudit"] = Effect.gen(function*() {
+    let prevHash = GENESIS_HASH
+    let lastSeq = 0
+    let entries = 0
+    // paged by seq so a long log is never held in memory at once
+    for (;;) {
+      const page = yield* sql`SELECT * FROM audit_log WHERE seq > ${lastSeq} ORDER BY seq ASC LIMIT ${AUDIT_PAGE}`.pipe(
+        Effect.flatMap(decode(AuditRows))
+      )
+      for (const row of page) {
+        const check = checkRow(row, lastSeq + 1, prevHash)
+        if (!check.ok) {
+          const verdict: AuditVerdict = { ok: false, entries, brokenAtSeq: lastSeq + 1, reason: check.reason }
+          return verdict
+        }
+        prevHash = check.hash
+        lastSeq = row.seq
+        entries++
+      }
+      if (page.length < AUDIT_PAGE) break
+    }
+    const high = yield* sequenceHigh
+    if (entries > 0 && high === undefined) {
+      const verdict: AuditVerdict = { ok: false, entries, brokenAtSeq: lastSeq + 1, reason: "the log's sequence record is missing" }
+      return verdict
+    }
+    const highSeq = high ?? 0
+    if (highSeq !== lastSeq) {
+      const verdict: AuditVerdict = {
+        ok: false,
+        entries,
+        brokenAtSeq: Math.min(highSeq, lastSeq) + 1,
+        reason: highSeq > lastSeq
+          ? `entries ${lastSeq + 1}..${highSeq} were removed from the end of the log`
+          : `the log's sequence record (${highSeq}) is behind its last entry (${lastSeq})`
+      }
+      return verdict
+    }
+    const verdict: AuditVerdict = { ok: true, entries }
+    return verdict
+  }).pipe(Effect.orDie, Effect.withSpan("Journal.verifyAudit"))
+
+  const shape: JournalShape = {
+    begin,
+    stepStarted,
+    recordUpid,
+    stepDone,
+    stepCompensated,
+    finish,
+    get,
+    inFlight,
+    list,
+    recordProvenance,
+    clearProvenance,
+    provenanceOf,
+    idempotencyGet,
+    idempotencyClaim,
+    idempotencyComplete,
+    runOnce,
+    audit,
+    auditTail,
+    verifyAudit
+  }
+  return shape
+})
+
+export const JournalLive = Layer.effect(Journal, make).pipe(Layer.ensureRequirementsType<SqlClient.SqlClient>())
