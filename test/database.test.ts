@@ -7,7 +7,7 @@ import { mkdtempSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { layerFrom } from "../src/layers/Config.js"
-import { DatabaseLive, layerAt } from "../src/layers/Database.js"
+import { DatabaseLive, layerAt, migrations } from "../src/layers/Database.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 
 const pragma = (name: string) =>
@@ -29,10 +29,11 @@ describe("state database", () => {
         sql`INSERT INTO nonces VALUES (${"n1"}, ${"SHA256:x"}, ${"op"}, ${1}, ${0})`).pipe(Effect.provide(layerAt(path)))
       const rows = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT nonce FROM nonces`).pipe(Effect.provide(layerAt(path)))
       expect(rows).toEqual([{ nonce: "n1" }])
-      const applied = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT migration_id FROM felhom_migrations`).pipe(
+      const applied = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT migration_id FROM felhom_migrations ORDER BY migration_id`).pipe(
         Effect.provide(layerAt(path))
       )
-      expect(applied).toEqual([{ migration_id: 1 }])
+      // each migration in the record exactly once, however many later ones are added
+      expect(applied).toEqual(Object.keys(migrations).map((k) => ({ migration_id: Number(k.split("_")[0]) })))
     }))
 
   it.effect("DatabaseLive creates state_dir 0700 and state.db inside it", () =>
