@@ -241,7 +241,11 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState):
 }
 
 // ---------------------------------------------------------------------------------------------
-// Model of execution, with the PVE round-trip
+// Model of execution, with the PVE round-trip. It deliberately does not reuse the normalizers,
+// so the convergence properties test them against an independent picture of PVE.
+
+/** PVE dedupes tags and stores them ";"-joined in sorted order (tag-style ordering default). */
+const pveTags = (tags: ReadonlyArray<string>): string => [...new Set(tags.filter((t) => t !== ""))].sort().join(";")
 
 /** What PVE would store for this spec and return from GET config (decoded). */
 export const pveConfigOf = (vmid: VmId, spec: NormalSpec): GuestConfig => ({
@@ -252,7 +256,7 @@ export const pveConfigOf = (vmid: VmId, spec: NormalSpec): GuestConfig => ({
   ...(spec.rootfs_gib === null ? {} : { rootfs: `local-lvm:vm-${vmid}-disk-0,size=${spec.rootfs_gib}G` }),
   // PVE keeps the description as comment lines, so it comes back with a trailing newline.
   ...(spec.description === "" ? {} : { description: `${spec.description}\n` }),
-  ...(spec.tags.length === 0 ? {} : { tags: normalizeTags(spec.tags).join(";") })
+  ...(spec.tags.length === 0 ? {} : { tags: pveTags(spec.tags) })
 })
 
 const without = (c: GuestConfig, key: string): GuestConfig =>
@@ -271,8 +275,8 @@ const applySet = (c0: GuestConfig, set: ConfigSet): GuestConfig => {
     c = set.description === "" ? without(c, "description") : { ...c, description: `${set.description}\n` }
   }
   if (set.tags !== undefined) {
-    const sorted = normalizeTags(set.tags)
-    c = sorted.length === 0 ? without(c, "tags") : { ...c, tags: sorted.join(";") }
+    const tags = pveTags(set.tags.split(";"))
+    c = tags === "" ? without(c, "tags") : { ...c, tags }
   }
   return c
 }
@@ -280,11 +284,23 @@ const applySet = (c0: GuestConfig, set: ConfigSet): GuestConfig => {
 const reread = (vmid: VmId, status: Power, lock: string | null, config: GuestConfig | null): ActualGuest =>
   normalizeActual({ vmid, status, ...(lock === null ? {} : { lock }) }, config)
 
+/**
+ * What PVE stores after the bring-up sends the desired guest as the hub wrote it (description and
+ * tags unnormalized; memory in whole MiB, which is the executor's rounding, not PVE's).
+ */
+const pveConfigOfDesired = (g: DesiredGuest): GuestConfig => ({
+  hostname: g.hostname,
+  ...(g.cores === undefined ? {} : { cores: g.cores }),
+  memory: Math.ceil(g.memory_bytes / MiB),
+  swap: g.swap_mib,
+  rootfs: `local-lvm:vm-${g.vmid}-disk-0,size=${g.rootfs_gib}G`,
+  ...(g.description === "" ? {} : { description: `${g.description}\n` }),
+  ...(g.tags.length === 0 ? {} : { tags: pveTags(g.tags) })
+})
+
 /** A guest as the bring-up would leave it (restore, size, power), read back through PVE. */
-export const actualFromDesiredGuest = (g: DesiredGuest): ActualGuest => {
-  const w = normalizeDesired(g)
-  return reread(g.vmid, w.power, null, pveConfigOf(g.vmid, w))
-}
+export const actualFromDesiredGuest = (g: DesiredGuest): ActualGuest =>
+  reread(g.vmid, g.power, null, pveConfigOfDesired(g))
 
 /**
  * A pure model of executing `p` against `actual`: what PVE would then store and return,
@@ -302,8 +318,7 @@ export const applyPlanToActual = (actual: ReadonlyArray<ActualGuest>, p: Plan): 
     switch (act.kind) {
       case "create": {
         if (act.source !== null && g === undefined) {
-          const w = normalizeDesired(act.spec)
-          state.set(act.vmid, { status: w.power, lock: null, config: pveConfigOf(act.vmid, w) })
+          state.set(act.vmid, { status: act.spec.power, lock: null, config: pveConfigOfDesired(act.spec) })
         }
         break
       }
