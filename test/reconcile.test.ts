@@ -40,6 +40,9 @@ const desiredOrThrow = (u: unknown): DesiredState =>
 const fixture = (name: string): DesiredState =>
   desiredOrThrow(JSON.parse(readFileSync(join(root, "test", "fixtures", "desired", name), "utf8")))
 
+/** The error text of a rejected decode ("" if it was accepted, which the assertions then catch). */
+const leftOf = (r: Either.Either<unknown, string>): string => Either.match(r, { onLeft: (e) => e, onRight: () => "" })
+
 const actualFrom = (d: DesiredState): ReadonlyArray<ActualGuest> => d.guests.map(actualFromDesiredGuest)
 
 const guest = (over: Partial<Record<keyof DesiredGuest, unknown>> = {}): Record<string, unknown> => ({
@@ -54,6 +57,8 @@ const guest = (over: Partial<Record<keyof DesiredGuest, unknown>> = {}): Record<
   tags: ["a", "b"],
   ...over
 })
+
+const withoutCores = ({ cores: _, ...g }: Record<string, unknown>) => g
 
 const source = {
   golden_archive: "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst",
@@ -199,7 +204,7 @@ describe("decodeDesiredState", () => {
     for (const hostname of ["cust_beta", "-beta", "beta-", "a.b", "", "x".repeat(64)]) {
       const r = decodeDesiredState({ generation: 1, guests: [guest({ hostname })] })
       expect(Either.isLeft(r)).toBe(true)
-      expect(Either.getLeft(r).pipe((o) => o._tag === "Some" ? o.value : "")).toContain("guests[0].hostname: a hostname is an RFC 1123 label")
+      expect(leftOf(r)).toContain("guests[0].hostname: a hostname is an RFC 1123 label")
     }
     expect(Either.isRight(decodeDesiredState({ generation: 1, guests: [guest({ hostname: "x".repeat(63) })] }))).toBe(true)
   })
@@ -216,11 +221,11 @@ describe("decodeDesiredState", () => {
 
   it("rejects unknown fields at any level, naming them", () => {
     const inGuest = decodeDesiredState({ generation: 1, guests: [{ ...guest(), colour: "red" }] })
-    expect(Either.getLeft(inGuest).pipe((o) => o._tag === "Some" ? o.value : "")).toMatch(/^invalid desired state: guests\[0\]\.colour: is unexpected/)
+    expect(leftOf(inGuest)).toMatch(/^invalid desired state: guests\[0\]\.colour: is unexpected/)
     const top = decodeDesiredState({ generation: 1, guests: [], extra: true })
-    expect(Either.getLeft(top).pipe((o) => o._tag === "Some" ? o.value : "")).toMatch(/^invalid desired state: extra: is unexpected/)
+    expect(leftOf(top)).toMatch(/^invalid desired state: extra: is unexpected/)
     const prov = decodeDesiredState({ generation: 1, guests: [], provisioning: { ...source, node: "pve" } })
-    expect(Either.getLeft(prov).pipe((o) => o._tag === "Some" ? o.value : "")).toMatch(/provisioning\.node: is unexpected/)
+    expect(leftOf(prov)).toMatch(/provisioning\.node: is unexpected/)
   })
 
   it("rejects bad tags, power, rootfs and provisioning ids, listing every issue", () => {
@@ -229,7 +234,7 @@ describe("decodeDesiredState", () => {
       guests: [guest({ tags: ["ok", "Bad"], power: "paused", rootfs_gib: 0 })],
       provisioning: { golden_archive: "no-colon", storage: "9bad" }
     })
-    const msg = Either.getLeft(r).pipe((o) => o._tag === "Some" ? o.value : "")
+    const msg = leftOf(r)
     for (const path of ["generation:", "guests[0].tags[1]:", "guests[0].power:", "guests[0].rootfs_gib:", "provisioning.golden_archive:", "provisioning.storage:"]) {
       expect(msg).toContain(path)
     }
@@ -238,7 +243,7 @@ describe("decodeDesiredState", () => {
   it("accepts an opaque storage manifest and policies, and a guest without cores", () => {
     const r = decodeDesiredState({
       generation: 3,
-      guests: [{ ...guest(), cores: undefined }].map(({ cores: _, ...g }) => g),
+      guests: [withoutCores(guest())],
       storage: [{ type: "usb", durable_id: "uuid" }],
       policies: { backup: { schedule: "daily" } }
     })
@@ -257,7 +262,7 @@ describe("decodeDesiredState", () => {
     ]) {
       const r = decodeDesiredState(input)
       expect(Either.isLeft(r)).toBe(true)
-      const msg = Either.getLeft(r).pipe((o) => o._tag === "Some" ? o.value : "")
+      const msg = leftOf(r)
       expect(msg.length).toBeLessThan(600)
     }
   })
@@ -390,7 +395,7 @@ describe("plan", () => {
   it("cores: unset in PVE is drift only when desired sets it", () => {
     const a = actualOf(guest())
     const unset = { ...a, spec: { ...a.spec!, cores: null } }
-    const { cores: _, ...noCores } = guest()
+    const noCores = withoutCores(guest())
     expect(plan([unset], desired([guest({ cores: 2 })])).actions).toStrictEqual([
       { kind: "set_config", vmid: 101, set: { cores: 2 } }
     ])

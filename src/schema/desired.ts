@@ -40,19 +40,21 @@ export const DesiredGuest = Schema.Struct({
   memory_bytes: intIn(16 * MiB, Number.MAX_SAFE_INTEGER, "memory_bytes"),
   swap_mib: intIn(0, 64 * 1024 * 1024, "swap_mib"),
   rootfs_gib: intIn(1, 65536, "rootfs_gib"),
-  power: Schema.Literal("running", "stopped"),
+  power: Schema.Literal("running", "stopped").annotations({
+    message: () => ({ message: "power is \"running\" or \"stopped\"", override: true })
+  }),
   // pve-container's own limit on the description
   description: Schema.String.pipe(
     Schema.filter((s) => s.length <= 8192, { message: () => "a description is at most 8192 characters" })
   ),
   tags: Schema.Array(PveTag)
-})
+}).annotations({ message: () => "a guest is an object" })
 export type DesiredGuest = typeof DesiredGuest.Type
 
 export const Provisioning = Schema.Struct({
   golden_archive: VolumeId,
   storage: StorageId
-})
+}).annotations({ message: () => "provisioning is an object { golden_archive, storage }" })
 export type Provisioning = typeof Provisioning.Type
 
 /** A filter issue per repeated vmid, pointing at the later occurrence. */
@@ -76,7 +78,7 @@ export const DesiredState = Schema.Struct({
   storage: Schema.optional(Schema.Array(Schema.Unknown)),
   /** Backup/retention policies; typed by a later issue. */
   policies: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
-})
+}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies? }" })
 export type DesiredState = typeof DesiredState.Type
 
 const decode = Schema.decodeUnknownEither(DesiredState, { errors: "all", onExcessProperty: "error" })
