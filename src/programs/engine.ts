@@ -7,7 +7,7 @@ import { Effect, Option } from "effect"
 import { GuestQueue } from "../layers/GuestQueue.js"
 import type { VmId } from "../schema/ids.js"
 import type { Journal } from "../layers/Journal.js"
-import type { Proxmox } from "../layers/Proxmox.js"
+import { Proxmox } from "../layers/Proxmox.js"
 import {
   createGuest,
   decommission,
@@ -19,7 +19,18 @@ import {
   stopGuest
 } from "./executor.js"
 import { gate, type GatedAction, type SignedOp } from "./gate.js"
-import { type Action, normalizeDesired, type Plan } from "./reconcile.js"
+import { type Action, normalizeActual, normalizeDesired, type Plan } from "./reconcile.js"
+
+/** Reads the node's guests as the planner sees them; a failed config read keeps the run state. */
+export const observeActual = Effect.gen(function*() {
+  const pve = yield* Proxmox
+  const guests = yield* pve.listGuests
+  return yield* Effect.forEach(
+    guests.filter((g) => g.template !== 1),
+    (g) => Effect.map(Effect.option(pve.guestConfig(g.vmid)), (c) => normalizeActual(g, Option.getOrNull(c))),
+    { concurrency: 4 }
+  )
+})
 
 export const gatedActionOf = (a: Action): GatedAction => {
   switch (a.kind) {
