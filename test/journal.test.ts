@@ -428,6 +428,6 @@ describe("Journal: audit log", () => {
         const verdict = yield* j.verifyAudit
         expect(verdict).toMatchObject({ ok: false, brokenAtSeq: expectedSeq })
       }).pipe(Effect.provide(journalAt(":memory:"))),
-    { fastCheck: { numRuns: 60 } }
+    { fastCheck: { numRuns: 50 } }
   )
 })

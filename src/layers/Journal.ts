@@ -70,7 +70,10 @@ export interface JournalShape {
   }) => Effect.Effect<JournalOp>
   /** (Re)starts a step: status started, upid cleared; `data` replaces the step's data if given. */
   readonly stepStarted: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
-  /** Called with the UPID BEFORE waiting on it, so a crash mid-wait leaves it recoverable. */
+  /**
+   * Called with the UPID BEFORE waiting on it, so a crash mid-wait leaves it recoverable.
+   * Leaves the step's status and data as they are (a step not yet written is created as started).
+   */
   readonly recordUpid: (opId: string, step: string, upid: string) => Effect.Effect<void>
   /** `data` replaces the step's data if given; the upid is kept. */
   readonly stepDone: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
