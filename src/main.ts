@@ -7,7 +7,13 @@
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { FileSystem } from "@effect/platform"
-import { Cause, Console, Data, Duration, Effect, Exit, Layer, Option, Schema } from "effect"
+import { Cause, Console, Data, Duration, Effect, Either, Exit, Layer, Option, Schema } from "effect"
+import { type AuthzShape, make as makeAuthz, parseSigners } from "./layers/Authz.js"
+import { DatabaseLive, layerAt } from "./layers/Database.js"
+import { Journal, JournalLive } from "./layers/Journal.js"
+import { signatureKey } from "./programs/engine.js"
+import { planReport, renderPlan } from "./programs/planView.js"
+import { decodeDesiredState } from "./schema/desired.js"
 import * as AgentConfigLayer from "./layers/Config.js"
 import { ProxmoxWithoutClient } from "./layers/Proxmox.js"
 import { PveHttpClientLive } from "./layers/PveTransport.js"
@@ -250,13 +256,104 @@ const sshsig = Command.make("sshsig").pipe(
   Command.withSubcommands([sshsigVerifyCmd])
 )
 
+// ---------------------------------------------------------------------------------------------
+// plan, journal, audit
+
+const stateLayer = (path: Option.Option<string>, mode: ConfigMode) =>
+  JournalLive.pipe(Layer.provide(DatabaseLive), Layer.provideMerge(configLayer(path, mode)))
+
+const planCmd = Command.make(
+  "plan",
+  {
+    desired: fileOpt("desired", "desired state JSON (the hub's format)"),
+    signed: fileOpt("signed", "a signed op blob to check against its action (BLOB.sig beside it); repeatable").pipe(Options.repeated),
+    config: configOpt,
+    json: jsonOpt
+  },
+  (o) =>
+    Effect.scoped(Effect.gen(function*() {
+      const raw = new TextDecoder().decode(yield* readBytes(o.desired))
+      const desired = yield* Effect.try({ try: () => JSON.parse(raw) as unknown, catch: () => new CliFailure({ code: 2, message: `${o.desired} is not JSON` }) }).pipe(
+        Effect.flatMap((u) => Either.match(decodeDesiredState(u), {
+          onLeft: (m) => Effect.fail(new CliFailure({ code: 2, message: `${o.desired}: ${m}` })),
+          onRight: Effect.succeed
+        }))
+      )
+      const { file } = yield* AgentConfigLayer.AgentConfig
+      const offered = new Map<string, { blob: Uint8Array; signature: Uint8Array }>()
+      for (const path of o.signed) {
+        const blob = yield* readBytes(path)
+        const head = yield* Effect.try({
+          try: () => JSON.parse(new TextDecoder().decode(blob)) as { op?: unknown; guest_id?: unknown },
+          catch: () => new CliFailure({ code: 2, message: `${path} is not an op blob` })
+        })
+        const vmid = typeof head.guest_id === "number" ? VmId.make(head.guest_id) : null
+        offered.set(signatureKey(String(head.op), vmid), { blob, signature: yield* readBytes(`${path}.sig`) })
+      }
+      let authz = Option.none<AuthzShape>()
+      if (offered.size > 0) {
+        if (file.host_id === undefined || file.authz === undefined) {
+          return yield* new CliFailure({ code: 2, message: "--signed needs host_id and authz.signers in the config" })
+        }
+        const signers = yield* parseSigners(file.authz.signers)
+        const memory = yield* Layer.build(layerAt(":memory:"))
+        authz = Option.some(yield* makeAuthz({ hostId: file.host_id, signers, clockSkewSeconds: file.authz.clock_skew_seconds }).pipe(Effect.provide(memory)))
+      }
+      const report = yield* planReport(desired, offered, authz)
+      yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderPlan(report))
+    })).pipe(
+      Effect.provide(
+        Layer.mergeAll(ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive)), JournalLive.pipe(Layer.provide(DatabaseLive))).pipe(
+          Layer.provideMerge(configLayer(o.config, "selftest"))
+        )
+      ),
+      Effect.mapError((e) => toCliFailure(e))
+    )
+).pipe(Command.withDescription("what reconcile would do now against the node, with each action's gate verdict"))
+
+const journalList = Command.make(
+  "list",
+  { limit: Options.integer("limit").pipe(Options.withDefault(20)), config: configOpt, json: jsonOpt },
+  ({ config, json, limit }) =>
+    Effect.gen(function*() {
+      const ops = yield* Effect.flatMap(Journal, (j) => j.list({ limit }))
+      if (json) return yield* Console.log(JSON.stringify(ops, null, 2))
+      for (const op of ops) {
+        yield* Console.log(
+          `${new Date(op.createdAtMs).toISOString()} ${op.status.padEnd(11)} ${op.kind.padEnd(14)} ${op.vmid ?? "-"} ${op.id}` +
+            (op.detail === null ? "" : `  ${op.detail}`)
+        )
+      }
+    }).pipe(Effect.provide(stateLayer(config, "none")), Effect.mapError((e) => toCliFailure(e)))
+).pipe(Command.withDescription("recent journaled operations, newest first"))
+
+const journalCmd = Command.make("journal").pipe(
+  Command.withDescription("the operation journal"),
+  Command.withSubcommands([journalList])
+)
+
+const auditVerify = Command.make("verify", { config: configOpt, json: jsonOpt }, ({ config, json }) =>
+  Effect.gen(function*() {
+    const verdict = yield* Effect.flatMap(Journal, (j) => j.verifyAudit)
+    yield* Console.log(
+      json ? JSON.stringify(verdict) : verdict.ok ? `audit log intact: ${verdict.entries} entries` : `audit log BROKEN at entry ${verdict.brokenAtSeq}: ${verdict.reason}`
+    )
+    if (!verdict.ok) return yield* new CliFailure({ code: 1, message: `audit chain broken at entry ${verdict.brokenAtSeq}` })
+  }).pipe(Effect.provide(stateLayer(config, "none")), Effect.mapError((e) => toCliFailure(e)))
+).pipe(Command.withDescription("recompute the audit log's hash chain; exit 1 if any entry was edited or deleted"))
+
+const auditCmd = Command.make("audit").pipe(
+  Command.withDescription("the tamper-evident audit log"),
+  Command.withSubcommands([auditVerify])
+)
+
 const demo = Command.make("demo", {}, () => runDemo.pipe(Effect.mapError(toCliFailure))).pipe(
   Command.withDescription("start the PVE simulator in-process and run selftest read + task against it")
 )
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, selftest, op, sshsig, sim, demo])
+  Command.withSubcommands([version, selftest, planCmd, journalCmd, auditCmd, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

@@ -3,7 +3,7 @@
  * `sim pve` in one process, `selftest --json` in another, exit codes and one-line reasons.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process"
 import { readFileSync, writeFileSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -146,6 +146,56 @@ describe("felhom-agent CLI", () => {
     expect(printed.proxmox.token_secret).toBe("<redacted>")
     expect(printed.privileged.mode).toBe("direct")
     expect(r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
+  })
+
+  it("plan shows each action with its gate verdict; an offered signature turns the destroy signed_ok", () => {
+    const dir = mkdtempSync(join(tmpdir(), "felhom-plan-"))
+    const stateEnv = { ...exports, FELHOM_AGENT_STATE_DIR: join(dir, "state") }
+    const desired = join(root, "test", "fixtures", "desired", "sim-mixed.json")
+    const unsigned = run(["plan", "--desired", desired, "--json"], stateEnv)
+    expect(unsigned.status, unsigned.stderr).toBe(0)
+    const verdicts = (r: { stdout: string }) =>
+      (JSON.parse(r.stdout) as { actions: Array<{ vmid: number; action: string; verdict: string }> }).actions.map((a) => `${a.action}:${a.vmid}:${a.verdict}`)
+    expect(verdicts(unsigned)).toEqual([
+      "resize:100:allowed",
+      "set_config:101:allowed",
+      "start:101:allowed",
+      "destroy:102:pending_signature",
+      "create:110:allowed"
+    ])
+    // an operator key in the config, a signed decommission of 102, and one for the wrong guest
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, "op")])
+    const config = join(dir, "agent.json")
+    writeFileSync(config, JSON.stringify({
+      host_id: "host-1",
+      authz: { signers: [`role=operational,key-id=alice ${readFileSync(join(dir, "op.pub"), "utf8").trim()}`] }
+    }))
+    const sign = (name: string, guest: string) => {
+      const blob = join(dir, name)
+      expect(run(["op", "new", "--op", "decommission", "--host", "host-1", "--guest", guest, "--key-id", "alice", "--out", blob]).status).toBe(0)
+      expect(run(["op", "sign", "--key", join(dir, "op"), "--in", blob]).status).toBe(0)
+      return blob
+    }
+    const good = sign("good.json", "102")
+    const signed = run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv)
+    expect(signed.status, signed.stderr).toBe(0)
+    expect(verdicts(signed)).toContain("destroy:102:signed_ok")
+    // a preview consumes nothing: the same signature is still good
+    expect(verdicts(run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv))).toContain("destroy:102:signed_ok")
+    const wrong = sign("wrong.json", "101")
+    const mismatched = run(["plan", "--desired", desired, "--json", "--config", config, "--signed", wrong], stateEnv)
+    // a signature for 101 is not a signature for 102's destroy
+    expect(verdicts(mismatched)).toContain("destroy:102:pending_signature")
+    const human = run(["plan", "--desired", desired], stateEnv)
+    expect(human.stdout).toContain("PENDING_SIGNATURE")
+  }, 60_000)
+
+  it("journal list and audit verify read the state database", () => {
+    const stateEnv = { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) }
+    expect(run(["journal", "list"], stateEnv).status).toBe(0)
+    const audit = run(["audit", "verify", "--json"], stateEnv)
+    expect(audit.status).toBe(0)
+    expect(JSON.parse(audit.stdout)).toEqual({ ok: true, entries: 0 })
   })
 
   it("an unknown command is a usage error (exit 2)", () => {

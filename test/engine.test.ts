@@ -4,17 +4,18 @@
  * simulator's guests were not touched.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Effect, Either, Fiber, Option, TestClock } from "effect"
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { Journal } from "../src/layers/Journal.js"
 import { executePlan, observeActual, signatureKey } from "../src/programs/engine.js"
 import { runSignedJob, type SignedJob } from "../src/programs/jobs.js"
 import { plan } from "../src/programs/reconcile.js"
+import { recover } from "../src/programs/recover.js"
 import { decodeDesiredState, type DesiredState } from "../src/schema/desired.js"
 import { VmId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, b64, dbFile, recoveryKey, runTimed, signedOp, stranger } from "./engine-support.js"
+import { agentLayer, type AgentServices, b64, dbFile, recoveryKey, runTimed, settle, signedOp, stranger } from "./engine-support.js"
 import { seedWith } from "./support.js"
 
 const desired = (name: string): DesiredState =>
@@ -82,6 +83,67 @@ describe("reconcile engine", () => {
         const outcomes = yield* runTimed(executePlan(p, new Map([[signatureKey("decommission", VmId.make(101)), sig]])))
         expect(outcomes.map((o) => `${o.verdict}/${o.result}`)).toEqual(["signed_ok/applied"])
         expect((yield* sim.guest(101))._tag).toBe("None")
+      })))
+
+  it.scoped("a guest the agent created is customer data once the create finished: removing it needs a signature", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const want = desired("sim-mixed.json")
+        yield* runTimed(executePlan(plan(yield* observeActual, want)))
+        expect((yield* sim.guest(110))._tag).toBe("Some")
+        const before = yield* snapshotGuests(sim)
+        const without110: DesiredState = { ...want, guests: want.guests.filter((g) => g.vmid !== 110) }
+        const outcomes = yield* runTimed(executePlan(plan(yield* observeActual, without110)))
+        expect(outcomes.filter((o) => o.vmid === 110).map((o) => `${o.action}:${o.verdict}`)).toEqual(["destroy:pending_signature"])
+        expect(yield* snapshotGuests(sim)).toBe(before)
+      })))
+
+  it.scoped("a create that fails half-way removes what it built (same-transaction rollback)", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const want = desired("sim-mixed.json")
+        const only110 = { ...plan(yield* observeActual, want) }
+        const p = { ...only110, actions: only110.actions.filter((a) => a.vmid === 110) }
+        // every task fails from now: the restore itself fails, PVE removes the guest
+        yield* sim.setFaults({ task_failure_rate: 1 })
+        const [outcome] = yield* runTimed(executePlan(p))
+        expect(outcome).toMatchObject({ action: "create", result: "failed" })
+        expect((yield* sim.guest(110))._tag).toBe("None")
+        const journal = yield* Journal
+        expect((yield* journal.list({ limit: 1 }))[0]).toMatchObject({ kind: "create", status: "rolled_back" })
+        expect(Option.isNone(yield* journal.provenanceOf(110))).toBe(true)
+      })))
+
+  it.scoped("a create failing after the restore: compensation fails too, so the op stays in flight and recovery removes the guest", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const want = desired("sim-mixed.json")
+        const all = plan(yield* observeActual, want)
+        const p = { ...all, actions: all.actions.filter((a) => a.vmid === 110) }
+        const fiber = yield* Effect.fork(executePlan(p))
+        // let the restore finish, then make every further task fail (resize, then the compensating destroy)
+        for (let i = 0; i < 200; i++) {
+          yield* settle
+          const g = yield* sim.guest(110)
+          if (Option.isSome(g) && g.value.lock === undefined) break
+          yield* TestClock.adjust("500 millis")
+        }
+        yield* sim.setFaults({ task_failure_rate: 1 })
+        for (let i = 0; i < 200 && fiber.unsafePoll() === null; i++) {
+          yield* settle
+          yield* TestClock.adjust("500 millis")
+        }
+        const [outcome] = yield* Fiber.join(fiber)
+        expect(outcome).toMatchObject({ action: "create", result: "failed" })
+        const journal = yield* Journal
+        expect((yield* journal.inFlight).map((o) => o.kind)).toEqual(["create"])
+        expect((yield* sim.guest(110))._tag).toBe("Some")
+        // the host recovers; the next start's recovery finishes the rollback
+        yield* sim.setFaults({ task_failure_rate: 0 })
+        const recovered = yield* runTimed(recover)
+        expect(recovered.map((r) => `${r.kind}:${r.outcome}`)).toEqual(["create:rolled_back"])
+        expect((yield* sim.guest(110))._tag).toBe("None")
+        expect(yield* journal.inFlight).toEqual([])
       })))
 
   it.scoped("a hub-supplied scratch tag is not provenance: the destroy stays pending", () =>

@@ -6,7 +6,7 @@
  * The destructive executors (decommission, restore-now) run only after the gate said
  * `signed_ok`, or `allowed` for agent-created provenance; they never decide that themselves.
  */
-import { Data, Effect, Option, Schema } from "effect"
+import { Data, Effect, Option, Schedule, Schema } from "effect"
 import { Journal } from "../layers/Journal.js"
 import { Proxmox } from "../layers/Proxmox.js"
 import { SnapshotName, StorageId, type Upid, type VmId, VolumeId } from "../schema/ids.js"
@@ -106,44 +106,105 @@ export const CREATE_STEPS = ["restore", "resize", "configure", "start"] as const
  * then size, label and start it. The guest is recorded as same-transaction provenance as soon
  * as the restore is accepted, so a compensating destroy is allowed without a signature.
  */
-export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number) =>
-  journaled({ kind: "create", vmid: spec.vmid, payload: { spec, source, memoryMiB } }, (id) =>
-    Effect.gen(function*() {
-      const journal = yield* Journal
-      const pve = yield* Proxmox
-      yield* journal.stepStarted(id, "restore")
-      const upid = yield* pve.restore({
-        vmid: spec.vmid,
-        archive: source.archive,
-        storage: source.storage,
-        unique: true,
-        hostname: spec.hostname,
-        ...(spec.cores === undefined ? {} : { cores: spec.cores }),
-        memoryMiB,
-        swapMiB: spec.swap_mib
-      })
-      yield* journal.recordProvenance(spec.vmid, "same_transaction", id)
-      yield* journal.recordUpid(id, "restore", upid)
-      yield* pve.waitTask(upid)
-      yield* journal.stepDone(id, "restore")
+const buildGuest = (id: string, spec: DesiredGuest, source: CreateSource, memoryMiB: number) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const pve = yield* Proxmox
+    yield* journal.stepStarted(id, "restore")
+    const upid = yield* pve.restore({
+      vmid: spec.vmid,
+      archive: source.archive,
+      storage: source.storage,
+      unique: true,
+      hostname: spec.hostname,
+      ...(spec.cores === undefined ? {} : { cores: spec.cores }),
+      memoryMiB,
+      swapMiB: spec.swap_mib
+    })
+    // From here the guest exists and is ours: record that before anything can go wrong.
+    yield* journal.recordProvenance(spec.vmid, "same_transaction", id)
+    yield* journal.recordUpid(id, "restore", upid)
+    yield* pve.waitTask(upid)
+    yield* journal.stepDone(id, "restore")
 
-      yield* taskStep(id, "resize", pve.resize(spec.vmid, "rootfs", `${spec.rootfs_gib}G`)).pipe(
-        // the archive may already be at least that large: PVE refuses a no-op or a shrink
-        Effect.catchIf(
-          (e) => e._tag === "PveApiError" && /already at specified size|unable to shrink/.test(e.message),
-          () => journal.stepDone(id, "resize")
+    yield* taskStep(id, "resize", pve.resize(spec.vmid, "rootfs", `${spec.rootfs_gib}G`)).pipe(
+      // the archive may already be at least that large: PVE refuses a no-op or a shrink
+      Effect.catchIf(
+        (e) => e._tag === "PveApiError" && /already at specified size|unable to shrink/.test(e.message),
+        () => journal.stepDone(id, "resize")
+      )
+    )
+    yield* configStep(id, "configure", spec.vmid, {
+      description: spec.description,
+      ...(spec.tags.length > 0 ? { tags: [...spec.tags].sort().join(";") } : {})
+    })
+    if (spec.power === "running") {
+      yield* taskStep(id, "start", pve.start(spec.vmid))
+    } else {
+      yield* journal.stepDone(id, "start")
+    }
+  })
+
+/** A lock held by a task that is still finishing is transient: retry for up to ~2 minutes. */
+export const lockRetry = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("10 seconds")), Schedule.upTo("2 minutes"))
+
+const existing = (vmid: VmId) =>
+  Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
+    Effect.map(Option.some),
+    Effect.catchIf((e) => e._tag === "PveApiError" && e.kind === "not_found", () => Effect.succeed(Option.none()))
+  )
+
+/**
+ * Undo a create: destroy the guest, but only if the journal proves op `opId` created it
+ * (same-transaction provenance). Returns whether anything of ours existed.
+ */
+export const compensateCreate = (opId: string, vmid: VmId) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const pve = yield* Proxmox
+    const provenance = yield* journal.provenanceOf(vmid)
+    if (!(Option.isSome(provenance) && provenance.value.kind === "same_transaction" && provenance.value.opId === opId)) return false
+    const status = yield* existing(vmid)
+    if (Option.isSome(status)) {
+      if (status.value.status === "running") {
+        yield* taskStep(opId, "compensate_stop", pve.stop(vmid)).pipe(Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" }))
+      }
+      yield* taskStep(opId, "compensate_destroy", pve.destroy(vmid, { purge: true })).pipe(
+        Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" })
+      )
+      yield* journal.audit({
+        actor: "executor",
+        action: "destroy",
+        target: String(vmid),
+        decision: "allowed",
+        detail: { reason: `compensating rollback of create ${opId} (same-transaction provenance)` }
+      })
+    }
+    yield* journal.clearProvenance(vmid)
+    return true
+  })
+
+/**
+ * Provision by restoring the golden archive (never `pct create`: only a restore keeps keyctl),
+ * then size, label and start it. One journaled transaction: if any step fails, the guest it
+ * created is destroyed again (allowed unsigned by same-transaction provenance). If even that
+ * fails, the op stays in flight for recovery at the next start.
+ */
+export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const entry = yield* journal.begin({ kind: "create", vmid: spec.vmid, payload: { spec, source, memoryMiB } })
+    return yield* buildGuest(entry.id, spec, source, memoryMiB).pipe(
+      // once built it holds customer data: same-transaction provenance ends with the transaction
+      Effect.tap(() => Effect.zipRight(journal.clearProvenance(spec.vmid), journal.finish(entry.id, "done"))),
+      Effect.tapError((e) =>
+        compensateCreate(entry.id, spec.vmid).pipe(
+          Effect.flatMap(() => journal.finish(entry.id, "rolled_back", `${e.message}; the half-built guest was removed`)),
+          Effect.ignore // compensation failed: stays in flight, recovery retries
         )
       )
-      yield* configStep(id, "configure", spec.vmid, {
-        description: spec.description,
-        ...(spec.tags.length > 0 ? { tags: [...spec.tags].sort().join(";") } : {})
-      })
-      if (spec.power === "running") {
-        yield* taskStep(id, "start", pve.start(spec.vmid))
-      } else {
-        yield* journal.stepDone(id, "start")
-      }
-    }))
+    )
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Destructive actions (gate-approved only)

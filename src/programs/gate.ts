@@ -94,6 +94,20 @@ export const bindingError = (action: GatedAction, v: VerifiedOp): string | undef
   return undefined
 }
 
+/**
+ * The journal's provenance for a guest, honoured only while it is still true: same-transaction
+ * provenance lasts as long as its op is in flight (a finished create is a customer guest).
+ */
+export const currentProvenance = (vmid: VmId | null) =>
+  Effect.gen(function*() {
+    if (vmid === null) return Option.none() as Provenance
+    const journal = yield* Journal
+    const p = yield* journal.provenanceOf(vmid)
+    if (Option.isNone(p) || p.value.kind === "scratch") return p
+    const op = yield* journal.get(p.value.opId)
+    return Option.isSome(op) && op.value.status === "in_flight" ? p : Option.none()
+  })
+
 export interface SignedOp {
   readonly blob: Uint8Array
   readonly signature: string | Uint8Array
@@ -108,7 +122,7 @@ export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor
     const journal = yield* Journal
     const authz = yield* Authz
     // provenance is agent-internal: only the journal can say a guest is scratch or ours
-    const provenance: Provenance = action.vmid === null ? Option.none() : yield* journal.provenanceOf(action.vmid)
+    const provenance = yield* currentProvenance(action.vmid)
     const c = classify(action, provenance)
     const decision: GateDecision = yield* Effect.gen(function*() {
       if (c.class === "benign") return { verdict: "allowed", class: "benign", reason: c.reason } as const

@@ -9,11 +9,11 @@
  * - anything else: recorded UPIDs are waited; all steps OK → done, otherwise failed (the next
  *   reconcile plans again from the actual state).
  */
-import { Effect, Option, Schedule } from "effect"
+import { Effect, Option } from "effect"
 import { Journal, type JournalOp } from "../layers/Journal.js"
 import { Proxmox } from "../layers/Proxmox.js"
 import { type Upid, VmId } from "../schema/ids.js"
-import { CREATE_STEPS, type StepError, taskStep } from "./executor.js"
+import { compensateCreate, CREATE_STEPS, lockRetry, type StepError, taskStep } from "./executor.js"
 
 export interface RecoveredOp {
   readonly id: string
@@ -44,50 +44,24 @@ const settleStarted = (op: JournalOp) =>
     return allOk
   })
 
-const exists = (vmid: VmId) =>
-  Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
-    Effect.map(Option.some),
-    Effect.catchIf((e) => e._tag === "PveApiError" && e.kind === "not_found", () => Effect.succeed(Option.none()))
-  )
-
-/** A lock from a task that is still finishing is transient: retry for up to ~2 minutes. */
-const lockRetry = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("10 seconds")), Schedule.upTo("2 minutes"))
-
 const rollbackCreate = (op: JournalOp, vmid: VmId) =>
   Effect.gen(function*() {
     const journal = yield* Journal
-    const pve = yield* Proxmox
     yield* settleStarted(op)
     const after = Option.getOrElse(yield* journal.get(op.id), () => op)
     const done = new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name))
     if (CREATE_STEPS.every((s) => done.has(s))) {
+      // a finished create is a customer guest like any other: its provenance ends with the transaction
+      yield* journal.clearProvenance(vmid)
       yield* journal.finish(op.id, "done", "recovered: every step had completed")
       return { outcome: "done", detail: "every step had completed" } as const
     }
-    const provenance = yield* journal.provenanceOf(vmid)
-    const ours = Option.isSome(provenance) && provenance.value.kind === "same_transaction" && provenance.value.opId === op.id
+    const ours = yield* compensateCreate(op.id, vmid)
     if (!ours) {
       // PVE never accepted our restore (or we cannot prove it did): touch nothing
       yield* journal.finish(op.id, "rolled_back", "recovered: the restore was never accepted; nothing to undo")
       return { outcome: "rolled_back", detail: "restore never accepted; nothing to undo" } as const
     }
-    const status = yield* exists(vmid)
-    if (Option.isSome(status)) {
-      if (status.value.status === "running") {
-        yield* taskStep(op.id, "compensate_stop", pve.stop(vmid)).pipe(Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" }))
-      }
-      yield* taskStep(op.id, "compensate_destroy", pve.destroy(vmid, { purge: true })).pipe(
-        Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" })
-      )
-    }
-    yield* journal.audit({
-      actor: "recover",
-      action: "destroy",
-      target: String(vmid),
-      decision: "allowed",
-      detail: { reason: `compensating rollback of create ${op.id} (same-transaction provenance)` }
-    })
-    yield* journal.clearProvenance(vmid)
     yield* journal.finish(op.id, "rolled_back", "recovered: half-built guest destroyed")
     return { outcome: "rolled_back", detail: "half-built guest destroyed" } as const
   })
@@ -97,7 +71,10 @@ const resumeDecommission = (op: JournalOp, vmid: VmId) =>
     const journal = yield* Journal
     const pve = yield* Proxmox
     yield* settleStarted(op)
-    const status = yield* exists(vmid)
+    const status = yield* Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
+      Effect.map(Option.some),
+      Effect.catchIf((e) => e._tag === "PveApiError" && e.kind === "not_found", () => Effect.succeed(Option.none()))
+    )
     if (Option.isSome(status)) {
       if (status.value.status === "running") yield* taskStep(op.id, "stop", pve.stop(vmid))
       yield* taskStep(op.id, "destroy", pve.destroy(vmid, { purge: true })).pipe(

@@ -1,0 +1,81 @@
+/**
+ * `felhom-agent plan`: what reconcile would do now against the live node, with each action's
+ * gate verdict. A preview: it audits nothing and consumes no nonce (offered signatures are
+ * checked against a throwaway in-memory nonce store).
+ */
+import { Effect, Option } from "effect"
+import type { AuthzShape } from "../layers/Authz.js"
+import type { DesiredState } from "../schema/desired.js"
+import type { SignedOp } from "./gate.js"
+import { bindingError, classify, currentProvenance, RECOVERY_OPS } from "./gate.js"
+import { gatedActionOf, observeActual, signatureKey } from "./engine.js"
+import { type Action, plan } from "./reconcile.js"
+
+export interface PlannedAction {
+  readonly vmid: number
+  readonly action: Action["kind"]
+  readonly detail: Record<string, unknown>
+  readonly verdict: "allowed" | "pending_signature" | "signed_ok" | "rejected"
+  readonly reason: string
+}
+
+export interface PlanReport {
+  readonly generation: number
+  readonly actions: ReadonlyArray<PlannedAction>
+  readonly notes: ReadonlyArray<{ readonly vmid: number; readonly reason: string; readonly message: string }>
+}
+
+const detailOf = (a: Action): Record<string, unknown> => {
+  switch (a.kind) {
+    case "create":
+      return { hostname: a.spec.hostname, source: a.source?.archive ?? null }
+    case "destroy":
+      return { reason: a.reason }
+    case "set_config":
+      return { ...a.set }
+    case "resize":
+      return { disk: a.disk, size_gib: a.sizeGib }
+    default:
+      return {}
+  }
+}
+
+/** `offered` maps signatureKey(op, vmid) → signed op; `authz` checks them without side effects. */
+export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, SignedOp>, authz: Option.Option<AuthzShape>) =>
+  Effect.gen(function*() {
+    const p = plan(yield* observeActual, desired)
+    const actions = yield* Effect.forEach(p.actions, (a) =>
+      Effect.gen(function*() {
+        const ga = gatedActionOf(a)
+        const c = classify(ga, yield* currentProvenance(ga.vmid))
+        const base = { vmid: a.vmid, action: a.kind, detail: detailOf(a) }
+        if (c.class === "benign") return { ...base, verdict: "allowed", reason: c.reason } as const
+        const sig = offered.get(signatureKey(ga.op, ga.vmid))
+        if (sig === undefined || Option.isNone(authz)) return { ...base, verdict: "pending_signature", reason: c.reason } as const
+        const v = yield* Effect.either(authz.value.verify(sig))
+        if (v._tag === "Left") return { ...base, verdict: "rejected", reason: `${v.left._tag}: ${v.left.message}` } as const
+        if (v.right.signer.role === "recovery" && !RECOVERY_OPS.has(ga.op)) {
+          return { ...base, verdict: "rejected", reason: "role_denied: recovery keys may only rotate" } as const
+        }
+        const mismatch = bindingError(ga, v.right)
+        if (mismatch !== undefined) return { ...base, verdict: "rejected", reason: `binding_mismatch: ${mismatch}` } as const
+        return { ...base, verdict: "signed_ok", reason: `${c.reason}; signed by ${v.right.signer.keyId}` } as const
+      }))
+    const report: PlanReport = {
+      generation: p.generation,
+      actions,
+      notes: p.notes.map((n) => ({ vmid: n.vmid, reason: n.reason, message: n.message }))
+    }
+    return report
+  })
+
+export const renderPlan = (r: PlanReport): string => {
+  const lines = [`plan for desired generation ${r.generation}: ${r.actions.length} action(s)`]
+  for (const a of r.actions) {
+    const detail = Object.entries(a.detail).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")
+    lines.push(`  ${String(a.vmid).padEnd(6)} ${a.action.padEnd(10)} ${a.verdict.toUpperCase().padEnd(17)} ${detail}`)
+    lines.push(`         ${a.reason}`)
+  }
+  for (const n of r.notes) lines.push(`  note ${n.vmid}: ${n.reason}: ${n.message}`)
+  return lines.join("\n")
+}
