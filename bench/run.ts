@@ -2,6 +2,7 @@
 import { Effect } from "effect"
 import { authzBench } from "./authz.js"
 import { coldStart } from "./cold-start.js"
+import { convergeBench } from "./converge.js"
 import { sshsigBench } from "./sshsig-verify.js"
 import { waitTaskBench } from "./wait-task.js"
 
@@ -10,5 +11,6 @@ const main = async () => {
   coldStart()
   sshsigBench()
   await Effect.runPromise(authzBench)
+  await Effect.runPromise(convergeBench)
 }
 void main()
