@@ -13,6 +13,7 @@ import { join } from "node:path"
 import type { SqlClient } from "@effect/sql"
 import { AuthzLive, type AuthzShape } from "../src/layers/Authz.js"
 import type { AgentConfig } from "../src/layers/Config.js"
+import { JournalLive, type JournalShape } from "../src/layers/Journal.js"
 import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.js"
 import { Privileged } from "../src/layers/Privileged.js"
 import { Proxmox, type ProxmoxShape, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
@@ -39,6 +40,11 @@ describe("the fence (types)", () => {
   it("Authz's layer requires only SqlClient and AgentConfig: no HTTP, no processes", () => {
     expectTypeOf<RIn<typeof AuthzLive>>().toEqualTypeOf<SqlClient.SqlClient | AgentConfig>()
     expectTypeOf<MethodR<AuthzShape>>().toBeNever()
+  })
+
+  it("Journal's layer requires only SqlClient", () => {
+    expectTypeOf<RIn<typeof JournalLive>>().toEqualTypeOf<SqlClient.SqlClient>()
+    expectTypeOf<MethodR<Omit<JournalShape, "runOnce">>>().toBeNever()
   })
 
   it("a Proxmox layer that shells out does not compile", () => {
