@@ -7,33 +7,15 @@
 import { Effect, Either, Option, Schema } from "effect"
 import { GuestQueue } from "../layers/GuestQueue.js"
 import { Journal } from "../layers/Journal.js"
-import { StorageId, VmId } from "../schema/ids.js"
-import { OpName } from "../schema/op.js"
+import { type JobResult, type SignedJob } from "../schema/hub.js"
+import { StorageId } from "../schema/ids.js"
 import { dearmor } from "../schema/sshsig.js"
 import type { Proxmox } from "../layers/Proxmox.js"
 import { BadJob, decommission, decodeRestoreSource, forceBackup, restoreNow, type StepError } from "./executor.js"
 import { gate, type GatedAction } from "./gate.js"
 
-/** A job as the hub relays it: what it asks for, plus the operator's opaque signed blob. */
-export const SignedJob = Schema.Struct({
-  id: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._:-]{1,128}$/)),
-  op: OpName,
-  guest_id: Schema.NullOr(VmId),
-  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
-  /** The op blob's exact bytes, base64. */
-  blob: Schema.optional(Schema.String),
-  /** The armored SSHSIG signature over those bytes. */
-  signature: Schema.optional(Schema.String)
-})
-export type SignedJob = typeof SignedJob.Type
-
-export interface JobResult {
-  readonly id: string
-  readonly op: string
-  readonly guest_id: number | null
-  readonly status: "done" | "failed" | "pending_signature" | "rejected" | "duplicate"
-  readonly reason: string
-}
+// The wire shapes live with the rest of the hub contract; re-exported for existing importers.
+export { JobResult, SignedJob } from "../schema/hub.js"
 
 /** Strict base64 (Buffer.from alone skips junk): the blob must be exactly what was signed. */
 const decodeBlob = (b64: string): Either.Either<Uint8Array, string> =>

@@ -1,0 +1,222 @@
+/**
+ * The hub wire contract (SPEC §6, docs/hub-protocol.md): the host report the agent sends up, the
+ * control envelope it gets back, signed jobs down and job results up. JSON field names are
+ * snake_case and pinned by test/fixtures/hub/host-report.golden.json; every collection is an
+ * array, never null, so "nothing" and "unknown" never look alike.
+ */
+import { Data, Schema } from "effect"
+import { VmId } from "./ids.js"
+import { OpName } from "./op.js"
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks. Custom messages on refinements: the default text echoes the rejected value.
+
+const RFC3339_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z$/
+
+/** An RFC 3339 timestamp in UTC with a Z suffix, kept as the string that travels. */
+export const UtcTimestampString = Schema.String.pipe(
+  Schema.filter((s) => RFC3339_UTC.test(s) && Number.isFinite(Date.parse(s)), {
+    message: () => "expected an RFC 3339 UTC timestamp like 2026-11-22T10:00:00Z"
+  })
+)
+
+/** JSON has no NaN or Infinity: a non-finite number would arrive as null. */
+const Finite = Schema.Number.pipe(Schema.filter(Number.isFinite, { message: () => "expected a finite number" }))
+const NonNegInt = Schema.Number.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n >= 0, { message: () => "expected a non-negative integer" })
+)
+/** A PVE vmid as a plain number (the report is built from many sources; no brand required). */
+const ReportVmId = Schema.Number.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n >= 100 && n <= 999_999_999, {
+    message: () => "expected a vmid (an integer between 100 and 999999999)"
+  })
+)
+const NullableFinite = Schema.NullOr(Finite)
+const RunStatus = Schema.Literal("running", "stopped", "unknown")
+
+// ---------------------------------------------------------------------------------------------
+// Host report (agent → hub)
+
+export const ReportHost = Schema.Struct({
+  /** CPU utilisation as PVE reports it (a fraction of all cores, 0..1). */
+  cpu: NullableFinite,
+  memory: Schema.Struct({ total: NullableFinite, used: NullableFinite }),
+  /** The root filesystem of the host. */
+  disk: Schema.Struct({ total: NullableFinite, used: NullableFinite }),
+  uptime_seconds: NullableFinite,
+  /** 1, 5 and 15 minute load averages; empty when unknown. */
+  loadavg: Schema.Array(Finite)
+})
+export type ReportHost = typeof ReportHost.Type
+
+export const ReportGuestSpec = Schema.Struct({
+  hostname: Schema.NullOr(Schema.String),
+  cores: NullableFinite,
+  memory_mib: NullableFinite,
+  swap_mib: NullableFinite,
+  rootfs_gib: NullableFinite
+})
+export type ReportGuestSpec = typeof ReportGuestSpec.Type
+
+export const ReportGuest = Schema.Struct({
+  vmid: ReportVmId,
+  name: Schema.NullOr(Schema.String),
+  status: RunStatus,
+  lock: Schema.NullOr(Schema.String),
+  /** null when this guest's config could not be read (its status still counts). */
+  spec: Schema.NullOr(ReportGuestSpec)
+})
+export type ReportGuest = typeof ReportGuest.Type
+
+export const ReportStorage = Schema.Struct({
+  storage: Schema.String,
+  type: Schema.String,
+  active: Schema.Boolean,
+  total: NullableFinite,
+  used: NullableFinite,
+  avail: NullableFinite,
+  state: Schema.Literal("attached", "disconnected")
+})
+export type ReportStorage = typeof ReportStorage.Type
+
+/** The newest backup per (storage, vmid). */
+export const ReportBackup = Schema.Struct({
+  storage: Schema.String,
+  vmid: ReportVmId,
+  volid: Schema.String,
+  ctime: NullableFinite,
+  size: NullableFinite
+})
+export type ReportBackup = typeof ReportBackup.Type
+
+export const ReportRestoreTest = Schema.Struct({
+  vmid: ReportVmId,
+  at: UtcTimestampString,
+  result: Schema.Literal("pass", "fail"),
+  detail: Schema.String
+})
+export type ReportRestoreTest = typeof ReportRestoreTest.Type
+
+export const ReportPbsSnapshot = Schema.Struct({
+  storage: Schema.String,
+  vmid: ReportVmId,
+  volid: Schema.String,
+  ctime: NullableFinite
+})
+export type ReportPbsSnapshot = typeof ReportPbsSnapshot.Type
+
+export const ReportAuditEntry = Schema.Struct({
+  seq: NonNegInt,
+  at: UtcTimestampString,
+  actor: Schema.String,
+  action: Schema.String,
+  target: Schema.NullOr(Schema.String),
+  decision: Schema.String
+})
+export type ReportAuditEntry = typeof ReportAuditEntry.Type
+
+export const ReportVersions = Schema.Struct({
+  agent: Schema.String,
+  controllers: Schema.Array(Schema.Struct({ vmid: ReportVmId, version: Schema.String }))
+})
+export type ReportVersions = typeof ReportVersions.Type
+
+/** A destructive action the agent holds until an operator signs it (SPEC §7). */
+export const ReportPendingSignature = Schema.Struct({
+  op: Schema.String,
+  vmid: Schema.NullOr(ReportVmId),
+  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  reason: Schema.String,
+  since: UtcTimestampString
+})
+export type ReportPendingSignature = typeof ReportPendingSignature.Type
+
+export const HostReport = Schema.Struct({
+  host_id: Schema.String,
+  agent_version: Schema.String,
+  reported_at: UtcTimestampString,
+  /** The desired-state generation the agent last converged to; null before the first. */
+  desired_generation_applied: Schema.NullOr(NonNegInt),
+  host: ReportHost,
+  guests: Schema.Array(ReportGuest),
+  cloudflared: Schema.Struct({ status: RunStatus }),
+  storage: Schema.Array(ReportStorage),
+  backups: Schema.Array(ReportBackup),
+  restore_tests: Schema.Array(ReportRestoreTest),
+  pbs_snapshots: Schema.Array(ReportPbsSnapshot),
+  audit_tail: Schema.Array(ReportAuditEntry),
+  versions: ReportVersions,
+  pending_signatures: Schema.Array(ReportPendingSignature)
+})
+export type HostReport = typeof HostReport.Type
+
+// ---------------------------------------------------------------------------------------------
+// Control envelope (hub → agent, the answer to a host report)
+
+export const ControlEnvelope = Schema.Struct({
+  /** The hub's wish; the agent adopts it only through clampPollInterval. */
+  poll_interval_seconds: Finite,
+  /** The hub holds this host: keep reporting, change nothing. */
+  blocked: Schema.Boolean,
+  /** 0 = the hub has published no desired state for this host yet. */
+  desired_generation: NonNegInt,
+  has_signed_ops: Schema.Boolean
+})
+export type ControlEnvelope = typeof ControlEnvelope.Type
+
+export const POLL_INTERVAL_MIN_SECONDS = 60
+export const POLL_INTERVAL_MAX_SECONDS = 3600
+
+/** A hub can slow the agent down or speed it up, but never to a storm or to silence. */
+export const clampPollInterval = (s: number) =>
+  Math.min(POLL_INTERVAL_MAX_SECONDS, Math.max(POLL_INTERVAL_MIN_SECONDS, Math.round(s)))
+
+// ---------------------------------------------------------------------------------------------
+// Signed jobs (hub → agent) and their results (agent → hub)
+
+/** A job as the hub relays it: what it asks for, plus the operator's opaque signed blob. */
+export const SignedJob = Schema.Struct({
+  id: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._:-]{1,128}$/)),
+  op: OpName,
+  guest_id: Schema.NullOr(VmId),
+  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  /** The op blob's exact bytes, base64. */
+  blob: Schema.optional(Schema.String),
+  /** The armored SSHSIG signature over those bytes. */
+  signature: Schema.optional(Schema.String)
+})
+export type SignedJob = typeof SignedJob.Type
+
+export const SignedJobsResponse = Schema.Struct({ jobs: Schema.Array(SignedJob) })
+export type SignedJobsResponse = typeof SignedJobsResponse.Type
+
+export const JobResult = Schema.Struct({
+  id: Schema.String,
+  op: Schema.String,
+  guest_id: Schema.NullOr(Schema.Number),
+  status: Schema.Literal("done", "failed", "pending_signature", "rejected", "duplicate"),
+  reason: Schema.String
+})
+export type JobResult = typeof JobResult.Type
+
+export const JobResultsRequest = Schema.Struct({ results: Schema.Array(JobResult) })
+export type JobResultsRequest = typeof JobResultsRequest.Type
+
+// ---------------------------------------------------------------------------------------------
+// The client's one error type
+
+/**
+ * Everything the hub client can fail with. `message` is bounded and never carries the bearer
+ * token (scrubbed even when the hub echoes it back) nor more than an excerpt of hub input.
+ * - Transport: no connection, TLS failure, timeout.
+ * - Status: the hub answered with an unexpected HTTP status (`status`, body excerpt).
+ * - Decode: a body did not match its schema (the hub's answer, or, a bug here, our own request).
+ * - TooLarge: the answer exceeded the response size cap and was not read.
+ */
+export class HubError extends Data.TaggedError("HubError")<{
+  readonly reason: "Transport" | "Status" | "Decode" | "TooLarge"
+  readonly method: "GET" | "POST"
+  readonly path: string
+  readonly status?: number
+  readonly message: string
+}> {}
