@@ -1,0 +1,248 @@
+/**
+ * The host report (SPEC §6): one read-only pass over PVE, the journal and cloudflared, shaped for
+ * `POST /api/v1/host-report`.
+ *
+ * What a failed read does is chosen by what the hub would conclude from the gap:
+ * - node status unreadable → the whole report is skipped (`ReportSkipped`): without it there is
+ *   no host section, and a report that omits it would read as a host that lost its metrics.
+ * - guest list unreadable → skipped too. An empty `guests` array is indistinguishable from "every
+ *   guest is gone", which is the one conclusion the hub must never draw from a transient 5xx.
+ * - one guest's config unreadable → that guest keeps its run state and lock, `spec` is null.
+ * - storage list or one storage's content unreadable → only that part is left out.
+ * - the cloudflared probe failing, dying or hanging → "unknown".
+ * Part failures are logged (as warnings) and never fail the report.
+ */
+import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
+import { Journal } from "../layers/Journal.js"
+import { Proxmox } from "../layers/Proxmox.js"
+import type {
+  HostReport,
+  ReportAuditEntry,
+  ReportBackup,
+  ReportGuest,
+  ReportPbsSnapshot,
+  ReportPendingSignature,
+  ReportStorage
+} from "../schema/hub.js"
+import { StorageId } from "../schema/ids.js"
+import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, StorageContentEntry } from "../schema/proxmox.js"
+import { VERSION } from "../version.js"
+import { normalizeActual } from "./reconcile.js"
+
+// ---------------------------------------------------------------------------------------------
+
+export type CloudflaredStatus = HostReport["cloudflared"]["status"]
+
+/** The report was not collected; `reason` says which read failed, `message` why (no secrets: PVE errors carry path and PVE's text only). */
+export class ReportSkipped extends Data.TaggedError("ReportSkipped")<{
+  readonly reason: "node_status_unreadable" | "guest_list_unreadable"
+  readonly message: string
+}> {}
+
+export interface CollectInput {
+  readonly hostId: string
+  readonly desiredGenerationApplied: number | null
+  readonly pendingSignatures: ReadonlyArray<ReportPendingSignature>
+  /** Any failure, defect or hang (past CLOUDFLARED_PROBE_TIMEOUT) reads as "unknown". */
+  readonly cloudflared: Effect.Effect<CloudflaredStatus, unknown>
+  /** Upper bound on concurrent guest config reads; default GUEST_CONFIG_CONCURRENCY. */
+  readonly configConcurrency?: number
+}
+
+/** Enough to be quick with 50 guests without flooding pveproxy (it has 3 workers by default). */
+export const GUEST_CONFIG_CONCURRENCY = 8
+export const STORAGE_CONTENT_CONCURRENCY = 4
+export const AUDIT_TAIL_LENGTH = 20
+export const CLOUDFLARED_PROBE_TIMEOUT = Duration.seconds(10)
+
+// An id PVE lists but our brand rejects is not ours to read (it would not be a valid path segment).
+const decodeStorageId = Schema.decodeUnknownOption(StorageId)
+
+const describe = (e: ProxmoxError) => `${e._tag}: ${e.message}`
+
+const rfc3339 = (ms: number) => new Date(ms).toISOString()
+
+/** JSON has no NaN or Infinity (the contract requires finite numbers): anything else is unknown. */
+const finite = (n: number | null | undefined): number | null => (n !== undefined && n !== null && Number.isFinite(n) ? n : null)
+
+const isVmid = (n: number) => Number.isSafeInteger(n) && n >= 100 && n <= 999_999_999
+
+/** A part of the report that may be missing: logs the failure and yields None. */
+const part = <A>(what: string, eff: Effect.Effect<A, ProxmoxError>): Effect.Effect<Option.Option<A>> =>
+  eff.pipe(
+    Effect.map(Option.some),
+    Effect.catchAll((e) => Effect.as(Effect.logWarning(`host report: ${what} left out (${describe(e)})`), Option.none<A>()))
+  )
+
+export const guestEntry = (summary: GuestSummary, config: GuestConfig | null): ReportGuest => {
+  const actual = normalizeActual(summary, config)
+  return {
+    vmid: actual.vmid,
+    name: summary.name ?? null,
+    status: actual.status,
+    lock: actual.lock,
+    spec: actual.spec === null
+      ? null
+      : {
+        hostname: actual.spec.hostname,
+        cores: finite(actual.spec.cores),
+        memory_mib: finite(actual.spec.memory_mib),
+        swap_mib: finite(actual.spec.swap_mib),
+        rootfs_gib: finite(actual.spec.rootfs_gib)
+      }
+  }
+}
+
+export const storageEntry = (s: NodeStorageEntry): ReportStorage => {
+  const active = s.active === 1
+  return {
+    storage: s.storage,
+    type: s.type,
+    active,
+    total: finite(s.total),
+    used: finite(s.used),
+    avail: finite(s.avail),
+    // Until the storage manifest (SPEC §13) exists, PVE's own view decides: an inactive storage
+    // is one PVE cannot reach (unplugged USB, NFS server gone).
+    state: active ? "attached" : "disconnected"
+  }
+}
+
+const contentTypes = (s: NodeStorageEntry): ReadonlyArray<string> =>
+  (s.content ?? "").split(",").map((c) => c.trim()).filter((c) => c.length > 0)
+
+/** `vzdump-lxc-100-2026_01_14-03_00_02.tar.zst` and PBS's `backup/ct/100/2026-01-14T03:00:02Z`. */
+const VMID_IN_VOLID = /(?:vzdump-(?:lxc|qemu|openvz)-(\d+)-|backup\/(?:ct|vm)\/(\d+)\/)/
+
+export const backupVmid = (e: StorageContentEntry): number | null => {
+  if (e.vmid !== undefined) return isVmid(e.vmid) ? e.vmid : null
+  const m = VMID_IN_VOLID.exec(e.volid)
+  const digits = m?.[1] ?? m?.[2]
+  return digits !== undefined && isVmid(Number(digits)) ? Number(digits) : null
+}
+
+/** Newer ctime wins; on equal (or missing) ctime the lexically larger volid, whose name carries the timestamp. */
+const newer = (a: ReportBackup, b: ReportBackup): boolean => {
+  const ta = a.ctime ?? -Infinity
+  const tb = b.ctime ?? -Infinity
+  return ta !== tb ? ta > tb : a.volid > b.volid
+}
+
+/** The last backup per vmid on one storage, by vmid ascending. Entries without a vmid are skipped. */
+export const lastBackups = (storage: string, entries: ReadonlyArray<StorageContentEntry>): ReadonlyArray<ReportBackup> => {
+  const best = new Map<number, ReportBackup>()
+  for (const e of entries) {
+    if (e.content !== undefined && e.content !== "backup") continue
+    const vmid = backupVmid(e)
+    if (vmid === null) continue
+    const b: ReportBackup = { storage, vmid, volid: e.volid, ctime: finite(e.ctime), size: finite(e.size) }
+    const have = best.get(vmid)
+    if (have === undefined || newer(b, have)) best.set(vmid, b)
+  }
+  return [...best.values()].sort((a, b) => a.vmid - b.vmid)
+}
+
+/** Every snapshot on a PBS storage, by vmid, then oldest first. */
+export const pbsSnapshots = (storage: string, entries: ReadonlyArray<StorageContentEntry>): ReadonlyArray<ReportPbsSnapshot> =>
+  entries
+    .flatMap((e): Array<ReportPbsSnapshot> => {
+      if (e.content !== undefined && e.content !== "backup") return []
+      const vmid = backupVmid(e)
+      return vmid === null ? [] : [{ storage, vmid, volid: e.volid, ctime: finite(e.ctime) }]
+    })
+    .sort((a, b) => a.vmid - b.vmid || (a.ctime ?? -Infinity) - (b.ctime ?? -Infinity) || a.volid.localeCompare(b.volid))
+
+const probeCloudflared = (probe: Effect.Effect<CloudflaredStatus, unknown>): Effect.Effect<CloudflaredStatus> =>
+  probe.pipe(
+    Effect.timeoutFail({ duration: CLOUDFLARED_PROBE_TIMEOUT, onTimeout: () => "timed out" as const }),
+    Effect.catchAllCause((cause) =>
+      Effect.as(Effect.logWarning("host report: cloudflared probe failed; reporting unknown", cause), "unknown" as const)
+    )
+  )
+
+/** Collects one host report; see the module comment for what each failed read does. */
+export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | Journal> =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    const journal = yield* Journal
+    const reportedAt = rfc3339(yield* Clock.currentTimeMillis)
+
+    const status = yield* pve.nodeStatus.pipe(
+      Effect.mapError((e) => new ReportSkipped({ reason: "node_status_unreadable", message: `node status unreadable: ${describe(e)}` }))
+    )
+    const summaries = yield* pve.listGuests.pipe(
+      Effect.mapError((e) => new ReportSkipped({ reason: "guest_list_unreadable", message: `guest list unreadable: ${describe(e)}` }))
+    )
+
+    const guests = Effect.forEach(
+      [...summaries].sort((a, b) => a.vmid - b.vmid),
+      (g) =>
+        part(`spec of guest ${g.vmid}`, pve.guestConfig(g.vmid)).pipe(
+          Effect.map((config) => guestEntry(g, Option.getOrNull(config)))
+        ),
+      { concurrency: input.configConcurrency ?? GUEST_CONFIG_CONCURRENCY }
+    )
+
+    const storages = Effect.gen(function*() {
+      const list = Option.getOrElse(yield* part("storage list", pve.nodeStorage), (): ReadonlyArray<NodeStorageEntry> => [])
+      // An inactive storage cannot be listed (PVE answers after its own mount timeout), so only
+      // active backup storages are read; each read that fails drops only that storage's entries.
+      const withBackups = list.flatMap((s) =>
+        s.active === 1 && contentTypes(s).includes("backup")
+          ? Option.toArray(Option.map(decodeStorageId(s.storage), (id) => ({ id, entry: s })))
+          : []
+      )
+      const contents = yield* Effect.forEach(
+        withBackups,
+        ({ id, entry }) =>
+          part(`backups on ${id}`, pve.storageContent(id, { content: "backup" })).pipe(
+            Effect.map((entries) => ({ storage: entry, entries: Option.getOrElse(entries, (): ReadonlyArray<StorageContentEntry> => []) }))
+          ),
+        { concurrency: STORAGE_CONTENT_CONCURRENCY }
+      )
+      return {
+        storage: list.map(storageEntry),
+        backups: contents.flatMap((c) => lastBackups(c.storage.storage, c.entries)),
+        pbs: contents.filter((c) => c.storage.type === "pbs").flatMap((c) => pbsSnapshots(c.storage.storage, c.entries))
+      }
+    })
+
+    const audit = Effect.map(journal.auditTail(AUDIT_TAIL_LENGTH), (entries) =>
+      entries.map((e): ReportAuditEntry => ({
+        seq: e.seq,
+        at: rfc3339(e.atMs),
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        decision: e.decision
+      })))
+
+    const [guestEntries, storage, cloudflared, auditTail] = yield* Effect.all(
+      [guests, storages, probeCloudflared(input.cloudflared), audit],
+      { concurrency: "unbounded" }
+    )
+
+    const report: HostReport = {
+      host_id: input.hostId,
+      agent_version: VERSION,
+      reported_at: reportedAt,
+      desired_generation_applied: input.desiredGenerationApplied,
+      host: {
+        cpu: finite(status.cpu),
+        memory: { total: finite(status.memory?.total), used: finite(status.memory?.used) },
+        disk: { total: finite(status.rootfs?.total), used: finite(status.rootfs?.used) },
+        uptime_seconds: finite(status.uptime),
+        loadavg: (status.loadavg ?? []).filter(Number.isFinite)
+      },
+      guests: guestEntries,
+      cloudflared: { status: cloudflared },
+      storage: storage.storage,
+      backups: storage.backups,
+      restore_tests: [],
+      pbs_snapshots: storage.pbs,
+      audit_tail: auditTail,
+      versions: { agent: VERSION, controllers: [] },
+      pending_signatures: [...input.pendingSignatures]
+    }
+    return report
+  }).pipe(Effect.withSpan("collectReport"))
