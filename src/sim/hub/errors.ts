@@ -1,0 +1,20 @@
+/** Errors of the dev hub: its admin API, its listener and its desired-state file. */
+import { Data } from "effect"
+
+/** An admin call named a host no api key maps to. */
+export class DevHubUnknownHost extends Data.TaggedError("DevHubUnknownHost")<{
+  readonly hostId: string
+  readonly message: string
+}> {}
+
+/** serveDevHub binds loopback only: its TLS key is public and its tokens are printed. */
+export class DevHubBindRefused extends Data.TaggedError("DevHubBindRefused")<{
+  readonly host: string
+  readonly message: string
+}> {}
+
+/** The listener could not be started (port in use, ...). */
+export class DevHubServeError extends Data.TaggedError("DevHubServeError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}

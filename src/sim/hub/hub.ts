@@ -1,0 +1,388 @@
+/**
+ * makeDevHub: the operator's hub, simulated (SPEC §14). It speaks the agent protocol of
+ * docs/hub-protocol.md (host report → control envelope, desired state, signed jobs handed out
+ * once, job results recorded), keeps per-host heartbeats for the dead-man's switch, and offers
+ * an admin surface (methods here, /admin/* over HTTP with a separate token) for tests, the demo
+ * and `felhom-agent sim hub`. Every timestamp comes from Effect's Clock, so TestClock drives it.
+ */
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { HttpApp } from "@effect/platform"
+import { randomBytes, timingSafeEqual } from "node:crypto"
+import { Clock, Data, Effect, Either, Option, ParseResult, Ref, Schema, type Scope } from "effect"
+import { type DesiredState, decodeDesiredState } from "../../schema/desired.js"
+import {
+  clampPollInterval,
+  type ControlEnvelope,
+  HostReport,
+  type JobResult,
+  JobResultsRequest,
+  SignedJob,
+  type SignedJobsResponse
+} from "../../schema/hub.js"
+import { DevHubUnknownHost } from "./errors.js"
+
+export interface DevHubOptions {
+  /** api key → host id. Several keys may name the same host (rotation). */
+  readonly apiKeys: Readonly<Record<string, string>>
+  /** What the envelope asks for, unclamped (the agent clamps). Default 60. */
+  readonly pollIntervalSeconds?: number
+  /** Silence longer than this makes a host overdue. Default 3 × the clamped poll interval. */
+  readonly overdueAfterSeconds?: number
+  /** Bearer token of the /admin endpoints; random when absent. */
+  readonly adminToken?: string
+  /** Log protocol events at INFO (the CLI) rather than DEBUG. */
+  readonly verbose?: boolean
+}
+
+export interface ReceivedReport {
+  /** Epoch milliseconds on the hub's Clock. */
+  readonly receivedAt: number
+  readonly report: HostReport
+}
+
+export interface RecordedJobResult {
+  readonly receivedAt: number
+  readonly result: JobResult
+}
+
+/** What GET /admin/hosts/{host} answers. */
+export interface DevHubHostView {
+  readonly host_id: string
+  readonly last_seen: string | null
+  readonly overdue: boolean
+  readonly blocked: boolean
+  readonly desired_generation: number
+  readonly queued_jobs: ReadonlyArray<string>
+  readonly handed_out_jobs: ReadonlyArray<string>
+  readonly reports_received: number
+  readonly last_report: HostReport | null
+  readonly job_results: ReadonlyArray<JobResult>
+}
+
+export interface DevHub {
+  /** The whole HTTP surface: agent protocol under /api/v1, admin under /admin. */
+  readonly app: HttpApp.Default
+  readonly adminToken: string
+  /** Every host some api key maps to. */
+  readonly hosts: ReadonlyArray<string>
+  readonly pollIntervalSeconds: number
+  readonly overdueAfterSeconds: number
+  /** Publishes `desired` for the host under the next generation (its own `generation` is replaced). */
+  readonly setDesired: (hostId: string, desired: DesiredState) => Effect.Effect<number, DevHubUnknownHost>
+  readonly desired: (hostId: string) => Effect.Effect<Option.Option<DesiredState>, DevHubUnknownHost>
+  readonly enqueueJob: (hostId: string, job: SignedJob) => Effect.Effect<void, DevHubUnknownHost>
+  /** Reports received, oldest first (the last 100). */
+  readonly reports: (hostId: string) => Effect.Effect<ReadonlyArray<ReceivedReport>, DevHubUnknownHost>
+  /** Results received, one per job id (a re-post replaces the earlier one), in first-arrival order. */
+  readonly jobResults: (hostId: string) => Effect.Effect<ReadonlyArray<RecordedJobResult>, DevHubUnknownHost>
+  /** Epoch milliseconds of the last accepted report. */
+  readonly lastSeen: (hostId: string) => Effect.Effect<Option.Option<number>, DevHubUnknownHost>
+  /** Hosts silent for longer than overdueAfterSeconds (counted from hub start if never seen). */
+  readonly overdue: Effect.Effect<ReadonlyArray<string>>
+  readonly setBlocked: (hostId: string, blocked: boolean) => Effect.Effect<void, DevHubUnknownHost>
+  readonly view: (hostId: string) => Effect.Effect<DevHubHostView, DevHubUnknownHost>
+}
+
+interface HostState {
+  readonly lastSeen: Option.Option<number>
+  readonly blocked: boolean
+  readonly generation: number
+  readonly desired: Option.Option<DesiredState>
+  readonly queue: ReadonlyArray<SignedJob>
+  readonly handedOut: ReadonlyArray<SignedJob>
+  readonly reports: ReadonlyArray<ReceivedReport>
+  readonly results: ReadonlyArray<RecordedJobResult>
+}
+
+const emptyHost: HostState = {
+  lastSeen: Option.none(),
+  blocked: false,
+  generation: 0,
+  desired: Option.none(),
+  queue: [],
+  handedOut: [],
+  reports: [],
+  results: []
+}
+
+const MAX_REPORTS = 100
+/** Request bodies above this are refused (a host report is a few hundred KiB at most). */
+export const DEV_HUB_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+/** An HTTP answer other than success, produced by a handler. */
+class HttpFailure extends Data.TaggedError("HttpFailure")<{ readonly status: number; readonly message: string }> {}
+
+const iso = (ms: number) => new Date(ms).toISOString().replace(/\.000Z$/, "Z")
+
+const safeEqual = (a: string, b: string): boolean => {
+  const ab = Buffer.from(a)
+  const bb = Buffer.from(b)
+  return ab.length === bb.length && timingSafeEqual(ab, bb)
+}
+
+/** `path: message` per issue, without Schema's `actual <input>` tail, bounded. */
+const formatIssues = (e: ParseResult.ParseError): string => {
+  const issues = ParseResult.ArrayFormatter.formatErrorSync(e)
+  const lines = issues.slice(0, 8).map((i) =>
+    `${i.path.length === 0 ? "(root)" : i.path.map(String).join(".")}: ${i.message.replace(/,?\s*actual[\s\S]*$/, "").trim().slice(0, 160)}`
+  )
+  if (issues.length > 8) lines.push(`(${issues.length - 8} more)`)
+  return lines.join("; ")
+}
+
+const errorResponse = (status: number, message: string) =>
+  HttpServerResponse.unsafeJson(
+    { error: message },
+    { status, headers: status === 401 ? { "www-authenticate": `Bearer realm="felhom-hub"` } : {} }
+  )
+
+export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const keys = Object.entries(options.apiKeys)
+    const hosts = [...new Set(keys.map(([, h]) => h))]
+    const adminToken = options.adminToken ?? `fha_${randomBytes(24).toString("base64url")}`
+    const pollIntervalSeconds = options.pollIntervalSeconds ?? 60
+    const overdueAfterSeconds = options.overdueAfterSeconds ?? 3 * clampPollInterval(pollIntervalSeconds)
+    const startedAt = yield* Clock.currentTimeMillis
+    const state = yield* Ref.make<ReadonlyMap<string, HostState>>(new Map(hosts.map((h) => [h, emptyHost])))
+    const note = (message: string) => (options.verbose === true ? Effect.logInfo(message) : Effect.logDebug(message))
+    yield* Effect.addFinalizer(() => note("dev hub stopped"))
+
+    const unknownHost = (hostId: string) =>
+      new DevHubUnknownHost({ hostId, message: `no api key of this dev hub belongs to host '${hostId}'` })
+
+    const modifyHost = <A>(hostId: string, f: (s: HostState) => readonly [A, HostState]) =>
+      Ref.modify(state, (m): readonly [Option.Option<A>, ReadonlyMap<string, HostState>] => {
+        const s = m.get(hostId)
+        if (s === undefined) return [Option.none(), m]
+        const [a, next] = f(s)
+        return [Option.some(a), new Map(m).set(hostId, next)]
+      }).pipe(Effect.flatMap(Option.match({ onNone: () => Effect.fail(unknownHost(hostId)), onSome: Effect.succeed })))
+
+    const getHost = (hostId: string) => modifyHost(hostId, (s) => [s, s] as const)
+
+    const isOverdue = (s: HostState, now: number) =>
+      now - Option.getOrElse(s.lastSeen, () => startedAt) > overdueAfterSeconds * 1000
+
+    const envelopeOf = (s: HostState): ControlEnvelope => ({
+      poll_interval_seconds: pollIntervalSeconds,
+      blocked: s.blocked,
+      desired_generation: s.generation,
+      has_signed_ops: s.queue.length > 0
+    })
+
+    const setDesired = (hostId: string, desired: DesiredState) =>
+      modifyHost(hostId, (s) => {
+        const generation = s.generation + 1
+        return [generation, { ...s, generation, desired: Option.some({ ...desired, generation }) }] as const
+      }).pipe(Effect.tap((g) => note(`desired state for ${hostId}: generation ${g}, ${desired.guests.length} guest(s)`)))
+
+    const enqueueJob = (hostId: string, job: SignedJob) =>
+      modifyHost(hostId, (s) => [undefined, { ...s, queue: [...s.queue, job] }] as const).pipe(
+        Effect.tap(() => note(`job ${job.id} (${job.op}) queued for ${hostId}`))
+      )
+
+    const setBlocked = (hostId: string, blocked: boolean) =>
+      modifyHost(hostId, (s) => [undefined, { ...s, blocked }] as const)
+
+    const overdue = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const m = yield* Ref.get(state)
+      return [...m].filter(([, s]) => isOverdue(s, now)).map(([h]) => h)
+    })
+
+    const view = (hostId: string) =>
+      Effect.gen(function*() {
+        const s = yield* getHost(hostId)
+        const now = yield* Clock.currentTimeMillis
+        return {
+          host_id: hostId,
+          last_seen: Option.match(s.lastSeen, { onNone: () => null, onSome: iso }),
+          overdue: isOverdue(s, now),
+          blocked: s.blocked,
+          desired_generation: s.generation,
+          queued_jobs: s.queue.map((j) => j.id),
+          handed_out_jobs: s.handedOut.map((j) => j.id),
+          reports_received: s.reports.length,
+          last_report: s.reports.length === 0 ? null : s.reports[s.reports.length - 1]!.report,
+          job_results: s.results.map((r) => r.result)
+        } satisfies DevHubHostView
+      })
+
+    // -------------------------------------------------------------------------------------------
+    // HTTP
+
+    const bearer = Effect.map(HttpServerRequest.HttpServerRequest, (req) => {
+      const m = /^Bearer ([^\s]+)\s*$/.exec(req.headers["authorization"] ?? "")
+      return m === null ? undefined : m[1]!
+    })
+
+    const agentHost = Effect.flatMap(bearer, (token) => {
+      // Compare against every key so timing does not tell how many matched.
+      const matches = token === undefined ? [] : keys.filter(([k]) => safeEqual(k, token))
+      return matches.length === 1
+        ? Effect.succeed(matches[0]![1])
+        : Effect.fail(new HttpFailure({ status: 401, message: "unknown or missing bearer token" }))
+    })
+
+    const admin = Effect.flatMap(bearer, (token) =>
+      token !== undefined && safeEqual(token, adminToken)
+        ? Effect.void
+        : Effect.fail(new HttpFailure({ status: 401, message: "admin endpoints need the admin bearer token" })))
+
+    const adminHost = Effect.zipRight(
+      admin,
+      Effect.flatMap(HttpRouter.params, (p) => {
+        const host = p["host"] ?? ""
+        return hosts.includes(host)
+          ? Effect.succeed(host)
+          : Effect.fail(new HttpFailure({ status: 404, message: `no such host '${host.slice(0, 128)}'` }))
+      })
+    )
+
+    const jsonBody = Effect.gen(function*() {
+      const req = yield* HttpServerRequest.HttpServerRequest
+      const text = yield* req.text.pipe(
+        Effect.mapError(() => new HttpFailure({ status: 400, message: `request body unreadable or larger than ${DEV_HUB_MAX_BODY_BYTES} bytes` }))
+      )
+      return yield* Effect.try({
+        try: (): unknown => JSON.parse(text),
+        catch: () => new HttpFailure({ status: 400, message: "request body is not valid JSON" })
+      })
+    })
+
+    /** Strict: an unknown field is an error, so contract drift shows up in development. */
+    const body = <A, I>(schema: Schema.Schema<A, I>, what: string) =>
+      Effect.flatMap(jsonBody, (u) =>
+        Schema.decodeUnknown(schema, { errors: "all", onExcessProperty: "error" })(u).pipe(
+          Effect.mapError((e) => new HttpFailure({ status: 400, message: `invalid ${what}: ${formatIssues(e)}` }))
+        ))
+
+    const json = (status: number, value: unknown) => Effect.succeed(HttpServerResponse.unsafeJson(value, { status }))
+    const noHost = (e: DevHubUnknownHost) => Effect.fail(new HttpFailure({ status: 404, message: e.message }))
+
+    const report = Effect.gen(function*() {
+      const host = yield* agentHost
+      const r = yield* body(HostReport, "host report")
+      if (r.host_id !== host) {
+        return yield* new HttpFailure({ status: 403, message: `this api key belongs to host '${host}', the report names another host` })
+      }
+      const now = yield* Clock.currentTimeMillis
+      const s = yield* modifyHost(host, (s) => {
+        const next: HostState = {
+          ...s,
+          lastSeen: Option.some(now),
+          reports: [...s.reports, { receivedAt: now, report: r }].slice(-MAX_REPORTS)
+        }
+        return [next, next] as const
+      })
+      yield* note(`report from ${host}: ${r.guests.length} guest(s), applied generation ${r.desired_generation_applied ?? "none"}`)
+      return yield* json(200, envelopeOf(s))
+    })
+
+    const desiredState = Effect.gen(function*() {
+      const host = yield* agentHost
+      const s = yield* getHost(host)
+      if (Option.isNone(s.desired)) {
+        return yield* new HttpFailure({ status: 404, message: `no desired state published for host '${host}' yet (generation 0)` })
+      }
+      return yield* json(200, s.desired.value)
+    })
+
+    const signedJobs = Effect.gen(function*() {
+      const host = yield* agentHost
+      // Handed out once: the queue empties as it is read.
+      const jobs = yield* modifyHost(host, (s) => [s.queue, { ...s, queue: [], handedOut: [...s.handedOut, ...s.queue] }] as const)
+      if (jobs.length > 0) yield* note(`${jobs.length} job(s) handed to ${host}`)
+      const response: SignedJobsResponse = { jobs }
+      return yield* json(200, response)
+    })
+
+    const jobResults = Effect.gen(function*() {
+      const host = yield* agentHost
+      const { results } = yield* body(JobResultsRequest, "job results")
+      const now = yield* Clock.currentTimeMillis
+      yield* modifyHost(host, (s) => {
+        const recorded = [...s.results]
+        for (const result of results) {
+          const at = recorded.findIndex((r) => r.result.id === result.id)
+          if (at >= 0) recorded[at] = { receivedAt: now, result }
+          else recorded.push({ receivedAt: now, result })
+        }
+        return [undefined, { ...s, results: recorded }] as const
+      })
+      for (const r of results) yield* note(`job ${r.id} on ${host}: ${r.status}: ${r.reason}`)
+      return HttpServerResponse.empty({ status: 204 })
+    })
+
+    const adminDesired = Effect.gen(function*() {
+      const host = yield* adminHost
+      const raw = yield* jsonBody
+      // The hub owns generations: one in the body is replaced, a missing one is fine.
+      const withGeneration = typeof raw === "object" && raw !== null && !Array.isArray(raw) && !("generation" in raw)
+        ? { ...raw, generation: 0 }
+        : raw
+      const desired = decodeDesiredState(withGeneration)
+      if (Either.isLeft(desired)) return yield* new HttpFailure({ status: 400, message: desired.left })
+      const generation = yield* setDesired(host, desired.right)
+      return yield* json(200, { host_id: host, generation })
+    })
+
+    const adminJob = Effect.gen(function*() {
+      const host = yield* adminHost
+      const job = yield* body(SignedJob, "signed job")
+      yield* enqueueJob(host, job)
+      const s = yield* getHost(host)
+      return yield* json(202, { host_id: host, queued: s.queue.map((j) => j.id) })
+    })
+
+    const adminBlocked = Effect.gen(function*() {
+      const host = yield* adminHost
+      const { blocked } = yield* body(Schema.Struct({ blocked: Schema.Boolean }), "blocked flag")
+      yield* setBlocked(host, blocked)
+      return yield* json(200, { host_id: host, blocked })
+    })
+
+    const adminView = Effect.flatMap(adminHost, (host) => Effect.flatMap(view(host), (v) => json(200, v)))
+    const adminHosts = Effect.zipRight(admin, Effect.flatMap(Effect.forEach(hosts, view), (vs) => json(200, { hosts: vs })))
+    const adminOverdue = Effect.zipRight(admin, Effect.flatMap(overdue, (hs) => json(200, { hosts: hs })))
+
+    const router = HttpRouter.empty.pipe(
+      HttpRouter.post("/api/v1/host-report", report),
+      HttpRouter.get("/api/v1/desired-state", desiredState),
+      HttpRouter.get("/api/v1/signed-jobs", signedJobs),
+      HttpRouter.post("/api/v1/job-results", jobResults),
+      HttpRouter.get("/admin/hosts", adminHosts),
+      HttpRouter.get("/admin/hosts/:host", adminView),
+      HttpRouter.post("/admin/hosts/:host/desired", adminDesired),
+      HttpRouter.post("/admin/hosts/:host/jobs", adminJob),
+      HttpRouter.post("/admin/hosts/:host/blocked", adminBlocked),
+      HttpRouter.get("/admin/overdue", adminOverdue)
+    )
+
+    const app: HttpApp.Default = router.pipe(
+      Effect.catchTag("DevHubUnknownHost", noHost),
+      Effect.catchTags({
+        HttpFailure: (e) => Effect.succeed(errorResponse(e.status, e.message)),
+        RouteNotFound: () => Effect.succeed(errorResponse(404, "no such endpoint"))
+      }),
+      HttpServerRequest.withMaxBodySize(Option.some(DEV_HUB_MAX_BODY_BYTES))
+    )
+
+    return {
+      app,
+      adminToken,
+      hosts,
+      pollIntervalSeconds,
+      overdueAfterSeconds,
+      setDesired,
+      desired: (hostId) => Effect.map(getHost(hostId), (s) => s.desired),
+      enqueueJob,
+      reports: (hostId) => Effect.map(getHost(hostId), (s) => s.reports),
+      jobResults: (hostId) => Effect.map(getHost(hostId), (s) => s.results),
+      lastSeen: (hostId) => Effect.map(getHost(hostId), (s) => s.lastSeen),
+      overdue,
+      setBlocked,
+      view
+    } satisfies DevHub
+  })
