@@ -1,6 +1,6 @@
 // Import-boundary check (run by `npm test`): the fence of SPEC §1 as a lint over the transitive
 // import closure of each fenced layer. The type-level half lives in test/fence.test.ts.
-//   Proxmox (and its transport) never reaches a process-spawning module.
+//   Proxmox (and its transport) never reaches a process-spawning module; nor does the Hub client.
 //   Privileged never reaches an HTTP/network client module, nor calls fetch.
 import { existsSync, readFileSync } from "node:fs"
 import { dirname, join, relative, resolve } from "node:path"
@@ -12,6 +12,22 @@ const RULES = [
   {
     name: "Proxmox never shells out",
     entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts"],
+    modules: [
+      /^(node:)?child_process$/,
+      /^@effect\/platform\/(Command|CommandExecutor)$/,
+      /^@effect\/platform-node\/(NodeCommandExecutor|NodeContext)$/,
+      /^@effect\/platform-node-shared\/NodeCommandExecutor$/
+    ],
+    named: {
+      "@effect/platform": ["Command", "CommandExecutor"],
+      "@effect/platform-node": ["NodeCommandExecutor", "NodeContext"]
+    },
+    files: ["src/layers/Privileged.ts"],
+    source: []
+  },
+  {
+    name: "Hub never shells out",
+    entries: ["src/layers/Hub.ts"],
     modules: [
       /^(node:)?child_process$/,
       /^@effect\/platform\/(Command|CommandExecutor)$/,
