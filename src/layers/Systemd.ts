@@ -55,7 +55,6 @@ const BASE_ENV: Readonly<Record<string, string>> = { PATH: "/usr/sbin:/usr/bin:/
  * in READY=1 or MAINPID=..., so every control character becomes a space.
  */
 export const sanitizeStatus = (text: string): string => {
-  // eslint-disable-next-line no-control-regex
   const one = text.replace(/[\u0000-\u001f\u007f]+/g, " ").trim()
   return one.length > STATUS_MAX_CHARS ? `${one.slice(0, STATUS_MAX_CHARS - 1)}…` : one
 }
