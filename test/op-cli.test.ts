@@ -119,6 +119,8 @@ describe("sshsig verify agrees with ssh-keygen -Y check-novalidate", () => {
       results.push(...await Promise.all(rows.slice(i, i + 4).map(async (f) => {
         const message = readFileSync(join(fx, "messages", f.message))
         const withInput = <T extends { stdin: NodeJS.WritableStream | null }>(child: T) => {
+          // a verifier may exit before reading the message (EPIPE): its exit code is the verdict
+          child.stdin?.on("error", () => undefined)
           child.stdin?.end(message)
           return child
         }
