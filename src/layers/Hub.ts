@@ -216,7 +216,7 @@ export const makeHub = (options: HubClientOptions = {}) =>
         status !== 200
           ? Effect.fail(new HubError({ reason: "Status", method, path, status, message: `${method} ${path}: expected HTTP 200 with a body, got ${status}` }))
           : parseJson(decodeFail)(text).pipe(
-            Effect.flatMap(Schema.decodeUnknown(schema)),
+            Effect.flatMap((u) => Schema.decodeUnknown(schema, { errors: "all" })(u)),
             Effect.mapError((e) => (e._tag === "HubError" ? e : decodeFail(clip(`response does not match the schema: ${formatIssues(e)}`, DECODE_MAX))))
           )
     }

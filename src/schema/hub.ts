@@ -147,7 +147,7 @@ export const HostReport = Schema.Struct({
   audit_tail: Schema.Array(ReportAuditEntry),
   versions: ReportVersions,
   pending_signatures: Schema.Array(ReportPendingSignature)
-})
+}).annotations({ identifier: "HostReport" })
 export type HostReport = typeof HostReport.Type
 
 // ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ export const ControlEnvelope = Schema.Struct({
   /** 0 = the hub has published no desired state for this host yet. */
   desired_generation: NonNegInt,
   has_signed_ops: Schema.Boolean
-})
+}).annotations({ identifier: "ControlEnvelope" })
 export type ControlEnvelope = typeof ControlEnvelope.Type
 
 export const POLL_INTERVAL_MIN_SECONDS = 60
@@ -184,10 +184,10 @@ export const SignedJob = Schema.Struct({
   blob: Schema.optional(Schema.String),
   /** The armored SSHSIG signature over those bytes. */
   signature: Schema.optional(Schema.String)
-})
+}).annotations({ identifier: "SignedJob" })
 export type SignedJob = typeof SignedJob.Type
 
-export const SignedJobsResponse = Schema.Struct({ jobs: Schema.Array(SignedJob) })
+export const SignedJobsResponse = Schema.Struct({ jobs: Schema.Array(SignedJob) }).annotations({ identifier: "SignedJobsResponse" })
 export type SignedJobsResponse = typeof SignedJobsResponse.Type
 
 export const JobResult = Schema.Struct({
@@ -196,10 +196,10 @@ export const JobResult = Schema.Struct({
   guest_id: Schema.NullOr(Schema.Number),
   status: Schema.Literal("done", "failed", "pending_signature", "rejected", "duplicate"),
   reason: Schema.String
-})
+}).annotations({ identifier: "JobResult" })
 export type JobResult = typeof JobResult.Type
 
-export const JobResultsRequest = Schema.Struct({ results: Schema.Array(JobResult) })
+export const JobResultsRequest = Schema.Struct({ results: Schema.Array(JobResult) }).annotations({ identifier: "JobResultsRequest" })
 export type JobResultsRequest = typeof JobResultsRequest.Type
 
 // ---------------------------------------------------------------------------------------------
