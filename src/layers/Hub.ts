@@ -97,7 +97,14 @@ const scrubWith = (secret: string) => {
 }
 
 /** The one place the api key is unwrapped: the scrubber has to know what to look for. */
-const makeScrubber = (apiKey: Redacted.Redacted<string>) => scrubWith(Redacted.value(apiKey))
+const makeScrubber = (apiKey: Redacted.Redacted<string>) => {
+  const secret = Redacted.value(apiKey)
+  const scrub = scrubWith(secret)
+  // Only the head of a body can reach an excerpt; the window covers a URL-encoded token
+  // straddling the cut, and keeps the fragment scan off a 4 MiB body.
+  const window = 2 * EXCERPT_MAX + 3 * secret.length + 64
+  return { scrub, excerpt: (text: string) => clip(oneLine(scrub(text.slice(0, window))), EXCERPT_MAX) }
+}
 
 /** Schema issues as `path: message`, with the `actual <input>` part cut so hub input is never echoed. */
 const formatIssues = (e: ParseResult.ParseError): string => {
@@ -139,7 +146,7 @@ export const makeHub = (options: HubClientOptions = {}) =>
     const base = hub.url.replace(/\/+$/, "")
     const timeout = Duration.decode(options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT)
     const maxBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES
-    const scrub = makeScrubber(hub.api_key)
+    const { scrub, excerpt } = makeScrubber(hub.api_key)
 
     const exchange = <A>(
       method: "GET" | "POST",
@@ -193,8 +200,8 @@ export const makeHub = (options: HubClientOptions = {}) =>
           })
         )
         if (status < 200 || status > 299) {
-          const excerpt = clip(oneLine(scrub(text)), EXCERPT_MAX)
-          return yield* fail("Status", `HTTP ${status}${excerpt.length > 0 ? `: ${excerpt}` : ""}`, status)
+          const shown = excerpt(text)
+          return yield* fail("Status", `HTTP ${status}${shown.length > 0 ? `: ${shown}` : ""}`, status)
         }
         return yield* onOk(status, text)
       })
