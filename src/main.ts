@@ -7,7 +7,10 @@
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { FileSystem } from "@effect/platform"
-import { Cause, Console, Data, Duration, Effect, Either, Exit, Layer, Option, Schema } from "effect"
+import { Cause, Console, Data, Duration, Effect, Either, Exit, Layer, Logger, Option, Queue, Ref, Schema } from "effect"
+import { initialState, runDaemon } from "./programs/daemon.js"
+import { daemonLayer } from "./programs/daemonRoot.js"
+import { runDevHubCli } from "./sim/hub/index.js"
 import { type AuthzShape, make as makeAuthz, parseSigners } from "./layers/Authz.js"
 import { DatabaseLive, layerAt } from "./layers/Database.js"
 import { Journal, JournalLive } from "./layers/Journal.js"
@@ -121,10 +124,44 @@ const simPve = Command.make(
     runSimPveCli({ host, port, seedPath: Option.getOrUndefined(seed) }).pipe(Effect.mapError(toCliFailure))
 ).pipe(Command.withDescription("run the PVE simulator on loopback and print the token and TLS fingerprint to use"))
 
+const simHub = Command.make(
+  "hub",
+  {
+    port: Options.integer("port").pipe(Options.withDefault(8443), Options.withDescription("TCP port (0 = any free port)")),
+    host: Options.text("host").pipe(Options.withDefault("127.0.0.1"), Options.withDescription("loopback address to bind")),
+    desired: Options.text("desired").pipe(Options.optional, Options.withDescription("desired-state JSON to publish (reloaded when it changes)")),
+    hostId: Options.text("host-id").pipe(Options.withDefault("dev-host"), Options.withDescription("the host the printed api key belongs to"))
+  },
+  ({ desired, host, hostId, port }) =>
+    runDevHubCli({ host, port, desiredFile: Option.getOrUndefined(desired), hostId }).pipe(Effect.mapError((e) => toCliFailure(e)))
+).pipe(Command.withDescription("run the dev hub on loopback: host reports, desired state, signed-job queue, dead-man's switch"))
+
 const sim = Command.make("sim").pipe(
   Command.withDescription("simulators of the outside world (loopback only)"),
-  Command.withSubcommands([simPve])
+  Command.withSubcommands([simPve, simHub])
 )
+
+const daemonCmd = Command.make("daemon", { config: configOpt }, ({ config }) =>
+  Effect.scoped(Effect.gen(function*() {
+    const poke = yield* Queue.sliding<void>(1)
+    const state = yield* Ref.make(initialState)
+    // SIGUSR1: poll the hub now instead of waiting for the interval
+    yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const onUsr1 = () => void Queue.unsafeOffer(poke, undefined)
+        process.on("SIGUSR1", onUsr1)
+        return onUsr1
+      }),
+      (onUsr1) => Effect.sync(() => void process.off("SIGUSR1", onUsr1))
+    )
+    return yield* runDaemon({ poke, state })
+  })).pipe(
+    Effect.provide(daemonLayer(config)),
+    // journald: one structured logfmt line per event
+    Effect.provide(Logger.replace(Logger.defaultLogger, Logger.logfmtLogger)),
+    Effect.mapError((e) => toCliFailure(e))
+  )
+).pipe(Command.withDescription("the systemd main: recover the journal, then the hub loop (SIGUSR1 polls now)"))
 
 // ---------------------------------------------------------------------------------------------
 // op: build, sign and verify operator-signed ops
@@ -347,13 +384,13 @@ const auditCmd = Command.make("audit").pipe(
   Command.withSubcommands([auditVerify])
 )
 
-const demo = Command.make("demo", {}, () => runDemo.pipe(Effect.mapError(toCliFailure))).pipe(
-  Command.withDescription("start the PVE simulator in-process and run selftest read + task against it")
+const demo = Command.make("demo", {}, () => runDemo.pipe(Effect.mapError((e) => toCliFailure(e)))).pipe(
+  Command.withDescription("PVE simulator + dev hub + the daemon in one process: the control loop end to end")
 )
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, selftest, planCmd, journalCmd, auditCmd, op, sshsig, sim, demo])
+  Command.withSubcommands([version, daemonCmd, selftest, planCmd, journalCmd, auditCmd, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

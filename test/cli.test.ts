@@ -198,6 +198,21 @@ describe("felhom-agent CLI", () => {
     expect(JSON.parse(audit.stdout)).toEqual({ ok: true, entries: 0 })
   })
 
+  it("npm run demo's scenario runs end to end and exits 0", () => {
+    const r = spawnSync(process.execPath, [bin, "demo"], { env: env(), encoding: "utf8", timeout: 120_000 })
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0)
+    for (const line of [
+      "converged: 100 stopped, local-lvm:vm-100-disk-0,size=20G; 101 running, 2048 MiB",
+      "agent reports pending_signature for decommission 101; guest 101 untouched: true",
+      "job-1: done",
+      "guest 101 exists: false",
+      "replayed as job-2: rejected (Replay)",
+      "agent killed while the restore of 110 runs",
+      "create ops in the journal: done, rolled_back"
+    ]) expect(r.stdout, line).toContain(line)
+    expect(r.stdout).toMatch(/overdue hosts: 0/)
+  }, 120_000)
+
   it("an unknown command is a usage error (exit 2)", () => {
     expect(run(["frobnicate"]).status).toBe(2)
   })

@@ -1,58 +1,159 @@
 /**
- * Demo v0: the PVE simulator on loopback HTTPS, and the production Proxmox client pointed at it
- * with the simulator's certificate pinned — selftest read, then the snapshot → rollback → delete
- * cycle on a running guest. Later issues grow this into the full daemon scenario.
+ * The demo: the PVE simulator and the dev hub on loopback, and the real daemon between them,
+ * all in one process. A scripted scenario shows the control loop end to end: convergence, a
+ * destroy held for a signature, the signed job executed once, its replay refused, and a kill
+ * in the middle of a restore followed by recovery.
  */
-import { Console, Data, Effect, Layer, Schema } from "effect"
+import { Command, FileSystem } from "@effect/platform"
+import { Console, Data, Duration, Effect, Fiber, Layer, Option, Queue, Ref, Schema } from "effect"
 import { layerFrom } from "../layers/Config.js"
-import { ProxmoxWithoutClient } from "../layers/Proxmox.js"
-import { layerFor } from "../layers/PveTransport.js"
+import { DatabaseLive } from "../layers/Database.js"
+import { Journal, JournalLive } from "../layers/Journal.js"
 import { AgentConfigFile } from "../schema/config.js"
-import { serveSimPve } from "../sim/pve/index.js"
-import { renderReport, renderTask, selftestRead, selftestTask } from "./selftest.js"
+import { DesiredState } from "../schema/desired.js"
+import { VmId } from "../schema/ids.js"
+import type { SignedJob } from "../schema/hub.js"
+import { serveDevHub } from "../sim/hub/index.js"
+import { decodeSeed, defaultSeedJson, serveSimPve } from "../sim/pve/index.js"
+import { type DaemonState, initialState, runDaemon } from "./daemon.js"
+import { servicesLayer } from "./daemonRoot.js"
+import { newOp, signOp } from "./op.js"
 
 export class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
 
+const HOST = "demo-host"
+const API_KEY = "demo-hub-key-0123456789abcdef"
+
+const say = (s: string) => Console.log(`[demo] ${s}`)
+
+/** Polls `check` (real time) until it yields a value, poking the agent so it does not wait a full interval. */
+const waitFor = <A, E, R>(what: string, poke: Queue.Queue<void>, check: Effect.Effect<Option.Option<A>, E, R>, seconds = 45) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < seconds * 4; i++) {
+      const r = yield* check
+      if (Option.isSome(r)) return r.value
+      if (i % 4 === 0) yield* Queue.offer(poke, undefined)
+      yield* Effect.sleep("250 millis")
+    }
+    return yield* new DemoFailed({ message: `timed out waiting for: ${what}` })
+  })
+
+const desiredOf = (guests: ReadonlyArray<Record<string, unknown>>) =>
+  Schema.decodeUnknownSync(DesiredState)({
+    generation: 0,
+    provisioning: { golden_archive: "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst", storage: "local-lvm" },
+    guests
+  })
+
+const g100 = { vmid: 100, hostname: "cust-alpha", cores: 2, memory_bytes: 2048 * 1048576, swap_mib: 512, rootfs_gib: 20, power: "stopped", description: "felhom customer guest alpha", tags: ["customer", "felhom"] }
+const g101 = { vmid: 101, hostname: "cust-beta", cores: 1, memory_bytes: 2048 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "", tags: ["customer", "felhom"] }
+const g102 = { vmid: 102, hostname: "ops-tools", memory_bytes: 512 * 1048576, swap_mib: 512, rootfs_gib: 4, power: "stopped", description: "", tags: [] }
+const g110 = { vmid: 110, hostname: "cust-gamma", cores: 2, memory_bytes: 1024 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "felhom customer guest gamma", tags: ["customer", "felhom"] }
+
 export const runDemo = Effect.scoped(
   Effect.gen(function*() {
-    const server = yield* serveSimPve({ host: "127.0.0.1", port: 0 })
-    yield* Console.log(`[demo] PVE simulator listening on ${server.url} (node '${server.sim.node}')`)
-    yield* Console.log(`[demo] agent pins the simulator's TLS certificate: ${server.fingerprint256}`)
+    const fs = yield* FileSystem.FileSystem
+    const dir = yield* fs.makeTempDirectoryScoped({ prefix: "felhom-demo-" })
+    const started = Date.now()
+
+    // the outside world: PVE and the hub, on loopback
+    const seed = yield* decodeSeed(
+      {
+        ...(defaultSeedJson as object),
+        task_durations_ms: { vzrestore: 2500, vzstart: 800, vzstop: 800, vzshutdown: 800, resize: 800, vzdestroy: 800, vzdump: 1500 }
+      },
+      "demo"
+    )
+    const pve = yield* serveSimPve({ host: "127.0.0.1", port: 0, seed })
+    const hubServer = yield* serveDevHub({ host: "127.0.0.1", port: 0, apiKeys: { [API_KEY]: HOST }, pollIntervalSeconds: 60 })
+    const hub = hubServer.hub
+    yield* say(`PVE simulator on ${pve.url} (TLS pinned ${pve.fingerprint256.slice(0, 23)}...), dev hub on ${hubServer.url}`)
+
+    // the operator's throwaway key, made by the real ssh-keygen
+    const keyPath = `${dir}/operator`
+    yield* Command.exitCode(Command.make("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "demo-operator", "-f", keyPath))
+    const pub = (yield* fs.readFileString(`${keyPath}.pub`)).trim()
+    yield* fs.writeFileString(`${dir}/hub-ca.pem`, hubServer.caPem)
 
     const file = yield* Schema.decodeUnknown(AgentConfigFile)({
-      proxmox: {
-        url: server.url,
-        token_id: server.tokenId,
-        token_secret: server.tokenSecret,
-        tls: { fingerprint_sha256: server.fingerprint256 },
-        task_timeout_seconds: 120
-      }
+      host_id: HOST,
+      state_dir: `${dir}/state`,
+      proxmox: { url: pve.url, token_id: pve.tokenId, token_secret: pve.tokenSecret, tls: { fingerprint_sha256: pve.fingerprint256 } },
+      hub: { url: hubServer.url, api_key: API_KEY, ca_file: `${dir}/hub-ca.pem` },
+      authz: { signers: [`role=operational,key-id=demo-operator ${pub}`] }
     }).pipe(Effect.mapError((e) => new DemoFailed({ message: `demo config: ${e.message}` })))
-    const proxmox = ProxmoxWithoutClient.pipe(
-      Layer.provide(layerFor(file.proxmox!.tls, file.proxmox!.url)),
-      Layer.provide(layerFrom(file))
+
+    const poke = yield* Queue.sliding<void>(1)
+    const state = yield* Ref.make<DaemonState>(initialState)
+    const startAgent = Effect.forkScoped(
+      runDaemon({ poke, state }).pipe(Effect.provide(servicesLayer.pipe(Layer.provideMerge(layerFrom(file)))))
+    )
+    const lastReport = Effect.map(hub.reports(HOST), (rs) => Option.fromNullable(rs.at(-1)?.report))
+    const guest = (vmid: number) => pve.sim.guest(vmid)
+
+    let agent = yield* startAgent
+    yield* say("agent started (it recovers its journal, then reports to the hub)")
+
+    // 1. converge
+    const gen1 = yield* hub.setDesired(HOST, desiredOf([g100, g101, g102]))
+    yield* say(`hub publishes desired state generation ${gen1}: stop and grow 100, start 101 with 2 GiB`)
+    yield* waitFor("convergence", poke, Effect.map(lastReport, Option.filter((r) => r.desired_generation_applied === gen1)))
+    const g100v = yield* guest(100)
+    const g101v = yield* guest(101)
+    yield* say(
+      `converged: 100 ${Option.match(g100v, { onNone: () => "?", onSome: (g) => `${g.status}, ${String(g.config["rootfs"])}` })}; ` +
+        `101 ${Option.match(g101v, { onNone: () => "?", onSome: (g) => `${g.status}, ${String(g.config["memory"])} MiB` })}`
     )
 
-    return yield* Effect.gen(function*() {
-      yield* Console.log("\n[demo] selftest read")
-      const report = yield* selftestRead
-      yield* Console.log(renderReport(report))
-      if (!report.healthy) return yield* new DemoFailed({ message: `selftest unhealthy: ${report.problems.join("; ")}` })
+    // 2. a destroy from the hub alone: held for a signature
+    const gen2 = yield* hub.setDesired(HOST, desiredOf([g100, g102]))
+    yield* say(`hub publishes generation ${gen2} without guest 101 (a destroy)`)
+    const pending = yield* waitFor("pending signature", poke, Effect.map(lastReport, Option.flatMap((r) =>
+      Option.fromNullable(r.pending_signatures.find((p) => p.op === "decommission" && p.vmid === 101)))))
+    yield* say(`agent reports pending_signature for ${pending.op} ${pending.vmid}; guest 101 untouched: ${Option.isSome(yield* guest(101))}`)
 
-      const target = report.guests.find((g) => g.status === "running" && g.lock === null) ??
-        report.guests.find((g) => g.lock === null)
-      if (target === undefined) return yield* new DemoFailed({ message: "no unlocked guest to exercise" })
-      yield* Console.log(`\n[demo] selftest task on guest ${target.vmid} (${target.name ?? "-"}): snapshot → rollback → delete`)
-      const task = yield* selftestTask(target.vmid)
-      yield* Console.log(renderTask(task))
-      if (!task.ok) return yield* new DemoFailed({ message: "selftest task failed" })
+    // 3. the operator signs; the job runs once
+    const blob = yield* newOp({ op: "decommission", hostId: HOST, guestId: 101, params: "{}", expiresIn: Duration.minutes(10), notBefore: undefined, keyId: "demo-operator" })
+    const blobPath = `${dir}/decommission-101.json`
+    yield* fs.writeFile(blobPath, blob)
+    const sigPath = yield* signOp({ keyFile: keyPath, file: blobPath })
+    const signature = yield* fs.readFileString(sigPath)
+    yield* say("operator signs 'decommission 101' with ssh-keygen -Y sign -n felhom-op-v1")
+    const job: SignedJob = { id: "job-1", op: "decommission", guest_id: VmId.make(101), params: {}, blob: Buffer.from(blob).toString("base64"), signature }
+    yield* hub.enqueueJob(HOST, job)
+    const r1 = yield* waitFor("job-1 result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-1"))))
+    yield* say(`job-1: ${r1.result.status} (${r1.result.reason}); guest 101 exists: ${Option.isSome(yield* guest(101))}`)
 
-      const after = yield* server.sim.guest(target.vmid)
-      const leftovers = after._tag === "Some" ? after.value.snapshots.filter((s) => s.name === task.snapshot).length : -1
-      yield* Console.log(
-        `\n[demo] done: host healthy, ${report.guests.length} guests, ${task.steps.length} tasks completed with exitstatus OK, ` +
-          `snapshot left behind: ${leftovers === 0 ? "none" : leftovers}`
-      )
-    }).pipe(Effect.provide(proxmox))
+    // 4. the same signed blob again, under a new job id
+    yield* hub.enqueueJob(HOST, { ...job, id: "job-2" })
+    const r2 = yield* waitFor("job-2 result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-2"))))
+    yield* say(`replayed as job-2: ${r2.result.status} (${r2.result.reason.split(":")[0]})`)
+
+    // 5. killed in the middle of a restore, restarted: recovery, then convergence
+    const gen3 = yield* hub.setDesired(HOST, desiredOf([g100, g102, g110]))
+    yield* say(`hub publishes generation ${gen3}: a new guest 110 (restore of the golden archive)`)
+    yield* waitFor("the restore of 110 to be running", poke, Effect.map(pve.sim.tasks, (ts) =>
+      Option.fromNullable(ts.find((t) => t.type === "vzrestore" && t.id === "110" && t.status === "running"))))
+    yield* Fiber.interrupt(agent)
+    yield* say("agent killed while the restore of 110 runs")
+    agent = yield* startAgent
+    yield* say("agent restarted")
+    yield* waitFor("generation 3 applied", poke, Effect.map(lastReport, Option.filter((r) => r.desired_generation_applied === gen3)))
+    const built = yield* waitFor("guest 110 running", poke, Effect.map(guest(110), Option.filter((g) => g.status === "running")))
+    const ops = yield* Effect.flatMap(Journal, (j) => j.list({ limit: 50 })).pipe(
+      Effect.provide(JournalLive.pipe(Layer.provide(DatabaseLive), Layer.provide(layerFrom(file))))
+    )
+    const creates = ops.filter((o) => o.kind === "create" && o.vmid === 110).map((o) => o.status)
+    yield* say(
+      `recovery rolled the half-built guest back, then reconcile built it again: 110 is ${built.status} ` +
+        `with features ${String(built.config["features"])}; create ops in the journal: ${creates.join(", ")}`
+    )
+    yield* Fiber.interrupt(agent)
+
+    const reports = (yield* hub.reports(HOST)).length
+    yield* say(
+      `summary: ${reports} reports received by the hub, overdue hosts: ${(yield* hub.overdue).length}, ` +
+        `signed job executed once and its replay refused, no half-built guest; ${((Date.now() - started) / 1000).toFixed(1)} s`
+    )
   })
 )

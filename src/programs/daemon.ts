@@ -1,0 +1,169 @@
+/**
+ * The daemon (SPEC §6, §9, §15): recover the journal before any mutation, then the hub loop —
+ * report immediately, then every adopted interval; reconcile on new desired state; run signed
+ * jobs; report what waits for a signature. Every cycle is resilient: an error is logged and the
+ * loop goes on. systemd gets READY=1 after recovery, watchdog pings while the loop lives, and
+ * STOPPING=1 on the way out.
+ */
+import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
+import { AgentConfig } from "../layers/Config.js"
+import { Hub } from "../layers/Hub.js"
+import { Systemd } from "../layers/Systemd.js"
+import { clampPollInterval } from "../schema/hub.js"
+import type { DesiredState } from "../schema/desired.js"
+import { executePlan, observeActual } from "./engine.js"
+import { runSignedJob } from "./jobs.js"
+import { plan } from "./reconcile.js"
+import { recover } from "./recover.js"
+import { collectReport } from "./report.js"
+
+export interface PendingSignature {
+  readonly op: string
+  readonly vmid: number | null
+  readonly params: Record<string, unknown>
+  readonly reason: string
+  readonly since: string
+}
+
+export interface DaemonState {
+  readonly interval: Duration.Duration
+  readonly desired: Option.Option<DesiredState>
+  readonly appliedGeneration: number | null
+  readonly pending: ReadonlyArray<PendingSignature>
+  readonly cycles: number
+}
+
+export const initialState: DaemonState = {
+  interval: Duration.seconds(60),
+  desired: Option.none(),
+  appliedGeneration: null,
+  pending: [],
+  cycles: 0
+}
+
+const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
+
+/** Reconcile against the current desired state; returns what waits for an operator. */
+const reconcileOnce = (desired: DesiredState, previous: ReadonlyArray<PendingSignature>) =>
+  Effect.gen(function*() {
+    const p = plan(yield* observeActual, desired)
+    for (const n of p.notes) yield* Effect.logWarning(`reconcile note for ${n.vmid}: ${n.reason}: ${n.message}`)
+    if (p.actions.length === 0) return { pending: [] as ReadonlyArray<PendingSignature>, failed: 0 }
+    yield* Effect.logInfo(`reconcile generation ${desired.generation}: ${p.actions.length} action(s)`)
+    const outcomes = yield* executePlan(p)
+    const now = iso(yield* Clock.currentTimeMillis)
+    const pending = outcomes
+      .filter((o) => o.verdict === "pending_signature")
+      .map((o): PendingSignature => {
+        const op = o.action === "destroy" ? "decommission" : o.action
+        const since = previous.find((x) => x.op === op && x.vmid === o.vmid)?.since ?? now
+        return { op, vmid: o.vmid, params: {}, reason: o.reason, since }
+      })
+    for (const o of outcomes) {
+      yield* Effect.logInfo(`reconcile ${o.action} ${o.vmid}: ${o.verdict} ${o.result}${o.result === "applied" ? "" : ` (${o.reason})`}`)
+    }
+    return { pending, failed: outcomes.filter((o) => o.result === "failed").length }
+  })
+
+/** One poll cycle. Never fails: every error is logged and the state keeps what it had. */
+export const cycle = (state: Ref.Ref<DaemonState>) =>
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const systemd = yield* Systemd
+    const { file } = yield* AgentConfig
+    const hostId = file.host_id ?? "unknown-host"
+    const s = yield* Ref.get(state)
+
+    const report = yield* Effect.either(collectReport({
+      hostId,
+      desiredGenerationApplied: s.appliedGeneration,
+      pendingSignatures: s.pending,
+      cloudflared: systemd.cloudflaredStatus
+    }))
+    if (Either.isLeft(report)) {
+      yield* Effect.logWarning(`host report skipped: ${report.left.message}`)
+      return
+    }
+    const envelope = yield* Effect.either(hub.report(report.right))
+    if (Either.isLeft(envelope)) {
+      yield* Effect.logWarning(`host report not delivered: ${envelope.left.message}`)
+      return
+    }
+    const env = envelope.right
+    const interval = Duration.seconds(clampPollInterval(env.poll_interval_seconds))
+    yield* Ref.update(state, (x) => ({ ...x, interval, cycles: x.cycles + 1 }))
+    if (env.blocked) {
+      yield* Effect.logWarning("the hub marks this host blocked: no reconcile, no jobs this cycle")
+      return
+    }
+
+    // desired state: fetched when the generation moved, reconciled every cycle (drift heals)
+    let desired = s.desired
+    if (Option.isNone(desired) || desired.value.generation !== env.desired_generation) {
+      const fetched = yield* Effect.either(hub.desiredState)
+      if (Either.isLeft(fetched)) yield* Effect.logWarning(`desired state not fetched: ${fetched.left.message}`)
+      else desired = Option.some(fetched.right)
+    }
+    if (Option.isSome(desired)) {
+      const d = desired.value
+      const r = yield* Effect.either(reconcileOnce(d, s.pending))
+      if (Either.isLeft(r)) {
+        yield* Effect.logWarning(`reconcile failed: ${r.left._tag}: ${r.left.message}`)
+        yield* Ref.update(state, (x) => ({ ...x, desired }))
+      } else {
+        yield* Ref.update(state, (x) => ({
+          ...x,
+          desired,
+          pending: r.right.pending,
+          appliedGeneration: r.right.failed === 0 ? d.generation : x.appliedGeneration
+        }))
+      }
+    }
+
+    if (env.has_signed_ops) {
+      const jobs = yield* Effect.either(hub.signedJobs)
+      if (Either.isLeft(jobs)) {
+        yield* Effect.logWarning(`signed jobs not fetched: ${jobs.left.message}`)
+      } else if (jobs.right.length > 0) {
+        const results = yield* Effect.forEach(jobs.right, (job) =>
+          runSignedJob(job).pipe(Effect.tap((r) => Effect.logInfo(`job ${r.id} ${r.op} ${r.guest_id ?? "-"}: ${r.status}: ${r.reason}`))))
+        const posted = yield* Effect.either(hub.postJobResults(results))
+        if (Either.isLeft(posted)) yield* Effect.logWarning(`job results not delivered: ${posted.left.message}`)
+      }
+    }
+  }).pipe(
+    // resilient to every error, defects included; only interruption ends the loop
+    Effect.catchAllCause((cause) => Effect.logError("poll cycle failed", cause)),
+    Effect.withLogSpan("cycle")
+  )
+
+/**
+ * The hub loop: first cycle immediately, then after the adopted interval, or at once when
+ * poked (SIGUSR1, or the demo driver).
+ */
+export const hubLoop = (state: Ref.Ref<DaemonState>, poke: Queue.Queue<void>) =>
+  Effect.gen(function*() {
+    for (;;) {
+      yield* cycle(state)
+      const { interval } = yield* Ref.get(state)
+      yield* Effect.raceFirst(Effect.sleep(interval), Queue.take(poke))
+      yield* Queue.takeAll(poke) // several pokes during one cycle mean one extra cycle
+    }
+  })
+
+/** Recovery first, READY=1, watchdog pings, then the loop until interrupted (SIGTERM). */
+export const runDaemon = (opts: { readonly poke: Queue.Queue<void>; readonly state: Ref.Ref<DaemonState> }) =>
+  Effect.gen(function*() {
+    const systemd = yield* Systemd
+    yield* Effect.logInfo("felhom-agent daemon starting: recovering the journal before any mutation")
+    const recovered = yield* recover
+    for (const r of recovered) yield* Effect.logInfo(`recovered ${r.kind} ${r.vmid ?? "-"} (${r.id}): ${r.outcome}: ${r.detail}`)
+    yield* systemd.ready
+    yield* systemd.status(`recovered ${recovered.length} op(s); polling the hub`)
+    const watchdog = yield* Option.match(systemd.watchdogInterval, {
+      onNone: () => Effect.succeed(Option.none<Fiber.RuntimeFiber<unknown, never>>()),
+      onSome: (every) => Effect.map(Effect.forkScoped(Effect.repeat(systemd.watchdog, Schedule.spaced(every))), Option.some)
+    })
+    yield* Effect.logInfo(`ready${Option.isSome(watchdog) ? ", watchdog armed" : ""}`)
+    return yield* hubLoop(opts.state, opts.poke)
+  }).pipe(Effect.onInterrupt(() => Effect.flatMap(Systemd, (s) => Effect.zipRight(Effect.logInfo("stopping"), s.stopping))))
