@@ -10,24 +10,8 @@ const root = process.env.FENCE_ROOT ?? resolve(dirname(new URL(import.meta.url).
 
 const RULES = [
   {
-    name: "Proxmox never shells out",
-    entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts"],
-    modules: [
-      /^(node:)?child_process$/,
-      /^@effect\/platform\/(Command|CommandExecutor)$/,
-      /^@effect\/platform-node\/(NodeCommandExecutor|NodeContext)$/,
-      /^@effect\/platform-node-shared\/NodeCommandExecutor$/
-    ],
-    named: {
-      "@effect/platform": ["Command", "CommandExecutor"],
-      "@effect/platform-node": ["NodeCommandExecutor", "NodeContext"]
-    },
-    files: ["src/layers/Privileged.ts"],
-    source: []
-  },
-  {
-    name: "Hub never shells out",
-    entries: ["src/layers/Hub.ts"],
+    name: "Proxmox and the Hub client never shell out",
+    entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/Hub.ts"],
     modules: [
       /^(node:)?child_process$/,
       /^@effect\/platform\/(Command|CommandExecutor)$/,

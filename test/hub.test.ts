@@ -8,7 +8,8 @@ import { CommandExecutor, HttpClient, HttpClientRequest, HttpServerRequest, Http
 import { NodeFileSystem } from "@effect/platform-node"
 import { describe, expect, expectTypeOf, it, vi } from "@effect/vitest"
 import { Cause, Chunk, Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schedule, Schema, SchemaAST, Stream, TestClock } from "effect"
-import { existsSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from "node:fs"
+import { spawnSync } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { inspect } from "node:util"
@@ -565,5 +566,41 @@ describe("the fence (types)", () => {
     // @ts-expect-error CommandExecutor is outside the Hub's allow-list
     const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>())
     expect(fenced).toBeDefined()
+  })
+})
+
+describe("the fence (import boundaries)", () => {
+  const script = join(__dirname, "..", "scripts", "check-boundaries.mjs")
+  const runOn = (files: Record<string, string>) => {
+    const root = mkdtempSync(join(tmpdir(), "fence-hub-"))
+    try {
+      for (const [path, text] of Object.entries(files)) {
+        mkdirSync(join(root, path, ".."), { recursive: true })
+        writeFileSync(join(root, path), text)
+      }
+      return spawnSync(process.execPath, [script], { env: { ...process.env, FENCE_ROOT: root }, encoding: "utf8" })
+    } finally {
+      rmSync(root, { recursive: true, force: true })
+    }
+  }
+  const clean = {
+    "src/layers/Proxmox.ts": "export const x = 1\n",
+    "src/layers/Privileged.ts": `import { Command } from "@effect/platform"\nexport const z = Command\n`,
+    "src/layers/Authz.ts": "export const a = 1\n",
+    "src/layers/Hub.ts": `import { HttpClient } from "@effect/platform"\nimport { NodeHttpClient } from "@effect/platform-node"\nexport const h = [HttpClient, NodeHttpClient]\n`
+  }
+
+  it("a Hub client that does HTTP passes; one reaching a process, directly or through a helper, fails", () => {
+    expect(runOn(clean).status).toBe(0)
+    for (const [body, expected] of [
+      [`import { execFile } from "node:child_process"\nexport const h = execFile\n`, "imports node:child_process"],
+      [`import { CommandExecutor } from "@effect/platform"\nexport const h = CommandExecutor\n`, "imports CommandExecutor"],
+      [`import { NodeContext } from "@effect/platform-node"\nexport const h = NodeContext\n`, "imports NodeContext"],
+      [`import { run } from "../util/run.js"\nexport const h = run\n`, "src/layers/Hub.ts -> src/util/run.ts"]
+    ] as const) {
+      const r = runOn({ ...clean, "src/layers/Hub.ts": body, "src/util/run.ts": `import { spawn } from "child_process"\nexport const run = spawn\n` })
+      expect(r.status, body).toBe(1)
+      expect(r.stderr).toContain(expected)
+    }
   })
 })
