@@ -63,7 +63,9 @@ const RULES = [
   }
 ]
 
-const IMPORT_RE = /(?:^|\n)\s*(?:import|export)\s+(type\s+)?([^;]*?)\s*from\s*["']([^"']+)["']|import\s*\(\s*["']([^"']+)["']\s*\)|(?:^|\n)\s*import\s+["']([^"']+)["']/g
+// The clause may span lines (multi-line import lists) but never another import/export statement:
+// without semicolons, a lazy match from `export type X = ...` would swallow the next import.
+const IMPORT_RE = /(?:^|\n)\s*(?:import|export)\s+(type\s+)?((?:(?!\n\s*(?:import|export)\b)[^;])*?)\s*from\s*["']([^"']+)["']|import\s*\(\s*["']([^"']+)["']\s*\)|(?:^|\n)\s*import\s+["']([^"']+)["']/g
 
 const parseImports = (text) => {
   const out = []

@@ -104,6 +104,15 @@ describe("the fence (import boundaries)", () => {
     expect(r.stderr).toContain("src/layers/Proxmox.ts -> src/util/run.ts")
   })
 
+  it("catches a runtime import that follows an `export type` statement", () => {
+    const r = runOn({
+      ...clean,
+      "src/layers/Proxmox.ts": `export type Shape = {\n  a: string\n}\nimport { spawn } from "node:child_process"\nexport const x = spawn\n`
+    })
+    expect(r.status).toBe(1)
+    expect(r.stderr).toContain("node:child_process")
+  })
+
   it("catches Proxmox importing CommandExecutor from the platform barrel", () => {
     const r = runOn({ ...clean, "src/layers/Proxmox.ts": `import { CommandExecutor } from "@effect/platform"\nexport const x = CommandExecutor\n` })
     expect(r.status).toBe(1)

@@ -98,8 +98,9 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
     }
 
     // desired state: fetched when the generation moved, reconciled every cycle (drift heals)
+    // generation 0: the hub has published nothing yet (reconciling "no guests" would plan destroys)
     let desired = s.desired
-    if (Option.isNone(desired) || desired.value.generation !== env.desired_generation) {
+    if (env.desired_generation > 0 && (Option.isNone(desired) || desired.value.generation !== env.desired_generation)) {
       const fetched = yield* Effect.either(hub.desiredState)
       if (Either.isLeft(fetched)) yield* Effect.logWarning(`desired state not fetched: ${fetched.left.message}`)
       else desired = Option.some(fetched.right)
