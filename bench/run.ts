@@ -3,6 +3,8 @@ import { Effect } from "effect"
 import { authzBench } from "./authz.js"
 import { coldStart } from "./cold-start.js"
 import { convergeBench } from "./converge.js"
+import { daemonBench } from "./daemon.js"
+import { reportBench } from "./report.js"
 import { sshsigBench } from "./sshsig-verify.js"
 import { waitTaskBench } from "./wait-task.js"
 
@@ -12,5 +14,7 @@ const main = async () => {
   sshsigBench()
   await Effect.runPromise(authzBench)
   await Effect.runPromise(convergeBench)
+  await Effect.runPromise(reportBench)
+  await daemonBench()
 }
 void main()
