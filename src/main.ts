@@ -157,8 +157,8 @@ const daemonCmd = Command.make("daemon", { config: configOpt }, ({ config }) =>
     return yield* runDaemon({ poke, state })
   })).pipe(
     Effect.provide(daemonLayer(config)),
-    // journald: one structured logfmt line per event
-    Effect.provide(Logger.replace(Logger.defaultLogger, Logger.logfmtLogger)),
+    // journald: one structured logfmt line per event (runMain installs the pretty logger; swap it)
+    Effect.provide(Logger.replace(Logger.prettyLoggerDefault, Logger.withConsoleLog(Logger.logfmtLogger))),
     Effect.mapError((e) => toCliFailure(e))
   )
 ).pipe(Command.withDescription("the systemd main: recover the journal, then the hub loop (SIGUSR1 polls now)"))

@@ -27,6 +27,7 @@ import {
 } from "../schema/hub.js"
 import { VERSION } from "../version.js"
 import { AgentConfig } from "./Config.js"
+import { deepestCauseMessage } from "../schema/text.js"
 
 export { HubError }
 
@@ -117,21 +118,6 @@ const formatIssues = (e: ParseResult.ParseError): string => {
   return lines.join("; ")
 }
 
-/** Walks an error's cause chain for the most specific message (undici wraps connector errors). */
-const describeCause = (cause: unknown, fallback: string): string => {
-  const seen: Array<string> = []
-  let c: unknown = cause
-  for (let i = 0; i < 5 && c !== undefined && c !== null; i++) {
-    if (c instanceof Error) {
-      seen.push(c.message)
-      c = (c as { cause?: unknown }).cause
-    } else {
-      seen.push(String(c))
-      break
-    }
-  }
-  return seen.filter((m) => m.length > 0).pop() ?? fallback
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -180,7 +166,7 @@ export const makeHub = (options: HubClientOptions = {}) =>
       }
 
       const transport = (e: HttpClientError.HttpClientError) =>
-        Effect.fail(fail("Transport", describeCause(e.cause, e.message)))
+        Effect.fail(fail("Transport", deepestCauseMessage(e.cause, e.message)))
 
       return Effect.gen(function*() {
         const payload = yield* body

@@ -10,7 +10,7 @@
 import { SqlClient } from "@effect/sql"
 import { Cause, Clock, Context, Deferred, Effect, Exit, FiberId, Layer, Option, Schema } from "effect"
 import { randomUUID } from "node:crypto"
-import { auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
+import { type AuditContent, auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
 
 export type OpStatus = "in_flight" | "done" | "rolled_back" | "failed"
 export type StepStatus = "started" | "done" | "compensated"
@@ -38,15 +38,8 @@ export interface JournalOp {
   readonly updatedAtMs: number
 }
 
-export interface AuditEntry {
-  readonly seq: number
-  readonly atMs: number
-  readonly actor: string
-  readonly action: string
-  readonly target: string | null
-  readonly decision: string
-  readonly detail: unknown
-  readonly prevHash: string
+/** A stored audit entry: its content and the chain hash over it. */
+export interface AuditEntry extends AuditContent {
   readonly hash: string
 }
 

@@ -40,6 +40,7 @@ import {
 } from "../schema/proxmox.js"
 import { AgentConfig } from "./Config.js"
 import { REASON_HEADER } from "./PveTransport.js"
+import { deepestCauseMessage } from "../schema/text.js"
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -250,7 +251,7 @@ export const make = Effect.gen(function*() {
     const transport = (message: string, reason: PveTransportError["reason"] = "network") =>
       new PveTransportError({ method, path, reason, message })
     const fromCause = (cause: unknown, fallback: string) => {
-      const message = describeCause(cause, fallback)
+      const message = excerpt(deepestCauseMessage(cause, fallback))
       return transport(message, TLS_FAILURE_RE.test(message) ? "tls" : "network")
     }
     const once = http.execute(req).pipe(
@@ -433,22 +434,6 @@ export const make = Effect.gen(function*() {
   return shape
 })
 
-/** Walks an error's cause chain for the most specific message (undici wraps connector errors). */
-const describeCause = (cause: unknown, fallback: string): string => {
-  const seen: Array<string> = []
-  let c: unknown = cause
-  for (let i = 0; i < 5 && c !== undefined && c !== null; i++) {
-    if (c instanceof Error) {
-      seen.push(c.message)
-      c = (c as { cause?: unknown }).cause
-    } else {
-      seen.push(String(c))
-      break
-    }
-  }
-  const best = seen.filter((m) => m.length > 0).pop()
-  return excerpt(best ?? fallback)
-}
 
 /** Proxmox over whatever HttpClient is provided (real undici in production, in-process sim in tests). */
 export const ProxmoxWithoutClient = Layer.effect(Proxmox, make).pipe(
