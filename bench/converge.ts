@@ -4,6 +4,7 @@
  * or the total task time spread over the global cap, whichever is larger), and PVE calls per
  * action.
  */
+import { benchGuests } from "./seed.js"
 import { HttpClient } from "@effect/platform"
 import { Clock, Effect, Fiber, Layer, Schema, TestClock, TestContext } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -27,23 +28,7 @@ const CAP = 4
 const TASK_MS = 2000
 
 
-const guests = Array.from({ length: N }, (_, i) => {
-  const vmid = 1000 + i
-  return {
-    vmid,
-    status: i % 3 === 2 ? "stopped" : "running",
-    config: {
-      arch: "amd64",
-      cores: 2,
-      hostname: `guest-${vmid}`,
-      memory: 2048,
-      ostype: "debian",
-      rootfs: `local-lvm:vm-${vmid}-disk-0,size=8G`,
-      swap: 512,
-      unprivileged: 1
-    }
-  }
-})
+const guests = benchGuests(N)
 
 /** Drift by guest: a third needs more memory, a third a bigger disk, a third a start (and all three overlap). */
 const desired = Schema.decodeUnknownSync(DesiredState)({

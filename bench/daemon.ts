@@ -5,6 +5,7 @@
  * to `node -e 0`, and idle RSS after ~10 s as a ratio to an idle `node`, both baselines measured
  * in the same run.
  */
+import { benchGuests } from "./seed.js"
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -24,23 +25,7 @@ const bin = join(root, "bin", "felhom-agent.cjs")
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
-const guests = Array.from({ length: GUESTS }, (_, i) => {
-  const vmid = 1000 + i
-  return {
-    vmid,
-    status: i % 3 === 2 ? "stopped" : "running",
-    config: {
-      arch: "amd64",
-      cores: 2,
-      hostname: `guest-${vmid}`,
-      memory: 2048,
-      ostype: "debian",
-      rootfs: `local-lvm:vm-${vmid}-disk-0,size=8G`,
-      swap: 512,
-      unprivileged: 1
-    }
-  }
-})
+const guests = benchGuests(GUESTS)
 
 /** A child whose stdout/stderr lines are kept (and drained, so it never blocks on a full pipe). */
 class Proc {

@@ -4,6 +4,7 @@
  * guest-config round trip (median of sequential `Proxmox.guestConfig` calls, same simulator, same
  * run) times the number of config rounds, ceil(N / GUEST_CONFIG_CONCURRENCY).
  */
+import { benchGuests } from "./seed.js"
 import { Effect, Layer, Schema } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -24,24 +25,8 @@ const LATENCY_MS = 5
 const ROUND_TRIPS = 50
 const COLLECT_RUNS = 3
 
-const guestsOf = (n: number) =>
-  Array.from({ length: n }, (_, i) => {
-    const vmid = 1000 + i
-    return {
-      vmid,
-      status: i % 3 === 2 ? "stopped" : "running",
-      config: {
-        arch: "amd64",
-        cores: 2,
-        hostname: `guest-${vmid}`,
-        memory: 2048,
-        ostype: "debian",
-        rootfs: `local-lvm:vm-${vmid}-disk-0,size=8G`,
-        swap: 512,
-        unprivileged: 1
-      }
-    }
-  })
+const guestsOf = benchGuests
+
 
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 

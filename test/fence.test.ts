@@ -3,13 +3,10 @@
  * HttpClient. The @ts-expect-error lines fail `tsc` if the allow-lists ever stop rejecting.
  * The second half runs the import-boundary script over broken trees to prove it catches leaks.
  */
+import { runFenceCheck } from "./fence-support.js"
 import { CommandExecutor, HttpClient } from "@effect/platform"
 import { describe, expect, expectTypeOf, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { spawnSync } from "node:child_process"
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import type { SqlClient } from "@effect/sql"
 import { AuthzLive, type AuthzShape } from "../src/layers/Authz.js"
 import type { AgentConfig } from "../src/layers/Config.js"
@@ -63,19 +60,7 @@ describe("the fence (types)", () => {
 })
 
 describe("the fence (import boundaries)", () => {
-  const script = join(__dirname, "..", "scripts", "check-boundaries.mjs")
-  const runOn = (files: Record<string, string>) => {
-    const dir = mkdtempSync(join(tmpdir(), "fence-"))
-    try {
-      for (const [path, text] of Object.entries(files)) {
-        mkdirSync(join(dir, path, ".."), { recursive: true })
-        writeFileSync(join(dir, path), text)
-      }
-      return spawnSync(process.execPath, [script], { env: { ...process.env, FENCE_ROOT: dir }, encoding: "utf8" })
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
-  }
+  const runOn = (files: Record<string, string>) => runFenceCheck(files)
   const clean = {
     "src/layers/Proxmox.ts": `import { HttpClient } from "@effect/platform"\nexport const x = HttpClient\n`,
     "src/layers/PveTransport.ts": `export const y = 1\n`,
@@ -85,7 +70,7 @@ describe("the fence (import boundaries)", () => {
   }
 
   it("passes on the real tree", () => {
-    const r = spawnSync(process.execPath, [script], { encoding: "utf8" })
+    const r = runFenceCheck(undefined)
     expect(r.stderr).toBe("")
     expect(r.status).toBe(0)
   })

@@ -4,12 +4,12 @@
  * under TestClock, every way a hub can misbehave (each a typed HubError, none carrying the
  * token), the golden contract of the host report, and the fence in types.
  */
+import { runFenceCheck } from "./fence-support.js"
 import { CommandExecutor, HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
 import { describe, expect, expectTypeOf, it, vi } from "@effect/vitest"
 import { Cause, Chunk, Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schedule, Schema, SchemaAST, Stream, TestClock } from "effect"
-import { spawnSync } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { inspect } from "node:util"
@@ -570,19 +570,7 @@ describe("the fence (types)", () => {
 })
 
 describe("the fence (import boundaries)", () => {
-  const script = join(__dirname, "..", "scripts", "check-boundaries.mjs")
-  const runOn = (files: Record<string, string>) => {
-    const root = mkdtempSync(join(tmpdir(), "fence-hub-"))
-    try {
-      for (const [path, text] of Object.entries(files)) {
-        mkdirSync(join(root, path, ".."), { recursive: true })
-        writeFileSync(join(root, path), text)
-      }
-      return spawnSync(process.execPath, [script], { env: { ...process.env, FENCE_ROOT: root }, encoding: "utf8" })
-    } finally {
-      rmSync(root, { recursive: true, force: true })
-    }
-  }
+  const runOn = (files: Record<string, string>) => runFenceCheck(files)
   const clean = {
     "src/layers/Proxmox.ts": "export const x = 1\n",
     "src/layers/Privileged.ts": `import { Command } from "@effect/platform"\nexport const z = Command\n`,

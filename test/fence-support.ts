@@ -1,0 +1,21 @@
+/** Runs scripts/check-boundaries.mjs over a throwaway tree, to prove the lint catches a leak. */
+import { spawnSync } from "node:child_process"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+const script = join(__dirname, "..", "scripts", "check-boundaries.mjs")
+
+export const runFenceCheck = (files: Record<string, string> | undefined) => {
+  if (files === undefined) return spawnSync(process.execPath, [script], { encoding: "utf8" })
+  const root = mkdtempSync(join(tmpdir(), "fence-"))
+  try {
+    for (const [path, text] of Object.entries(files)) {
+      mkdirSync(join(root, path, ".."), { recursive: true })
+      writeFileSync(join(root, path), text)
+    }
+    return spawnSync(process.execPath, [script], { env: { ...process.env, FENCE_ROOT: root }, encoding: "utf8" })
+  } finally {
+    rmSync(root, { recursive: true, force: true })
+  }
+}
