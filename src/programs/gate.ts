@@ -8,7 +8,7 @@
  * (tags, names, descriptions) is never provenance.
  */
 import { Effect, Option } from "effect"
-import { Authz, type VerifiedOp } from "../layers/Authz.js"
+import { Authz, type AuthzShape, type VerifiedOp } from "../layers/Authz.js"
 import { Journal } from "../layers/Journal.js"
 import type { VmId } from "../schema/ids.js"
 
@@ -117,42 +117,53 @@ export interface SignedOp {
  * Judges one action. Audits the decision as `gate` with the action and verdict; the caller
  * executes only on `allowed` or `signed_ok`.
  */
+/**
+ * The decision itself, with the verifier passed in: the gate uses the agent's Authz (which
+ * consumes the nonce), `plan` a throwaway one (a preview consumes nothing). No audit here.
+ */
+export const judge = (
+  action: GatedAction,
+  provenance: Provenance,
+  signed: Option.Option<SignedOp>,
+  authz: Option.Option<AuthzShape>
+): Effect.Effect<GateDecision> =>
+  Effect.gen(function*() {
+    const c = classify(action, provenance)
+    if (c.class === "benign") return { verdict: "allowed", class: "benign", reason: c.reason } as const
+    if (Option.isNone(signed) || Option.isNone(authz)) {
+      return { verdict: "pending_signature", class: "destructive", reason: c.reason } as const
+    }
+    const verified = yield* Effect.either(authz.value.verify(signed.value))
+    if (verified._tag === "Left") {
+      return { verdict: "rejected", class: "destructive", reason: verified.left._tag, message: verified.left.message } as const
+    }
+    const v = verified.right
+    if (v.signer.role === "recovery" && !RECOVERY_OPS.has(action.op)) {
+      return {
+        verdict: "rejected",
+        class: "destructive",
+        reason: "role_denied",
+        message: `recovery key ${v.signer.keyId} may only sign rotation, not '${action.op}'`
+      } as const
+    }
+    const mismatch = bindingError(action, v)
+    if (mismatch !== undefined) {
+      return { verdict: "rejected", class: "destructive", reason: "binding_mismatch", message: mismatch } as const
+    }
+    return {
+      verdict: "signed_ok",
+      class: "destructive",
+      reason: `${c.reason}; signed by ${v.signer.keyId} (${v.signer.role})`,
+      verified: v
+    } as const
+  })
+
 export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor = "gate") =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const authz = yield* Authz
     // provenance is agent-internal: only the journal can say a guest is scratch or ours
-    const provenance = yield* currentProvenance(action.vmid)
-    const c = classify(action, provenance)
-    const decision: GateDecision = yield* Effect.gen(function*() {
-      if (c.class === "benign") return { verdict: "allowed", class: "benign", reason: c.reason } as const
-      if (Option.isNone(signed)) {
-        return { verdict: "pending_signature", class: "destructive", reason: c.reason } as const
-      }
-      const verified = yield* Effect.either(authz.verify(signed.value))
-      if (verified._tag === "Left") {
-        return { verdict: "rejected", class: "destructive", reason: verified.left._tag, message: verified.left.message } as const
-      }
-      const v = verified.right
-      if (v.signer.role === "recovery" && !RECOVERY_OPS.has(action.op)) {
-        return {
-          verdict: "rejected",
-          class: "destructive",
-          reason: "role_denied",
-          message: `recovery key ${v.signer.keyId} may only sign rotation, not '${action.op}'`
-        } as const
-      }
-      const mismatch = bindingError(action, v)
-      if (mismatch !== undefined) {
-        return { verdict: "rejected", class: "destructive", reason: "binding_mismatch", message: mismatch } as const
-      }
-      return {
-        verdict: "signed_ok",
-        class: "destructive",
-        reason: `${c.reason}; signed by ${v.signer.keyId} (${v.signer.role})`,
-        verified: v
-      } as const
-    })
+    const decision = yield* judge(action, yield* currentProvenance(action.vmid), signed, Option.some(authz))
     yield* journal.audit({
       actor,
       action: action.op,

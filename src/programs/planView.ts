@@ -7,7 +7,7 @@ import { Effect, Option } from "effect"
 import type { AuthzShape } from "../layers/Authz.js"
 import type { DesiredState } from "../schema/desired.js"
 import type { SignedOp } from "./gate.js"
-import { bindingError, classify, currentProvenance, RECOVERY_OPS } from "./gate.js"
+import { currentProvenance, judge } from "./gate.js"
 import { gatedActionOf, observeActual, signatureKey } from "./engine.js"
 import { type Action, plan } from "./reconcile.js"
 
@@ -47,19 +47,9 @@ export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, S
     const actions = yield* Effect.forEach(p.actions, (a) =>
       Effect.gen(function*() {
         const ga = gatedActionOf(a)
-        const c = classify(ga, yield* currentProvenance(ga.vmid))
-        const base = { vmid: a.vmid, action: a.kind, detail: detailOf(a) }
-        if (c.class === "benign") return { ...base, verdict: "allowed", reason: c.reason } as const
-        const sig = offered.get(signatureKey(ga.op, ga.vmid))
-        if (sig === undefined || Option.isNone(authz)) return { ...base, verdict: "pending_signature", reason: c.reason } as const
-        const v = yield* Effect.either(authz.value.verify(sig))
-        if (v._tag === "Left") return { ...base, verdict: "rejected", reason: `${v.left._tag}: ${v.left.message}` } as const
-        if (v.right.signer.role === "recovery" && !RECOVERY_OPS.has(ga.op)) {
-          return { ...base, verdict: "rejected", reason: "role_denied: recovery keys may only rotate" } as const
-        }
-        const mismatch = bindingError(ga, v.right)
-        if (mismatch !== undefined) return { ...base, verdict: "rejected", reason: `binding_mismatch: ${mismatch}` } as const
-        return { ...base, verdict: "signed_ok", reason: `${c.reason}; signed by ${v.right.signer.keyId}` } as const
+        const d = yield* judge(ga, yield* currentProvenance(ga.vmid), Option.fromNullable(offered.get(signatureKey(ga.op, ga.vmid))), authz)
+        const reason = d.verdict === "rejected" ? `${d.reason}: ${d.message}` : d.reason
+        return { vmid: a.vmid, action: a.kind, detail: detailOf(a), verdict: d.verdict, reason } satisfies PlannedAction
       }))
     const report: PlanReport = {
       generation: p.generation,
