@@ -220,6 +220,22 @@ describe("the adversarial matrix: the gate says no and nothing is touched", () =
         expect(ops[0]).toMatchObject({ kind: "decommission", vmid: 101, status: "done" })
       })))
 
+  it.scoped("a signed restore-now from a backup takes a safety backup first, then overwrites and restarts the guest", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const content = yield* sim.storageContent("local")
+        const nightly = content.find((c) => String(c["volid"]).includes("vzdump-lxc-100-"))!
+        const params = { backup: String(nightly["volid"]), storage: "local-lvm", backup_storage: "local" }
+        const r = yield* runTimed(runSignedJob(job({ op: "restore-now", guest_id: 100, params }, signedOp({ op: "restore-now", guest_id: 100, params }))))
+        expect(`${r.status}:${r.reason}`).toMatch(/^done/)
+        const types = (yield* sim.tasks).filter((t) => t.id === "100").map((t) => t.type)
+        // the safety backup comes first, then stop, the overwrite, and the restart
+        expect(types).toEqual(["vzdump", "vzstop", "vzrestore", "vzstart"])
+        expect((yield* sim.storageContent("local")).length).toBe(content.length + 1)
+        const g = yield* sim.guest(100)
+        expect(g._tag === "Some" && g.value.status).toBe("running")
+      })))
+
   it.scoped("force-backup is benign: it runs unsigned", () =>
     withSim((sim) =>
       Effect.gen(function*() {
