@@ -3,7 +3,7 @@
  * HttpClient. The @ts-expect-error lines fail `tsc` if the allow-lists ever stop rejecting.
  * The second half runs the import-boundary script over broken trees to prove it catches leaks.
  */
-import { runFenceCheck } from "./fence-support.js"
+import { type MethodR, type RIn, runFenceCheck } from "./fence-support.js"
 import { CommandExecutor, HttpClient } from "@effect/platform"
 import { describe, expect, expectTypeOf, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -15,12 +15,6 @@ import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.j
 import { Privileged } from "../src/layers/Privileged.js"
 import { Proxmox, type ProxmoxShape, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 
-type RIn<L> = L extends Layer.Layer<infer _A, infer _E, infer R> ? R : never
-type MethodR<S> = {
-  [K in keyof S]: S[K] extends (...args: ReadonlyArray<never>) => Effect.Effect<infer _A, infer _E, infer R> ? R
-    : S[K] extends Effect.Effect<infer _A, infer _E, infer R> ? R
-    : never
-}[keyof S]
 
 describe("the fence (types)", () => {
   it("Proxmox's layer requires only HttpClient and AgentConfig, never a CommandExecutor", () => {

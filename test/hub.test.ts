@@ -4,7 +4,7 @@
  * under TestClock, every way a hub can misbehave (each a typed HubError, none carrying the
  * token), the golden contract of the host report, and the fence in types.
  */
-import { runFenceCheck } from "./fence-support.js"
+import { type MethodR, type RIn, runFenceCheck } from "./fence-support.js"
 import { CommandExecutor, HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
 import { describe, expect, expectTypeOf, it, vi } from "@effect/vitest"
@@ -548,12 +548,6 @@ describe("dev hub admin API and CLI", () => {
 })
 
 describe("the fence (types)", () => {
-  type RIn<L> = L extends Layer.Layer<infer _A, infer _E, infer R> ? R : never
-  type MethodR<S> = {
-    [K in keyof S]: S[K] extends (...args: ReadonlyArray<never>) => Effect.Effect<infer _A, infer _E, infer R> ? R
-      : S[K] extends Effect.Effect<infer _A, infer _E, infer R> ? R
-      : never
-  }[keyof S]
 
   it("Hub's layer requires only HttpClient and AgentConfig, never a CommandExecutor; methods require nothing", () => {
     expectTypeOf<RIn<typeof HubWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | AgentConfig>()
