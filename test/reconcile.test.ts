@@ -23,7 +23,7 @@ import {
   type Plan,
   type Power,
   rootfsGib
-} from "../src/programs/reconcile.js"
+} from "../src/programs/control/plan.js"
 
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB

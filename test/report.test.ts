@@ -23,7 +23,7 @@ import {
   lastBackups,
   pbsSnapshots,
   ReportSkipped
-} from "../src/programs/report.js"
+} from "../src/programs/daemon/report.js"
 import { HostReport, type ReportPendingSignature } from "../src/schema/hub.js"
 import type { StorageContentEntry } from "../src/schema/proxmox.js"
 import { defaultSeedJson, makeSimHttpClient, makeSimPve, type SimPve } from "../src/sim/pve/index.js"

@@ -5,7 +5,7 @@ import { Effect } from "effect"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { sshsigVerify } from "../src/programs/sshsigVerify.js"
+import { sshsigVerify } from "../src/programs/cli/sshsigVerify.js"
 import { SSHSIG_MAX_ARMOR_BYTES } from "../src/schema/sshsig.js"
 import { FIXTURE_DIR, readMessage } from "./fixtures/sshsig/fixtures.js"
 

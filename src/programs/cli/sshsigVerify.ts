@@ -5,8 +5,8 @@
  */
 import { FileSystem } from "@effect/platform"
 import { Effect, Either } from "effect"
-import { parsePublicKeyLine, SSH_KEY_LINE_MAX_CHARS } from "../schema/sshkeys.js"
-import { SSHSIG_MAX_ARMOR_BYTES, verifyArmored } from "../schema/sshsig.js"
+import { parsePublicKeyLine, SSH_KEY_LINE_MAX_CHARS } from "../../schema/sshkeys.js"
+import { SSHSIG_MAX_ARMOR_BYTES, verifyArmored } from "../../schema/sshsig.js"
 
 export interface SshsigVerifyInput {
   readonly namespace: string

@@ -5,17 +5,17 @@
  * restarts, journaled, and run through the per-guest serializer.
  */
 import { Effect, Either, Option, Schema } from "effect"
-import { GuestQueue } from "../layers/GuestQueue.js"
-import { Journal } from "../layers/Journal.js"
-import { type JobResult, type SignedJob } from "../schema/hub.js"
-import { StorageId } from "../schema/ids.js"
-import { dearmor } from "../schema/sshsig.js"
-import type { Proxmox } from "../layers/Proxmox.js"
-import { BadJob, decommission, decodeRestoreSource, forceBackup, restoreNow, type StepError } from "./executor.js"
+import { GuestQueue } from "../../layers/GuestQueue.js"
+import { Journal } from "../../layers/Journal.js"
+import { type JobResult, type SignedJob } from "../../schema/hub.js"
+import { StorageId } from "../../schema/ids.js"
+import { dearmor } from "../../schema/sshsig.js"
+import type { Proxmox } from "../../layers/Proxmox.js"
+import { BadJob, decommission, decodeRestoreSource, forceBackup, restoreNow, type StepError } from "./steps.js"
 import { gate, type GatedAction } from "./gate.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
-export { JobResult, SignedJob } from "../schema/hub.js"
+export { JobResult, SignedJob } from "../../schema/hub.js"
 
 /** Strict base64 (Buffer.from alone skips junk): the blob must be exactly what was signed. */
 const decodeBlob = (b64: string): Either.Either<Uint8Array, string> =>

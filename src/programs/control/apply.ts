@@ -4,10 +4,10 @@
  * reported as pending_signature and never executed.
  */
 import { Effect, Option } from "effect"
-import { GuestQueue } from "../layers/GuestQueue.js"
-import type { VmId } from "../schema/ids.js"
-import type { Journal } from "../layers/Journal.js"
-import { Proxmox } from "../layers/Proxmox.js"
+import { GuestQueue } from "../../layers/GuestQueue.js"
+import type { VmId } from "../../schema/ids.js"
+import type { Journal } from "../../layers/Journal.js"
+import { Proxmox } from "../../layers/Proxmox.js"
 import {
   createGuest,
   decommission,
@@ -17,9 +17,9 @@ import {
   startGuest,
   type StepError,
   stopGuest
-} from "./executor.js"
+} from "./steps.js"
 import { gate, type GatedAction, type SignedOp } from "./gate.js"
-import { type Action, normalizeActual, normalizeDesired, type Plan } from "./reconcile.js"
+import { type Action, normalizeActual, normalizeDesired, type Plan } from "./plan.js"
 
 /** Reads the node's guests as the planner sees them; a failed config read keeps the run state. */
 export const observeActual = Effect.gen(function*() {

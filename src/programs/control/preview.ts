@@ -4,12 +4,12 @@
  * checked against a throwaway in-memory nonce store).
  */
 import { Effect, Option } from "effect"
-import type { AuthzShape } from "../layers/Authz.js"
-import type { DesiredState } from "../schema/desired.js"
+import type { AuthzShape } from "../../layers/Authz.js"
+import type { DesiredState } from "../../schema/desired.js"
 import type { SignedOp } from "./gate.js"
 import { currentProvenance, judge } from "./gate.js"
-import { gatedActionOf, observeActual, signatureKey } from "./engine.js"
-import { type Action, plan } from "./reconcile.js"
+import { gatedActionOf, observeActual, signatureKey } from "./apply.js"
+import { type Action, plan } from "./plan.js"
 
 export interface PlannedAction {
   readonly vmid: number

@@ -7,10 +7,10 @@
  * description with PVE's trailing newline, tags in any order and separator, absent keys meaning
  * PVE's defaults.
  */
-import type { StorageId, VmId, VolumeId } from "../schema/ids.js"
-import type { DesiredGuest, DesiredState } from "../schema/desired.js"
-import type { GuestConfig, GuestSummary } from "../schema/proxmox.js"
-import { rootfsBytes } from "./selftest.js"
+import type { StorageId, VmId, VolumeId } from "../../schema/ids.js"
+import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
+import type { GuestConfig, GuestSummary } from "../../schema/proxmox.js"
+import { rootfsBytes } from "../cli/selftest.js"
 
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB

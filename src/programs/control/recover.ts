@@ -10,10 +10,10 @@
  *   reconcile plans again from the actual state).
  */
 import { Effect, Option } from "effect"
-import { Journal, type JournalOp } from "../layers/Journal.js"
-import { Proxmox } from "../layers/Proxmox.js"
-import { type Upid, VmId } from "../schema/ids.js"
-import { compensateCreate, CREATE_STEPS, lockRetry, type StepError, taskStep } from "./executor.js"
+import { Journal, type JournalOp } from "../../layers/Journal.js"
+import { Proxmox } from "../../layers/Proxmox.js"
+import { type Upid, VmId } from "../../schema/ids.js"
+import { compensateCreate, CREATE_STEPS, lockRetry, type StepError, taskStep } from "./steps.js"
 
 export interface RecoveredOp {
   readonly id: string

@@ -7,11 +7,11 @@
  * `signed_ok`, or `allowed` for agent-created provenance; they never decide that themselves.
  */
 import { Data, Effect, Option, Schedule, Schema } from "effect"
-import { Journal } from "../layers/Journal.js"
-import { Proxmox } from "../layers/Proxmox.js"
-import { SnapshotName, StorageId, type Upid, type VmId, VolumeId } from "../schema/ids.js"
-import type { ProxmoxError, WaitError } from "../schema/proxmox.js"
-import type { DesiredGuest } from "../schema/desired.js"
+import { Journal } from "../../layers/Journal.js"
+import { Proxmox } from "../../layers/Proxmox.js"
+import { SnapshotName, StorageId, type Upid, type VmId, VolumeId } from "../../schema/ids.js"
+import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
+import type { DesiredGuest } from "../../schema/desired.js"
 
 export type StepError = ProxmoxError | WaitError | GuestNotOnNode
 

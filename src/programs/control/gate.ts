@@ -8,9 +8,9 @@
  * (tags, names, descriptions) is never provenance.
  */
 import { Effect, Option } from "effect"
-import { Authz, type AuthzShape, type VerifiedOp } from "../layers/Authz.js"
-import { Journal } from "../layers/Journal.js"
-import type { VmId } from "../schema/ids.js"
+import { Authz, type AuthzShape, type VerifiedOp } from "../../layers/Authz.js"
+import { Journal } from "../../layers/Journal.js"
+import type { VmId } from "../../schema/ids.js"
 
 /** What the gate judges: the op name a signed blob would carry, its guest and its params. */
 export interface GatedAction {

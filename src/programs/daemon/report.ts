@@ -13,8 +13,8 @@
  * Part failures are logged (as warnings) and never fail the report.
  */
 import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
-import { Journal } from "../layers/Journal.js"
-import { Proxmox } from "../layers/Proxmox.js"
+import { Journal } from "../../layers/Journal.js"
+import { Proxmox } from "../../layers/Proxmox.js"
 import type {
   HostReport,
   ReportAuditEntry,
@@ -23,11 +23,11 @@ import type {
   ReportPbsSnapshot,
   ReportPendingSignature,
   ReportStorage
-} from "../schema/hub.js"
-import { StorageId } from "../schema/ids.js"
-import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, StorageContentEntry } from "../schema/proxmox.js"
-import { VERSION } from "../version.js"
-import { normalizeActual } from "./reconcile.js"
+} from "../../schema/hub.js"
+import { StorageId } from "../../schema/ids.js"
+import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, StorageContentEntry } from "../../schema/proxmox.js"
+import { VERSION } from "../../version.js"
+import { normalizeActual } from "../control/plan.js"
 
 // ---------------------------------------------------------------------------------------------
 

@@ -6,15 +6,15 @@
  * STOPPING=1 on the way out.
  */
 import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
-import { AgentConfig } from "../layers/Config.js"
-import { Hub } from "../layers/Hub.js"
-import { Systemd } from "../layers/Systemd.js"
-import { clampPollInterval } from "../schema/hub.js"
-import type { DesiredState } from "../schema/desired.js"
-import { executePlan, observeActual } from "./engine.js"
-import { runSignedJob } from "./jobs.js"
-import { plan } from "./reconcile.js"
-import { recover } from "./recover.js"
+import { AgentConfig } from "../../layers/Config.js"
+import { Hub } from "../../layers/Hub.js"
+import { Systemd } from "../../layers/Systemd.js"
+import { clampPollInterval } from "../../schema/hub.js"
+import type { DesiredState } from "../../schema/desired.js"
+import { executePlan, observeActual } from "../control/apply.js"
+import { runSignedJob } from "../control/jobs.js"
+import { plan } from "../control/plan.js"
+import { recover } from "../control/recover.js"
 import { collectReport } from "./report.js"
 
 export interface PendingSignature {

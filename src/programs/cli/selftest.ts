@@ -3,9 +3,9 @@
  * `task` variant that exercises the async task path (snapshot → rollback → delete snapshot).
  */
 import { Clock, Effect, Option, Schema } from "effect"
-import { Proxmox } from "../layers/Proxmox.js"
-import { SnapshotName, type Upid, type VmId } from "../schema/ids.js"
-import type { GuestConfig, ProxmoxError, WaitError } from "../schema/proxmox.js"
+import { Proxmox } from "../../layers/Proxmox.js"
+import { SnapshotName, type Upid, type VmId } from "../../schema/ids.js"
+import type { GuestConfig, ProxmoxError, WaitError } from "../../schema/proxmox.js"
 
 export interface GuestSpec {
   readonly hostname: string | null

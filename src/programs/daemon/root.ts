@@ -6,15 +6,15 @@
  */
 import { Layer } from "effect"
 import type { Option } from "effect"
-import { AuthzLive } from "../layers/Authz.js"
-import * as AgentConfigLayer from "../layers/Config.js"
-import { DatabaseLive } from "../layers/Database.js"
-import { GuestQueue } from "../layers/GuestQueue.js"
-import { HubHttpClientLive, HubWithoutClient } from "../layers/Hub.js"
-import { JournalLive } from "../layers/Journal.js"
-import { ProxmoxWithoutClient } from "../layers/Proxmox.js"
-import { PveHttpClientLive } from "../layers/PveTransport.js"
-import { SystemdLive } from "../layers/Systemd.js"
+import { AuthzLive } from "../../layers/Authz.js"
+import * as AgentConfigLayer from "../../layers/Config.js"
+import { DatabaseLive } from "../../layers/Database.js"
+import { GuestQueue } from "../../layers/GuestQueue.js"
+import { HubHttpClientLive, HubWithoutClient } from "../../layers/Hub.js"
+import { JournalLive } from "../../layers/Journal.js"
+import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
+import { PveHttpClientLive } from "../../layers/PveTransport.js"
+import { SystemdLive } from "../../layers/Systemd.js"
 
 /** How many guests may be mutated at once (PVE serializes per node anyway; keep it modest). */
 export const MAX_CONCURRENT_GUEST_OPS = 4

@@ -7,10 +7,10 @@
 import { Command, FileSystem } from "@effect/platform"
 import { Clock, Data, Duration, Effect, Either, Schema } from "effect"
 import { randomBytes } from "node:crypto"
-import { make as makeAuthz, parseSigners, type VerifiedOp } from "../layers/Authz.js"
-import { layerAt } from "../layers/Database.js"
-import type { ConfigError } from "../schema/errors.js"
-import { type AuthzError, OP_NAMESPACE, OpBlob } from "../schema/op.js"
+import { make as makeAuthz, parseSigners, type VerifiedOp } from "../../layers/Authz.js"
+import { layerAt } from "../../layers/Database.js"
+import type { ConfigError } from "../../schema/errors.js"
+import { type AuthzError, OP_NAMESPACE, OpBlob } from "../../schema/op.js"
 
 export class OpToolError extends Data.TaggedError("OpToolError")<{ readonly message: string }> {}
 
