@@ -3,134 +3,58 @@
  * temp dir that record their argv (NUL-separated, so any byte but NUL survives) and environment,
  * then print canned output and exit with a canned status. Direct mode points
  * privileged.commands at them; sudo mode adds a fake sudo that records its own argv and execs
- * the rest. Nothing here needs root, except the sudoers-matching test, which skips without it.
+ * the rest (fixtures in privileged-support.ts). Nothing here needs root, except the tests that
+ * need a root-owned bootstrap tree and the sudoers-matching test, which skip without it.
  */
-import { NodeContext } from "@effect/platform-node"
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Fiber, Layer, Schema } from "effect"
+import { Effect, Fiber } from "effect"
 import { spawnSync } from "node:child_process"
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { join } from "node:path"
-import { AgentConfig } from "../src/layers/Config.js"
 import {
   CHILD_ENV,
+  DEFAULT_BOOTSTRAP_ROOT,
   DEFAULT_COMMAND_PATHS,
-  Privileged,
-  PrivilegedLive,
   type PrivilegedShape,
   STDERR_TAIL_BYTES,
   STDOUT_CAP_BYTES
 } from "../src/layers/Privileged.js"
-import { AgentConfigFile, type PrivilegedCommand } from "../src/schema/config.js"
+import type { PrivilegedCommand } from "../src/schema/config.js"
 import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
 import type { PrivilegedError } from "../src/schema/privileged.js"
+import {
+  ALL,
+  type Bin,
+  expectError,
+  expectValue,
+  hasVisudo,
+  isRoot,
+  type LayerOptions,
+  makeBinDir,
+  makeSudoSandbox,
+  makeTrustedTree,
+  shq,
+  SUDOERS,
+  withPriv as withPrivIn
+} from "./privileged-support.js"
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-const shq = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`
+/**
+ * Bind-mount sources must be below a root-owned tree on disk; only root can make one, so the
+ * tests that run a bind mount skip without root (the validation cases do not need it).
+ */
+const tree = isRoot ? makeTrustedTree("101/data") : undefined
+afterAll(() => tree?.cleanup())
+const BOOT = tree?.root ?? DEFAULT_BOOTSTRAP_ROOT
 
-interface Canned {
-  readonly stdout?: string
-  readonly stderr?: string
-  readonly exit?: number
-  /** Extra shell lines run before output (e.g. sleeping). */
-  readonly script?: string
-}
-
-/** A temp dir holding fake binaries; each records into `<dir>/<name>.argv` and `.env`. */
-const makeBinDir = (label = "bin") => {
-  const root = mkdtempSync(join(tmpdir(), "felhom-priv-"))
-  const dir = join(root, label)
-  mkdirSync(dir, { recursive: true })
-  const fake = (name: string, canned: Canned = {}) => {
-    const path = join(dir, name)
-    if (canned.stdout !== undefined) writeFileSync(`${path}.stdout`, canned.stdout)
-    if (canned.stderr !== undefined) writeFileSync(`${path}.stderr`, canned.stderr)
-    writeFileSync(path, [
-      "#!/bin/sh",
-      `p=${shq(path)}`,
-      `printf '%s\\0' "$0" "$@" > "$p.argv"`,
-      `/usr/bin/env -0 > "$p.env"`,
-      canned.script ?? "",
-      `[ -f "$p.stdout" ] && cat "$p.stdout"`,
-      `[ -f "$p.stderr" ] && cat "$p.stderr" >&2`,
-      `exit ${canned.exit ?? 0}`,
-      ""
-    ].join("\n"))
-    chmodSync(path, 0o755)
-    return path
-  }
-  /** Records its argv, insists on -n, then execs the rest (what sudo does once allowed). */
-  const fakeSudo = (canned?: Canned) => {
-    const path = join(dir, "sudo")
-    writeFileSync(path, [
-      "#!/bin/sh",
-      `p=${shq(path)}`,
-      `printf '%s\\0' "$0" "$@" > "$p.argv"`,
-      canned === undefined ? "" : [
-        canned.stderr === undefined ? "" : `printf '%s' ${shq(canned.stderr)} >&2`,
-        `exit ${canned.exit ?? 1}`
-      ].join("\n"),
-      `[ "$1" = "-n" ] || exit 97`,
-      "shift",
-      `exec "$@"`,
-      ""
-    ].join("\n"))
-    chmodSync(path, 0o755)
-    return path
-  }
-  const argv = (name: string): ReadonlyArray<string> | undefined => {
-    const file = join(dir, `${name}.argv`)
-    if (!existsSync(file)) return undefined
-    return readFileSync(file, "utf8").split("\0").slice(0, -1)
-  }
-  const env = (name: string): Record<string, string> =>
-    Object.fromEntries(
-      readFileSync(join(dir, `${name}.env`), "utf8").split("\0").filter((l) => l.length > 0).map((l) => {
-        const i = l.indexOf("=")
-        return [l.slice(0, i), l.slice(i + 1)]
-      })
-    )
-  const recorded = () => readdirSync(dir).filter((f) => f.endsWith(".argv"))
-  return { root, dir, fake, fakeSudo, argv, env, recorded, cleanup: () => rmSync(root, { recursive: true, force: true }) }
-}
-
-type Bin = ReturnType<typeof makeBinDir>
-
-const ALL: ReadonlyArray<PrivilegedCommand> = ["pct", "vzdump", "systemd-mount", "systemd-umount", "smartctl", "sensors"]
-
-/** Config pointing every command at `<dir>/<name>`. */
-const layerFor = (bin: Bin, extra: { mode?: "sudo" | "direct"; timeout_seconds?: number; sudo_path?: string } = {}) => {
-  const commands = Object.fromEntries(ALL.map((c) => [c, join(bin.dir, c)]))
-  const file = Schema.decodeUnknownSync(AgentConfigFile)({
-    privileged: { mode: "direct", timeout_seconds: 10, commands, ...extra }
-  })
-  return PrivilegedLive.pipe(
-    Layer.provide(Layer.succeed(AgentConfig, { source: undefined, file })),
-    Layer.provide(NodeContext.layer)
-  )
-}
-
-/** Runs `f` against a fresh layer and returns its Either; the bin dir is removed afterwards. */
 const withPriv = <A>(
   bin: Bin,
   f: (p: PrivilegedShape) => Effect.Effect<A, PrivilegedError>,
-  extra?: Parameters<typeof layerFor>[1]
-) =>
-  Effect.flatMap(Privileged, (p) => Effect.either(f(p))).pipe(
-    Effect.provide(layerFor(bin, extra))
-  )
+  extra?: LayerOptions
+) => withPrivIn(bin, f, { bootstrap_root: BOOT, ...extra })
 
-const expectError = <A>(result: Either.Either<A, PrivilegedError>): PrivilegedError => {
-  if (Either.isRight(result)) throw new Error(`expected a PrivilegedError, got ${JSON.stringify(result.right)}`)
-  return result.left
-}
-const expectValue = <A>(result: Either.Either<A, PrivilegedError>): A => {
-  if (Either.isLeft(result)) throw new Error(`expected success, got ${result.left.reason}: ${result.left.message}`)
-  return result.right
-}
 
 const vmid = VmId.make(9000)
 const golden = {
@@ -155,7 +79,7 @@ const goldenArgs = [
 const bind = {
   vmid: VmId.make(101),
   mpIndex: 7,
-  hostPath: "/var/lib/felhom-agent/bootstrap/101",
+  hostPath: `${BOOT}/101`,
   guestPath: "/etc/felhom-bootstrap",
   readOnly: true
 }
@@ -275,18 +199,18 @@ describe("Privileged: exact argv per operation (direct mode)", () => {
     )
   })
 
-  it.live("bindMountIntoGuest runs pct set --mpN host,mp=guest,ro=1|0,backup=0", () => {
+  it.live.skipIf(!isRoot)("bindMountIntoGuest runs pct set --mpN host,mp=guest,ro=1|0,backup=0 (needs root)", () => {
     const bin = makeBinDir()
     const pct = bin.fake("pct")
     return Effect.gen(function*() {
       expectValue(yield* withPriv(bin, (p) => p.bindMountIntoGuest(bind)))
       expect(bin.argv("pct")).toEqual([
-        pct, "set", "101", "--mp7", "/var/lib/felhom-agent/bootstrap/101,mp=/etc/felhom-bootstrap,ro=1,backup=0"
+        pct, "set", "101", "--mp7", `${BOOT}/101,mp=/etc/felhom-bootstrap,ro=1,backup=0`
       ])
       expectValue(yield* withPriv(bin, (p) =>
-        p.bindMountIntoGuest({ ...bind, mpIndex: 255, hostPath: "/var/lib/felhom-agent/bootstrap/101/data", readOnly: false })))
+        p.bindMountIntoGuest({ ...bind, mpIndex: 255, hostPath: `${BOOT}/101/data`, readOnly: false })))
       expect(bin.argv("pct")).toEqual([
-        pct, "set", "101", "--mp255", "/var/lib/felhom-agent/bootstrap/101/data,mp=/etc/felhom-bootstrap,ro=0,backup=0"
+        pct, "set", "101", "--mp255", `${BOOT}/101/data,mp=/etc/felhom-bootstrap,ro=0,backup=0`
       ])
     }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
   })
@@ -389,14 +313,16 @@ describe("Privileged: invalid arguments never spawn", () => {
     ["mountPoint", "newline in mount point", (p) => p.unmount("/mnt/felhom/usb\n/etc")],
     ["mountPoint", "NUL in mount point", (p) => p.unmount("/mnt/felhom/usb\0")],
     ["hostPath", "host path outside the bootstrap root", (p) => p.bindMountIntoGuest({ ...bind, hostPath: "/etc" })],
-    ["hostPath", "host path with ..", (p) =>
-      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap/../../../../etc" })],
+    ["hostPath", "host path under the state dir (the old bootstrap location)", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap/101" })],
+    ["hostPath", "host path with ..", (p) => p.bindMountIntoGuest({ ...bind, hostPath: `${BOOT}/../../../../etc` })],
     ["hostPath", "host path with a comma (pct property injection)", (p) =>
-      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap/x,mp=/root" })],
-    ["hostPath", "host path that is the root itself", (p) =>
-      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap" })],
-    ["hostPath", "host path with a double slash", (p) =>
-      p.bindMountIntoGuest({ ...bind, hostPath: "/var/lib/felhom-agent/bootstrap//x" })],
+      p.bindMountIntoGuest({ ...bind, hostPath: `${BOOT}/x,mp=/root` })],
+    ["hostPath", "host path that is the root itself", (p) => p.bindMountIntoGuest({ ...bind, hostPath: BOOT })],
+    ["hostPath", "host path with a double slash", (p) => p.bindMountIntoGuest({ ...bind, hostPath: `${BOOT}//x` })],
+    ["hostPath", "host path with a trailing slash", (p) => p.bindMountIntoGuest({ ...bind, hostPath: `${BOOT}/101/` })],
+    ["hostPath", "host path sharing only a string prefix with the root", (p) =>
+      p.bindMountIntoGuest({ ...bind, hostPath: `${BOOT}-evil/101` })],
     ["guestPath", "guest path '/'", (p) => p.bindMountIntoGuest({ ...bind, guestPath: "/" })],
     ["guestPath", "relative guest path", (p) => p.bindMountIntoGuest({ ...bind, guestPath: "etc/x" })],
     ["guestPath", "guest path with '=' (pct property injection)", (p) =>
@@ -791,9 +717,6 @@ describe("Privileged: sensors", () => {
 // ---------------------------------------------------------------------------------------------
 // The sudoers drop-in
 
-const SUDOERS = join(__dirname, "..", "configs", "sudoers", "felhom-agent")
-const hasVisudo = spawnSync("sh", ["-c", "command -v visudo"], { encoding: "utf8" }).status === 0
-
 describe("configs/sudoers/felhom-agent", () => {
   // CI images may lack sudo entirely; `apt-get install sudo` makes this run.
   it.skipIf(!hasVisudo)("passes visudo -cf (skipped only when visudo is not installed)", () => {
@@ -829,10 +752,12 @@ describe("configs/sudoers/felhom-agent", () => {
     ]
     return Effect.gen(function*() {
       for (const [name, op] of ops) {
-        yield* withPriv(bin, op, { mode: "sudo", sudo_path: sudo })
+        rmSync(join(bin.dir, "sudo.argv"), { force: true })
+        expectValue(yield* withPriv(bin, op, { mode: "sudo", sudo_path: sudo }))
         const argv = bin.argv("sudo") ?? []
-        // [fake sudo, -n, <fake dir>/<name>, ...args] → the production binary with the same args
-        const args = argv.slice(3)
+        // [fake sudo, -n, <fake dir>/<name>, ...args] → the production binary with the same args,
+        // the scratch bootstrap tree standing for the default one the sudoers rule names
+        const args = argv.slice(3).map((a) => a.replace(`${BOOT}/`, `${DEFAULT_BOOTSTRAP_ROOT}/`))
         expect(argv[2]).toBe(join(bin.dir, name))
         expect(sandbox.allows([DEFAULT_COMMAND_PATHS[name], ...args]), args.join(" ")).toBe(true)
       }
@@ -841,7 +766,7 @@ describe("configs/sudoers/felhom-agent", () => {
         ["/usr/sbin/pct", "exec", "9000", "--", "sh"],
         ["/usr/sbin/pct", "destroy", "9000", "--purge"],
         ["/usr/sbin/pct", "set", "101", "--mp0", "/etc,mp=/mnt/etc,ro=0,backup=0"],
-        ["/usr/sbin/pct", "set", "101", "--mp0", "/var/lib/felhom-agent/bootstrap/../../../etc,mp=/x,ro=0,backup=0"],
+        ["/usr/sbin/pct", "set", "101", "--mp0", `${DEFAULT_BOOTSTRAP_ROOT}/../../../etc,mp=/x,ro=0,backup=0`],
         ["/usr/sbin/pct", ...goldenArgs.map((a) => (a === "golden-base" ? "golden --net0 name=eth0" : a))],
         ["/usr/bin/vzdump", "--all"],
         ["/usr/bin/systemd-mount", "/dev/sda1", "/mnt/felhom/usb"],
@@ -855,40 +780,37 @@ describe("configs/sudoers/felhom-agent", () => {
       }
     }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
   })
+
+  /**
+   * Issue 8, finding 7: the service user owns the state dir, so it could swap a root-owned
+   * `<state>/bootstrap` for a symlink to `/`; the rule used to allow exactly that source.
+   */
+  it.live.skipIf(sandbox === undefined)("the bind-mount rule matches only the root-owned bootstrap tree (needs root + unshare)", () => {
+    if (sandbox === undefined) return Effect.void
+    const pctSet = (source: string) => ["/usr/sbin/pct", "set", "101", "--mp0", `${source},mp=/etc/felhom-bootstrap,ro=1,backup=0`]
+    for (const source of [
+      "/var/lib/felhom-agent/bootstrap/etc", // the finding's argv: bootstrap -> / makes this /etc
+      "/var/lib/felhom-agent/bootstrap/101",
+      "/var/lib/felhom-agent/101",
+      DEFAULT_BOOTSTRAP_ROOT, // the root itself: one directory per guest, never all of them
+      `${DEFAULT_BOOTSTRAP_ROOT}-x/101`,
+      `${DEFAULT_BOOTSTRAP_ROOT}/./101`,
+      `${DEFAULT_BOOTSTRAP_ROOT}//101`,
+      `${DEFAULT_BOOTSTRAP_ROOT}/.x`,
+      `${DEFAULT_BOOTSTRAP_ROOT}/101/`
+    ]) {
+      expect(sandbox.allows(pctSet(source)), source).toBe(false)
+    }
+    expect(sandbox.allows(pctSet("/var/lib/felhom-agent-root/bootstrap/101"))).toBe(true)
+    return Effect.void
+  })
+
+  it("names the bootstrap tree in the pct set rule, and nothing under the state dir", () => {
+    const rules = readFileSync(SUDOERS, "utf8").split("\n").filter((l) => !l.startsWith("#"))
+    const mp = rules.filter((l) => l.includes("--mp"))
+    expect(mp).toHaveLength(1)
+    expect(mp[0]).toContain(` ${DEFAULT_BOOTSTRAP_ROOT}(/[A-Za-z0-9_][A-Za-z0-9._-]*)+,mp=`)
+    expect(rules.join("\n")).not.toContain("/var/lib/felhom-agent/")
+  })
   afterAll(() => sandbox?.cleanup())
 })
-
-function makeSudoSandbox() {
-  if (process.getuid?.() !== 0 || !hasVisudo) return undefined
-  const dir = mkdtempSync(join(tmpdir(), "felhom-sudoers-"))
-  const etc = join(dir, "etc")
-  mkdirSync(etc)
-  writeFileSync(join(etc, "sudoers"), readFileSync(SUDOERS))
-  chmodSync(join(etc, "sudoers"), 0o440)
-  writeFileSync(join(etc, "passwd"), `${readFileSync("/etc/passwd", "utf8")}felhom-agent:x:64999:64999::/nonexistent:/usr/sbin/nologin\n`)
-  writeFileSync(join(etc, "group"), `${readFileSync("/etc/group", "utf8")}felhom-agent:x:64999:\n`)
-  for (const [, path] of Object.entries(DEFAULT_COMMAND_PATHS)) {
-    const stub = join(dir, "stubs", path)
-    mkdirSync(join(stub, ".."), { recursive: true })
-    writeFileSync(stub, "#!/bin/sh\nexit 0\n")
-    chmodSync(stub, 0o755)
-  }
-  const script = [
-    "set -e",
-    `d=${shq(dir)}`,
-    `for f in sudoers passwd group; do mount --bind "$d/etc/$f" "/etc/$f"; done`,
-    `for b in /usr/bin /usr/sbin; do mount -t overlay overlay -o "lowerdir=$d/stubs$b:$b" "$b"; done`,
-    `exec sudo -l -U felhom-agent "$@"`
-  ].join("\n")
-  const allowsRaw = (argv: ReadonlyArray<string>) =>
-    spawnSync("unshare", ["-m", "--", "sh", "-c", script, "sh", ...argv], { encoding: "utf8" })
-  const probe = allowsRaw([DEFAULT_COMMAND_PATHS.sensors, "-j"])
-  if (probe.status !== 0) {
-    rmSync(dir, { recursive: true, force: true })
-    return undefined
-  }
-  return {
-    allows: (argv: ReadonlyArray<string>) => allowsRaw(argv).status === 0,
-    cleanup: () => rmSync(dir, { recursive: true, force: true })
-  }
-}

@@ -5,6 +5,9 @@
  *
  * Execution rules, all enforced here:
  * - every argument is validated before anything is spawned (typed InvalidArgument naming it);
+ * - a host path a root command consumes (the bind-mount source) must also be trusted on disk:
+ *   inspected with lstat from `/` down, every component a root-owned directory that only root can
+ *   write, never a symlink (typed UntrustedPath naming the component and why), see trustedTree;
  * - argv only, never a shell; binaries by absolute path (DEFAULT_COMMAND_PATHS, overridable by
  *   `privileged.commands`); `sudo -n <binary> <args>` in sudo mode, `<binary> <args>` in direct;
  * - a cleared environment (CHILD_ENV), stdin at EOF;
@@ -16,18 +19,20 @@ import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import type { PlatformError } from "@effect/platform/Error"
 import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
+import { lstat } from "node:fs/promises"
 import type { PrivilegedCommand } from "../schema/config.js"
 import { StorageId, VmId, VolumeId } from "../schema/ids.js"
 import {
   ARGUMENT_RULES,
   type ArgumentName,
   BlockDevice,
-  BootstrapHostPath,
+  bootstrapHostPathUnder,
   Cores,
   FsUuid,
   type GoldenArchive,
   GuestPath,
   Hostname,
+  isStrictlyInside,
   MemoryMiB,
   MountPointIndex,
   PrivilegedError,
@@ -37,11 +42,12 @@ import {
   type SmartFinding,
   type SmartReport,
   TemplateVolume,
+  type UntrustedPathReason,
   UsbMountPoint
 } from "../schema/privileged.js"
 import { AgentConfig } from "./Config.js"
 
-export { BOOTSTRAP_ROOT, PrivilegedError, USB_MOUNT_ROOT } from "../schema/privileged.js"
+export { DEFAULT_BOOTSTRAP_ROOT, PrivilegedError, USB_MOUNT_ROOT } from "../schema/privileged.js"
 
 // ---------------------------------------------------------------------------------------------
 // Execution constants
@@ -102,7 +108,10 @@ export interface GuestBindMountSpec {
   readonly vmid: VmId
   /** N in `mpN`, 0..255. */
   readonly mpIndex: number
-  /** A directory below BOOTSTRAP_ROOT. */
+  /**
+   * A directory strictly below `privileged.bootstrap_root`, every component of which is a
+   * root-owned directory not writable by group or others, and no symlink (checked before running).
+   */
   readonly hostPath: string
   /** Absolute path inside the guest. */
   readonly guestPath: string
@@ -146,7 +155,8 @@ export interface PrivilegedShape {
    * `pct set <vmid> --mp<N> <hostPath>,mp=<guestPath>,ro=<0|1>,backup=0`: a host directory bind
    * mounted into a guest (the read-only bootstrap config mount, SPEC §12). Why not the API: PVE
    * accepts non-volume (bind) mount points only from root@pam. `backup=0` keeps the host
-   * directory out of the guest's backups.
+   * directory out of the guest's backups. The source is refused unless it is below the root-owned
+   * bootstrap tree on disk too (UntrustedPath): root resolves it now and at every guest start.
    */
   readonly bindMountIntoGuest: (spec: GuestBindMountSpec) => Effect.Effect<void, PrivilegedError>
   /**
@@ -184,6 +194,76 @@ const checkTemplate = (value: unknown): Effect.Effect<VolumeId, PrivilegedError>
 
 const checkBoolean = (command: PrivilegedCommand, argument: ArgumentName) => (value: unknown) =>
   typeof value === "boolean" ? Effect.succeed(value) : Effect.fail(invalid(command, argument))
+
+// ---------------------------------------------------------------------------------------------
+// Trusted host paths
+
+const S_IWGRP = 0o020
+const S_IWOTH = 0o002
+const S_ISVTX = 0o1000
+
+const UNTRUSTED_TEXT: { readonly [K in UntrustedPathReason]: string } = {
+  Symlink: "is a symlink",
+  NotRootOwned: "is not owned by root",
+  GroupOrOtherWritable: "is writable by its group or by others",
+  NotADirectory: "is not a directory",
+  Missing: "does not exist",
+  Uninspectable: "cannot be inspected (it must be traversable by the service user)"
+}
+
+/** `/a/b/c` → `/`, `/a`, `/a/b`, `/a/b/c`. */
+const componentsOf = (path: string): ReadonlyArray<string> => {
+  const parts = path.split("/").filter((p) => p.length > 0)
+  return ["/", ...parts.map((_, i) => `/${parts.slice(0, i + 1).join("/")}`)]
+}
+
+/**
+ * Why `component` is not trusted, or undefined. lstat, so a symlink is seen as itself and never
+ * followed. The one exception to "only root can write it": a root-owned sticky directory strictly
+ * above the trusted root (a /tmp), where others may create entries but cannot rename or remove
+ * root's, so the root-owned component below it stays put.
+ */
+const inspect = (component: string, trustedRoot: string): Effect.Effect<UntrustedPathReason | undefined> =>
+  Effect.tryPromise(() => lstat(component)).pipe(
+    Effect.map((st): UntrustedPathReason | undefined => {
+      if (st.isSymbolicLink()) return "Symlink"
+      if (!st.isDirectory()) return "NotADirectory"
+      if (st.uid !== 0) return "NotRootOwned"
+      const writable = (st.mode & (S_IWGRP | S_IWOTH)) !== 0
+      const stickyAncestor = (st.mode & S_ISVTX) !== 0 && isStrictlyInside(component, trustedRoot)
+      return writable && !stickyAncestor ? "GroupOrOtherWritable" : undefined
+    }),
+    Effect.catchAll((e) => {
+      const code = (e.error as { code?: unknown } | undefined)?.code
+      return Effect.succeed<UntrustedPathReason>(code === "ENOENT" || code === "ENOTDIR" ? "Missing" : "Uninspectable")
+    })
+  )
+
+/**
+ * Refuses `path` unless every component, from `/` down, is a directory owned by uid 0 that only
+ * root can write, and none is a symlink (issue 8, finding 7). Root resolves a bind-mount source
+ * when pct runs and again at every guest start, long after this check; what makes the check hold
+ * for that long is exactly these properties: nobody but root can rename, replace or redirect any
+ * component. It runs after the string validation, so `path` is canonical and below the root.
+ */
+const trustedTree = (command: PrivilegedCommand, argument: ArgumentName, trustedRoot: string) =>
+(path: string): Effect.Effect<void, PrivilegedError> =>
+  Effect.gen(function*() {
+    for (const component of componentsOf(path)) {
+      const why = yield* inspect(component, trustedRoot)
+      if (why === undefined) continue
+      return yield* new PrivilegedError({
+        reason: "UntrustedPath",
+        command,
+        argument,
+        component,
+        untrusted: why,
+        message: `${command}: refusing ${argument}: ${component} ${UNTRUSTED_TEXT[why]}; every component of ` +
+          "a host path handed to a root command must be a root-owned directory that only root can write, " +
+          "and no symlink (see docs/operations.md §3)"
+      })
+    }
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Running a command
@@ -241,6 +321,8 @@ const make = Effect.gen(function*() {
   const executor = yield* CommandExecutor.CommandExecutor
   const config = (yield* AgentConfig).file.privileged
   const timeout = Duration.seconds(config.timeout_seconds)
+  const BootstrapHostPath = bootstrapHostPathUnder(config.bootstrap_root)
+  const trustedBootstrapPath = trustedTree("pct", "hostPath", config.bootstrap_root)
 
   const binaryOf = (name: PrivilegedCommand): string => config.commands[name] ?? DEFAULT_COMMAND_PATHS[name]
 
@@ -402,6 +484,7 @@ const make = Effect.gen(function*() {
     const hostPath = yield* check("pct", "hostPath", BootstrapHostPath)(spec.hostPath)
     const guestPath = yield* check("pct", "guestPath", GuestPath)(spec.guestPath)
     const readOnly = yield* checkBoolean("pct", "readOnly")(spec.readOnly)
+    yield* trustedBootstrapPath(hostPath)
     yield* runOk("pct", [
       "set", String(vmid), `--mp${index}`, `${hostPath},mp=${guestPath},ro=${readOnly ? 1 : 0},backup=0`
     ])

@@ -4,7 +4,9 @@
  * message override so a value that fails to decode is never echoed in the error.
  */
 import { Schema } from "effect"
+import { posix } from "node:path"
 import { NodeName } from "./ids.js"
+import { DEFAULT_BOOTSTRAP_ROOT, isSafeAbsolutePath, pathsOverlap, SAFE_PATH_RULE } from "./privileged.js"
 
 /** ParseError text prints the offending input; the override keeps a mistyped secret out of it. */
 export const Secret = Schema.Redacted(
@@ -76,9 +78,25 @@ export const PrivilegedCommand = Schema.Literal(
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
+/**
+ * The root-owned tree that bind-mount sources live in. Canonical and made of the same characters
+ * the sudoers rule matches, so that the rule can name it literally; never "/".
+ */
+const BootstrapRoot = Schema.String.pipe(
+  Schema.filter((s) =>
+    isSafeAbsolutePath(s) ||
+    `expected ${SAFE_PATH_RULE}; the pct set rule in configs/sudoers/felhom-agent must name the same path`
+  )
+)
+
 export class PrivilegedConfig extends Schema.Class<PrivilegedConfig>("PrivilegedConfig")({
   /** `sudo`: non-root service user + sudoers allowlist (production). `direct`: already root. */
   mode: Schema.optionalWith(Schema.Literal("sudo", "direct"), { default: () => "sudo" as const }),
+  /**
+   * Root-owned (0755 root:root) directory whose subdirectories are bind-mounted into guests (one
+   * per guest, SPEC §12). Must not overlap state_dir, which the service user owns (checked below).
+   */
+  bootstrap_root: Schema.optionalWith(BootstrapRoot, { default: () => DEFAULT_BOOTSTRAP_ROOT }),
   sudo_path: Schema.optionalWith(AbsolutePath, { default: () => "/usr/bin/sudo" }),
   /** Absolute paths of the allowlisted binaries; must match configs/sudoers/felhom-agent. */
   commands: Schema.optionalWith(Schema.partial(Schema.Record({ key: PrivilegedCommand, value: AbsolutePath })), {
@@ -103,14 +121,29 @@ export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
   clock_skew_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 900)), { default: () => 120 })
 }) {}
 
-export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")({
-  host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
-  state_dir: Schema.optionalWith(AbsolutePath, { default: () => "/var/lib/felhom-agent" }),
-  proxmox: Schema.optional(ProxmoxConfig),
-  privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
-  hub: Schema.optional(HubConfig),
-  authz: Schema.optional(AuthzConfig)
-}, {
+export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
+  Schema.Struct({
+    host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
+    state_dir: Schema.optionalWith(AbsolutePath, { default: () => "/var/lib/felhom-agent" }),
+    proxmox: Schema.optional(ProxmoxConfig),
+    privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
+    hub: Schema.optional(HubConfig),
+    authz: Schema.optional(AuthzConfig)
+  }).pipe(
+    // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
+    // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,
+    // finding 7). Compared component-wise on the normalized paths; a symlinked state_dir is
+    // caught at run time instead, where every component of a source must be root-owned.
+    Schema.filter((c) =>
+      !pathsOverlap(posix.resolve(c.state_dir), c.privileged.bootstrap_root) || {
+        path: ["privileged", "bootstrap_root"],
+        message: "must not be state_dir, inside it, or contain it: the service user owns state_dir, so " +
+          "the bind-mount sources must live in a separate root-owned tree (e.g. " +
+          `${DEFAULT_BOOTSTRAP_ROOT})`
+      }
+    )
+  ),
+  {
   // Unknown keys are typos more often than not; reject them by name.
   parseOptions: { onExcessProperty: "error" }
 }) {}

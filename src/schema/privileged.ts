@@ -19,10 +19,18 @@ import type { PrivilegedCommand } from "./config.js"
 export const USB_MOUNT_ROOT = "/mnt/felhom"
 
 /**
- * Host directories bind-mounted into guests (the read-only bootstrap config mount, SPEC §12) must
- * live below this root. Nothing else on the host can be exposed to a guest through this layer.
+ * The default of `privileged.bootstrap_root`: host directories bind-mounted into guests (the
+ * read-only bootstrap config mount, SPEC §12) live below it, one directory per guest. Nothing else
+ * on the host can be exposed to a guest through this layer.
+ *
+ * It is deliberately NOT below the service user's state directory (/var/lib/felhom-agent): the
+ * service user owns that directory, so it can rename any entry in it, root-owned or not, and put
+ * a symlink in its place (`bootstrap -> /`). The bind-mount source is resolved by root, when
+ * `pct set` runs and again at every container start, so the whole path must stay root-owned and
+ * unwritable by anyone else for as long as the guest exists (issue 8, finding 7). The sudoers
+ * rule for `pct set --mpN` names this path literally.
  */
-export const BOOTSTRAP_ROOT = "/var/lib/felhom-agent/bootstrap"
+export const DEFAULT_BOOTSTRAP_ROOT = "/var/lib/felhom-agent-root/bootstrap"
 
 // ---------------------------------------------------------------------------------------------
 // Argument validators. Character sets are allowlists: nothing here can carry whitespace, a comma,
@@ -32,10 +40,22 @@ export const BOOTSTRAP_ROOT = "/var/lib/felhom-agent/bootstrap"
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/
 const MAX_PATH = 255
 
-const isSafeAbsolutePath = (p: string): boolean =>
+/**
+ * An absolute, canonical path: every component matches SEGMENT, so there is no '.', '..', empty
+ * component ('//' or a trailing '/'), whitespace, ',', '=', ':' or any byte outside the allowlist.
+ * Such a path is its own `path.posix.normalize` and cannot be re-parsed by pct or sudo.
+ */
+export const isSafeAbsolutePath = (p: string): boolean =>
   p.length > 1 && p.length <= MAX_PATH && p.startsWith("/") && p.slice(1).split("/").every((s) => SEGMENT.test(s))
 
-const SAFE_PATH_RULE = "an absolute, normalized path of [A-Za-z0-9._-] components " +
+/** Component-wise containment of canonical absolute paths (`/a/bc` is not inside `/a/b`). */
+export const isStrictlyInside = (parent: string, child: string): boolean =>
+  child.startsWith(parent === "/" ? "/" : `${parent}/`) && child.length > parent.length
+
+/** `a` and `b` name the same directory or one contains the other (canonical absolute paths). */
+export const pathsOverlap = (a: string, b: string): boolean => a === b || isStrictlyInside(a, b) || isStrictlyInside(b, a)
+
+export const SAFE_PATH_RULE = "an absolute, normalized path of [A-Za-z0-9._-] components " +
   "(no '.', '..', empty or dash-led components, no whitespace, ',', '=' or ':')"
 
 /**
@@ -52,7 +72,7 @@ export const ARGUMENT_RULES = {
   rootfsGiB: "rootfsGiB must be an integer number of GiB in 1..65536",
   uuid: "uuid must be a filesystem UUID (8-4-4-4-12 hex) or a vfat/exfat serial (XXXX-XXXX hex)",
   mountPoint: `mountPoint must be one directory directly below ${USB_MOUNT_ROOT}/, made of ${SAFE_PATH_RULE}`,
-  hostPath: `hostPath must be below ${BOOTSTRAP_ROOT}/ and be ${SAFE_PATH_RULE}`,
+  hostPath: `hostPath must be strictly below privileged.bootstrap_root (default ${DEFAULT_BOOTSTRAP_ROOT}) and be ${SAFE_PATH_RULE}`,
   guestPath: `guestPath must be ${SAFE_PATH_RULE}, and not '/'`,
   mpIndex: "mpIndex must be an integer in 0..255",
   readOnly: "readOnly must be a boolean",
@@ -78,14 +98,18 @@ export const UsbMountPoint = Schema.String.pipe(
 )
 export type UsbMountPoint = typeof UsbMountPoint.Type
 
-/** A host path strictly below BOOTSTRAP_ROOT. */
-export const BootstrapHostPath = Schema.String.pipe(
-  Schema.filter((p) =>
-    (isSafeAbsolutePath(p) && p.startsWith(`${BOOTSTRAP_ROOT}/`)) || ARGUMENT_RULES.hostPath
-  ),
-  Schema.brand("BootstrapHostPath")
-)
-export type BootstrapHostPath = typeof BootstrapHostPath.Type
+/**
+ * A bind-mount source: a canonical host path strictly below `root` (the configured, root-owned
+ * bootstrap tree). This is the string half of the check; the filesystem half (every component
+ * root-owned, not group/other-writable, not a symlink) runs in the layer just before spawning.
+ */
+export const bootstrapHostPathUnder = (root: string) =>
+  Schema.String.pipe(
+    Schema.filter((p) => (isSafeAbsolutePath(root) && isSafeAbsolutePath(p) && isStrictlyInside(root, p)) ||
+      ARGUMENT_RULES.hostPath),
+    Schema.brand("BootstrapHostPath")
+  )
+export type BootstrapHostPath = Schema.Schema.Type<ReturnType<typeof bootstrapHostPathUnder>>
 
 /**
  * Filesystem UUIDs as they appear under /dev/disk/by-uuid: the RFC 4122 form (ext4, xfs, btrfs)
@@ -139,17 +163,44 @@ export const MountPointIndex = intIn("mpIndex", 0, 255)
 // ---------------------------------------------------------------------------------------------
 // Error
 
-export type PrivilegedErrorReason = "InvalidArgument" | "SpawnFailed" | "NonZeroExit" | "Timeout" | "Decode"
+export type PrivilegedErrorReason =
+  | "InvalidArgument"
+  | "UntrustedPath"
+  | "SpawnFailed"
+  | "NonZeroExit"
+  | "Timeout"
+  | "Decode"
 
 /**
- * The one error of the Privileged layer. `argument` names the rejected input (InvalidArgument);
- * `exitCode` and `stderrTail` describe a failed run. Messages never quote argument values.
+ * Why a component of a host path handed to a root command is not trusted (UntrustedPath). The
+ * path is inspected with lstat from `/` down, never following a symlink.
+ */
+export type UntrustedPathReason =
+  /** A symlink: whoever can write its directory, or owns it, decides what the path names. */
+  | "Symlink"
+  /** Owned by a uid other than 0: its owner can rename or replace what is below it. */
+  | "NotRootOwned"
+  /** Group- or other-writable (a root-owned sticky directory above the trusted root excepted). */
+  | "GroupOrOtherWritable"
+  | "NotADirectory"
+  | "Missing"
+  /** lstat failed otherwise (e.g. EACCES: the tree must be traversable by the service user). */
+  | "Uninspectable"
+
+/**
+ * The one error of the Privileged layer. `argument` names the rejected input (InvalidArgument,
+ * UntrustedPath); `component` and `untrusted` name the offending path component and why it is
+ * not trusted (UntrustedPath); `exitCode` and `stderrTail` describe a failed run. Messages never
+ * quote argument values, except the component of an UntrustedPath, a path that already passed the
+ * allowlist validator (no whitespace, separators or control bytes can be in it).
  */
 export class PrivilegedError extends Data.TaggedError("PrivilegedError")<{
   readonly reason: PrivilegedErrorReason
   readonly command: PrivilegedCommand
   readonly message: string
   readonly argument?: string
+  readonly component?: string
+  readonly untrusted?: UntrustedPathReason
   readonly exitCode?: number
   readonly stderrTail?: string
 }> {}
