@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
 import { layerFrom } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
 import { JournalLive } from "../src/layers/Journal.js"
@@ -52,9 +53,12 @@ const measure = (n: number, dir: string) =>
     const file = Schema.decodeUnknownSync(AgentConfigFile)({
       proxmox: { url: "https://127.0.0.1:8006", token_id: sim.tokenId, token_secret: sim.tokenSecret, node: "pve", tls: { insecure_skip_verify: true } }
     })
+    const db = layerAt(join(dir, `state-${n}.db`))
     const layer = Layer.mergeAll(
       ProxmoxWithoutClient.pipe(Layer.provide(layerSimHttpClient(sim, { reasonHeader: REASON_HEADER })), Layer.provide(layerFrom(file))),
-      JournalLive.pipe(Layer.provide(layerAt(join(dir, `state-${n}.db`))))
+      JournalLive.pipe(Layer.provide(db)),
+      // the report carries the state epoch, which Authz reads from the same database
+      Layer.effect(Authz, makeAuthz({ hostId: "bench-host", signers: [], clockSkewSeconds: 60 })).pipe(Layer.provide(db))
     ).pipe(Layer.orDie)
 
     return yield* Effect.gen(function*() {

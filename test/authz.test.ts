@@ -1,17 +1,22 @@
 /**
  * Authz: the signed-op pipeline end to end on a real SQLite file. Each stage rejects an
  * otherwise-valid signature; only a fully valid op consumes its nonce; replay protection
- * survives reopening the database; the store fails safe; time runs on TestClock.
+ * survives reopening the database; the store fails safe; time runs on TestClock. Validity is
+ * bounded, and an op issued before the state database was created is refused, so deleting
+ * state.db does not reopen the door to a used op (issue 8, finding 8).
  */
+import { NodeFileSystem } from "@effect/platform-node"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, FastCheck as fc, TestClock } from "effect"
+import { Effect, Either, Exit, FastCheck as fc, Layer, Schema, TestClock } from "effect"
 import { randomBytes } from "node:crypto"
-import { mkdtempSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { type AuthzShape, make as makeAuthz, parseSigners } from "../src/layers/Authz.js"
-import { layerAt } from "../src/layers/Database.js"
+import { Authz, AuthzLive, type AuthzOptions, type AuthzShape, checkTimes, make as makeAuthz, parseSigners } from "../src/layers/Authz.js"
+import { layerFrom } from "../src/layers/Config.js"
+import { DatabaseLive, layerAt, STATE_DB_FILE } from "../src/layers/Database.js"
+import { AgentConfigFile } from "../src/schema/config.js"
 import { OP_NAMESPACE } from "../src/schema/op.js"
 import { makeKey, signSshsig, type TestKey } from "./sshsig-sign.js"
 
@@ -48,10 +53,14 @@ const sign = (bytes: Uint8Array, key: TestKey = alice, extra: Partial<Parameters
 
 const dbFile = () => join(mkdtempSync(join(tmpdir(), "felhom-authz-")), "state.db")
 
-const withAuthz = <A, E>(path: string, body: (authz: AuthzShape) => Effect.Effect<A, E, SqlClient.SqlClient>) =>
+const withAuthz = <A, E>(
+  path: string,
+  body: (authz: AuthzShape) => Effect.Effect<A, E, SqlClient.SqlClient>,
+  opts: Partial<Pick<AuthzOptions, "maxValiditySeconds" | "refuseBeforeStateEpoch">> = {}
+) =>
   Effect.gen(function*() {
     const signers = yield* parseSigners(SIGNERS)
-    const authz = yield* makeAuthz({ hostId: HOST, signers, clockSkewSeconds: 60 })
+    const authz = yield* makeAuthz({ hostId: HOST, signers, clockSkewSeconds: 60, ...opts })
     return yield* body(authz)
   }).pipe(Effect.provide(layerAt(path)))
 
@@ -273,8 +282,206 @@ describe("Authz pipeline", () => {
       })))
 })
 
+const HOUR = 3_600_000
+const DAY = 24 * HOUR
+
+describe("bounded validity (authz.max_validity_seconds, default a day)", () => {
+  it.effect("a not_before→expires_at window longer than the maximum is TooLong at stage time; exactly the maximum verifies", () =>
+    withAuthz(dbFile(), (authz) =>
+      Effect.gen(function*() {
+        const long = blob({ not_before: iso(0), expires_at: iso(DAY + 1000) })
+        const e = yield* rejected(authz, long, sign(long))
+        expect(e._tag).toBe("TooLong")
+        expect(e.stage).toBe("time")
+        expect(e.message).toContain("24 h")
+        expect(e.message).toContain("authz.max_validity_seconds")
+        expect(yield* nonceCount).toBe(0)
+        const day = blob({ not_before: iso(0), expires_at: iso(DAY) })
+        yield* authz.verify({ blob: day, signature: sign(day) })
+      })))
+
+  it.effect("without not_before, an expiry further away than the maximum (plus skew) is TooLong", () =>
+    withAuthz(dbFile(), (authz) =>
+      Effect.gen(function*() {
+        const far = blob({ expires_at: iso(DAY + 61_000) })
+        const e = yield* rejected(authz, far, sign(far))
+        expect(e._tag).toBe("TooLong")
+        expect(e.message).toContain("no not_before")
+        const year = blob({ expires_at: iso(365 * DAY) })
+        expect((yield* rejected(authz, year, sign(year)))._tag).toBe("TooLong")
+        expect(yield* nonceCount).toBe(0)
+        const within = blob({ expires_at: iso(DAY + 59_000) })
+        yield* authz.verify({ blob: within, signature: sign(within) })
+      })))
+
+  it.effect("the maximum is configurable: an hour refuses a two-hour window", () =>
+    withAuthz(dbFile(), (authz) =>
+      Effect.gen(function*() {
+        const two = blob({ not_before: iso(0), expires_at: iso(2 * HOUR) })
+        const e = yield* rejected(authz, two, sign(two))
+        expect(e._tag).toBe("TooLong")
+        expect(e.message).toContain("1 h")
+      }), { maxValiditySeconds: 3600 }))
+})
+
+describe("state epoch: an op issued before the state database was created is refused", () => {
+  const enforced = { refuseBeforeStateEpoch: true } as const
+
+  it.effect("the epoch is the database's creation time on the Clock, read once at build", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(5 * HOUR)
+      const path = dbFile()
+      yield* withAuthz(path, (authz) => Effect.sync(() => expect(authz.stateEpochMs).toBe(5 * HOUR)))
+      yield* TestClock.adjust("3 hours")
+      // reopened later: the same file, the same epoch
+      yield* withAuthz(path, (authz) => Effect.sync(() => expect(authz.stateEpochMs).toBe(5 * HOUR)), enforced)
+    }))
+
+  it.effect("without not_before, an op counts as issued max_validity before expiry: within the window but before the epoch → StateReset", () =>
+    Effect.gen(function*() {
+      const path = dbFile() // created at 0
+      yield* TestClock.setTime(2 * HOUR)
+      yield* withAuthz(path, (authz) =>
+        Effect.gen(function*() {
+          // expires in an hour, so valid now, but it may have been issued up to a day ago
+          const b = blob({ expires_at: iso(3 * HOUR) })
+          const e = yield* rejected(authz, b, sign(b))
+          expect(e._tag).toBe("StateReset")
+          expect(e.stage).toBe("epoch")
+          expect(e.message).toContain("state was reset: re-sign")
+          expect(e.message).toContain("no not_before")
+          expect(yield* nonceCount).toBe(0)
+        }), enforced)
+      // a day after the epoch, the same shape of op is fine: its earliest issue time is after it
+      yield* TestClock.setTime(DAY + 2 * HOUR)
+      yield* withAuthz(path, (authz) =>
+        Effect.gen(function*() {
+          const b = blob({ expires_at: iso(DAY + 3 * HOUR) })
+          yield* authz.verify({ blob: b, signature: sign(b) })
+          expect(yield* nonceCount).toBe(1)
+        }), enforced)
+    }))
+
+  it.effect("not_before is the issue time; the skew tolerance applies to the comparison with the epoch", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(10 * HOUR)
+      const path = dbFile() // created at 10 h
+      yield* withAuthz(path, (authz) =>
+        Effect.gen(function*() {
+          const epoch = authz.stateEpochMs
+          const justBefore = blob({ not_before: iso(epoch - 61_000), expires_at: iso(epoch + HOUR) })
+          expect((yield* rejected(authz, justBefore, sign(justBefore)))._tag).toBe("StateReset")
+          const withinSkew = blob({ not_before: iso(epoch - 59_000), expires_at: iso(epoch + HOUR) })
+          yield* authz.verify({ blob: withinSkew, signature: sign(withinSkew) })
+          const after = blob({ not_before: iso(epoch + 1000), expires_at: iso(epoch + HOUR) })
+          yield* authz.verify({ blob: after, signature: sign(after) })
+          expect(yield* nonceCount).toBe(2)
+        }), enforced)
+    }))
+
+  it.effect("stage order: an expired op is Expired, a too-long one TooLong, before the epoch is looked at", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(3 * DAY)
+      yield* withAuthz(dbFile(), (authz) =>
+        Effect.gen(function*() {
+          const old = blob({ not_before: iso(0), expires_at: iso(HOUR) })
+          expect((yield* rejected(authz, old, sign(old)))._tag).toBe("Expired")
+          const long = blob({ not_before: iso(0), expires_at: iso(4 * DAY) })
+          expect((yield* rejected(authz, long, sign(long)))._tag).toBe("TooLong")
+        }), enforced)
+    }))
+
+  it("checkTimes is pure: the same inputs give the same verdict, and a null epoch skips the epoch stage", () => {
+    const policy = { skewMs: 60_000, maxValidityMs: DAY, stateEpochMs: 10 * HOUR }
+    const times = { notBeforeMs: 9 * HOUR, expiresAtMs: 11 * HOUR }
+    const a = checkTimes(times, 10 * HOUR + 1, policy)
+    expect(Either.isLeft(a) && a.left._tag).toBe("StateReset")
+    expect(checkTimes(times, 10 * HOUR + 1, policy)).toEqual(a)
+    expect(Either.isRight(checkTimes(times, 10 * HOUR + 1, { ...policy, stateEpochMs: null }))).toBe(true)
+  })
+})
+
+describe("replay after state loss (issue 8, finding 8), through the agent's own wiring", () => {
+  const T0 = Date.parse("2026-03-01T10:00:00Z")
+
+  /** AuthzLive over DatabaseLive in `stateDir`, as the daemon builds them; SqlClient exposed to count nonces. */
+  const agent = (stateDir: string, authz: Record<string, unknown> = {}) => {
+    const file = Schema.decodeUnknownSync(AgentConfigFile)({
+      host_id: HOST,
+      state_dir: stateDir,
+      authz: { signers: SIGNERS, clock_skew_seconds: 120, ...authz }
+    })
+    const config = Layer.merge(layerFrom(file), NodeFileSystem.layer)
+    return AuthzLive.pipe(Layer.provideMerge(DatabaseLive), Layer.provide(config))
+  }
+
+  /** What `op new` makes: not_before now, expiring in an hour. */
+  const freshOp = (now: number) => blob({ not_before: iso(now), expires_at: iso(now + HOUR) })
+
+  it.effect("a used decommission is refused after state.db is deleted and re-created, and burns no nonce", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      const stateDir = join(mkdtempSync(join(tmpdir(), "felhom-reset-")), "state")
+      const verifyWith = <A, E>(body: (authz: AuthzShape) => Effect.Effect<A, E, SqlClient.SqlClient>) =>
+        Effect.flatMap(Authz, body).pipe(Effect.provide(agent(stateDir)))
+
+      // DB #1 comes up; the operator signs a decommission a minute later; it runs once
+      yield* verifyWith(() => Effect.void)
+      yield* TestClock.adjust("1 minute")
+      const op = freshOp(T0 + 60_000)
+      const signature = sign(op)
+      yield* TestClock.adjust("30 seconds")
+      const v = yield* verifyWith((authz) => authz.verify({ blob: op, signature }))
+      expect(v).toMatchObject({ op: "decommission", guestId: 105 })
+      expect((yield* verifyWith((authz) => rejected(authz, op, signature)))._tag).toBe("Replay")
+
+      // the state is lost: state.db (and its WAL companions) deleted; the agent restarts
+      for (const f of [STATE_DB_FILE, `${STATE_DB_FILE}-wal`, `${STATE_DB_FILE}-shm`]) rmSync(join(stateDir, f), { force: true })
+      expect(existsSync(join(stateDir, STATE_DB_FILE))).toBe(false)
+      yield* TestClock.adjust("5 minutes")
+
+      // DB #2: the same op, still unexpired, is refused, and its nonce is not recorded
+      const [e, nonces, epoch] = yield* verifyWith((authz) =>
+        Effect.all([rejected(authz, op, signature), nonceCount, Effect.succeed(authz.stateEpochMs)]))
+      expect(e._tag).toBe("StateReset")
+      expect(e.stage).toBe("epoch")
+      expect(e.message).toContain("state was reset: re-sign")
+      expect(nonces).toBe(0)
+      expect(epoch).toBe(T0 + 90_000 + 5 * 60_000)
+
+      // the operator re-signs: a fresh op issued after the new epoch runs
+      const again = freshOp(T0 + 7 * 60_000)
+      yield* TestClock.adjust("1 minute")
+      const ok = yield* verifyWith((authz) => Effect.zip(authz.verify({ blob: again, signature: sign(again) }), nonceCount))
+      expect(ok[1]).toBe(1)
+    }))
+
+  it.effect("AuthzLive applies authz.max_validity_seconds from the config", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      const stateDir = join(mkdtempSync(join(tmpdir(), "felhom-reset-")), "state")
+      yield* TestClock.adjust("1 minute")
+      const op = blob({ not_before: iso(T0 + 60_000), expires_at: iso(T0 + 60_000 + 2 * HOUR) })
+      const e = yield* Effect.flatMap(Authz, (authz) => rejected(authz, op, sign(op))).pipe(
+        Effect.provide(agent(stateDir, { max_validity_seconds: 3600 }))
+      )
+      expect(e._tag).toBe("TooLong")
+    }))
+
+  it("authz.max_validity_seconds is bounded: a minute to a week", () => {
+    const decode = (n: number) =>
+      Schema.decodeUnknownEither(AgentConfigFile)({ authz: { signers: [], max_validity_seconds: n } })
+    expect(Either.isRight(decode(60))).toBe(true)
+    expect(Either.isRight(decode(7 * 86_400))).toBe(true)
+    expect(Either.isLeft(decode(59))).toBe(true)
+    expect(Either.isLeft(decode(7 * 86_400 + 1))).toBe(true)
+    const dflt = Schema.decodeUnknownSync(AgentConfigFile)({ authz: { signers: [] } })
+    expect(dflt.authz?.max_validity_seconds).toBe(86_400)
+  })
+})
+
 describe("Authz property: mutations never verify and never die", () => {
-  const base = blob({ expires_at: iso(10 * 365 * 86_400_000) })
+  const base = blob({ expires_at: iso(3_600_000) })
   const baseSig = sign(base)
   const mutate = (bytes: Uint8Array, at: number, kind: number, value: number): Uint8Array => {
     const b = Array.from(bytes)

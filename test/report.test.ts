@@ -9,6 +9,7 @@ import { Effect, Either, Fiber, Layer, Schema, TestClock } from "effect"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
 import { layerFrom } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
 import { Journal, JournalLive } from "../src/layers/Journal.js"
@@ -33,7 +34,14 @@ import { agentConfig, inProcessProxmox, seedWith } from "./support.js"
 type Json = Record<string, unknown>
 
 const dbFile = () => join(mkdtempSync(join(tmpdir(), "felhom-report-")), "state.db")
-const journal = () => JournalLive.pipe(Layer.provideMerge(layerAt(dbFile())))
+/** Journal and Authz (the report's state epoch) over one fresh database file. */
+const journal = () => {
+  const db = layerAt(dbFile())
+  return Layer.mergeAll(
+    JournalLive,
+    Layer.effect(Authz, makeAuthz({ hostId: "host-7f3a", signers: [], clockSkewSeconds: 60 }))
+  ).pipe(Layer.provideMerge(db))
+}
 
 /** A fake of PVE misbehaving for some URLs: the simulator answers everything else. */
 interface Wrap {
@@ -101,14 +109,16 @@ describe("collectReport: a full report from the default seed", () => {
       backups.push({ ...nightly, time: "2026-01-13T03:00:02Z", notes: "cust-alpha older nightly" })
       const sim = yield* makeSimPve(yield* seedWith({ backups }))
 
-      const report = yield* Effect.gen(function*() {
+      const { last, report, tail1 } = yield* Effect.gen(function*() {
         const j = yield* Journal
+        const written = []
         for (let i = 1; i <= 25; i++) {
           yield* TestClock.setTime(NOW - (26 - i) * 60_000)
-          yield* j.audit({ actor: i % 2 === 0 ? "hub" : "agent", action: `action-${i}`, target: i === 3 ? null : `vmid:${100 + (i % 3)}`, decision: "allowed", detail: { i } })
+          written.push(yield* j.audit({ actor: i % 2 === 0 ? "hub" : "agent", action: `action-${i}`, target: i === 3 ? null : `vmid:${100 + (i % 3)}`, decision: "allowed", detail: { i } }))
         }
         yield* TestClock.setTime(NOW)
-        return yield* collectReport(input())
+        const report = yield* collectReport(input())
+        return { last: written[written.length - 1]!, report, tail1: yield* j.auditTail(1) }
       }).pipe(Effect.provide(Layer.merge(inProcessProxmox(sim), journal())))
 
       expect(report).toMatchObject({
@@ -159,6 +169,11 @@ describe("collectReport: a full report from the default seed", () => {
       expect(report.audit_tail.map((a) => a.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 6))
       expect(report.audit_tail[0]).toEqual({ seq: 6, at: "2026-02-01T11:40:00.000Z", actor: "hub", action: "action-6", target: "vmid:100", decision: "allowed" })
       expect(report.audit_tail[19]).toMatchObject({ seq: 25, at: "2026-02-01T11:59:00.000Z" })
+      // the head is the newest entry, hash included: what the hub compares report to report
+      expect(report.audit_head).toEqual({ seq: 25, hash: last.hash })
+      expect(tail1).toEqual([last])
+      // the database was created (the layer built) at NOW, before the backdated audit entries
+      expect(report.state_epoch).toBe("2026-02-01T12:00:00.000Z")
 
       expectWireValid(report)
       expectNoSecret(sim, report)
@@ -297,6 +312,7 @@ describe("collectReport: collections are arrays, never null", () => {
         restore_tests: [],
         pbs_snapshots: [],
         audit_tail: [],
+        audit_head: null,
         pending_signatures: [],
         versions: { controllers: [] }
       })

@@ -3,15 +3,24 @@
  * contract, and every stage after the signature check rejects even a valid signature:
  *
  *   armor → namespace → public key → allow-list (key bytes) → crypto over the raw bytes
- *   → parse blob → target host → time window → nonce (last, durably committed)
+ *   → parse blob → target host → time window → state epoch → nonce (last, durably committed)
  *
  * A rejected op never records its nonce; an accepted op's nonce is committed (synchronous=FULL)
  * before `verify` returns; a nonce store that cannot answer fails safe, as a replay.
+ *
+ * Replay after state loss: the nonce store dies with state.db. So a signed op's validity is
+ * bounded (authz.max_validity_seconds), and an op issued before the state database was created
+ * (its state epoch, src/layers/Database.ts) is refused: it may have run against the lost
+ * database. An op's issue time is its `not_before`, or, when absent, `expires_at` minus the
+ * maximum validity (the earliest it can have been issued). Everything up to and including the
+ * epoch stage reads nothing but the clock and the epoch read at build time; only the nonce
+ * stage touches the store.
  * Requires only SqlClient and AgentConfig: no HTTP, no processes.
  */
 import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Either, Layer } from "effect"
 import { timingSafeEqual } from "node:crypto"
+import { DEFAULT_MAX_VALIDITY_SECONDS } from "../schema/config.js"
 import { ConfigError } from "../schema/errors.js"
 import type { VmId } from "../schema/ids.js"
 import {
@@ -25,7 +34,9 @@ import {
   OP_NAMESPACE,
   Replay,
   type SignerRole,
+  StateReset,
   Target,
+  TooLong,
   UnknownSigner
 } from "../schema/op.js"
 import {
@@ -37,6 +48,7 @@ import {
   verifySignatureBlob
 } from "../schema/sshsig.js"
 import { AgentConfig } from "./Config.js"
+import { type DatabaseError, readStateEpoch } from "./Database.js"
 
 export interface Signer {
   readonly keyId: string
@@ -77,6 +89,10 @@ export interface VerifyInput {
 
 export interface AuthzShape {
   readonly signers: ReadonlyArray<SignerInfo>
+  /** When the state database was created (epoch ms), read once when this service was built. */
+  readonly stateEpochMs: number
+  /** Whether ops issued before `stateEpochMs` are refused (AuthzLive: always). */
+  readonly refusesBeforeStateEpoch: boolean
   /** Runs the full pipeline; on success the nonce is already durably recorded. */
   readonly verify: (input: VerifyInput) => Effect.Effect<VerifiedOp, AuthzError>
   /** Removes nonces whose op has expired (plus skew); returns how many. */
@@ -149,16 +165,99 @@ export const signerInfo = (s: Signer): SignerInfo => ({ keyId: s.keyId, role: s.
 
 // ---------------------------------------------------------------------------------------------
 
+// Time window and state epoch: pure, so they can run (and be tested) apart from the nonce store.
+
+export interface TimePolicy {
+  readonly skewMs: number
+  readonly maxValidityMs: number
+  /** Ops issued (give or take the skew) before this are refused; null: no epoch check. */
+  readonly stateEpochMs: number | null
+}
+
+export interface OpTimes {
+  readonly notBeforeMs: number | undefined
+  readonly expiresAtMs: number
+}
+
+/** `not_before`, or when absent the earliest issue time the maximum validity allows. */
+export const issueTimeOf = (t: OpTimes, maxValidityMs: number): number => t.notBeforeMs ?? t.expiresAtMs - maxValidityMs
+
+const iso = (ms: number) => new Date(ms).toISOString()
+const span = (ms: number) => {
+  const s = Math.round(ms / 1000)
+  return s % 3600 === 0 ? `${s / 3600} h` : s % 60 === 0 ? `${s / 60} min` : `${s} s`
+}
+
+/**
+ * Stage "time" (not yet valid, expired, longer than the maximum validity), then stage "epoch"
+ * (issued before the state database existed). Reads nothing: `nowMs` comes from the caller.
+ */
+export const checkTimes = (
+  t: OpTimes,
+  nowMs: number,
+  p: TimePolicy
+): Either.Either<void, NotYetValid | Expired | TooLong | StateReset> => {
+  const now = iso(nowMs)
+  if (t.notBeforeMs !== undefined && nowMs + p.skewMs < t.notBeforeMs) {
+    return Either.left(new NotYetValid({ stage: "time", message: `op is not valid before ${iso(t.notBeforeMs)} (now ${now})` }))
+  }
+  if (nowMs - p.skewMs >= t.expiresAtMs) {
+    return Either.left(new Expired({ stage: "time", message: `op expired at ${iso(t.expiresAtMs)} (now ${now})` }))
+  }
+  if (t.notBeforeMs !== undefined && t.expiresAtMs - t.notBeforeMs > p.maxValidityMs) {
+    return Either.left(new TooLong({
+      stage: "time",
+      message: `op is valid for ${span(t.expiresAtMs - t.notBeforeMs)} (${iso(t.notBeforeMs)} to ${iso(t.expiresAtMs)}), ` +
+        `longer than the maximum of ${span(p.maxValidityMs)} (authz.max_validity_seconds): re-sign with a shorter window`
+    }))
+  }
+  // Without not_before, the op counts as issued max_validity before it expires; it cannot have
+  // been issued in the future, so an expiry further away than that is a window too long.
+  if (t.notBeforeMs === undefined && t.expiresAtMs - nowMs > p.maxValidityMs + p.skewMs) {
+    return Either.left(new TooLong({
+      stage: "time",
+      message: `op has no not_before and expires at ${iso(t.expiresAtMs)}, more than the maximum validity of ` +
+        `${span(p.maxValidityMs)} (authz.max_validity_seconds) from now (${now}): re-sign with a shorter window`
+    }))
+  }
+  const issued = issueTimeOf(t, p.maxValidityMs)
+  if (p.stateEpochMs !== null && issued + p.skewMs < p.stateEpochMs) {
+    const how = t.notBeforeMs === undefined ? `expires_at minus the maximum validity of ${span(p.maxValidityMs)}, as it has no not_before` : "its not_before"
+    return Either.left(new StateReset({
+      stage: "epoch",
+      message: `state was reset: re-sign. The op was issued at ${iso(issued)} (${how}), before this host's state ` +
+        `database was created at ${iso(p.stateEpochMs)}; it may already have run against the lost state`
+    }))
+  }
+  return Either.void
+}
+
 export interface AuthzOptions {
   readonly hostId: string
   readonly signers: ReadonlyArray<Signer>
   readonly clockSkewSeconds: number
+  /** authz.max_validity_seconds; default DEFAULT_MAX_VALIDITY_SECONDS (a day). */
+  readonly maxValiditySeconds?: number
+  /**
+   * Refuse ops issued before the state database was created (the state epoch stage). AuthzLive,
+   * the agent's own verifier, always sets it. Off by default only for a throwaway store
+   * (`op verify`, plan previews), whose fresh epoch says nothing about what already ran.
+   */
+  readonly refuseBeforeStateEpoch?: boolean
 }
 
-export const make = (opts: AuthzOptions) =>
+/** Reads the state epoch once, here; fails if the database has none. */
+export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const skewMs = opts.clockSkewSeconds * 1000
+    const stateEpochMs = yield* readStateEpoch
+    const refusesBeforeStateEpoch = opts.refuseBeforeStateEpoch === true
+    const policy: TimePolicy = {
+      skewMs,
+      maxValidityMs: (opts.maxValiditySeconds ?? DEFAULT_MAX_VALIDITY_SECONDS) * 1000,
+      stateEpochMs: refusesBeforeStateEpoch ? stateEpochMs : null
+    }
 
     const stage = <A, E>(e: Either.Either<A, E>, onLeft: (e: E) => AuthzError): Effect.Effect<A, AuthzError> =>
       Either.isRight(e) ? Effect.succeed(e.right) : Effect.fail(onLeft(e.left))
@@ -190,7 +289,8 @@ export const make = (opts: AuthzOptions) =>
         )
       )
 
-    const verify = (input: VerifyInput): Effect.Effect<VerifiedOp, AuthzError> =>
+    /** Stages 1 to 9: everything but the nonce. Writes nothing. */
+    const check = (input: VerifyInput, now: number) =>
       Effect.gen(function*() {
         // 1. armor (and the SSHSIG envelope inside it)
         const raw = yield* stage(dearmor(input.signature), (e) => new Malformed({ stage: "armor", message: e.message }))
@@ -229,22 +329,8 @@ export const make = (opts: AuthzOptions) =>
             message: `op is for host ${JSON.stringify(blob.host_id)}, this host is ${JSON.stringify(opts.hostId)}`
           })
         }
-        // 8. time window, with skew tolerance
-        const now = yield* Clock.currentTimeMillis
-        if (blob.not_before !== undefined && now + skewMs < blob.not_before) {
-          return yield* new NotYetValid({
-            stage: "time",
-            message: `op is not valid before ${new Date(blob.not_before).toISOString()} (now ${new Date(now).toISOString()})`
-          })
-        }
-        if (now - skewMs >= blob.expires_at) {
-          return yield* new Expired({
-            stage: "time",
-            message: `op expired at ${new Date(blob.expires_at).toISOString()} (now ${new Date(now).toISOString()})`
-          })
-        }
-        // 9. nonce, last: only a fully valid op consumes it
-        yield* commitNonce(blob.nonce, signer, blob.op, blob.expires_at, now)
+        // 8. time window (skew-tolerant, bounded length), 9. state epoch: pure, on `now`
+        yield* checkTimes({ notBeforeMs: blob.not_before, expiresAtMs: blob.expires_at }, now, policy)
         const verified: VerifiedOp = {
           op: blob.op,
           hostId: blob.host_id,
@@ -259,6 +345,15 @@ export const make = (opts: AuthzOptions) =>
             ? undefined
             : { flags: checked.flags, counter: checked.counter }
         }
+        return { verified, signer }
+      })
+
+    const verify = (input: VerifyInput): Effect.Effect<VerifiedOp, AuthzError> =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const { signer, verified } = yield* check(input, now)
+        // 10. nonce, last: only a fully valid op consumes it
+        yield* commitNonce(verified.nonce, signer, verified.op, verified.expiresAtMs, now)
         return verified
       })
 
@@ -269,11 +364,14 @@ export const make = (opts: AuthzOptions) =>
       return rows.length
     }).pipe(Effect.orElseSucceed(() => 0))
 
-    const shape: AuthzShape = { signers: opts.signers.map(signerInfo), verify, pruneNonces }
+    const shape: AuthzShape = { signers: opts.signers.map(signerInfo), stateEpochMs, refusesBeforeStateEpoch, verify, pruneNonces }
     return shape
   })
 
-/** Authz from AgentConfig's host_id and authz block; every bad signer line is a ConfigError. */
+/**
+ * The agent's verifier: AgentConfig's host_id and authz block (every bad signer line is a
+ * ConfigError), the state epoch enforced.
+ */
 export const AuthzLive = Layer.effect(
   Authz,
   Effect.gen(function*() {
@@ -281,6 +379,12 @@ export const AuthzLive = Layer.effect(
     if (file.host_id === undefined) return yield* new ConfigError({ key: "host_id", message: "host_id: required to verify signed ops" })
     if (file.authz === undefined) return yield* new ConfigError({ key: "authz", message: "authz: the authz block is not configured" })
     const signers = yield* parseSigners(file.authz.signers)
-    return yield* make({ hostId: file.host_id, signers, clockSkewSeconds: file.authz.clock_skew_seconds })
+    return yield* make({
+      hostId: file.host_id,
+      signers,
+      clockSkewSeconds: file.authz.clock_skew_seconds,
+      maxValiditySeconds: file.authz.max_validity_seconds,
+      refuseBeforeStateEpoch: true
+    })
   })
 ).pipe(Layer.ensureRequirementsType<SqlClient.SqlClient | AgentConfig>())

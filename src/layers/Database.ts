@@ -4,11 +4,18 @@
  * to dump the schema, which would put a CommandExecutor into every layer above this one.)
  *
  * 0002_journal adds the journal, provenance, idempotency and audit tables (src/layers/Journal.ts).
+ *
+ * 0003_state_epoch records the database's creation time (the "state epoch") in `meta`, once.
+ * Migrations run in one transaction, so a fresh file gets its epoch in the same commit as its
+ * schema. A file that predates 0003 gets the time of the upgrade instead: later than its real
+ * creation, which is conservative (Authz refuses more ops, never fewer). Triggers make the row
+ * write-once. Authz refuses ops issued before the epoch: a deleted or lost state.db takes the
+ * nonce records with it, and a re-created one must not accept an op that may already have run.
  */
 import { FileSystem } from "@effect/platform"
 import { Migrator, SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Cause, Data, Effect, Layer } from "effect"
+import { Cause, Clock, Data, Effect, Layer, Schema } from "effect"
 import { AgentConfig } from "./Config.js"
 
 export class DatabaseError extends Data.TaggedError("DatabaseError")<{ readonly message: string }> {}
@@ -83,8 +90,45 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       prev_hash TEXT NOT NULL,
       hash TEXT NOT NULL
     ) STRICT`
+  }),
+  "0003_state_epoch": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Write-once facts about this database file. `value` is typed per key (STRICT allows ANY).
+    yield* sql`CREATE TABLE meta (
+      key TEXT PRIMARY KEY NOT NULL,
+      value ANY NOT NULL
+    ) STRICT`
+    yield* sql`CREATE TRIGGER meta_no_update BEFORE UPDATE ON meta
+      BEGIN SELECT RAISE(ABORT, 'meta is write-once'); END`
+    yield* sql`CREATE TRIGGER meta_no_delete BEFORE DELETE ON meta
+      BEGIN SELECT RAISE(ABORT, 'meta is write-once'); END`
+    const now = yield* Clock.currentTimeMillis
+    yield* sql`INSERT INTO meta (key, value) VALUES (${STATE_EPOCH_KEY}, ${now})`
   })
 }
+
+/** The `meta` key of the state epoch: epoch milliseconds when this database file was created. */
+export const STATE_EPOCH_KEY = "state_epoch_ms"
+
+const EpochRows = Schema.Array(Schema.Struct({ value: Schema.Number.pipe(Schema.int(), Schema.nonNegative()) }))
+
+/**
+ * The state epoch (epoch milliseconds). A missing or garbled row is a DatabaseError: 0003 writes
+ * it and triggers keep it, so only a hand-edited file lacks it, and guessing would be unsafe.
+ */
+export const readStateEpoch: Effect.Effect<number, DatabaseError, SqlClient.SqlClient> = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql`SELECT value FROM meta WHERE key = ${STATE_EPOCH_KEY}`.pipe(
+    Effect.flatMap(Schema.decodeUnknown(EpochRows))
+  )
+  const first = rows[0]
+  if (first === undefined) {
+    return yield* new DatabaseError({ message: `state database has no ${STATE_EPOCH_KEY} in meta (edited by hand?)` })
+  }
+  return first.value
+}).pipe(
+  Effect.mapError((e) => e._tag === "DatabaseError" ? e : new DatabaseError({ message: `cannot read the state epoch: ${describe(e)}` }))
+)
 
 const migrate = Migrator.make({})({ loader: Migrator.fromRecord(migrations), table: "felhom_migrations" })
 

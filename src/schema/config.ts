@@ -111,6 +111,11 @@ export class HubConfig extends Schema.Class<HubConfig>("HubConfig")({
   ca_file: Schema.optional(AbsolutePath)
 }) {}
 
+/** Bounds and default of authz.max_validity_seconds: a minute, a week, a day. */
+export const MIN_VALIDITY_SECONDS = 60
+export const MAX_VALIDITY_SECONDS = 7 * 86_400
+export const DEFAULT_MAX_VALIDITY_SECONDS = 86_400
+
 export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
   /**
    * Operator keys, authorized_keys style: `role=<operational|recovery>,key-id=<id> <type> <base64> [comment]`.
@@ -118,7 +123,14 @@ export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
    */
   signers: Schema.Array(Schema.String),
   /** Tolerance for clock differences between the operator's machine and this host. */
-  clock_skew_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 900)), { default: () => 120 })
+  clock_skew_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 900)), { default: () => 120 }),
+  /**
+   * The longest validity a signed op may carry (`not_before` to `expires_at`); longer ones are
+   * refused. An op without `not_before` counts as issued `max_validity_seconds` before its expiry.
+   */
+  max_validity_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(MIN_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS)), {
+    default: () => DEFAULT_MAX_VALIDITY_SECONDS
+  })
 }) {}
 
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(

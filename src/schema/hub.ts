@@ -115,6 +115,13 @@ export const ReportAuditEntry = Schema.Struct({
 })
 export type ReportAuditEntry = typeof ReportAuditEntry.Type
 
+/** The newest audit entry: its seq and chain hash. A hub that keeps it sees a log reset or rewritten. */
+export const ReportAuditHead = Schema.Struct({
+  seq: NonNegInt,
+  hash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/, { message: () => "expected a sha256 hash in lower-case hex" }))
+})
+export type ReportAuditHead = typeof ReportAuditHead.Type
+
 export const ReportVersions = Schema.Struct({
   agent: Schema.String,
   controllers: Schema.Array(Schema.Struct({ vmid: ReportVmId, version: Schema.String }))
@@ -145,6 +152,10 @@ export const HostReport = Schema.Struct({
   restore_tests: Schema.Array(ReportRestoreTest),
   pbs_snapshots: Schema.Array(ReportPbsSnapshot),
   audit_tail: Schema.Array(ReportAuditEntry),
+  /** The newest audit entry; null while the audit log is empty. */
+  audit_head: Schema.NullOr(ReportAuditHead),
+  /** When the agent's state database was created: a new value means its state was reset. */
+  state_epoch: UtcTimestampString,
   versions: ReportVersions,
   pending_signatures: Schema.Array(ReportPendingSignature)
 }).annotations({ identifier: "HostReport" })

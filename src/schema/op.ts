@@ -86,6 +86,7 @@ export type AuthzStage =
   | "blob"
   | "target"
   | "time"
+  | "epoch"
   | "nonce"
 
 export class Malformed extends Data.TaggedError("Malformed")<{ readonly stage: AuthzStage; readonly message: string }> {}
@@ -95,6 +96,23 @@ export class BadSignature extends Data.TaggedError("BadSignature")<{ readonly st
 export class Target extends Data.TaggedError("Target")<{ readonly stage: "target"; readonly message: string }> {}
 export class Expired extends Data.TaggedError("Expired")<{ readonly stage: "time"; readonly message: string }> {}
 export class NotYetValid extends Data.TaggedError("NotYetValid")<{ readonly stage: "time"; readonly message: string }> {}
+/** The op's validity window is longer than authz.max_validity_seconds allows. */
+export class TooLong extends Data.TaggedError("TooLong")<{ readonly stage: "time"; readonly message: string }> {}
+/**
+ * The op was issued before this host's state database was created: its nonce may have been
+ * spent and then lost with the old database, so it is refused ("state was reset: re-sign").
+ */
+export class StateReset extends Data.TaggedError("StateReset")<{ readonly stage: "epoch"; readonly message: string }> {}
 export class Replay extends Data.TaggedError("Replay")<{ readonly stage: "nonce"; readonly message: string }> {}
 
-export type AuthzError = Malformed | Namespace | UnknownSigner | BadSignature | Target | Expired | NotYetValid | Replay
+export type AuthzError =
+  | Malformed
+  | Namespace
+  | UnknownSigner
+  | BadSignature
+  | Target
+  | Expired
+  | NotYetValid
+  | TooLong
+  | StateReset
+  | Replay

@@ -11,13 +11,19 @@
  * - storage list or one storage's content unreadable → only that part is left out.
  * - the cloudflared probe failing, dying or hanging → "unknown".
  * Part failures are logged (as warnings) and never fail the report.
+ *
+ * `audit_head` (the newest audit entry's seq and hash) and `state_epoch` (when the state database
+ * was created, as Authz read it) let the hub notice a reset state: a head whose seq goes
+ * backwards, or a new epoch, means the journal, nonces and audit chain were lost or replaced.
  */
-import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
+import { Array as Arr, Clock, Data, Duration, Effect, Option, Schema } from "effect"
+import { Authz } from "../../layers/Authz.js"
 import { Journal } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type {
   HostReport,
   ReportAuditEntry,
+  ReportAuditHead,
   ReportBackup,
   ReportGuest,
   ReportPbsSnapshot,
@@ -161,10 +167,11 @@ const probeCloudflared = (probe: Effect.Effect<CloudflaredStatus, unknown>): Eff
   )
 
 /** Collects one host report; see the module comment for what each failed read does. */
-export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | Journal> =>
+export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | Journal | Authz> =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const journal = yield* Journal
+    const { stateEpochMs } = yield* Authz
     const reportedAt = rfc3339(yield* Clock.currentTimeMillis)
 
     const status = yield* pve.nodeStatus.pipe(
@@ -207,17 +214,20 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       }
     })
 
-    const audit = Effect.map(journal.auditTail(AUDIT_TAIL_LENGTH), (entries) =>
-      entries.map((e): ReportAuditEntry => ({
+    // One read for tail and head, so the head is the tail's last entry.
+    const audit = Effect.map(journal.auditTail(AUDIT_TAIL_LENGTH), (entries) => ({
+      tail: entries.map((e): ReportAuditEntry => ({
         seq: e.seq,
         at: rfc3339(e.atMs),
         actor: e.actor,
         action: e.action,
         target: e.target,
         decision: e.decision
-      })))
+      })),
+      head: Option.getOrNull(Option.map(Arr.last(entries), (e): ReportAuditHead => ({ seq: e.seq, hash: e.hash })))
+    }))
 
-    const [guestEntries, storage, cloudflared, auditTail] = yield* Effect.all(
+    const [guestEntries, storage, cloudflared, auditLog] = yield* Effect.all(
       [guests, storages, probeCloudflared(input.cloudflared), audit],
       { concurrency: "unbounded" }
     )
@@ -240,7 +250,9 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       backups: storage.backups,
       restore_tests: [],
       pbs_snapshots: storage.pbs,
-      audit_tail: auditTail,
+      audit_tail: auditLog.tail,
+      audit_head: auditLog.head,
+      state_epoch: rfc3339(stateEpochMs),
       versions: { agent: VERSION, controllers: [] },
       pending_signatures: [...input.pendingSignatures]
     }

@@ -4,6 +4,10 @@
  * once, job results recorded), keeps per-host heartbeats for the dead-man's switch, and offers
  * an admin surface (methods here, /admin/* over HTTP with a separate token) for tests, the demo
  * and `felhom-agent sim hub`. Every timestamp comes from Effect's Clock, so TestClock drives it.
+ *
+ * It keeps each host's last audit head and state epoch and flags a state reset: an audit seq
+ * lower than the last seen (or the same seq with another hash, or no head after one), or a new
+ * state epoch. A real hub would alert; this one lists them in the host view (`state_alerts`).
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
@@ -57,6 +61,18 @@ export interface DevHubHostView {
   readonly reports_received: number
   readonly last_report: HostReport | null
   readonly job_results: ReadonlyArray<JobResult>
+  /** The last audit head and state epoch reported. */
+  readonly audit_head: HostReport["audit_head"]
+  readonly state_epoch: string | null
+  /** Signs of a reset or rewritten agent state, oldest first. */
+  readonly state_alerts: ReadonlyArray<StateAlert>
+}
+
+/** What the dev hub concluded from a report's audit head and state epoch. */
+export interface StateAlert {
+  readonly at: string
+  readonly kind: "audit_seq_regressed" | "audit_head_rewritten" | "state_epoch_changed"
+  readonly message: string
 }
 
 export interface DevHub {
@@ -92,7 +108,32 @@ interface HostState {
   readonly handedOut: ReadonlyArray<SignedJob>
   readonly reports: ReadonlyArray<ReceivedReport>
   readonly results: ReadonlyArray<RecordedJobResult>
+  readonly auditHead: HostReport["audit_head"]
+  readonly stateEpoch: string | null
+  readonly alerts: ReadonlyArray<StateAlert>
 }
+
+/** Compares a report's audit head and state epoch with the last ones seen. */
+export const stateAlerts = (
+  last: { readonly auditHead: HostReport["audit_head"]; readonly stateEpoch: string | null },
+  r: HostReport,
+  at: string
+): ReadonlyArray<StateAlert> => {
+  const out: Array<StateAlert> = []
+  if (last.stateEpoch !== null && last.stateEpoch !== r.state_epoch) {
+    out.push({ at, kind: "state_epoch_changed", message: `state epoch changed from ${last.stateEpoch} to ${r.state_epoch}: the agent's state was reset` })
+  }
+  const was = last.auditHead
+  const now = r.audit_head
+  if (was !== null && (now === null || now.seq < was.seq)) {
+    out.push({ at, kind: "audit_seq_regressed", message: `audit head went from seq ${was.seq} to ${now === null ? "an empty log" : `seq ${now.seq}`}` })
+  } else if (was !== null && now !== null && now.seq === was.seq && now.hash !== was.hash) {
+    out.push({ at, kind: "audit_head_rewritten", message: `audit entry ${now.seq} changed its hash: the chain was rewritten` })
+  }
+  return out
+}
+
+const MAX_ALERTS = 100
 
 const emptyHost: HostState = {
   lastSeen: Option.none(),
@@ -102,7 +143,10 @@ const emptyHost: HostState = {
   queue: [],
   handedOut: [],
   reports: [],
-  results: []
+  results: [],
+  auditHead: null,
+  stateEpoch: null,
+  alerts: []
 }
 
 const MAX_REPORTS = 100
@@ -205,7 +249,10 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
           handed_out_jobs: s.handedOut.map((j) => j.id),
           reports_received: s.reports.length,
           last_report: s.reports.length === 0 ? null : s.reports[s.reports.length - 1]!.report,
-          job_results: s.results.map((r) => r.result)
+          job_results: s.results.map((r) => r.result),
+          audit_head: s.auditHead,
+          state_epoch: s.stateEpoch,
+          state_alerts: s.alerts
         } satisfies DevHubHostView
       })
 
@@ -268,15 +315,20 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
         return yield* new HttpFailure({ status: 403, message: `this api key belongs to host '${host}', the report names another host` })
       }
       const now = yield* Clock.currentTimeMillis
-      const s = yield* modifyHost(host, (s) => {
+      const [s, alerts] = yield* modifyHost(host, (s) => {
+        const alerts = stateAlerts(s, r, iso(now))
         const next: HostState = {
           ...s,
           lastSeen: Option.some(now),
-          reports: [...s.reports, { receivedAt: now, report: r }].slice(-MAX_REPORTS)
+          reports: [...s.reports, { receivedAt: now, report: r }].slice(-MAX_REPORTS),
+          auditHead: r.audit_head,
+          stateEpoch: r.state_epoch,
+          alerts: [...s.alerts, ...alerts].slice(-MAX_ALERTS)
         }
-        return [next, next] as const
+        return [[next, alerts], next] as const
       })
       yield* note(`report from ${host}: ${r.guests.length} guest(s), applied generation ${r.desired_generation_applied ?? "none"}`)
+      for (const a of alerts) yield* Effect.logWarning(`host ${host}: ${a.kind}: ${a.message}`)
       return yield* json(200, envelopeOf(s))
     })
 

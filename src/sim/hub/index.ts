@@ -11,7 +11,9 @@ export {
   type DevHubOptions,
   makeDevHub,
   type ReceivedReport,
-  type RecordedJobResult
+  type RecordedJobResult,
+  type StateAlert,
+  stateAlerts
 } from "./hub.js"
 export {
   devHubCaPem,
