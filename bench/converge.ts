@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
@@ -58,7 +58,7 @@ export const convergeBench = Effect.gen(function*() {
   })
   const db = layerAt(join(dir, "state.db"))
   const layer = Layer.mergeAll(
-    ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(layerFrom(file))),
+    ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(proxmoxSettings(file.proxmox!))),
     JournalLive.pipe(Layer.provide(db)),
     Layer.effect(Authz, makeAuthz({ hostId: "bench", signers: [], clockSkewSeconds: 60 })).pipe(Layer.provide(db)),
     GuestQueue.layer(CAP)

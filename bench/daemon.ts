@@ -12,7 +12,8 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
-import { defaultSeedJson, simCertPem } from "../src/sim/pve/index.js"
+import { devHubCaPem } from "../src/sim/hub/index.js"
+import { defaultSeedJson } from "../src/sim/pve/index.js"
 
 const GUESTS = Number(process.env["BENCH_DAEMON_GUESTS"] ?? 200)
 const IDLE_MS = 10_000
@@ -172,8 +173,9 @@ export const daemonBench = async (): Promise<DaemonBenchResult> => {
   try {
     const seedFile = join(dir, "seed.json")
     writeFileSync(seedFile, JSON.stringify({ ...(defaultSeedJson as object), guests }))
-    const caFile = join(dir, "sim-ca.pem")
-    writeFileSync(caFile, simCertPem)
+    // the dev hub's own certificate (not the PVE simulator's: the two clients trust separately)
+    const caFile = join(dir, "hub-ca.pem")
+    writeFileSync(caFile, devHubCaPem)
     const configFile = join(dir, "agent.json")
     writeFileSync(configFile, JSON.stringify({ authz: { signers: [] } }))
     const socketPath = join(dir, "notify.sock")

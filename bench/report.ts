@@ -11,7 +11,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
 import { JournalLive } from "../src/layers/Journal.js"
 import { Proxmox, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
@@ -55,7 +55,7 @@ const measure = (n: number, dir: string) =>
     })
     const db = layerAt(join(dir, `state-${n}.db`))
     const layer = Layer.mergeAll(
-      ProxmoxWithoutClient.pipe(Layer.provide(layerSimHttpClient(sim, { reasonHeader: REASON_HEADER })), Layer.provide(layerFrom(file))),
+      ProxmoxWithoutClient.pipe(Layer.provide(layerSimHttpClient(sim, { reasonHeader: REASON_HEADER })), Layer.provide(proxmoxSettings(file.proxmox!))),
       JournalLive.pipe(Layer.provide(db)),
       // the report carries the state epoch, which Authz reads from the same database
       Layer.effect(Authz, makeAuthz({ hostId: "bench-host", signers: [], clockSkewSeconds: 60 })).pipe(Layer.provide(db))

@@ -4,7 +4,7 @@
  */
 import { HttpClient } from "@effect/platform"
 import { Duration, Effect, Fiber, Layer, Schema, TestClock, TestContext } from "effect"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { Proxmox, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import { fileURLToPath } from "node:url"
@@ -22,7 +22,7 @@ const measure = (taskSeconds: number) =>
     const file = Schema.decodeUnknownSync(AgentConfigFile)({
       proxmox: { url: "https://127.0.0.1:8006", token_id: sim.tokenId, token_secret: sim.tokenSecret, node: "pve", tls: { insecure_skip_verify: true } }
     })
-    const layer = ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(layerFrom(file)))
+    const layer = ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(proxmoxSettings(file.proxmox!)))
     const pve = yield* Effect.provide(Proxmox, layer)
     const start = yield* Effect.fork(pve.snapshot(VmId.make(101), Schema.decodeSync(SnapshotName)("bench")))
     yield* settle

@@ -11,7 +11,7 @@ const root = process.env.FENCE_ROOT ?? resolve(dirname(new URL(import.meta.url).
 const RULES = [
   {
     name: "Proxmox and the Hub client never shell out",
-    entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/Hub.ts"],
+    entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts"],
     modules: [
       /^(node:)?child_process$/,
       /^@effect\/platform\/(Command|CommandExecutor)$/,
@@ -42,7 +42,7 @@ const RULES = [
       "@effect/platform-node": ["NodeCommandExecutor", "NodeContext", "NodeHttpClient", "Undici"],
       "@effect/sql-sqlite-node": ["SqliteMigrator"]
     },
-    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/Privileged.ts"],
+    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Privileged.ts"],
     source: [/\bfetch\s*\(/]
   },
   {
@@ -58,7 +58,7 @@ const RULES = [
       "@effect/platform": ["HttpClient", "HttpClientRequest", "HttpClientResponse", "FetchHttpClient", "HttpApiClient", "Socket"],
       "@effect/platform-node": ["NodeHttpClient", "Undici", "NodeSocket"]
     },
-    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/Hub.ts"],
+    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts"],
     source: [/\bfetch\s*\(/, /\bXMLHttpRequest\b/, /\bWebSocket\b/]
   }
 ]

@@ -50,7 +50,11 @@ const printConfigOpt = Options.boolean("print-config").pipe(
 const configLayer = (path: Option.Option<string>, mode: ConfigMode) => AgentConfigLayer.layer({ path, mode })
 
 const proxmoxLayer = (path: Option.Option<string>) =>
-  ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive), Layer.provideMerge(configLayer(path, "selftest")))
+  ProxmoxWithoutClient.pipe(
+    Layer.provide(PveHttpClientLive),
+    Layer.provide(AgentConfigLayer.ProxmoxSettingsLive),
+    Layer.provideMerge(configLayer(path, "selftest"))
+  )
 
 const printConfig = (path: Option.Option<string>, mode: ConfigMode) =>
   AgentConfigLayer.loadConfig({ path, mode }).pipe(
@@ -340,7 +344,10 @@ const planCmd = Command.make(
       yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderPlan(report))
     })).pipe(
       Effect.provide(
-        Layer.mergeAll(ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive)), JournalLive.pipe(Layer.provide(DatabaseLive))).pipe(
+        Layer.mergeAll(
+          ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive), Layer.provide(AgentConfigLayer.ProxmoxSettingsLive)),
+          JournalLive.pipe(Layer.provide(DatabaseLive))
+        ).pipe(
           Layer.provideMerge(configLayer(o.config, "selftest"))
         )
       ),

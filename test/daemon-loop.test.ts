@@ -7,7 +7,7 @@ import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Layer, Option, Queue, Ref, Schema, TestClock } from "effect"
 import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
-import { layerFrom } from "../src/layers/Config.js"
+import { HubSettingsLive, layerFrom, ProxmoxSettingsLive } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { HubWithoutClient } from "../src/layers/Hub.js"
@@ -52,8 +52,11 @@ const setup = (pollIntervalSeconds: number) =>
     const db = layerAt(dbFile())
     const config = layerFrom(file)
     const services = Layer.mergeAll(
-      ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, makeSimHttpClient(sim, { reasonHeader: REASON_HEADER })))),
-      HubWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, hubClient))),
+      ProxmoxWithoutClient.pipe(
+        Layer.provide(Layer.succeed(HttpClient.HttpClient, makeSimHttpClient(sim, { reasonHeader: REASON_HEADER }))),
+        Layer.provide(ProxmoxSettingsLive)
+      ),
+      HubWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, hubClient)), Layer.provide(HubSettingsLive)),
       JournalLive.pipe(Layer.provide(db)),
       Layer.effect(Authz, makeAuthz({ hostId: HOST, signers: [], clockSkewSeconds: 60 })).pipe(Layer.provide(db)),
       GuestQueue.layer(4),

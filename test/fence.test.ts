@@ -9,18 +9,31 @@ import { describe, expect, expectTypeOf, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import type { SqlClient } from "@effect/sql"
 import { AuthzLive, type AuthzShape } from "../src/layers/Authz.js"
-import type { AgentConfig } from "../src/layers/Config.js"
+import { AgentConfig, type HubSettings, type ProxmoxSettings } from "../src/layers/Config.js"
 import { JournalLive, type JournalShape } from "../src/layers/Journal.js"
 import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.js"
 import { Privileged } from "../src/layers/Privileged.js"
 import { Proxmox, type ProxmoxShape, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
+import { PveHttpClientLive } from "../src/layers/PveTransport.js"
 
 
 describe("the fence (types)", () => {
-  it("Proxmox's layer requires only HttpClient and AgentConfig, never a CommandExecutor", () => {
+  it("Proxmox's layer requires only HttpClient and its own config block, never a CommandExecutor", () => {
     expectTypeOf<Extract<RIn<typeof ProxmoxWithoutClient>, CommandExecutor.CommandExecutor>>().toBeNever()
-    expectTypeOf<RIn<typeof ProxmoxWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | AgentConfig>()
+    expectTypeOf<RIn<typeof ProxmoxWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | ProxmoxSettings>()
+    expectTypeOf<RIn<typeof PveHttpClientLive>>().toEqualTypeOf<ProxmoxSettings>()
     expectTypeOf<MethodR<ProxmoxShape>>().toBeNever()
+  })
+
+  it("neither Proxmox nor its transport can read the whole config (the hub key) or the hub block", () => {
+    expectTypeOf<Extract<RIn<typeof ProxmoxWithoutClient> | RIn<typeof PveHttpClientLive>, AgentConfig | HubSettings>>().toBeNever()
+  })
+
+  it("a Proxmox layer that reads the whole config does not compile", () => {
+    const readsAll = Layer.effect(Proxmox, Effect.as(AgentConfig, {} as ProxmoxShape))
+    // @ts-expect-error AgentConfig (which holds the hub key) is outside Proxmox's allow-list
+    const fenced = readsAll.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | ProxmoxSettings>())
+    expect(fenced).toBeDefined()
   })
 
   it("Privileged's layer requires only CommandExecutor and AgentConfig, never an HttpClient", () => {
@@ -41,7 +54,7 @@ describe("the fence (types)", () => {
   it("a Proxmox layer that shells out does not compile", () => {
     const shellsOut = Layer.effect(Proxmox, Effect.as(CommandExecutor.CommandExecutor, {} as ProxmoxShape))
     // @ts-expect-error CommandExecutor is outside Proxmox's allow-list
-    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>())
+    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | ProxmoxSettings>())
     expect(fenced).toBeDefined()
   })
 

@@ -1,8 +1,9 @@
 /**
- * The hub client against the dev hub over real HTTPS on 127.0.0.1 (CA-verified with the
- * simulator certificate), the dev hub's own protocol and admin surface, the dead-man's switch
- * under TestClock, every way a hub can misbehave (each a typed HubError, none carrying the
- * token), the golden contract of the host report, and the fence in types.
+ * The hub client against the dev hub over real HTTPS on 127.0.0.1 (CA-verified with the dev
+ * hub's own certificate, not the PVE simulator's), the dev hub's own protocol and admin
+ * surface, the dead-man's switch under TestClock, every way a hub can misbehave (each a typed
+ * HubError, none carrying the token), the golden contract of the host report, and the fence
+ * in types.
  */
 import { type MethodR, type RIn, runFenceCheck } from "./fence-support.js"
 import { CommandExecutor, HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
@@ -13,7 +14,7 @@ import { existsSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { inspect } from "node:util"
-import { layerFrom, type AgentConfig } from "../src/layers/Config.js"
+import { hubSettings, type HubSettings } from "../src/layers/Config.js"
 import { Hub, type HubClientOptions, type HubShape, HubHttpClientLive, hubHttpClientLayer, HubWithoutClient, layerWithoutClient } from "../src/layers/Hub.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import type { ConfigError } from "../src/schema/errors.js"
@@ -45,12 +46,12 @@ const configFile = (url: string, apiKey: string, ca: string | undefined = caFile
     hub: { url, api_key: apiKey, ...(ca === undefined ? {} : { ca_file: ca }) }
   })
 
-/** The production wiring: HubHttpClientLive reads hub.ca_file from AgentConfig. */
+/** The production wiring: HubHttpClientLive reads hub.ca_file from the hub block. */
 const liveHub = (url: string, apiKey = TOKEN, ca?: string) =>
-  HubWithoutClient.pipe(Layer.provide(HubHttpClientLive), Layer.provide(layerFrom(configFile(url, apiKey, ca ?? caFile))))
+  HubWithoutClient.pipe(Layer.provide(HubHttpClientLive), Layer.provide(hubSettings(configFile(url, apiKey, ca ?? caFile).hub!)))
 
 const hubWith = (url: string, options: HubClientOptions, apiKey = TOKEN) =>
-  layerWithoutClient(options).pipe(Layer.provide(hubHttpClientLayer(caFile)), Layer.provide(layerFrom(configFile(url, apiKey))))
+  layerWithoutClient(options).pipe(Layer.provide(hubHttpClientLayer(caFile)), Layer.provide(hubSettings(configFile(url, apiKey).hub!)))
 
 const desiredFixture = Schema.decodeUnknownSync(DesiredStateSchema)(
   JSON.parse(readFileSync(join(__dirname, "fixtures", "desired", "sim-converged.json"), "utf8"))
@@ -278,7 +279,7 @@ describe("Hub client against the dev hub over HTTPS", () => {
         expect([other.reason, other.status]).toEqual(["Status", 403])
         const noCa = HubWithoutClient.pipe(
           Layer.provide(HubHttpClientLive),
-          Layer.provide(layerFrom(Schema.decodeUnknownSync(AgentConfigFile)({ host_id: HOST, hub: { url, api_key: TOKEN } })))
+          Layer.provide(hubSettings(Schema.decodeUnknownSync(AgentConfigFile)({ host_id: HOST, hub: { url, api_key: TOKEN } }).hub!))
         )
         const untrusted = yield* hubFailure(Effect.flatMap(Hub, (h) => h.report(reportFor(HOST))), noCa)
         expect(untrusted.reason).toBe("Transport")
@@ -300,7 +301,7 @@ describe("dev hub", () => {
       expect(hub.overdueAfterSeconds).toBe(180)
       const client = HubWithoutClient.pipe(
         Layer.provide(layerAppHttpClient(hub.app)),
-        Layer.provide(layerFrom(configFile("https://hub.invalid", TOKEN)))
+        Layer.provide(hubSettings(configFile("https://hub.invalid", TOKEN).hub!))
       )
       const report = Effect.flatMap(Hub, (h) => h.report(reportFor(HOST))).pipe(Effect.provide(client), Effect.orDie)
       expect(yield* hub.overdue).toEqual([])
@@ -549,8 +550,9 @@ describe("dev hub admin API and CLI", () => {
 
 describe("the fence (types)", () => {
 
-  it("Hub's layer requires only HttpClient and AgentConfig, never a CommandExecutor; methods require nothing", () => {
-    expectTypeOf<RIn<typeof HubWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | AgentConfig>()
+  it("Hub's layer requires only HttpClient and its own config block, never a CommandExecutor; methods require nothing", () => {
+    expectTypeOf<RIn<typeof HubWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | HubSettings>()
+    expectTypeOf<RIn<typeof HubHttpClientLive>>().toEqualTypeOf<HubSettings>()
     expectTypeOf<Extract<RIn<typeof HubWithoutClient>, CommandExecutor.CommandExecutor>>().toBeNever()
     expectTypeOf<MethodR<HubShape>>().toBeNever()
   })
@@ -558,7 +560,7 @@ describe("the fence (types)", () => {
   it("a Hub layer that shells out does not compile", () => {
     const shellsOut = Layer.effect(Hub, Effect.as(CommandExecutor.CommandExecutor, Hub.of({} as HubShape)))
     // @ts-expect-error CommandExecutor is outside the Hub's allow-list
-    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>())
+    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<HttpClient.HttpClient | HubSettings>())
     expect(fenced).toBeDefined()
   })
 })

@@ -6,7 +6,7 @@
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Schema } from "effect"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { Proxmox, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { SnapshotName, StorageId, VmId, VolumeId } from "../src/schema/ids.js"
 import { defaultSeedJson, serveSimPve } from "../src/sim/pve/index.js"
@@ -302,7 +302,7 @@ describe("Proxmox client: responses PVE would never send", () => {
           Effect.succeed(HttpClientResponse.fromWeb(request, new Response(body, { status, headers: { "content-type": "application/json" } })))
         )
       )),
-      Layer.provide(layerFrom(file))
+      Layer.provide(proxmoxSettings(file.proxmox!))
     )
 
   it.effect.each<[string, string]>([

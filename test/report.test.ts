@@ -10,7 +10,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Authz, make as makeAuthz } from "../src/layers/Authz.js"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
 import { Journal, JournalLive } from "../src/layers/Journal.js"
 import { ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
@@ -67,7 +67,7 @@ const wrappedProxmox = (sim: SimPve, wrap: Wrap, extra: Json = {}) => {
       return hooks === undefined ? effect : Effect.acquireUseRelease(Effect.sync(hooks.enter), () => effect, () => Effect.sync(hooks.exit))
     })
   )
-  return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(layerFrom(file)))
+  return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(proxmoxSettings(file.proxmox!)))
 }
 
 const pending: ReadonlyArray<ReportPendingSignature> = [

@@ -1,6 +1,6 @@
 /** Shared test wiring: simulator seeds and the production Proxmox client pointed at a simulator. */
 import { Effect, Layer, Schema } from "effect"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { layerFor, REASON_HEADER } from "../src/layers/PveTransport.js"
 import { AgentConfigFile } from "../src/schema/config.js"
@@ -28,7 +28,7 @@ export const agentConfig = (url: string, tokenId: string, secret: string, tls: J
 /** The production client over real HTTPS, pinned to the simulator's certificate. */
 export const httpsProxmox = (s: { url: string; tokenId: string; tokenSecret: string; fingerprint256: string }, extra: Json = {}) => {
   const file = agentConfig(s.url, s.tokenId, s.tokenSecret, { fingerprint_sha256: s.fingerprint256 }, extra)
-  return ProxmoxWithoutClient.pipe(Layer.provide(layerFor(file.proxmox!.tls, file.proxmox!.url)), Layer.provide(layerFrom(file)))
+  return ProxmoxWithoutClient.pipe(Layer.provide(layerFor(file.proxmox!.tls, file.proxmox!.url)), Layer.provide(proxmoxSettings(file.proxmox!)))
 }
 
 /** The production client dispatching in-process to the simulator: no sockets, TestClock-safe. */
@@ -36,6 +36,6 @@ export const inProcessProxmox = (sim: SimPve, extra: Json = {}) => {
   const file = agentConfig("https://127.0.0.1:8006", sim.tokenId, sim.tokenSecret, { insecure_skip_verify: true }, extra)
   return ProxmoxWithoutClient.pipe(
     Layer.provide(layerSimHttpClient(sim, { reasonHeader: REASON_HEADER })),
-    Layer.provide(layerFrom(file))
+    Layer.provide(proxmoxSettings(file.proxmox!))
   )
 }

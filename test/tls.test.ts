@@ -12,7 +12,7 @@ import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { X509Certificate } from "node:crypto"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { Proxmox, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { layerFor } from "../src/layers/PveTransport.js"
 import { AgentConfigFile } from "../src/schema/config.js"
@@ -66,7 +66,7 @@ const proxmoxWith = (tls: Record<string, unknown>, host = "127.0.0.1", onPort = 
   const file = Schema.decodeUnknownSync(AgentConfigFile)({
     proxmox: { url: `https://${host}:${onPort()}`, token_id: "felhom@pve!agent", token_secret: SECRET, node: "pve", tls }
   })
-  return ProxmoxWithoutClient.pipe(Layer.provide(layerFor(file.proxmox!.tls, file.proxmox!.url)), Layer.provide(layerFrom(file)))
+  return ProxmoxWithoutClient.pipe(Layer.provide(layerFor(file.proxmox!.tls, file.proxmox!.url)), Layer.provide(proxmoxSettings(file.proxmox!)))
 }
 
 const version = Effect.flatMap(Proxmox, (p) => p.version)

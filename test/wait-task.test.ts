@@ -5,7 +5,7 @@
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, FastCheck as fc, Fiber, Layer, Schema, TestClock } from "effect"
-import { layerFrom } from "../src/layers/Config.js"
+import { proxmoxSettings } from "../src/layers/Config.js"
 import { Proxmox, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { REASON_HEADER } from "../src/layers/PveTransport.js"
 import { SnapshotName, type Upid, VmId } from "../src/schema/ids.js"
@@ -42,7 +42,7 @@ const instrumented = (sim: SimPve, rec: Recorder, extra: Record<string, unknown>
         : Effect.void
     )
   )
-  return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(layerFrom(file)))
+  return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(proxmoxSettings(file.proxmox!)))
 }
 
 const setup = (snapshotMs: number, extra: Record<string, unknown> = {}) =>
@@ -161,7 +161,7 @@ describe("waitTask accepts nothing but exitstatus OK", () => {
         )
       ))
     )
-    return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(layerFrom(file)))
+    return ProxmoxWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(proxmoxSettings(file.proxmox!)))
   }
   const wait = (status: Record<string, unknown>, acceptWarnings = false) =>
     Effect.flatMap(Proxmox, (p) => p.waitTask(UPID, { acceptWarnings })).pipe(Effect.provide(answering(status)), Effect.either)

@@ -6,6 +6,7 @@ import { FileSystem } from "@effect/platform"
 import { Config, Context, Effect, Either, Layer, Option, ParseResult, Redacted, Schema } from "effect"
 import { AgentConfigFile, AuthzConfig, type ConfigMode, HubConfig, PrivilegedConfig, ProxmoxConfig } from "../schema/config.js"
 import { ConfigError } from "../schema/errors.js"
+import { withoutActual } from "../schema/text.js"
 
 export const DEFAULT_CONFIG_PATH = "/etc/felhom-agent/agent.json"
 export const ENV_PREFIX = "FELHOM_AGENT_"
@@ -17,6 +18,15 @@ export interface AgentConfigShape {
 }
 
 export class AgentConfig extends Context.Tag("felhom/AgentConfig")<AgentConfig, AgentConfigShape>() {}
+
+/**
+ * Per-block settings: a service that talks to one peer is given only that peer's block, so the
+ * Proxmox client cannot read the hub key and the hub client cannot read the PVE token. Each is
+ * derived from AgentConfig in the composition root (`ProxmoxSettingsLive`, `HubSettingsLive`),
+ * or given directly in tests (`proxmoxSettings(c)`, `hubSettings(c)`).
+ */
+export class ProxmoxSettings extends Context.Tag("felhom/ProxmoxSettings")<ProxmoxSettings, ProxmoxConfig>() {}
+export class HubSettings extends Context.Tag("felhom/HubSettings")<HubSettings, HubConfig>() {}
 
 /** Leaf keys the environment may set, with how the string is read. Env name = prefix + path upper-cased. */
 const OVERLAY: ReadonlyArray<readonly [path: ReadonlyArray<string>, kind: "string" | "int" | "bool"]> = [
@@ -86,7 +96,7 @@ const envOverlay = Effect.forEach(OVERLAY, ([path, kind]) =>
 const formatParseError = (e: ParseResult.ParseError): ConfigError => {
   const all = ParseResult.ArrayFormatter.formatErrorSync(e).map((i) => ({
     path: i.path.length === 0 ? "(root)" : i.path.map(String).join("."),
-    message: i.message.replace(/,?\s*actual[\s\S]*$/, "").trim()
+    message: withoutActual(i.message)
   }))
   const issues = all.filter((i) =>
     !(i.message === "Expected undefined" && all.some((j) => j !== i && j.path.startsWith(`${i.path}.`)))
@@ -211,6 +221,30 @@ export const layer = (opts: LoadOptions) => Layer.effect(AgentConfig, loadConfig
 
 /** For tests and in-process composition: an already-decoded config. */
 export const layerFrom = (file: AgentConfigFile) => Layer.succeed(AgentConfig, { source: undefined, file })
+
+/** The proxmox block of AgentConfig; a ConfigError when the mode did not require it and it is absent. */
+export const ProxmoxSettingsLive: Layer.Layer<ProxmoxSettings, ConfigError, AgentConfig> = Layer.effect(
+  ProxmoxSettings,
+  Effect.flatMap(AgentConfig, ({ file }) =>
+    file.proxmox === undefined
+      ? Effect.fail(new ConfigError({ key: "proxmox", message: "proxmox: the Proxmox block is not configured" }))
+      : Effect.succeed(file.proxmox))
+)
+
+/** The hub block of AgentConfig; a ConfigError when absent. */
+export const HubSettingsLive: Layer.Layer<HubSettings, ConfigError, AgentConfig> = Layer.effect(
+  HubSettings,
+  Effect.flatMap(AgentConfig, ({ file }) =>
+    file.hub === undefined
+      ? Effect.fail(new ConfigError({ key: "hub", message: "hub: the hub block is not configured" }))
+      : Effect.succeed(file.hub))
+)
+
+/** A given proxmox block (tests, benches). */
+export const proxmoxSettings = (config: ProxmoxConfig): Layer.Layer<ProxmoxSettings> => Layer.succeed(ProxmoxSettings, config)
+
+/** A given hub block (tests, benches). */
+export const hubSettings = (config: HubConfig): Layer.Layer<HubSettings> => Layer.succeed(HubSettings, config)
 
 /** Renders the effective config as JSON with every secret replaced by "<redacted>". */
 export const renderRedacted = (file: AgentConfigFile): string => {

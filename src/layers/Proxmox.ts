@@ -1,6 +1,8 @@
 /**
  * Proxmox: the typed PVE REST client (SPEC §2). It never shells out: its layer requires only an
- * HttpClient and AgentConfig, and every method is `R = never` (checked in test/fence.test.ts).
+ * HttpClient and its own config block (ProxmoxSettings: it cannot read the hub key), and every
+ * method is `R = never` (checked in test/fence.test.ts). Every PVE-originated text is scrubbed
+ * of the token secret before it becomes an error.
  *
  * Every mutating call returns what PVE returns (a UPID, or nothing for synchronous PUT config);
  * `waitTask` is the only way to learn whether the work happened. Writes are never retried here:
@@ -8,7 +10,7 @@
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Context, Duration, Effect, Layer, Option, ParseResult, Redacted, Schedule, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
 import { NodeName as NodeNameSchema, type Upid, upidParts } from "../schema/ids.js"
 import type { MissingPermission, ProxmoxError, WaitError } from "../schema/proxmox.js"
@@ -38,9 +40,9 @@ import {
   UpidOrOk,
   UpidResponse
 } from "../schema/proxmox.js"
-import { AgentConfig } from "./Config.js"
+import { deepestCauseMessage, formatIssues, makeScrubber } from "../schema/text.js"
+import { ProxmoxSettings } from "./Config.js"
 import { REASON_HEADER } from "./PveTransport.js"
-import { deepestCauseMessage } from "../schema/text.js"
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -172,11 +174,8 @@ const classify = (status: number, message: string): PveApiError["kind"] => {
   return "server"
 }
 
-/** Bounded, single-line excerpts of server text for error messages. */
-const excerpt = (s: string, max = 300) => {
-  const one = s.replace(/\s+/g, " ").trim()
-  return one.length > max ? `${one.slice(0, max)}…` : one
-}
+/** Most parameter errors PVE reports at once; more are counted, not kept. */
+const MAX_PARAM_ERRORS = 32
 
 export const POLL_INITIAL = Duration.seconds(1)
 export const POLL_CAP = Duration.seconds(5)
@@ -194,12 +193,9 @@ const readRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Sch
 // ---------------------------------------------------------------------------------------------
 
 export const make = Effect.gen(function*() {
-  const { file } = yield* AgentConfig
+  // Only the proxmox block: this layer cannot read the hub key or any other block.
+  const pve = yield* ProxmoxSettings
   const http = yield* HttpClient.HttpClient
-  if (file.proxmox === undefined) {
-    return yield* Effect.dieMessage("Proxmox layer built without a proxmox config block (validated at load)")
-  }
-  const pve = file.proxmox
   const base = `${pve.url.replace(/\/+$/, "")}/api2/json`
   const requestTimeout = Duration.seconds(pve.request_timeout_seconds)
   const taskTimeout = Duration.seconds(pve.task_timeout_seconds)
@@ -210,20 +206,42 @@ export const make = Effect.gen(function*() {
       HttpClientRequest.acceptJson
     )
 
+  /**
+   * PVE (or a proxy in front of it) may echo our request headers in any text it returns, so
+   * every PVE-originated string is scrubbed of the token secret here, at the transport boundary,
+   * before it becomes part of an error (SPEC §17). Bounded: `excerpt` reads only a text's head.
+   * The token id is not scrubbed: it is no credential, and PVE prints it in every UPID.
+   */
+  const scrubber = makeScrubber([Redacted.value(pve.token_secret)])
+  const excerpt = (text: string, max = 300) => scrubber.excerpt(text, max)
+
+  const scrubParamErrors = (errors: Readonly<Record<string, string>>): Readonly<Record<string, string>> => {
+    const entries = Object.entries(errors)
+    const kept = entries.slice(0, MAX_PARAM_ERRORS).map(([k, v]) => [excerpt(k, 64), excerpt(v, 300)] as const)
+    if (entries.length > MAX_PARAM_ERRORS) kept.push(["(more)", `${entries.length - MAX_PARAM_ERRORS} more not shown`])
+    // Own keys only, on a plain object: a scrubbed key can never become a prototype.
+    const out: Record<string, string> = {}
+    for (const [k, v] of kept) Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true })
+    return out
+  }
+
   const errorFrom = (method: string, path: string, res: HttpClientResponse.HttpClientResponse, text: string): ProxmoxError => {
     const body = Schema.decodeUnknownOption(Schema.parseJson(ErrorBody))(text)
     const reason = res.headers[REASON_HEADER] ?? ""
     const fromBody = Option.flatMap(body, (b) => Option.fromNullable(b.message))
-    const raw = Option.getOrElse(fromBody, () => reason).trim()
+    // Scrubbed before anything reads it: classification, the lock and permission parsers, the message.
+    const raw = excerpt(Option.getOrElse(fromBody, () => reason), 2000)
     const message = excerpt(raw.length > 0 ? raw : `HTTP ${res.status}`)
     const lock = LOCK_RE.exec(raw)
     if (lock !== null) return new PveLocked({ method, path, lock: lock[1]!, message })
     if (FLOCK_RE.test(raw)) return new PveLocked({ method, path, lock: "flock", message })
     const permission = res.status === 403 ? parsePermission(raw) : undefined
-    const paramErrors = Option.getOrUndefined(Option.flatMap(body, (b) => Option.fromNullable(b.errors)))
+    const paramErrors = Option.getOrUndefined(
+      Option.map(Option.flatMap(body, (b) => Option.fromNullable(b.errors)), scrubParamErrors)
+    )
     const detail = paramErrors === undefined
       ? message
-      : `${message} ${Object.entries(paramErrors).map(([k, v]) => `${k}: ${excerpt(v, 120)}`).join("; ")}`
+      : excerpt(`${message} ${Object.entries(paramErrors).map(([k, v]) => `${k}: ${excerpt(v, 120)}`).join("; ")}`, 1000)
     return new PveApiError({
       method,
       path,
@@ -265,7 +283,8 @@ export const make = Effect.gen(function*() {
         if (res.status !== 200) return Effect.fail(errorFrom(method, path, res, text))
         return Schema.decodeUnknown(Schema.parseJson(schema))(text).pipe(
           Effect.mapError((e) =>
-            new PveDecodeError({ method, path, message: excerpt(ParseResult.TreeFormatter.formatErrorSync(e), 600) })
+            // Each issue quotes the offending PVE value ("actual"): scrubbed like any PVE text.
+            new PveDecodeError({ method, path, message: excerpt(`response does not match the schema: ${formatIssues(e, 4, 240, true)}`, 600) })
           )
         )
       })
@@ -288,7 +307,7 @@ export const make = Effect.gen(function*() {
               path: "/nodes",
               status: 200,
               kind: "validation",
-              message: `cluster has ${nodes.length} nodes (${nodes.map((n) => n.node).join(", ")}); set proxmox.node`
+              message: excerpt(`cluster has ${nodes.length} nodes (${nodes.map((n) => n.node).join(", ")}); set proxmox.node`, 600)
             }))
         )
       )
@@ -303,7 +322,8 @@ export const make = Effect.gen(function*() {
 
   const taskLog = (upid: Upid, opts: { readonly start?: number; readonly limit?: number } = {}) =>
     request("GET", `${taskPath(upid)}/log`, TaskLogPage, { start: opts.start ?? 0, limit: opts.limit ?? 50 }).pipe(
-      Effect.map((page) => ({ lines: page.data.map((l) => l.t), total: page.total ?? page.data.length }))
+      // Task log lines are PVE text that ends up in errors and logs: scrubbed here, at the source.
+      Effect.map((page) => ({ lines: page.data.map((l) => excerpt(l.t, 2000)), total: page.total ?? page.data.length }))
     )
 
   const taskLogTail = (upid: Upid, n = 20) =>
@@ -328,10 +348,11 @@ export const make = Effect.gen(function*() {
           })
       }),
       Effect.flatMap((last): Effect.Effect<TaskStatus, WaitError> => {
-        const exit = last.exitstatus ?? "(no exitstatus)"
-        if (last.status === "stopped" && (exit === "OK" || (opts.acceptWarnings === true && /^WARNINGS: \d+$/.test(exit)))) {
+        if (last.status === "stopped" && (last.exitstatus === "OK" || (opts.acceptWarnings === true && /^WARNINGS: \d+$/.test(last.exitstatus ?? "")))) {
           return Effect.succeed(last)
         }
+        // From here on the exitstatus is PVE text bound for an error: scrubbed first.
+        const exit = excerpt(last.exitstatus ?? "(no exitstatus)", 1000)
         return taskLogTail(upid).pipe(
           Effect.orElseSucceed((): ReadonlyArray<string> => []),
           Effect.flatMap((logTail) => {
@@ -340,9 +361,9 @@ export const make = Effect.gen(function*() {
               upid,
               exitstatus: exit,
               logTail,
-              message: `task ${last.type ?? upidParts(upid).type} (${upid}) failed: ${excerpt(exit)}${
+              message: excerpt(`task ${last.type ?? upidParts(upid).type} (${upid}) failed: ${excerpt(exit)}${
                 permission === undefined ? "" : ` [missing ${permission.privileges.join("|")} on ${permission.aclPath}]`
-              }`,
+              }`, 1000),
               ...(permission === undefined ? {} : { permission })
             }))
           })
@@ -437,6 +458,6 @@ export const make = Effect.gen(function*() {
 
 /** Proxmox over whatever HttpClient is provided (real undici in production, in-process sim in tests). */
 export const ProxmoxWithoutClient = Layer.effect(Proxmox, make).pipe(
-  Layer.ensureRequirementsType<HttpClient.HttpClient | AgentConfig>()
+  Layer.ensureRequirementsType<HttpClient.HttpClient | ProxmoxSettings>()
 )
 

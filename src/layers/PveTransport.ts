@@ -1,20 +1,19 @@
 /**
- * The HttpClient the Proxmox layer talks through, built from `proxmox.tls`: a CA file (full
- * verification), a pinned SHA-256 leaf fingerprint, or (loopback only) no verification.
- *
- * Pinning lives in the undici connector: Node never calls `checkServerIdentity` when chain
- * verification fails, and a PVE host's certificate is self-signed, so the check must run on the
- * connected socket before undici writes a single request byte.
+ * The HttpClient the Proxmox layer talks through, built from the proxmox block alone
+ * (`ProxmoxSettings`): a CA file (full verification), a pinned SHA-256 leaf fingerprint, or
+ * (loopback only) no verification. The dispatchers themselves live in TlsDispatcher.ts, shared
+ * with the hub client; what is PVE-specific is the mapping from `proxmox.tls` and keeping the
+ * HTTP reason phrase.
  */
-import { HttpClient } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
+import type { HttpClient } from "@effect/platform"
 import * as Undici from "@effect/platform-node/Undici"
-import { Effect, Layer } from "effect"
-import { readFileSync } from "node:fs"
-import type { TLSSocket } from "node:tls"
+import { Effect, type Layer } from "effect"
 import type { TlsTrust } from "../schema/config.js"
 import { ConfigError } from "../schema/errors.js"
-import { AgentConfig, isLoopbackUrl } from "./Config.js"
+import { ProxmoxSettings } from "./Config.js"
+import { httpClientLayer, type TlsMode } from "./TlsDispatcher.js"
+
+export { normalizeFingerprint, TlsPinMismatch } from "./TlsDispatcher.js"
 
 /**
  * PVE before libpve-http-server-perl 5.2.0 puts its error text only in the HTTP reason phrase,
@@ -37,79 +36,26 @@ const keepReason: Undici.Dispatcher.DispatcherComposeInterceptor = (dispatch) =>
   return dispatch(opts, wrapped)
 }
 
-export const normalizeFingerprint = (fp: string) => fp.replace(/[^0-9a-fA-F]/g, "").toUpperCase()
-
-export class TlsPinMismatch extends Error {
-  override readonly name = "TlsPinMismatch"
-  constructor(readonly expected: string, readonly actual: string) {
-    super(`TLS certificate fingerprint mismatch: pinned ${expected}, server presented ${actual || "(none)"}`)
-  }
-}
-
-const pinnedConnector = (fingerprint256: string): Undici.buildConnector.connector => {
-  // No session cache: a resumed TLS session carries no peer certificate to compare, and every
-  // connection must prove the pinned certificate itself.
-  const base = Undici.buildConnector({ rejectUnauthorized: false, maxCachedSessions: 0 })
-  const want = normalizeFingerprint(fingerprint256)
-  return (options, callback) =>
-    base(options, (error, socket) => {
-      if (error !== null) return callback(error, null)
-      const peer = (socket as TLSSocket).getPeerCertificate()
-      const got = peer.fingerprint256 ?? ""
-      if (normalizeFingerprint(got) !== want) {
-        socket.destroy()
-        return callback(new TlsPinMismatch(fingerprint256, got), null)
-      }
-      callback(null, socket)
-    })
-}
-
-/** Builds the undici dispatcher for one trust mode; throws only on programmer error (caught below). */
-const dispatcherFor = (tls: TlsTrust, url: string): Effect.Effect<Undici.Dispatcher, ConfigError> => {
-  if (tls.fingerprint_sha256 !== undefined) {
-    const fp = tls.fingerprint_sha256
-    return Effect.sync(() => new Undici.Agent({ connect: pinnedConnector(fp) }))
-  }
-  if (tls.ca_file !== undefined) {
-    const caFile = tls.ca_file
-    return Effect.try({
-      try: () => new Undici.Agent({ connect: { ca: readFileSync(caFile, "utf8") } }),
-      catch: (e) => new ConfigError({ key: "proxmox.tls.ca_file", message: `cannot read CA file ${caFile}: ${String(e)}` })
-    })
-  }
-  if (tls.insecure_skip_verify) {
-    if (!isLoopbackUrl(url)) {
-      return Effect.fail(new ConfigError({
-        key: "proxmox.tls.insecure_skip_verify",
-        message: "proxmox.tls.insecure_skip_verify is refused for a non-loopback proxmox.url"
-      }))
-    }
-    return Effect.sync(() => new Undici.Agent({ connect: { rejectUnauthorized: false } }))
-  }
+/** The trust mode the proxmox.tls block names (exactly one is set: validated at config load). */
+export const pveTlsMode = (tls: TlsTrust, url: string): Effect.Effect<TlsMode, ConfigError> => {
+  if (tls.fingerprint_sha256 !== undefined) return Effect.succeed({ _tag: "pinned", fingerprint256: tls.fingerprint_sha256 })
+  if (tls.ca_file !== undefined) return Effect.succeed({ _tag: "ca", file: tls.ca_file, key: "proxmox.tls.ca_file" })
+  if (tls.insecure_skip_verify) return Effect.succeed({ _tag: "insecure-loopback", url, key: "proxmox.tls.insecure_skip_verify" })
   return Effect.fail(new ConfigError({
     key: "proxmox.tls",
     message: "proxmox.tls: set exactly one of ca_file, fingerprint_sha256 or insecure_skip_verify (loopback only)"
   }))
 }
 
-/** An HttpClient layer for a given trust mode; the undici agent is destroyed with the scope. */
+/**
+ * An HttpClient for a given trust mode, with its own undici dispatcher (destroyed with the
+ * scope) and the reason-phrase interceptor. Never shared with another client (TlsDispatcher.ts).
+ */
 export const layerFor = (tls: TlsTrust, url: string): Layer.Layer<HttpClient.HttpClient, ConfigError> =>
-  NodeHttpClient.layerUndiciWithoutDispatcher.pipe(
-    Layer.provide(Layer.scoped(
-      NodeHttpClient.Dispatcher,
-      Effect.acquireRelease(dispatcherFor(tls, url), (agent) => Effect.promise(() => agent.destroy())).pipe(
-        Effect.map((agent) => agent.compose(keepReason))
-      )
-    ))
-  )
+  httpClientLayer(pveTlsMode(tls, url), keepReason)
 
-/** The PVE HttpClient from AgentConfig's proxmox block. */
-export const PveHttpClientLive: Layer.Layer<HttpClient.HttpClient, ConfigError, AgentConfig> = Layer.unwrapEffect(
-  Effect.gen(function*() {
-    const { file } = yield* AgentConfig
-    if (file.proxmox === undefined) {
-      return yield* new ConfigError({ key: "proxmox", message: "proxmox: the Proxmox block is not configured" })
-    }
-    return layerFor(file.proxmox.tls, file.proxmox.url)
-  })
+/** The PVE HttpClient from the proxmox block alone. */
+export const PveHttpClientLive: Layer.Layer<HttpClient.HttpClient, ConfigError, ProxmoxSettings> = httpClientLayer(
+  Effect.flatMap(ProxmoxSettings, (pve) => pveTlsMode(pve.tls, pve.url)),
+  keepReason
 )

@@ -14,6 +14,7 @@
  */
 import { Command, CommandExecutor } from "@effect/platform"
 import { Config, Context, Duration, Effect, Layer, Option, Stream } from "effect"
+import { excerpt } from "../schema/text.js"
 
 export type UnitStatus = "running" | "stopped" | "unknown"
 
@@ -153,7 +154,7 @@ const make = (paths: SystemdPaths) =>
     return shape
   })
 
-const oneLine = (s: string) => s.replace(/\s+/g, " ").trim().slice(0, 300)
+const oneLine = (s: string) => excerpt(s, 300)
 
 const describePlatformError = (e: unknown): string => {
   if (typeof e === "object" && e !== null && "_tag" in e && e._tag === "SystemError" && "reason" in e) {

@@ -1,8 +1,10 @@
 /**
- * The daemon's composition root: every service, wired once. Each fenced service gets its own
- * HttpClient (PVE: pinned or CA-verified; hub: system roots or CA file), so neither can reach
- * the other's endpoint with the wrong trust, and the privileged runner is not in this graph at
- * all until an operation needs it.
+ * The daemon's composition root: every service, wired once. Each client receives only its own
+ * config block (ProxmoxSettings, HubSettings) and builds its own HttpClient from it (PVE: pinned,
+ * CA-verified or loopback-insecure; hub: system roots or CA file) over its own undici dispatcher,
+ * so neither can reach the other's endpoint with the other's trust (TlsDispatcher.ts says why a
+ * shared layer value would), and the privileged runner is not in this graph at all until an
+ * operation needs it.
  */
 import { Layer } from "effect"
 import type { Option } from "effect"
@@ -16,13 +18,25 @@ import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
 
+/** The Proxmox client from AgentConfig: the client itself sees only the proxmox block. */
+export const ProxmoxFromConfig = ProxmoxWithoutClient.pipe(
+  Layer.provide(PveHttpClientLive),
+  Layer.provide(AgentConfigLayer.ProxmoxSettingsLive)
+)
+
+/** The hub client from AgentConfig: the client itself sees only the hub block. */
+export const HubFromConfig = HubWithoutClient.pipe(
+  Layer.provide(HubHttpClientLive),
+  Layer.provide(AgentConfigLayer.HubSettingsLive)
+)
+
 /** How many guests may be mutated at once (PVE serializes per node anyway; keep it modest). */
 export const MAX_CONCURRENT_GUEST_OPS = 4
 
 /** Everything the daemon runs on, given an already-built AgentConfig. */
 export const servicesLayer = Layer.mergeAll(
-  ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive)),
-  HubWithoutClient.pipe(Layer.provide(HubHttpClientLive)),
+  ProxmoxFromConfig,
+  HubFromConfig,
   JournalLive,
   AuthzLive,
   GuestQueue.layer(MAX_CONCURRENT_GUEST_OPS),

@@ -1,5 +1,5 @@
 /**
- * Serving the dev hub on loopback (HTTPS with the simulator certificate by default, because the
+ * Serving the dev hub on loopback (HTTPS with its own certificate by default, because the
  * agent's hub.url must be https), and the `felhom-agent sim hub` entry point that prints how to
  * point an agent at it. The certificate's key is public, so anything but loopback is refused.
  */
@@ -13,19 +13,22 @@ import { isIPv6 } from "node:net"
 import { Console, Effect, Either, Option, Ref, Schedule, type Scope } from "effect"
 import { decodeDesiredState } from "../../schema/desired.js"
 import { isLoopbackHost } from "../pve/server.js"
-import { simCertPem, simKeyPem } from "../pve/tlsMaterial.js"
+import { hubCertPem, hubKeyPem } from "./tlsMaterial.js"
 import { DevHubBindRefused, DevHubServeError } from "./errors.js"
 import { type DevHub, type DevHubOptions, makeDevHub } from "./hub.js"
 
-/** The certificate the dev hub serves (the PVE simulator's: SANs localhost, 127.0.0.1, ::1). */
-export const devHubCaPem = simCertPem
+/**
+ * The certificate the dev hub serves (SANs localhost, 127.0.0.1, ::1): its own, distinct from
+ * the PVE simulator's, so a hub client holding the PVE trust fails against it.
+ */
+export const devHubCaPem = hubCertPem
 
 export interface ServeAppOptions {
   /** loopback only: 127.0.0.0/8, ::1 or localhost */
   readonly host: string
   /** 0 picks a free port */
   readonly port: number
-  /** HTTPS with the simulator certificate (default) or plain HTTP. */
+  /** HTTPS with the dev hub certificate (default) or plain HTTP. */
   readonly tls?: boolean
 }
 
@@ -53,7 +56,7 @@ export const serveApp = (
     const bindHost = options.host.startsWith("[") ? options.host.slice(1, -1) : options.host
     const tls = options.tls ?? true
     const server = yield* NodeHttpServer.make(
-      () => (tls ? createHttpsServer({ key: simKeyPem, cert: simCertPem }) : createHttpServer()),
+      () => (tls ? createHttpsServer({ key: hubKeyPem, cert: hubCertPem }) : createHttpServer()),
       { host: bindHost, port: options.port }
     ).pipe(
       Effect.mapError((e) => new DevHubServeError({ message: `cannot listen on ${bindHost}:${options.port}: ${String(e.cause)}`, cause: e.cause }))
@@ -167,7 +170,7 @@ export const runDevHubCli = (
           `  host id:     ${hostId}`,
           `  api key:     ${apiKey}`,
           `  admin token: ${s.hub.adminToken}`,
-          ...Option.match(caFile, { onNone: () => [], onSome: (f) => [`  CA file:     ${f} (the simulator certificate: public, loopback only)`] }),
+          ...Option.match(caFile, { onNone: () => [], onSome: (f) => [`  CA file:     ${f} (the dev hub certificate: public, loopback only)`] }),
           `  poll interval ${s.hub.pollIntervalSeconds} s; overdue after ${s.hub.overdueAfterSeconds} s of silence`,
           "",
           `export FELHOM_AGENT_HUB_URL=${q(s.url)}`,

@@ -188,7 +188,14 @@ export const startTask = (
             task.log.push(warnings > 0 ? `TASK WARNINGS: ${warnings}` : "TASK OK")
             task.exitstatus = warnings > 0 ? `WARNINGS: ${warnings}` : "OK"
           } else {
-            const text = exit.message.replace(/\n+$/, "").replace(/\n/g, " ")
+            let text = exit.message.replace(/\n+$/, "").replace(/\n/g, " ")
+            if (env.state.faults.echo_headers.includes("task")) {
+              // faults.echo_headers: the starting request's header, as the task would have seen it
+              const secret = env.state.tokens.get(args.token.tokenid)?.secret ?? ""
+              const header = `Authorization: PVEAPIToken=${args.token.tokenid}=${secret}`
+              task.log.push(`request headers: ${header}`)
+              text = `${text} (request: ${header})`
+            }
             task.log.push(`TASK ERROR: ${text}`)
             task.exitstatus = text
           }

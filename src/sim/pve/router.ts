@@ -52,11 +52,18 @@ const jsonResponse = (status: number, statusText: string, body: unknown): HttpSe
 const okResponse = (r: Reply): HttpServerResponse.HttpServerResponse =>
   jsonResponse(200, "OK", r.total === undefined ? { data: r.data } : { data: r.data, total: r.total })
 
-const errorResponse = (env: SimEnv, e: PveApiError): HttpServerResponse.HttpServerResponse => {
+/** `authorization`: the request's header, echoed into the texts `faults.echo_headers` names. */
+const errorResponse = (env: SimEnv, e: PveApiError, authorization?: string): HttpServerResponse.HttpServerResponse => {
+  const echo = env.state.faults.echo_headers
+  const header = `Authorization: ${authorization ?? "(none)"}`
   const body: Record<string, unknown> = { data: null }
-  if (e.errors !== undefined) body["errors"] = e.errors
-  if (env.state.quirks.error_message_body) body["message"] = e.message
-  return jsonResponse(e.status, reasonPhrase(e.message), body)
+  const errors = echo.includes("params") ? { ...e.errors, authorization: header, [header]: "echoed request header" } : e.errors
+  if (errors !== undefined) body["errors"] = errors
+  if (env.state.quirks.error_message_body || echo.includes("message")) {
+    body["message"] = echo.includes("message") ? `${e.message.replace(/\n$/, "")} (request: ${header})\n` : e.message
+  }
+  const reason = echo.includes("reason") ? `${reasonPhrase(e.message)} (request: ${header})` : e.message
+  return jsonResponse(e.status, reasonPhrase(reason), body)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,8 +173,10 @@ const relPath = (url: string): string => {
 }
 
 const runRoute = (env: SimEnv, def: RouteDef) =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) => runRouteFor(env, def, req))
+
+const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServerRequest) =>
   Effect.gen(function*() {
-    const req = yield* HttpServerRequest.HttpServerRequest
     const pathParams = yield* HttpRouter.params
     const faults = yield* drawFaults(env)
     if (faults.latencyMs > 0) yield* Effect.sleep(Duration.millis(faults.latencyMs))
@@ -211,7 +220,7 @@ const runRoute = (env: SimEnv, def: RouteDef) =>
     }
     return result
   }).pipe(
-    Effect.match({ onFailure: (e) => errorResponse(env, e), onSuccess: okResponse })
+    Effect.match({ onFailure: (e) => errorResponse(env, e, req.headers["authorization"]), onSuccess: okResponse })
   )
 
 const notImplemented = (env: SimEnv) =>
@@ -221,9 +230,13 @@ const notImplemented = (env: SimEnv) =>
     const token = authenticate(env, req.headers["authorization"], nowMs)
     if (Either.isLeft(token)) {
       if (env.state.authFailureDelayMs > 0) yield* Effect.sleep(Duration.millis(env.state.authFailureDelayMs))
-      return errorResponse(env, token.left)
+      return errorResponse(env, token.left, req.headers["authorization"])
     }
-    return errorResponse(env, new PveApiError({ status: 501, message: `Method '${req.method} ${relPath(req.url)}' not implemented\n` }))
+    return errorResponse(
+      env,
+      new PveApiError({ status: 501, message: `Method '${req.method} ${relPath(req.url)}' not implemented\n` }),
+      req.headers["authorization"]
+    )
   })
 
 /** Builds the simulator's HttpApp (usable with any HttpServer or in-process). */

@@ -203,7 +203,17 @@ export const SimPveFaultsSeed = Schema.Struct({
   /** share of tasks that end in TASK ERROR (with the type's realistic failure and its side effects) */
   task_failure_rate: Schema.optionalWith(Rate, { default: () => 0 }),
   /** share of mutating calls on a guest refused with a lock conflict */
-  lock_conflict_rate: Schema.optionalWith(Rate, { default: () => 0 })
+  lock_conflict_rate: Schema.optionalWith(Rate, { default: () => 0 }),
+  /**
+   * Echo the request's Authorization header (token id and secret) into error texts, as a
+   * misconfigured proxy or a debugging build might: `message` in the body (even without
+   * quirks.error_message_body), `reason` in the HTTP reason phrase, `params` in the `errors` map
+   * (as a value and as a key), `task` in a failed task's exitstatus and log lines. Not random:
+   * every error answer (every failed task) echoes. For tests of the client's scrubbing.
+   */
+  echo_headers: Schema.optionalWith(Schema.Array(Schema.Literal("message", "reason", "params", "task")), {
+    default: () => []
+  })
 })
 export type SimPveFaults = typeof SimPveFaultsSeed.Type
 
