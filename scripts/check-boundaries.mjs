@@ -2,7 +2,7 @@
 // import closure of each fenced layer. The type-level half lives in test/fence.test.ts.
 //   Proxmox (and its transport) never reaches a process-spawning module; nor does the Hub client.
 //   Privileged never reaches an HTTP/network client module, nor calls fetch.
-import { existsSync, readFileSync } from "node:fs"
+import { existsSync, readdirSync, readFileSync } from "node:fs"
 import { dirname, join, relative, resolve } from "node:path"
 
 // FENCE_ROOT lets the test run the same check over a deliberately broken tree.
@@ -150,6 +150,33 @@ for (const rule of RULES) {
   if (seen.size === 0) {
     console.error(`fence: ${rule.name}: none of ${rule.entries.join(", ")} exists`)
     failures++
+  }
+}
+
+// The gate is a type (issue 8): only the gate may take the clearance issuer, and only the
+// console (selftest task) and the test suite may use the gate's console clearances.
+const MINT_RULES = [
+  { pattern: /\btakeIssuer\b|\bClearance\.takeIssuer\b/, allowed: ["src/schema/clearance.ts", "src/programs/control/gate.ts"], what: "takes the clearance issuer" },
+  { pattern: /\bclearForConsole\b|\bconsoleGrant\b/, allowed: ["src/programs/control/gate.ts", "src/programs/cli/selftest.ts"], what: "mints console clearances" }
+]
+const walk = (dir) => {
+  const out = []
+  if (!existsSync(dir)) return out
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    if (e.isDirectory()) out.push(...walk(p))
+    else if (/\.(ts|mts|js|mjs|cjs)$/.test(e.name)) out.push(p)
+  }
+  return out
+}
+for (const file of walk(join(root, "src"))) {
+  const rel = relative(root, file)
+  const text = readFileSync(file, "utf8")
+  for (const r of MINT_RULES) {
+    if (!r.allowed.includes(rel) && r.pattern.test(text)) {
+      console.error(`fence: only ${r.allowed.join(", ")} may do this: ${rel} ${r.what}`)
+      failures++
+    }
   }
 }
 

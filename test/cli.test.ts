@@ -7,6 +7,7 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_pr
 import { readFileSync, writeFileSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { DEFAULT_CONFIG_PATH } from "../src/layers/Config.js"
 import { VERSION } from "../src/version.js"
 
 const root = join(__dirname, "..")
@@ -16,6 +17,20 @@ const bin = join(root, "bin", "felhom-agent.cjs")
 const emptyConfig = join(mkdtempSync(join(tmpdir(), "felhom-cli-")), "empty.json")
 writeFileSync(emptyConfig, "{}")
 
+/**
+ * A preload that records every module the process asks Node to load (Module._load: builtins,
+ * externals such as the native sqlite binding), written as JSON to $FELHOM_TEST_LOADS at exit.
+ * The bundle inlines undici, the SQL client, the simulators and the daemon, so evaluating any of
+ * them shows up as the builtins they require at the top (net, tls, http, better-sqlite3, ...).
+ */
+const loadProbe = join(mkdtempSync(join(tmpdir(), "felhom-probe-")), "probe.cjs")
+writeFileSync(loadProbe, [
+  "const Module = require(\"node:module\"), fs = require(\"node:fs\")",
+  "const load = Module._load, seen = new Set()",
+  "Module._load = function (request) { seen.add(request.replace(/^node:/, \"\")); return load.apply(this, arguments) }",
+  "process.on(\"exit\", () => fs.writeFileSync(process.env.FELHOM_TEST_LOADS, JSON.stringify([...seen])))"
+].join("\n"))
+
 /** Env without any FELHOM_AGENT_* from the developer's shell, plus what the test sets. */
 const env = (extra: Record<string, string> = {}) => {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_")))
@@ -23,6 +38,20 @@ const env = (extra: Record<string, string> = {}) => {
 }
 const run = (args: Array<string>, extra: Record<string, string> = {}) =>
   spawnSync(process.execPath, [bin, ...args], { env: env(extra), encoding: "utf8", timeout: 60_000 })
+
+/** The modules a CLI run loaded, through the probe above. */
+const loadsOf = (args: Array<string>, extra: Record<string, string> = {}) => {
+  const out = join(mkdtempSync(join(tmpdir(), "felhom-loads-")), "loads.json")
+  const r = spawnSync(process.execPath, ["-r", loadProbe, bin, ...args], {
+    env: env({ ...extra, FELHOM_TEST_LOADS: out }),
+    encoding: "utf8",
+    timeout: 60_000
+  })
+  return { status: r.status, stderr: r.stderr, loads: JSON.parse(readFileSync(out, "utf8")) as Array<string> }
+}
+
+/** Loaded only by the heavy parts: HTTP clients and servers (undici, simulators), SQLite, workers, processes. */
+const HEAVY = ["better-sqlite3", "net", "tls", "http", "https", "http2", "dns", "zlib", "worker_threads", "child_process"]
 
 let sim: ChildProcess
 let exports: Record<string, string> = {}
@@ -56,6 +85,25 @@ describe("felhom-agent CLI", () => {
     expect(r.stdout.trim()).toBe(`felhom-agent ${VERSION}`)
     expect(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version).toBe(VERSION)
     expect(JSON.parse(run(["version", "--json"]).stdout)).toEqual({ name: "felhom-agent", version: VERSION })
+  })
+
+  it("version and --help evaluate only the command tree: no HTTP, SQLite, simulators or daemon", () => {
+    for (const args of [["version"], ["version", "--json"], ["--help"], ["op", "new", "--help"]]) {
+      const r = loadsOf(args)
+      expect(r.status, args.join(" ")).toBe(0)
+      expect(r.loads.filter((m) => HEAVY.includes(m)), args.join(" ")).toEqual([])
+    }
+    // the probe sees lazily loaded implementations: the journal opens SQLite, selftest talks HTTPS
+    const journal = loadsOf(["journal", "list"], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
+    expect(journal.status, journal.stderr).toBe(0)
+    expect(journal.loads).toContain("better-sqlite3")
+    const selftest = loadsOf(["selftest"], exports)
+    expect(selftest.status, selftest.stderr).toBe(0)
+    expect(selftest.loads).toEqual(expect.arrayContaining(["tls", "http"]))
+  })
+
+  it("the --config help names the config layer's default path", () => {
+    expect(run(["selftest", "--help"]).stdout).toContain(DEFAULT_CONFIG_PATH)
   })
 
   it("--help works on the root and on subcommands", () => {
@@ -196,6 +244,25 @@ describe("felhom-agent CLI", () => {
     const audit = run(["audit", "verify", "--json"], stateEnv)
     expect(audit.status).toBe(0)
     expect(JSON.parse(audit.stdout)).toEqual({ ok: true, entries: 0 })
+  })
+
+  it.each([["-1"], ["0"], ["10001"]])("journal list --limit %s: exit 2 with one line stating the range", (limit) => {
+    const r = run(["journal", "list", "--limit", limit], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
+    expect(r.status, r.stderr).toBe(2)
+    expect(r.stdout).toBe("")
+    expect(r.stderr.trim().split("\n")).toEqual([`felhom-agent: --limit must be an integer from 1 to 10000 (got ${limit})`])
+  })
+
+  it("journal list --limit at the bounds is accepted", () => {
+    const stateEnv = { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) }
+    expect(run(["journal", "list", "--limit", "1"], stateEnv).status).toBe(0)
+    expect(run(["journal", "list", "--limit", "10000", "--json"], stateEnv).stdout.trim()).toBe("[]")
+  })
+
+  it.each([["pve", "70000"], ["pve", "-1"], ["hub", "65536"], ["hub", "-5"]])("sim %s --port %s: exit 2 with one line, no stack trace", (which, port) => {
+    const r = run(["sim", which!, "--port", port!])
+    expect(r.status, r.stderr).toBe(2)
+    expect(r.stderr.trim().split("\n")).toEqual([`felhom-agent: --port must be an integer from 0 to 65535 (got ${port})`])
   })
 
   it("npm run demo's scenario runs end to end and exits 0", () => {

@@ -3,12 +3,13 @@
  * real Journal and Authz on SQLite. The adversarial matrix asserts, for every "no", that the
  * simulator's guests were not touched.
  */
+import type { JsonObject } from "../src/schema/json.js"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Fiber, Option, TestClock } from "effect"
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { Journal } from "../src/layers/Journal.js"
-import { executePlan, observeActual, signatureKey } from "../src/programs/control/apply.js"
+import { executePlan, observeActual, planNow, signatureKey } from "../src/programs/control/apply.js"
 import { runSignedJob, type SignedJob } from "../src/programs/control/jobs.js"
 import { plan } from "../src/programs/control/plan.js"
 import { recover } from "../src/programs/control/recover.js"
@@ -32,8 +33,11 @@ const withSim = <A, E>(body: (sim: SimPve, path: string) => Effect.Effect<A, E, 
     return yield* body(sim, path).pipe(Effect.provide(agentLayer(sim, path)))
   }))
 
+const countTasks = (sim: SimPve, type: string, vmid: number) =>
+  Effect.map(sim.tasks, (ts) => ts.filter((t) => t.type === type && t.id === String(vmid)).length)
+
 const job = (
-  fields: { readonly op: string; readonly guest_id: number | null; readonly params?: Record<string, unknown> },
+  fields: { readonly op: string; readonly guest_id: number | null; readonly params?: JsonObject },
   signed?: { blob: Uint8Array; signature: string }
 ): SignedJob => ({
   id: `job-${Math.random().toString(36).slice(2)}`,
@@ -49,7 +53,7 @@ describe("reconcile engine", () => {
       Effect.gen(function*() {
         const want = desired("sim-mixed.json")
         const before102 = yield* sim.guest(102)
-        const p = plan(yield* observeActual, want)
+        const p = (yield* planNow(want))
         const outcomes = yield* runTimed(executePlan(p))
         const byKey = Object.fromEntries(outcomes.map((o) => [`${o.action}:${o.vmid}`, `${o.verdict}/${o.result}`]))
         expect(byKey).toEqual({
@@ -60,7 +64,7 @@ describe("reconcile engine", () => {
           "create:110": "allowed/applied"
         })
         // converged except the destroy, which waits for an operator
-        const again = plan(yield* observeActual, want)
+        const again = (yield* planNow(want))
         expect(again.actions.map((a) => `${a.kind}:${a.vmid}`)).toEqual(["destroy:102"])
         const created = yield* sim.guest(110)
         expect(created._tag === "Some" && created.value.config["features"]).toBe("keyctl=1,nesting=1")
@@ -77,7 +81,7 @@ describe("reconcile engine", () => {
       Effect.gen(function*() {
         yield* sim.setLock(102, undefined)
         const want: DesiredState = { ...desired("sim-converged.json"), guests: desired("sim-converged.json").guests.filter((g) => g.vmid !== 101) }
-        const p = plan(yield* observeActual, want)
+        const p = (yield* planNow(want))
         expect(p.actions.map((a) => `${a.kind}:${a.vmid}`)).toEqual(["destroy:101"])
         const sig = signedOp({ op: "decommission", guest_id: 101 })
         const outcomes = yield* runTimed(executePlan(p, new Map([[signatureKey("decommission", VmId.make(101)), sig]])))
@@ -89,7 +93,7 @@ describe("reconcile engine", () => {
     withSim((sim) =>
       Effect.gen(function*() {
         const want = desired("sim-mixed.json")
-        yield* runTimed(executePlan(plan(yield* observeActual, want)))
+        yield* runTimed(executePlan((yield* planNow(want))))
         expect((yield* sim.guest(110))._tag).toBe("Some")
         const before = yield* snapshotGuests(sim)
         const without110: DesiredState = { ...want, guests: want.guests.filter((g) => g.vmid !== 110) }
@@ -102,7 +106,7 @@ describe("reconcile engine", () => {
     withSim((sim) =>
       Effect.gen(function*() {
         const want = desired("sim-mixed.json")
-        const only110 = { ...plan(yield* observeActual, want) }
+        const only110 = { ...(yield* planNow(want)) }
         const p = { ...only110, actions: only110.actions.filter((a) => a.vmid === 110) }
         // every task fails from now: the restore itself fails, PVE removes the guest
         yield* sim.setFaults({ task_failure_rate: 1 })
@@ -114,11 +118,11 @@ describe("reconcile engine", () => {
         expect(Option.isNone(yield* journal.provenanceOf(110))).toBe(true)
       })))
 
-  it.scoped("a create failing after the restore: compensation fails too, so the op stays in flight and recovery removes the guest", () =>
+  it.scoped("finding 2: a create whose compensation fails is held needs_operator: never resumed, converged or destroyed later", () =>
     withSim((sim) =>
       Effect.gen(function*() {
         const want = desired("sim-mixed.json")
-        const all = plan(yield* observeActual, want)
+        const all = (yield* planNow(want))
         const p = { ...all, actions: all.actions.filter((a) => a.vmid === 110) }
         const fiber = yield* Effect.fork(executePlan(p))
         // let the restore finish, then make every further task fail (resize, then the compensating destroy)
@@ -136,14 +140,23 @@ describe("reconcile engine", () => {
         const [outcome] = yield* Fiber.join(fiber)
         expect(outcome).toMatchObject({ action: "create", result: "failed" })
         const journal = yield* Journal
-        expect((yield* journal.inFlight).map((o) => o.kind)).toEqual(["create"])
-        expect((yield* sim.guest(110))._tag).toBe("Some")
-        // the host recovers; the next start's recovery finishes the rollback
-        yield* sim.setFaults({ task_failure_rate: 0 })
-        const recovered = yield* runTimed(recover)
-        expect(recovered.map((r) => `${r.kind}:${r.outcome}`)).toEqual(["create:rolled_back"])
-        expect((yield* sim.guest(110))._tag).toBe("None")
         expect(yield* journal.inFlight).toEqual([])
+        const held = yield* journal.list({ status: "needs_operator" })
+        expect(held.map((o) => `${o.kind}:${o.vmid}`)).toEqual(["create:110"])
+        expect((yield* sim.guest(110))._tag).toBe("Some")
+        yield* sim.setFaults({ task_failure_rate: 0 })
+        // a restart's recovery has nothing to do: the held op is not in flight
+        expect(yield* runTimed(recover)).toEqual([])
+        // the hub keeps the guest: reconcile leaves 110 alone (no resize, no start)
+        const keep = yield* planNow(want)
+        expect(keep.actions.filter((a) => a.vmid === 110)).toEqual([])
+        expect(keep.notes.find((n) => n.vmid === 110)?.reason).toBe("held")
+        // the hub drops it: still nothing planned for 110, so no unsigned destroy can even be judged
+        const dropped = yield* planNow({ ...want, guests: want.guests.filter((g) => g.vmid !== 110) })
+        expect(dropped.actions.filter((a) => a.vmid === 110)).toEqual([])
+        yield* runTimed(executePlan(dropped))
+        expect((yield* sim.guest(110))._tag).toBe("Some")
+        expect(yield* countTasks(sim, "vzdestroy", 110)).toBe(1) // only the failed compensation attempt
       })))
 
   it.scoped("a hub-supplied scratch tag is not provenance: the destroy stays pending", () =>
@@ -152,10 +165,10 @@ describe("reconcile engine", () => {
         const base = desired("sim-converged.json")
         // the hub first tags 101 scratch, then drops it from the desired state
         const tagged: DesiredState = { ...base, guests: base.guests.map((g) => g.vmid === 101 ? { ...g, tags: ["scratch"], description: "scratch restore-test" } : g) }
-        yield* runTimed(executePlan(plan(yield* observeActual, tagged)))
+        yield* runTimed(executePlan((yield* planNow(tagged))))
         const before = yield* snapshotGuests(sim)
         const dropped: DesiredState = { ...base, guests: base.guests.filter((g) => g.vmid !== 101) }
-        const outcomes = yield* runTimed(executePlan(plan(yield* observeActual, dropped)))
+        const outcomes = yield* runTimed(executePlan((yield* planNow(dropped))))
         expect(outcomes.map((o) => `${o.action}:${o.verdict}`)).toEqual(["destroy:pending_signature"])
         expect(yield* snapshotGuests(sim)).toBe(before)
       })))

@@ -253,7 +253,7 @@ describe("Hub client against the dev hub over HTTPS", () => {
         yield* hub.enqueueJob("h2", job("job-other"))
         expect((yield* client.report(reportFor(HOST))).has_signed_ops).toBe(true)
         const jobs = yield* client.signedJobs
-        expect(jobs.map((j) => j.id)).toEqual(["job-1", "job-2"])
+        expect(jobs.map((j) => (j as { id: string }).id)).toEqual(["job-1", "job-2"])
         expect(jobs[0]).toEqual(job("job-1"))
         expect(yield* client.signedJobs).toEqual([])
         expect((yield* client.report(reportFor(HOST))).has_signed_ops).toBe(false)

@@ -137,17 +137,17 @@ describe("Journal: provenance", () => {
         expect(yield* j.provenanceOf(105)).toEqual(Option.none())
         yield* j.recordProvenance(105, "same_transaction", "op-1")
         yield* j.recordProvenance(900, "scratch", "op-2")
-        expect(yield* j.provenanceOf(105)).toEqual(Option.some({ kind: "same_transaction", opId: "op-1" }))
+        expect(yield* j.provenanceOf(105)).toEqual(Option.some({ kind: "same_transaction", opId: "op-1", marker: null }))
         yield* j.recordProvenance(105, "scratch", "op-3")
-        expect(yield* j.provenanceOf(105)).toEqual(Option.some({ kind: "scratch", opId: "op-3" }))
+        expect(yield* j.provenanceOf(105)).toEqual(Option.some({ kind: "scratch", opId: "op-3", marker: null }))
       }))
       yield* onDb(path, Effect.gen(function*() {
         const j = yield* Journal
-        expect(yield* j.provenanceOf(900)).toEqual(Option.some({ kind: "scratch", opId: "op-2" }))
+        expect(yield* j.provenanceOf(900)).toEqual(Option.some({ kind: "scratch", opId: "op-2", marker: null }))
         yield* j.clearProvenance(105)
         yield* j.clearProvenance(105) // idempotent
         expect(yield* j.provenanceOf(105)).toEqual(Option.none())
-        expect(yield* j.provenanceOf(900)).toEqual(Option.some({ kind: "scratch", opId: "op-2" }))
+        expect(yield* j.provenanceOf(900)).toEqual(Option.some({ kind: "scratch", opId: "op-2", marker: null }))
       }))
     }))
 })

@@ -39,7 +39,7 @@ describe("op new | op sign | op verify", () => {
   it("round-trips with a real ssh-keygen key, and verifying twice consumes nothing", () => {
     const file = newOp("op1.json")
     const blob = JSON.parse(readFileSync(file, "utf8"))
-    expect(Object.keys(blob)).toEqual(["op", "host_id", "guest_id", "params", "nonce", "expires_at", "key_id"])
+    expect(Object.keys(blob)).toEqual(["op", "host_id", "guest_id", "params", "nonce", "not_before", "expires_at", "key_id"])
     expect(blob.nonce).toMatch(/^[A-Za-z0-9_-]{43}$/)
     expect(signWith(file).status).toBe(0)
     expect(readFileSync(`${file}.sig`, "utf8")).toMatch(/^-----BEGIN SSH SIGNATURE-----\n/)
@@ -90,6 +90,52 @@ describe("op new | op sign | op verify", () => {
     const r = verify(file, ["--json"])
     expect(r.status).toBe(1)
     expect(JSON.parse(r.stdout)).toMatchObject({ valid: false, stage: "time", error: "Expired" })
+  })
+
+  it("op new sets not_before to now by default; validity is measured from not_before", () => {
+    const before = Math.floor(Date.now() / 1000) * 1000
+    const blob = JSON.parse(readFileSync(newOp("op-nb.json"), "utf8"))
+    const after = Date.now()
+    expect(blob.not_before).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/)
+    const nb = Date.parse(blob.not_before)
+    expect(nb).toBeGreaterThanOrEqual(before)
+    expect(nb).toBeLessThanOrEqual(after)
+    expect(Date.parse(blob.expires_at) - nb).toBe(30 * 60_000) // --expires-in '30 minutes'
+    // --not-before overrides it, and the window starts there
+    const later = JSON.parse(readFileSync(newOp("op-nb2.json", ["--not-before", "2099-01-01T10:00:00Z"]), "utf8"))
+    expect(later.not_before).toBe("2099-01-01T10:00:00Z")
+    expect(later.expires_at).toBe("2099-01-01T10:30:00Z")
+  })
+
+  it.each([
+    ["100000000 days"],
+    ["8 days"],
+    ["-5 minutes"],
+    ["0 seconds"],
+    ["Infinity"],
+    ["soon"]
+  ])("op new --expires-in '%s': exit 2 with one line stating the rule, no stack trace", (expiresIn) => {
+    const r = run(["op", "new", "--op", "decommission", "--host", HOST, "--key-id", "alice", "--expires-in", expiresIn])
+    expect(r.status, r.stderr).toBe(2)
+    expect(r.stdout).toBe("")
+    const lines = r.stderr.trim().split("\n")
+    expect(lines, r.stderr).toHaveLength(1)
+    expect(lines[0]).toMatch(/^felhom-agent: --expires-in/)
+    expect(lines[0]).toContain("positive finite duration of at most 7 days")
+  })
+
+  it("op new --expires-in '7 days' is the longest accepted", () => {
+    const r = run(["op", "new", "--op", "decommission", "--host", HOST, "--key-id", "alice", "--expires-in", "7 days"])
+    expect(r.status, r.stderr).toBe(0)
+    const blob = JSON.parse(r.stdout)
+    expect(Date.parse(blob.expires_at) - Date.parse(blob.not_before)).toBe(7 * 86_400_000)
+  })
+
+  it("op new --not-before that is not RFC 3339 UTC: exit 2, one line", () => {
+    const r = run(["op", "new", "--op", "decommission", "--host", HOST, "--key-id", "alice", "--not-before", "2026-01-01"])
+    expect(r.status).toBe(2)
+    expect(r.stderr.trim().split("\n")).toHaveLength(1)
+    expect(r.stderr).toContain("--not-before")
   })
 
   it("usage errors exit 2", () => {

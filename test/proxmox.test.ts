@@ -3,6 +3,7 @@
  * certificate): every operation, waited to completion, and every error type.
  * Tasks are shortened to 100 ms of simulated time so each wait costs one 1 s poll interval.
  */
+import { clearForConsole } from "../src/programs/control/gate.js"
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Schema } from "effect"
@@ -85,8 +86,8 @@ describe("Proxmox client over HTTPS against the simulator: async mutations", () 
         expect(log.lines.at(-1)).toBe("TASK OK")
         expect(log.total).toBe(log.lines.length)
         expect((yield* pve.taskLogTail(upid, 1))).toEqual(["TASK OK"])
-        yield* pve.rollback(vmid(101), snap("t1")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
-        yield* pve.deleteSnapshot(vmid(101), snap("t1")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
+        yield* pve.rollback(vmid(101), snap("t1"), {}, clearForConsole({ call: "rollback", vmid: vmid(101), snapshot: snap("t1") }, "test")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
+        yield* pve.deleteSnapshot(vmid(101), snap("t1"), {}, clearForConsole({ call: "delete-snapshot", vmid: vmid(101), snapshot: snap("t1") }, "test")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
         const g = Option.getOrThrow(yield* server.sim.guest(101))
         expect(g.snapshots.map((s) => s.name)).toEqual(["pre_upgrade"])
       })
@@ -118,7 +119,7 @@ describe("Proxmox client over HTTPS against the simulator: async mutations", () 
         expect(Option.isNone(applied)).toBe(true)
         expect((yield* pve.guestConfig(id)).cores).toBe(3)
 
-        yield* pve.resize(id, "rootfs", "+2G").pipe(Effect.flatMap((u) => pve.waitTask(u)))
+        yield* pve.resize(id, "rootfs", "+2G", clearForConsole({ call: "resize", vmid: id, disk: "rootfs", size: "+2G" }, "test")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
         expect((yield* pve.guestConfig(id)).rootfs).toMatch(/size=6G/)
 
         yield* pve.start(id).pipe(Effect.flatMap((u) => pve.waitTask(u)))
@@ -127,7 +128,7 @@ describe("Proxmox client over HTTPS against the simulator: async mutations", () 
         expect((yield* pve.guestStatus(id)).status).toBe("stopped")
         yield* pve.start(id).pipe(Effect.flatMap((u) => pve.waitTask(u)))
         yield* pve.stop(id).pipe(Effect.flatMap((u) => pve.waitTask(u)))
-        yield* pve.destroy(id, { purge: true }).pipe(Effect.flatMap((u) => pve.waitTask(u)))
+        yield* pve.destroy(id, { purge: true }, clearForConsole({ call: "destroy", vmid: id }, "test")).pipe(Effect.flatMap((u) => pve.waitTask(u)))
         expect(Option.isNone(yield* server.sim.guest(id))).toBe(true)
       })
     ), 30_000)

@@ -19,11 +19,16 @@ import {
   normalizeConfig,
   normalizeDescription,
   normalizeDesired,
-  plan,
+  plan as planWith,
   type Plan,
+  type PlanContext,
   type Power,
-  rootfsGib
+  rootfsGib,
+  unboundedContext
 } from "../src/programs/control/plan.js"
+
+/** The pure diff with nothing held and no bounds (the bounds have their own tests below). */
+const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, ctx: PlanContext = unboundedContext) => planWith(actual, desired, ctx)
 
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -74,8 +79,8 @@ const descPool = ["", "x", "felhom customer guest", "line one\nline two", "trail
 const vmidArb = fc.integer({ min: 100, max: 112 }).map((n) => VmId.make(n))
 
 const memoryBytesArb = fc.oneof(
-  fc.integer({ min: 16, max: 65536 }).map((m) => m * MiB),
-  fc.integer({ min: 16 * MiB, max: 64 * GiB }),
+  fc.integer({ min: 64, max: 65536 }).map((m) => m * MiB),
+  fc.integer({ min: 64 * MiB, max: 64 * GiB }),
   fc.constant(2 * GiB + 1)
 )
 
@@ -361,6 +366,55 @@ describe("plan", () => {
     const a = actualOf(guest())
     const d = desired([guest({ description: "  \n", tags: [] })])
     expect(plan([a], d).actions).toStrictEqual([{ kind: "set_config", vmid: 101, set: { description: "", tags: "" } }])
+  })
+
+  // issue 8, finding 6: a guest the journal knows held customer data is never recreated blank
+  it("a known customer guest that is gone is lost: a note, never a create", () => {
+    const d = desired([guest({ vmid: 105 })])
+    const ctx: PlanContext = { ...unboundedContext, customer: new Set([VmId.make(105)]) }
+    const p = plan([], d, ctx)
+    expect(p.actions).toEqual([])
+    expect(p.notes).toMatchObject([{ vmid: 105, reason: "lost" }])
+    // an unknown vmid is still provisioned
+    expect(plan([], d).actions.map((a) => a.kind)).toEqual(["create"])
+  })
+
+  // finding 2: a guest held for an operator is left entirely alone
+  it("a held guest gets no action at all, not even a destroy or a start", () => {
+    const a = actualOf(guest({ power: "stopped" }))
+    const ctx: PlanContext = { ...unboundedContext, held: new Map([[VmId.make(101), "create op-1 needs an operator"]]) }
+    for (const d of [desired([guest({ cores: 7 })]), desired([])]) {
+      const p = plan([a], d, ctx)
+      expect(p.actions).toEqual([])
+      expect(p.notes.map((n) => n.reason)).toEqual(["held"])
+    }
+  })
+
+  // finding 9: irreversible grows and nonsense memory are bounded by what PVE reports
+  it("refuses a grow beyond the storage's free space, or when free space is unknown", () => {
+    const a = actualOf(guest({ rootfs_gib: 8 }))
+    const d = desired([guest({ rootfs_gib: 60000 })])
+    const tight: PlanContext = { ...unboundedContext, rootfsFreeGib: () => 100 }
+    expect(plan([a], d, tight).actions).toEqual([])
+    expect(plan([a], d, tight).notes).toMatchObject([{ reason: "resize_refused" }])
+    expect(plan([a], d, { ...unboundedContext, rootfsFreeGib: () => undefined }).notes.map((n) => n.reason)).toEqual(["resize_refused"])
+    const ok = plan([a], desired([guest({ rootfs_gib: 100 })]), tight)
+    expect(ok.actions).toStrictEqual([{ kind: "resize", vmid: 101, disk: "rootfs", sizeGib: 100 }])
+  })
+
+  it("refuses memory below the floor or above the host, and swap above the host's memory", () => {
+    const a = actualOf(guest())
+    const host: PlanContext = { ...unboundedContext, hostMemoryMiB: 8192 }
+    for (const over of [{ memory_bytes: 32 * MiB }, { memory_bytes: 64 * GiB }, { swap_mib: 1024 * 1024 }]) {
+      const p = plan([a], desired([guest(over)]), host)
+      expect(p.actions, JSON.stringify(over)).toEqual([])
+      expect(p.notes.map((n) => n.reason)).toEqual(["memory_refused"])
+    }
+    // other keys of the same change still apply
+    const mixed = plan([a], desired([guest({ memory_bytes: 64 * GiB, cores: 6 })]), host)
+    expect(mixed.actions).toStrictEqual([{ kind: "set_config", vmid: 101, set: { cores: 6 } }])
+    // nor is such a guest created
+    expect(plan([], desired([guest({ memory_bytes: 64 * GiB })]), host).actions).toEqual([])
   })
 
   it("never plans a shrink: it is a note", () => {

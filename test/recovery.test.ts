@@ -13,6 +13,7 @@ import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
 import { createGuest, decommission } from "../src/programs/control/steps.js"
+import { consoleGrant } from "../src/programs/control/gate.js"
 import { recover } from "../src/programs/control/recover.js"
 import { DesiredGuest } from "../src/schema/desired.js"
 import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
@@ -54,8 +55,11 @@ const crashingJournal = (crashAfter: number, counter: { writes: number }) =>
         stepDone: (id, step, data) => after(real.stepDone(id, step, data)),
         stepCompensated: (id, step) => after(real.stepCompensated(id, step)),
         finish: (id, status, detail) => after(real.finish(id, status, detail)),
-        recordProvenance: (vmid, kind, opId) => after(real.recordProvenance(vmid, kind, opId)),
-        clearProvenance: (vmid) => after(real.clearProvenance(vmid))
+        recordProvenance: (vmid, kind, opId, marker) => after(real.recordProvenance(vmid, kind, opId, marker)),
+        clearProvenance: (vmid) => after(real.clearProvenance(vmid)),
+        markCustomer: (vmid, detail) => after(real.markCustomer(vmid, detail)),
+        markLost: (vmid, detail) => after(real.markLost(vmid, detail)),
+        forgetGuest: (vmid) => after(real.forgetGuest(vmid))
       }
     })
   )
@@ -84,21 +88,28 @@ const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>) =>
 const countTasks = (sim: SimPve, type: string, vmid: number) =>
   Effect.map(sim.tasks, (ts) => ts.filter((t) => t.type === type && t.id === String(vmid)).length)
 
-/** Fully built: running, 16 GiB rootfs, described, keyctl kept. */
-const fullyBuilt = (sim: SimPve) =>
+/** Sealed: restored, 16 GiB rootfs, described, keyctl kept (reconcile may still start it). */
+const sealed = (sim: SimPve) =>
   Effect.map(sim.guest(110), (g) =>
     Option.isSome(g) &&
-    g.value.status === "running" &&
     String(g.value.config["rootfs"]).includes("size=16G") &&
     String(g.value.config["description"]).startsWith("felhom customer guest gamma") &&
     g.value.config["features"] === "keyctl=1,nesting=1")
+
+/** Fully built: sealed, running, and the instance marker removed again. */
+const fullyBuilt = (sim: SimPve) =>
+  Effect.flatMap(sealed(sim), (ok) =>
+    Effect.map(sim.guest(110), (g) =>
+      ok && Option.isSome(g) && g.value.status === "running" && !String(g.value.config["tags"]).includes("felhom-prov-")))
+
+const grant = consoleGrant({ op: "create", vmid: VmId.make(110), params: { rootfs_gib: 16 } }, "test")
 
 const runWithCrashAt = (crashAfter: number) =>
   Effect.scoped(Effect.gen(function*() {
     const sim = yield* makeSimPve(yield* seedWith({}))
     const path = dbFile()
     const counter = { writes: 0 }
-    const first = yield* runToExit(createGuest(spec, source, 4096)).pipe(
+    const first = yield* runToExit(createGuest(spec, source, 4096, grant)).pipe(
       Effect.provide(agent(sim, path, crashingJournal(crashAfter, counter)))
     )
     // restart: a fresh journal on the same file, then recovery before anything else
@@ -127,11 +138,15 @@ describe("crash recovery of a multi-step create", () => {
         expect(inFlight, `in flight after recovery (crash after write ${k})`).toEqual([])
         const create = ops.find((o) => o.kind === "create")
         const built = yield* fullyBuilt(r.sim)
+        const isSealed = yield* sealed(r.sim)
         const exists = Option.isSome(yield* r.sim.guest(110))
-        // never half-built: either the whole guest, or no guest at all
-        expect(built || !exists, `half-built guest after crash at write ${k}: ${JSON.stringify(results)}`).toBe(true)
-        if (create !== undefined) expect(["done", "rolled_back"]).toContain(create.status)
+        // never half-built: no guest at all, or a sealed one (customer data; reconcile finishes it)
+        expect(isSealed || !exists, `half-built guest after crash at write ${k}: ${JSON.stringify(results)}`).toBe(true)
+        if (create !== undefined) expect(["done", "rolled_back", "failed"], `crash at write ${k}: ${JSON.stringify(results)}`).toContain(create.status)
         expect(create?.status === "done", `journal agrees with PVE after crash at write ${k}`).toBe(built)
+        // a failed create is one that was sealed: its guest is kept, never destroyed
+        if (create?.status === "failed") expect(isSealed).toBe(true)
+        if (create?.status === "rolled_back") expect(exists).toBe(false)
         expect(yield* countTasks(r.sim, "vzrestore", 110)).toBeLessThanOrEqual(1)
         expect(yield* countTasks(r.sim, "vzstart", 110)).toBeLessThanOrEqual(1)
         outcomes.push(`${k}:${create?.status ?? "none"}`)
@@ -147,7 +162,8 @@ describe("crash recovery of a multi-step create", () => {
       const path = dbFile()
       const counter = { writes: 0 }
       // 100 is running: stop, then destroy; crash right after the stop's UPID is recorded
-      const first = yield* runToExit(decommission(VmId.make(100), { signer: "alice" })).pipe(
+      const auth = { basis: "signed", signer: "alice", fingerprint: "SHA256:test", nonce: "n".repeat(22), job: null } as const
+      const first = yield* runToExit(decommission(VmId.make(100), consoleGrant({ op: "decommission", vmid: VmId.make(100), params: {} }, "test"), auth)).pipe(
         Effect.provide(agent(sim, path, crashingJournal(3, counter)))
       )
       expect(Exit.isInterrupted(first)).toBe(true)

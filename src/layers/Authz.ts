@@ -22,6 +22,7 @@ import { Clock, Context, Effect, Either, Layer } from "effect"
 import { timingSafeEqual } from "node:crypto"
 import { DEFAULT_MAX_VALIDITY_SECONDS } from "../schema/config.js"
 import { ConfigError } from "../schema/errors.js"
+import type { JsonObject } from "../schema/json.js"
 import type { VmId } from "../schema/ids.js"
 import {
   type AuthzError,
@@ -68,7 +69,7 @@ export interface VerifiedOp {
   readonly op: string
   readonly hostId: string
   readonly guestId: VmId | null
-  readonly params: Readonly<Record<string, unknown>>
+  readonly params: JsonObject
   readonly nonce: string
   readonly notBeforeMs: number | undefined
   readonly expiresAtMs: number

@@ -104,6 +104,36 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       BEGIN SELECT RAISE(ABORT, 'meta is write-once'); END`
     const now = yield* Clock.currentTimeMillis
     yield* sql`INSERT INTO meta (key, value) VALUES (${STATE_EPOCH_KEY}, ${now})`
+  }),
+  "0004_sagas": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // journal_ops gains the `needs_operator` status. SQLite cannot alter a CHECK, so the table is
+    // rebuilt; deferred foreign keys let journal_steps keep pointing at it by name.
+    yield* sql`PRAGMA defer_foreign_keys = ON`
+    yield* sql`CREATE TABLE journal_ops_v2 (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      id TEXT NOT NULL UNIQUE,
+      kind TEXT NOT NULL,
+      vmid INTEGER,
+      status TEXT NOT NULL CHECK (status IN ('in_flight', 'done', 'rolled_back', 'failed', 'needs_operator')),
+      payload TEXT NOT NULL,
+      detail TEXT,
+      created_at_ms INTEGER NOT NULL,
+      updated_at_ms INTEGER NOT NULL
+    ) STRICT`
+    yield* sql`INSERT INTO journal_ops_v2 SELECT seq, id, kind, vmid, status, payload, detail, created_at_ms, updated_at_ms FROM journal_ops`
+    yield* sql`DROP TABLE journal_ops`
+    yield* sql`ALTER TABLE journal_ops_v2 RENAME TO journal_ops`
+    yield* sql`CREATE INDEX journal_ops_status ON journal_ops (status, seq)`
+    // the exact guest instance a create made: its marker tag (issue 8, finding 2)
+    yield* sql`ALTER TABLE provenance ADD COLUMN marker TEXT`
+    // guests known to hold customer data, and those found lost (finding 6)
+    yield* sql`CREATE TABLE guest_records (
+      vmid INTEGER PRIMARY KEY NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('customer', 'lost')),
+      since_ms INTEGER NOT NULL,
+      detail TEXT NOT NULL
+    ) STRICT`
   })
 }
 

@@ -12,7 +12,12 @@ import { Cause, Clock, Context, Deferred, Effect, Exit, FiberId, Layer, Option, 
 import { randomUUID } from "node:crypto"
 import { type AuditContent, auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
 
-export type OpStatus = "in_flight" | "done" | "rolled_back" | "failed"
+/**
+ * `needs_operator`: the op could not be completed or undone safely (e.g. a create whose
+ * compensation failed). It is never resumed, converged or destroyed by the agent: its guest is
+ * held and reported until an operator resolves it with a signed op.
+ */
+export type OpStatus = "in_flight" | "done" | "rolled_back" | "failed" | "needs_operator"
 export type StepStatus = "started" | "done" | "compensated"
 
 export interface StepRecord {
@@ -47,7 +52,24 @@ export type AuditVerdict =
   | { readonly ok: true; readonly entries: number }
   | { readonly ok: false; readonly entries: number; readonly brokenAtSeq: number; readonly reason: string }
 
-export type Provenance = { readonly kind: "same_transaction" | "scratch"; readonly opId: string }
+export type Provenance = {
+  readonly kind: "same_transaction" | "scratch"
+  readonly opId: string
+  /** The instance marker the op put on the guest it created (null for older records). */
+  readonly marker: string | null
+}
+
+/**
+ * What the agent knows about a guest beyond PVE: `customer` once it holds customer data (a
+ * create sealed it, or it was adopted), `lost` when such a guest disappeared (SPEC §10 guest
+ * loss: recovered from a backup, never recreated blank).
+ */
+export interface GuestRecord {
+  readonly vmid: number
+  readonly state: "customer" | "lost"
+  readonly sinceMs: number
+  readonly detail: string
+}
 
 export type RunOnceResult<A> =
   | { readonly replayed: false; readonly value: A }
@@ -83,9 +105,21 @@ export interface JournalShape {
    * or tagged scratch by the agent. Keyed by vmid, so it must be cleared when the guest is
    * destroyed: PVE reuses vmids.
    */
-  readonly recordProvenance: (vmid: number, kind: "same_transaction" | "scratch", opId: string) => Effect.Effect<void>
+  readonly recordProvenance: (
+    vmid: number,
+    kind: "same_transaction" | "scratch",
+    opId: string,
+    marker?: string
+  ) => Effect.Effect<void>
   readonly clearProvenance: (vmid: number) => Effect.Effect<void>
   readonly provenanceOf: (vmid: number) => Effect.Effect<Option.Option<Provenance>>
+  /** Records (or refreshes) a guest as holding customer data; a lost record stays lost. */
+  readonly markCustomer: (vmid: number, detail: string) => Effect.Effect<void>
+  /** A customer guest that disappeared: reported as lost, never recreated blank. */
+  readonly markLost: (vmid: number, detail: string) => Effect.Effect<void>
+  /** Only after a signed decommission or a recovery that brought the guest back. */
+  readonly forgetGuest: (vmid: number) => Effect.Effect<void>
+  readonly guestRecords: Effect.Effect<ReadonlyArray<GuestRecord>>
   /** Idempotency store: key → outcome JSON (null while running). */
   readonly idempotencyGet: (
     key: string
@@ -138,7 +172,7 @@ const OpRow = Schema.Struct({
   id: Schema.String,
   kind: Schema.String,
   vmid: Schema.NullOr(Schema.Number),
-  status: Schema.Literal("in_flight", "done", "rolled_back", "failed"),
+  status: Schema.Literal("in_flight", "done", "rolled_back", "failed", "needs_operator"),
   payload: Json,
   detail: Schema.NullOr(Schema.String),
   created_at_ms: Schema.Number,
@@ -157,7 +191,15 @@ const StepRows = Schema.Array(Schema.Struct({
 
 const ProvenanceRows = Schema.Array(Schema.Struct({
   kind: Schema.Literal("same_transaction", "scratch"),
-  op_id: Schema.String
+  op_id: Schema.String,
+  marker: Schema.NullOr(Schema.String)
+}))
+
+const GuestRows = Schema.Array(Schema.Struct({
+  vmid: Schema.Number,
+  state: Schema.Literal("customer", "lost"),
+  since_ms: Schema.Number,
+  detail: Schema.String
 }))
 
 const IdempotencyRows = Schema.Array(Schema.Struct({
@@ -336,20 +378,48 @@ export const make = Effect.gen(function*() {
 
   // --- provenance ----------------------------------------------------------------------------
 
-  const recordProvenance: JournalShape["recordProvenance"] = Effect.fn("Journal.recordProvenance")(function*(vmid, kind, opId) {
+  const recordProvenance: JournalShape["recordProvenance"] = Effect.fn("Journal.recordProvenance")(function*(vmid, kind, opId, marker) {
+    const at = yield* Clock.currentTimeMillis
+    const m = marker ?? null
+    yield* sql`
+      INSERT INTO provenance (vmid, kind, op_id, recorded_at_ms, marker) VALUES (${vmid}, ${kind}, ${opId}, ${at}, ${m})
+      ON CONFLICT (vmid) DO UPDATE SET kind = ${kind}, op_id = ${opId}, recorded_at_ms = ${at}, marker = ${m}`
+  }, Effect.orDie)
+
+  const markCustomer: JournalShape["markCustomer"] = Effect.fn("Journal.markCustomer")(function*(vmid, detail) {
     const at = yield* Clock.currentTimeMillis
     yield* sql`
-      INSERT INTO provenance (vmid, kind, op_id, recorded_at_ms) VALUES (${vmid}, ${kind}, ${opId}, ${at})
-      ON CONFLICT (vmid) DO UPDATE SET kind = ${kind}, op_id = ${opId}, recorded_at_ms = ${at}`
+      INSERT INTO guest_records (vmid, state, since_ms, detail) VALUES (${vmid}, 'customer', ${at}, ${detail})
+      ON CONFLICT (vmid) DO NOTHING`
   }, Effect.orDie)
+
+  const markLost: JournalShape["markLost"] = Effect.fn("Journal.markLost")(function*(vmid, detail) {
+    const at = yield* Clock.currentTimeMillis
+    yield* sql`
+      INSERT INTO guest_records (vmid, state, since_ms, detail) VALUES (${vmid}, 'lost', ${at}, ${detail})
+      ON CONFLICT (vmid) DO UPDATE SET state = 'lost', since_ms = ${at}, detail = ${detail}
+      WHERE guest_records.state <> 'lost'`
+  }, Effect.orDie)
+
+  const forgetGuest: JournalShape["forgetGuest"] = (vmid) =>
+    sql`DELETE FROM guest_records WHERE vmid = ${vmid}`.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("Journal.forgetGuest"))
+
+  const guestRecords: JournalShape["guestRecords"] = sql`SELECT vmid, state, since_ms, detail FROM guest_records ORDER BY vmid`.pipe(
+    Effect.flatMap(decode(GuestRows)),
+    Effect.map((rows) => rows.map((r): GuestRecord => ({ vmid: r.vmid, state: r.state, sinceMs: r.since_ms, detail: r.detail }))),
+    Effect.orDie,
+    Effect.withSpan("Journal.guestRecords")
+  )
 
   const clearProvenance: JournalShape["clearProvenance"] = (vmid) =>
     sql`DELETE FROM provenance WHERE vmid = ${vmid}`.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("Journal.clearProvenance"))
 
   const provenanceOf: JournalShape["provenanceOf"] = (vmid) =>
-    sql`SELECT kind, op_id FROM provenance WHERE vmid = ${vmid}`.pipe(
+    sql`SELECT kind, op_id, marker FROM provenance WHERE vmid = ${vmid}`.pipe(
       Effect.flatMap(decode(ProvenanceRows)),
-      Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r): Provenance => ({ kind: r.kind, opId: r.op_id }))),
+      Effect.map((rows) =>
+        Option.map(Option.fromNullable(rows[0]), (r): Provenance => ({ kind: r.kind, opId: r.op_id, marker: r.marker }))
+      ),
       Effect.orDie,
       Effect.withSpan("Journal.provenanceOf")
     )
@@ -566,6 +636,10 @@ export const make = Effect.gen(function*() {
     recordProvenance,
     clearProvenance,
     provenanceOf,
+    markCustomer,
+    markLost,
+    forgetGuest,
+    guestRecords,
     idempotencyGet,
     idempotencyClaim,
     idempotencyComplete,

@@ -10,7 +10,8 @@
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Context, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { type CallKind, type CallOf, Clearance, ClearanceRefused } from "../schema/clearance.js"
 import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
 import { NodeName as NodeNameSchema, type Upid, upidParts } from "../schema/ids.js"
 import type { MissingPermission, ProxmoxError, WaitError } from "../schema/proxmox.js"
@@ -62,14 +63,14 @@ export interface RestoreOptions {
   readonly archive: VolumeId
   /** Target storage for the guest's volumes. */
   readonly storage: StorageId
-  /** Overwrite an existing stopped guest: destroys its volumes first. Destructive. */
-  readonly force?: boolean
   /** Fresh MACs for every netN in the backup. */
   readonly unique?: boolean
   readonly hostname?: string
   readonly cores?: number
   readonly memoryMiB?: number
   readonly swapMiB?: number
+  /** ";"-joined PVE tags; the create path puts its instance marker here. */
+  readonly tags?: string
   readonly start?: boolean
 }
 
@@ -80,6 +81,8 @@ export interface VzdumpOptions {
   readonly compress?: "zstd" | "gzip" | "lzo" | "0"
   readonly notesTemplate?: string
   readonly protected?: boolean
+  // No prune option: every agent-initiated vzdump is sent with remove=0, so the storage's
+  // prune-backups rule can never delete an older archive as a side effect (issue 8, finding 3).
 }
 
 export interface ConfigChange {
@@ -124,23 +127,58 @@ export interface ProxmoxShape {
   /** The last `n` log lines of a task. */
   readonly taskLogTail: (upid: Upid, n?: number) => Effect.Effect<ReadonlyArray<string>, ProxmoxError>
 
+  /** Restore into a vmid that holds no guest (never with force: PVE refuses an existing one). */
   readonly restore: (opts: RestoreOptions) => Effect.Effect<Upid, ProxmoxError>
-  /** None when PVE answers "OK": the guest is not on this node, nothing was started. */
+  /** Restore over an existing stopped guest (`force=1`): its volumes are destroyed first. */
+  readonly restoreOverwrite: (
+    opts: RestoreOptions,
+    clearance: Clearance<"restore-overwrite">
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
+  /** None when PVE answers "OK": the guest is not on this node, nothing was started. Always remove=0. */
   readonly vzdump: (opts: VzdumpOptions) => Effect.Effect<Option.Option<Upid>, ProxmoxError>
   readonly snapshot: (vmid: VmId, name: SnapshotName, description?: string) => Effect.Effect<Upid, ProxmoxError>
-  readonly rollback: (vmid: VmId, name: SnapshotName, opts?: { readonly start?: boolean }) => Effect.Effect<Upid, ProxmoxError>
-  readonly deleteSnapshot: (vmid: VmId, name: SnapshotName, opts?: { readonly force?: boolean }) => Effect.Effect<Upid, ProxmoxError>
-  /** Dual mode: Some(upid) → wait for it; None → applied synchronously. */
-  readonly setConfig: (vmid: VmId, change: ConfigChange) => Effect.Effect<Option.Option<Upid>, ProxmoxError>
-  /** `size` as PVE takes it: "+2G" grows by, "16G" sets absolute. */
-  readonly resize: (vmid: VmId, disk: string, size: string, digest?: string) => Effect.Effect<Upid, ProxmoxError>
+  readonly rollback: (
+    vmid: VmId,
+    name: SnapshotName,
+    opts: { readonly start?: boolean },
+    clearance: Clearance<"rollback">
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
+  readonly deleteSnapshot: (
+    vmid: VmId,
+    name: SnapshotName,
+    opts: { readonly force?: boolean },
+    clearance: Clearance<"delete-snapshot">
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
+  /**
+   * Dual mode: Some(upid) → wait for it; None → applied synchronously. Only data-safe keys
+   * (DATA_SAFE_CONFIG_KEYS); anything else is refused here, unsent: use setConfigVolumes.
+   */
+  readonly setConfig: (vmid: VmId, change: ConfigChange) => Effect.Effect<Option.Option<Upid>, ProxmoxError | ClearanceRefused>
+  /** A config change touching keys that can detach or drop a volume; cleared for exactly those keys. */
+  readonly setConfigVolumes: (
+    vmid: VmId,
+    change: ConfigChange,
+    clearance: Clearance<"set-config-volumes">
+  ) => Effect.Effect<Option.Option<Upid>, ProxmoxError | ClearanceRefused>
+  /** `size` as PVE takes it: "+2G" grows by, "16G" sets absolute. Irreversible: PVE cannot shrink. */
+  readonly resize: (
+    vmid: VmId,
+    disk: string,
+    size: string,
+    clearance: Clearance<"resize">,
+    digest?: string
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
   readonly start: (vmid: VmId) => Effect.Effect<Upid, ProxmoxError>
   readonly stop: (vmid: VmId) => Effect.Effect<Upid, ProxmoxError>
   readonly shutdown: (
     vmid: VmId,
     opts?: { readonly timeoutSeconds?: number; readonly forceStop?: boolean }
   ) => Effect.Effect<Upid, ProxmoxError>
-  readonly destroy: (vmid: VmId, opts?: { readonly purge?: boolean; readonly force?: boolean }) => Effect.Effect<Upid, ProxmoxError>
+  readonly destroy: (
+    vmid: VmId,
+    opts: { readonly purge?: boolean; readonly force?: boolean },
+    clearance: Clearance<"destroy">
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
 
   /** Polls until the task stops; succeeds only on exitstatus "OK". */
   readonly waitTask: (upid: Upid, opts?: WaitOptions) => Effect.Effect<TaskStatus, WaitError>
@@ -372,6 +410,44 @@ export const make = Effect.gen(function*() {
     )
   }
 
+  /** Runs `call` only if `clearance` is the gate's, for exactly this call, unspent; else nothing is sent. */
+  const cleared = <K extends CallKind, A>(
+    clearance: Clearance<K>,
+    call: CallOf<K>,
+    effect: Effect.Effect<A, ProxmoxError>
+  ): Effect.Effect<A, ProxmoxError | ClearanceRefused> =>
+    Effect.suspend((): Effect.Effect<A, ProxmoxError | ClearanceRefused> => {
+      const redeemed = Clearance.redeem(clearance, call)
+      return Either.isLeft(redeemed) ? Effect.fail(redeemed.left) : effect
+    })
+
+  const restoreCall = (o: RestoreOptions, force: boolean) =>
+    onNode((n) =>
+      post(`/nodes/${n}/lxc`, {
+        vmid: o.vmid,
+        ostemplate: o.archive,
+        restore: true,
+        storage: o.storage,
+        force: force ? true : undefined,
+        unique: o.unique,
+        hostname: o.hostname,
+        cores: o.cores,
+        memory: o.memoryMiB,
+        swap: o.swapMiB,
+        tags: o.tags,
+        start: o.start
+      })
+    )
+
+  const configCall = (vmid: VmId, change: ConfigChange) =>
+    onNode((n) =>
+      request("PUT", `${ct(n, vmid)}/config`, UpidOrNull, {
+        ...change.set,
+        delete: change.delete === undefined || change.delete.length === 0 ? undefined : change.delete.join(","),
+        digest: change.digest
+      }).pipe(Effect.map((e) => Option.fromNullable(e.data)))
+    )
+
   const shape: ProxmoxShape = {
     node: pathNode,
     version: get("/version", PveVersion),
@@ -395,22 +471,9 @@ export const make = Effect.gen(function*() {
     taskLog,
     taskLogTail,
 
-    restore: (o) =>
-      onNode((n) =>
-        post(`/nodes/${n}/lxc`, {
-          vmid: o.vmid,
-          ostemplate: o.archive,
-          restore: true,
-          storage: o.storage,
-          force: o.force,
-          unique: o.unique,
-          hostname: o.hostname,
-          cores: o.cores,
-          memory: o.memoryMiB,
-          swap: o.swapMiB,
-          start: o.start
-        })
-      ),
+    restore: (o) => restoreCall(o, false),
+    restoreOverwrite: (o, clearance) =>
+      cleared(clearance, { call: "restore-overwrite", vmid: o.vmid, archive: o.archive }, restoreCall(o, true)),
     vzdump: (o) =>
       onNode((n) =>
         request("POST", `/nodes/${n}/vzdump`, UpidOrOk, {
@@ -418,43 +481,75 @@ export const make = Effect.gen(function*() {
           storage: o.storage,
           mode: o.mode ?? "snapshot",
           compress: o.compress ?? "zstd",
+          // never let the storage's prune-backups rule delete older archives (finding 3)
+          remove: false,
           "notes-template": o.notesTemplate,
           protected: o.protected
         }).pipe(Effect.map((e) => (e.data === "OK" ? Option.none() : Option.some(e.data))))
       ),
     snapshot: (vmid, name, description) =>
       onNode((n) => post(`${ct(n, vmid)}/snapshot`, { snapname: name, description })),
-    rollback: (vmid, name, opts = {}) =>
-      onNode((n) => post(`${ct(n, vmid)}/snapshot/${name}/rollback`, { start: opts.start })),
-    deleteSnapshot: (vmid, name, opts = {}) =>
-      onNode((n) =>
-        Effect.map(request("DELETE", `${ct(n, vmid)}/snapshot/${name}`, UpidResponse, { force: opts.force }), (e) => e.data)
+    rollback: (vmid, name, opts, clearance) =>
+      cleared(
+        clearance,
+        { call: "rollback", vmid, snapshot: name },
+        onNode((n) => post(`${ct(n, vmid)}/snapshot/${name}/rollback`, { start: opts.start }))
       ),
-    setConfig: (vmid, change) =>
-      onNode((n) =>
-        request("PUT", `${ct(n, vmid)}/config`, UpidOrNull, {
-          ...change.set,
-          delete: change.delete === undefined || change.delete.length === 0 ? undefined : change.delete.join(","),
-          digest: change.digest
-        }).pipe(Effect.map((e) => Option.fromNullable(e.data)))
+    deleteSnapshot: (vmid, name, opts, clearance) =>
+      cleared(
+        clearance,
+        { call: "delete-snapshot", vmid, snapshot: name },
+        onNode((n) =>
+          Effect.map(request("DELETE", `${ct(n, vmid)}/snapshot/${name}`, UpidResponse, { force: opts.force }), (e) => e.data)
+        )
       ),
-    resize: (vmid, disk, size, digest) =>
-      onNode((n) =>
-        Effect.map(request("PUT", `${ct(n, vmid)}/resize`, UpidResponse, { disk, size, digest }), (e) => e.data)
+    setConfig: (vmid, change) => {
+      const unsafe = volumeKeysOf(change)
+      return unsafe.length === 0
+        ? configCall(vmid, change)
+        : Effect.fail(new ClearanceRefused({
+          message: `config of ${vmid}: keys ${unsafe.join(",")} may detach or drop a volume; not sent without a clearance`
+        }))
+    },
+    setConfigVolumes: (vmid, change, clearance) =>
+      cleared(clearance, { call: "set-config-volumes", vmid, keys: volumeKeysOf(change) }, configCall(vmid, change)),
+    resize: (vmid, disk, size, clearance, digest) =>
+      cleared(
+        clearance,
+        { call: "resize", vmid, disk, size },
+        onNode((n) => Effect.map(request("PUT", `${ct(n, vmid)}/resize`, UpidResponse, { disk, size, digest }), (e) => e.data))
       ),
     start: (vmid) => onNode((n) => post(`${ct(n, vmid)}/status/start`)),
     stop: (vmid) => onNode((n) => post(`${ct(n, vmid)}/status/stop`)),
     shutdown: (vmid, opts = {}) =>
       onNode((n) => post(`${ct(n, vmid)}/status/shutdown`, { timeout: opts.timeoutSeconds, forceStop: opts.forceStop })),
-    destroy: (vmid, opts = {}) =>
-      onNode((n) =>
-        Effect.map(request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force }), (e) => e.data)
+    destroy: (vmid, opts, clearance) =>
+      cleared(
+        clearance,
+        { call: "destroy", vmid },
+        onNode((n) => Effect.map(request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force }), (e) => e.data))
       ),
     waitTask
   }
   return shape
 })
 
+/** Config keys whose change never removes or detaches data (volumes are rootfs, mpN, unusedN). */
+export const DATA_SAFE_CONFIG_KEYS: ReadonlySet<string> = new Set([
+  "cores",
+  "memory",
+  "swap",
+  "hostname",
+  "description",
+  "tags",
+  "onboot",
+  "cpulimit",
+  "cpuunits"
+])
+
+/** The keys of a change (set or delete) outside DATA_SAFE_CONFIG_KEYS, sorted. */
+export const volumeKeysOf = (change: ConfigChange): ReadonlyArray<string> =>
+  [...new Set([...Object.keys(change.set), ...(change.delete ?? [])])].filter((k) => !DATA_SAFE_CONFIG_KEYS.has(k)).sort()
 
 /** Proxmox over whatever HttpClient is provided (real undici in production, in-process sim in tests). */
 export const ProxmoxWithoutClient = Layer.effect(Proxmox, make).pipe(

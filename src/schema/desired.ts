@@ -4,6 +4,7 @@
  * unknown key is an error, because a field the agent silently ignores is a change the hub thinks
  * it made.
  */
+import { SafeJsonObject, SafeJsonValue } from "./json.js"
 import { Either, ParseResult, Schema } from "effect"
 import { StorageId, VmId, VolumeId } from "./ids.js"
 
@@ -75,9 +76,9 @@ export const DesiredState = Schema.Struct({
   /** Needed only to create guests; a create without it is reported by the executor. */
   provisioning: Schema.optional(Provisioning),
   /** Storage manifest (SPEC §13); typed by a later issue. */
-  storage: Schema.optional(Schema.Array(Schema.Unknown)),
+  storage: Schema.optional(Schema.Array(SafeJsonValue)),
   /** Backup/retention policies; typed by a later issue. */
-  policies: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
+  policies: Schema.optional(SafeJsonObject)
 }).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies? }" })
 export type DesiredState = typeof DesiredState.Type
 

@@ -4,7 +4,8 @@
  * snake_case and pinned by test/fixtures/hub/host-report.golden.json; every collection is an
  * array, never null, so "nothing" and "unknown" never look alike.
  */
-import { Data, Schema } from "effect"
+import { SafeJsonObject } from "./json.js"
+import { Data, Either, ParseResult, Schema } from "effect"
 import { VmId } from "./ids.js"
 import { OpName } from "./op.js"
 
@@ -132,7 +133,7 @@ export type ReportVersions = typeof ReportVersions.Type
 export const ReportPendingSignature = Schema.Struct({
   op: Schema.String,
   vmid: Schema.NullOr(ReportVmId),
-  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  params: SafeJsonObject,
   reason: Schema.String,
   since: UtcTimestampString
 })
@@ -190,7 +191,7 @@ export const SignedJob = Schema.Struct({
   id: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._:-]{1,128}$/)),
   op: OpName,
   guest_id: Schema.NullOr(VmId),
-  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  params: SafeJsonObject,
   /** The op blob's exact bytes, base64. */
   blob: Schema.optional(Schema.String),
   /** The armored SSHSIG signature over those bytes. */
@@ -198,8 +199,30 @@ export const SignedJob = Schema.Struct({
 }).annotations({ identifier: "SignedJob" })
 export type SignedJob = typeof SignedJob.Type
 
-export const SignedJobsResponse = Schema.Struct({ jobs: Schema.Array(SignedJob) }).annotations({ identifier: "SignedJobsResponse" })
+/** Entries are decoded one by one (decodeJobEntry): one bad job never costs the others. */
+export const SignedJobsResponse = Schema.Struct({ jobs: Schema.Array(Schema.Unknown) }).annotations({ identifier: "SignedJobsResponse" })
 export type SignedJobsResponse = typeof SignedJobsResponse.Type
+
+const JOB_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/
+const OP_RE = /^[a-z][a-z0-9_.-]{0,63}$/
+const decodeJob = Schema.decodeUnknownEither(SignedJob, { errors: "all" })
+
+/** One hub job entry; a refusal names the id and op when they are readable, never echoes input. */
+export const decodeJobEntry = (
+  raw: unknown
+): Either.Either<SignedJob, { readonly id: string | null; readonly op: string | null; readonly message: string }> =>
+  Either.mapLeft(decodeJob(raw), (e) => {
+    const field = (k: string, re: RegExp): string | null => {
+      if (typeof raw !== "object" || raw === null || !Object.hasOwn(raw, k)) return null
+      const v: unknown = (raw as Record<string, unknown>)[k]
+      return typeof v === "string" && re.test(v) ? v : null
+    }
+    const message = ParseResult.ArrayFormatter.formatErrorSync(e)
+      .slice(0, 4)
+      .map((i) => `${i.path.map(String).join(".") || "(root)"}: ${i.message.replace(/,?\s*actual[\s\S]*$/, "").slice(0, 160)}`)
+      .join("; ")
+    return { id: field("id", JOB_ID_RE), op: field("op", OP_RE), message: `job does not decode: ${message}` }
+  })
 
 export const JobResult = Schema.Struct({
   id: Schema.String,

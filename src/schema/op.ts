@@ -2,6 +2,7 @@
  * The operator-signed operation blob (SPEC §5): JSON bytes, signed as received, never
  * re-serialized. Unknown fields are rejected: a signed blob must mean exactly what it says.
  */
+import { SafeJsonObject } from "./json.js"
 import { Data, Either, ParseResult, Schema } from "effect"
 import { VmId } from "./ids.js"
 import { FELHOM_OP_NAMESPACE } from "./sshsig.js"
@@ -37,7 +38,7 @@ export const OpBlob = Schema.Struct({
   host_id: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(128)),
   /** The guest the op acts on, or null for host-level ops. */
   guest_id: Schema.NullOr(VmId),
-  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  params: SafeJsonObject,
   nonce: Nonce,
   not_before: Schema.optional(UtcTimestamp),
   expires_at: UtcTimestamp,

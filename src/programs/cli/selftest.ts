@@ -2,10 +2,15 @@
  * selftest: a read-only health report of the PVE host as the agent's token sees it, and the
  * `task` variant that exercises the async task path (snapshot → rollback → delete snapshot).
  */
-import { Clock, Effect, Option, Schema } from "effect"
-import { Proxmox } from "../../layers/Proxmox.js"
+import { Clock, Console, Effect, Layer, Option, Schema } from "effect"
+import * as AgentConfigLayer from "../../layers/Config.js"
+import { Proxmox, ProxmoxWithoutClient } from "../../layers/Proxmox.js"
+import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SnapshotName, type Upid, type VmId } from "../../schema/ids.js"
 import type { GuestConfig, ProxmoxError, WaitError } from "../../schema/proxmox.js"
+import type { ClearanceRefused } from "../../schema/clearance.js"
+import { clearForConsole } from "../control/gate.js"
+import { CliFailure, toCliFailure } from "./failure.js"
 
 export interface GuestSpec {
   readonly hostname: string | null
@@ -71,7 +76,7 @@ export const specOf = (c: GuestConfig): GuestSpec => ({
   features: c.features ?? null
 })
 
-const describe = (e: ProxmoxError | WaitError) => `${e._tag}: ${e.message}`
+const describe = (e: ProxmoxError | WaitError | ClearanceRefused) => `${e._tag}: ${e.message}`
 
 /** Each section is read independently; a failed section becomes a problem, not an abort. */
 export const selftestRead = Effect.gen(function*() {
@@ -173,7 +178,7 @@ export const selftestTask = (vmid: VmId) =>
     const name = Schema.decodeSync(SnapshotName)(`felhomselftest${Math.floor(now / 1000)}`)
     const before = yield* pve.guestStatus(vmid)
     const steps: Array<TaskStep> = []
-    const run = (step: TaskStep["step"], start: Effect.Effect<Upid, ProxmoxError>) =>
+    const run = (step: TaskStep["step"], start: Effect.Effect<Upid, ProxmoxError | ClearanceRefused>) =>
       Effect.gen(function*() {
         const t0 = yield* Clock.currentTimeMillis
         let upid: string | null = null
@@ -190,8 +195,13 @@ export const selftestTask = (vmid: VmId) =>
 
     const snapped = yield* run("snapshot", pve.snapshot(vmid, name, "felhom-agent selftest; safe to delete"))
     if (snapped) {
-      yield* run("rollback", pve.rollback(vmid, name, { start: before.status === "running" }))
-      yield* run("delete_snapshot", pve.deleteSnapshot(vmid, name))
+      // the operator confirmed with --yes at the console; the snapshot is the one just taken
+      const reason = `selftest task --yes on ${vmid}`
+      yield* run(
+        "rollback",
+        pve.rollback(vmid, name, { start: before.status === "running" }, clearForConsole({ call: "rollback", vmid, snapshot: name }, reason))
+      )
+      yield* run("delete_snapshot", pve.deleteSnapshot(vmid, name, {}, clearForConsole({ call: "delete-snapshot", vmid, snapshot: name }, reason)))
     }
     const report: TaskReport = { vmid, snapshot: name, ok: snapped && steps.every((s) => s.ok), steps }
     return report
@@ -234,3 +244,54 @@ export const renderTask = (t: TaskReport): string =>
     `selftest task on ${t.vmid} (snapshot ${t.snapshot}): ${t.ok ? "OK" : "FAILED"}`,
     ...t.steps.map((s) => `  ${s.step.padEnd(16)} ${s.ok ? "ok  " : "FAIL"} ${String(s.millis).padStart(6)} ms  ${s.upid ?? ""}${s.error === null ? "" : `\n    ${s.error}`}`)
   ].join("\n")
+
+// ---------------------------------------------------------------------------------------------
+// The commands: `selftest [read]`, `selftest --print-config`, `selftest task`
+
+const proxmoxLayer = (path: Option.Option<string>) =>
+  ProxmoxWithoutClient.pipe(
+    Layer.provide(PveHttpClientLive),
+    Layer.provide(AgentConfigLayer.ProxmoxSettingsLive),
+    Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "selftest" }))
+  )
+
+/** The read-only report; exit 1 when unhealthy. */
+export const selftestReadCommand = (o: { readonly config: Option.Option<string>; readonly json: boolean }) =>
+  Effect.gen(function*() {
+    const report = yield* selftestRead
+    yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderReport(report))
+    if (!report.healthy) {
+      return yield* new CliFailure({ code: 1, message: `unhealthy: ${report.problems[0] ?? "unknown problem"}` })
+    }
+  }).pipe(Effect.provide(proxmoxLayer(o.config)), Effect.mapError(toCliFailure))
+
+/** `selftest` itself: the read report, or the effective configuration with secrets redacted. */
+export const selftestCommand = (o: { readonly config: Option.Option<string>; readonly json: boolean; readonly printConfig: boolean }) =>
+  o.printConfig
+    ? AgentConfigLayer.loadConfig({ path: o.config, mode: "selftest" }).pipe(
+      Effect.flatMap((c) => Console.log(AgentConfigLayer.renderRedacted(c.file))),
+      Effect.mapError(toCliFailure)
+    )
+    : selftestReadCommand(o)
+
+/** Snapshot → rollback → delete on one guest; refuses without --yes (exit 2), exit 1 on a failed step. */
+export const selftestTaskCommand = (o: {
+  readonly config: Option.Option<string>
+  readonly json: boolean
+  readonly vmid: VmId
+  readonly yes: boolean
+}) =>
+  Effect.gen(function*() {
+    if (!o.yes) {
+      return yield* new CliFailure({
+        code: 2,
+        message: `selftest task rolls guest ${o.vmid} back to a fresh snapshot (a running guest restarts); pass --yes to confirm`
+      })
+    }
+    const report = yield* selftestTask(o.vmid)
+    yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderTask(report))
+    if (!report.ok) {
+      const failed = report.steps.find((s) => !s.ok)
+      return yield* new CliFailure({ code: 1, message: `selftest task failed at ${failed?.step ?? "?"}: ${failed?.error ?? ""}` })
+    }
+  }).pipe(Effect.provide(proxmoxLayer(o.config)), Effect.mapError(toCliFailure))

@@ -5,10 +5,12 @@
  */
 import { Effect, Option } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
-import type { VmId } from "../../schema/ids.js"
-import type { Journal } from "../../layers/Journal.js"
+import { VmId } from "../../schema/ids.js"
+import { Journal } from "../../layers/Journal.js"
+import type { DesiredState } from "../../schema/desired.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
+  BadJob,
   createGuest,
   decommission,
   NoProvisioning,
@@ -18,29 +20,92 @@ import {
   type StepError,
   stopGuest
 } from "./steps.js"
-import { gate, type GatedAction, type SignedOp } from "./gate.js"
-import { type Action, normalizeActual, normalizeDesired, type Plan } from "./plan.js"
+import { gate, type GatedAction, type GateResult, type SignedOp } from "./gate.js"
+import { type Action, normalizeActual, normalizeDesired, type Plan, plan, type PlanContext } from "./plan.js"
 
-/** Reads the node's guests as the planner sees them; a failed config read keeps the run state. */
-export const observeActual = Effect.gen(function*() {
+const GiB = 1024 * 1024 * 1024
+
+/**
+ * Reads the node's guests as the planner sees them (a failed config read keeps the run state),
+ * plus what bounds a plan: free space on each guest's rootfs storage and the host's memory.
+ */
+export const observePve = Effect.gen(function*() {
   const pve = yield* Proxmox
   const guests = yield* pve.listGuests
-  return yield* Effect.forEach(
+  const read = yield* Effect.forEach(
     guests.filter((g) => g.template !== 1),
-    (g) => Effect.map(Effect.option(pve.guestConfig(g.vmid)), (c) => normalizeActual(g, Option.getOrNull(c))),
+    (g) => Effect.map(Effect.option(pve.guestConfig(g.vmid)), (c) => ({ g, config: Option.getOrNull(c) })),
     { concurrency: 4 }
   )
+  const storages = yield* Effect.option(pve.nodeStorage)
+  const status = yield* Effect.option(pve.nodeStatus)
+  const avail = new Map<string, number>()
+  for (const st of Option.getOrElse(storages, () => [])) {
+    if (st.avail !== undefined && Number.isFinite(st.avail)) avail.set(st.storage, Math.floor(st.avail / GiB))
+  }
+  const rootfsFreeGib = new Map<VmId, number>()
+  for (const { config, g } of read) {
+    const storage = config?.rootfs?.split(":")[0]
+    const free = storage === undefined ? undefined : avail.get(storage)
+    if (free !== undefined) rootfsFreeGib.set(g.vmid, free)
+  }
+  const total = Option.flatMap(status, (s) => Option.fromNullable(s.memory?.total))
+  return {
+    actual: read.map(({ config, g }) => normalizeActual(g, config)),
+    rootfsFreeGib,
+    hostMemoryMiB: Option.match(total, { onNone: () => null, onSome: (t) => (Number.isFinite(t) ? Math.floor(t / (1024 * 1024)) : null) })
+  }
 })
+
+export const observeActual = Effect.map(observePve, (o) => o.actual)
+
+/**
+ * The plan's context from the journal: guests held for an operator or with an op in flight, and
+ * guests known to hold customer data. Desired guests that exist are recorded as customer guests
+ * here (adoption), so a later disappearance reads as a loss, never as "create it blank".
+ */
+export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, desired: DesiredState, opts: { readonly record: boolean } = { record: true }) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const present = new Set(obs.actual.map((a) => a.vmid))
+    if (opts.record) {
+      for (const g of desired.guests) if (present.has(g.vmid)) yield* journal.markCustomer(g.vmid, "adopted: present and desired")
+    }
+    const customer = new Set<VmId>((yield* journal.guestRecords).map((r) => VmId.make(r.vmid)))
+    // a preview records nothing, so count what this pass would adopt as recorded already
+    if (!opts.record) for (const g of desired.guests) if (present.has(g.vmid)) customer.add(g.vmid)
+    const held = new Map<VmId, string>()
+    for (const op of yield* journal.list({ status: "needs_operator", limit: 1000 })) {
+      if (op.vmid !== null) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} needs an operator: ${op.detail ?? ""}`)
+    }
+    for (const op of yield* journal.inFlight) {
+      if (op.vmid !== null && !held.has(VmId.make(op.vmid))) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} is in flight`)
+    }
+    const ctx: PlanContext = { held, customer, hostMemoryMiB: obs.hostMemoryMiB, rootfsFreeGib: (vmid) => obs.rootfsFreeGib.get(vmid) }
+    return ctx
+  })
+
+/** Observe PVE and the journal, then plan; a guest found lost is recorded lost. */
+export const planNow = (desired: DesiredState) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const obs = yield* observePve
+    const ctx = yield* observeContext(obs, desired)
+    const p = plan(obs.actual, desired, ctx)
+    for (const n of p.notes) if (n.reason === "lost") yield* journal.markLost(n.vmid, n.message)
+    return p
+  })
 
 export const gatedActionOf = (a: Action): GatedAction => {
   switch (a.kind) {
     case "create":
-      return { op: "create", vmid: a.vmid, params: {} }
+      // the bring-up sizes the guest it restores: that resize is all the grant clears
+      return { op: "create", vmid: a.vmid, params: { rootfs_gib: a.spec.rootfs_gib } }
     case "destroy":
       // removing a guest is a decommission whichever way it arrives (SPEC §7)
       return { op: "decommission", vmid: a.vmid, params: {} }
     case "set_config":
-      return { op: "set_config", vmid: a.vmid, params: a.set }
+      return { op: "set_config", vmid: a.vmid, params: { ...a.set } }
     case "resize":
       return { op: "resize", vmid: a.vmid, params: { disk: a.disk, size_gib: a.sizeGib } }
     case "start":
@@ -62,18 +127,30 @@ export interface ActionOutcome {
 export type Signatures = ReadonlyMap<string, SignedOp>
 export const signatureKey = (op: string, vmid: VmId | null) => `${op}:${vmid ?? "host"}`
 
-const execute = (a: Action, authorization: unknown): Effect.Effect<void, StepError | NoProvisioning, Proxmox | Journal> => {
+type Approved = Extract<GateResult, { grant: object }>
+
+const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError | NoProvisioning | BadJob, Proxmox | Journal> => {
   switch (a.kind) {
     case "create":
       return a.source === null
         ? Effect.fail(new NoProvisioning({ message: "desired state has no provisioning source (golden archive)" }))
-        : createGuest(a.spec, a.source, normalizeDesired(a.spec).memory_mib ?? Math.ceil(a.spec.memory_bytes / 1048576))
-    case "destroy":
-      return decommission(a.vmid, authorization)
+        : createGuest(a.spec, a.source, normalizeDesired(a.spec).memory_mib ?? Math.ceil(a.spec.memory_bytes / 1048576), approved.grant)
+    case "destroy": {
+      const d = approved.decision
+      return d.verdict === "signed_ok"
+        ? decommission(a.vmid, approved.grant, {
+          basis: "signed",
+          signer: d.verified.signer.keyId,
+          fingerprint: d.verified.signer.fingerprint,
+          nonce: d.verified.nonce,
+          job: null
+        })
+        : Effect.fail(new BadJob({ message: "removing a guest runs only with an operator signature" }))
+    }
     case "set_config":
       return setGuestConfig(a.vmid, a.set)
     case "resize":
-      return resizeRootfs(a.vmid, a.sizeGib)
+      return resizeRootfs(a.vmid, a.sizeGib, approved.grant)
     case "start":
       return startGuest(a.vmid)
     case "stop":
@@ -92,21 +169,20 @@ const runGuest = (vmid: VmId, actions: ReadonlyArray<Action>, signatures: Signat
         out.push({ vmid, action: a.kind, verdict: "allowed", result: "not_run", reason: "an earlier action on this guest failed" })
         continue
       }
-      const decision = yield* gate(ga, Option.fromNullable(signatures.get(signatureKey(ga.op, ga.vmid))), "reconcile")
-      if (decision.verdict === "pending_signature" || decision.verdict === "rejected") {
-        out.push({ vmid, action: a.kind, verdict: decision.verdict, result: "not_run", reason: decision.reason })
+      const judged = yield* gate(ga, Option.fromNullable(signatures.get(signatureKey(ga.op, ga.vmid))), "reconcile")
+      if (judged.grant === null) {
+        const d = judged.decision
+        out.push({ vmid, action: a.kind, verdict: d.verdict, result: "not_run", reason: d.reason })
         stopped = true // later actions may depend on this one
         continue
       }
-      const authorization = decision.verdict === "signed_ok"
-        ? { signer: decision.verified.signer.keyId, nonce: decision.verified.nonce }
-        : { provenance: decision.reason }
-      const r = yield* Effect.either(execute(a, authorization))
+      const approved: Approved = judged
+      const r = yield* Effect.either(execute(a, approved))
       if (r._tag === "Left") {
-        out.push({ vmid, action: a.kind, verdict: decision.verdict, result: "failed", reason: `${r.left._tag}: ${r.left.message}` })
+        out.push({ vmid, action: a.kind, verdict: approved.decision.verdict, result: "failed", reason: `${r.left._tag}: ${r.left.message}` })
         stopped = true
       } else {
-        out.push({ vmid, action: a.kind, verdict: decision.verdict, result: "applied", reason: decision.reason })
+        out.push({ vmid, action: a.kind, verdict: approved.decision.verdict, result: "applied", reason: approved.decision.reason })
       }
     }
     return out

@@ -1,22 +1,47 @@
 /**
- * The reversibility gate (SPEC §7): classification by provenance and data-bearing-ness, not by
+ * The reversibility gate (SPEC §7, issue 8): the one module that can mint a `Clearance`, the only
+ * key to an irreversible PVE call. Classification is by provenance and data-bearing-ness, not by
  * verb. Benign actions run; destructive ones run only with a valid, role-scoped operator
  * signature bound to exactly this action. Every decision is audited.
  *
- * Provenance comes only from the journal (agent-internal): a guest the agent created inside a
- * journaled transaction, or one it tagged scratch itself. Anything the hub says about a guest
- * (tags, names, descriptions) is never provenance.
+ * What an approved action may do irreversibly is fixed here too (`permits`): a signed
+ * decommission of 101 clears a destroy of 101 and nothing else; a signed restore-now from backup
+ * X clears a restore-overwrite of that guest from X. The Proxmox layer re-checks each clearance
+ * against the exact call before sending it.
+ *
+ * Provenance comes only from the journal (agent-internal). Same-transaction provenance is never
+ * a reason to approve an action that arrives from the hub: it clears only the create saga's own
+ * compensation (`clearCompensation`), for the exact guest instance that saga restored (its
+ * marker tag), while the saga is in flight, before the guest was ever started.
  */
-import { Effect, Option } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
 import { Authz, type AuthzShape, type VerifiedOp } from "../../layers/Authz.js"
 import { Journal } from "../../layers/Journal.js"
-import type { VmId } from "../../schema/ids.js"
+import { Proxmox } from "../../layers/Proxmox.js"
+import {
+  type CallKind,
+  type CallOf,
+  type Clearance,
+  type ClearanceBasis,
+  ClearanceRefused,
+  type IrreversibleCall,
+  takeIssuer
+} from "../../schema/clearance.js"
+import { SnapshotName, VolumeId, type VmId } from "../../schema/ids.js"
+import { jsonEqual, type JsonObject } from "../../schema/json.js"
+import { decodeOperation } from "../../schema/operations.js"
+import { PveLocked, type ProxmoxError } from "../../schema/proxmox.js"
+import { lockRetry } from "./schedules.js"
+import { normalizeTags } from "./plan.js"
+
+// Taken at load: a second taker anywhere in the process crashes at start (see clearance.ts).
+const mint = takeIssuer()
 
 /** What the gate judges: the op name a signed blob would carry, its guest and its params. */
 export interface GatedAction {
   readonly op: string
   readonly vmid: VmId | null
-  readonly params: Readonly<Record<string, unknown>>
+  readonly params: JsonObject
 }
 
 export type ActionClass = "benign" | "destructive"
@@ -36,7 +61,7 @@ export type GateDecision =
 /** Config keys whose change never removes data (volumes are `rootfs`, `mpN`, `unusedN`). */
 const DATA_SAFE_CONFIG_KEYS = new Set(["cores", "memory", "swap", "hostname", "description", "tags", "onboot", "cpulimit", "cpuunits"])
 
-/** Ops that never touch data whatever their target. */
+/** Ops that never destroy data whatever their target (resize: grow-only and bounded by the plan). */
 const ALWAYS_BENIGN = new Set(["create", "start", "stop", "shutdown", "restart", "resize", "snapshot", "force-backup"])
 
 /** Ops that overwrite or remove data whatever their provenance. */
@@ -45,12 +70,10 @@ const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-wi
 /** Ops a recovery key may sign: rotation only (SPEC §5). */
 export const RECOVERY_OPS = new Set(["rotate-recovery-code", "rotate-escrow"])
 
-export type Provenance = Option.Option<{ readonly kind: "same_transaction" | "scratch"; readonly opId: string }>
+/** Only scratch provenance (restore-test guests the agent tagged) can make a destroy benign. */
+export type Provenance = Option.Option<{ readonly kind: "scratch"; readonly opId: string }>
 
-/**
- * Pure classification. `destroy`-like ops are benign only for agent-created provenance;
- * set_config only when every key keeps data; anything unknown is destructive.
- */
+/** Pure classification; anything unknown is destructive. */
 export const classify = (action: GatedAction, provenance: Provenance): { readonly class: ActionClass; readonly reason: string } => {
   const op = action.op
   if (ALWAYS_BENIGN.has(op)) return { class: "benign", reason: `${op} keeps all data` }
@@ -62,50 +85,30 @@ export const classify = (action: GatedAction, provenance: Provenance): { readonl
       : { class: "destructive", reason: `config change touches ${unsafe.join(", ")} (may remove data)` }
   }
   if (op === "decommission" || op === "destroy") {
-    if (Option.isSome(provenance)) {
-      return {
-        class: "benign",
-        reason: provenance.value.kind === "scratch"
-          ? `guest is agent-tagged scratch (op ${provenance.value.opId})`
-          : `guest was created by the agent in journaled op ${provenance.value.opId}`
-      }
-    }
+    if (Option.isSome(provenance)) return { class: "benign", reason: `guest is agent-tagged scratch (op ${provenance.value.opId})` }
     return { class: "destructive", reason: "destroys a guest holding customer data" }
   }
   if (ALWAYS_DESTRUCTIVE.has(op)) return { class: "destructive", reason: `${op} overwrites or removes customer data` }
   return { class: "destructive", reason: `unknown operation class '${op}' fails safe to destructive` }
 }
 
-/** Deep equality of JSON values, insensitive to object key order. */
-const sameParams = (a: unknown, b: unknown): boolean => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b))
-const canonical = (v: unknown): unknown => {
-  if (Array.isArray(v)) return v.map(canonical)
-  if (typeof v === "object" && v !== null) {
-    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
-  }
-  return v
-}
-
-/** Checks a verified op against the action it is meant to authorize. */
+/** Checks a verified op against the action it is meant to authorize: op, guest and params exactly. */
 export const bindingError = (action: GatedAction, v: VerifiedOp): string | undefined => {
   if (v.op !== action.op) return `signed op is '${v.op}', the action is '${action.op}'`
   if (v.guestId !== action.vmid) return `signed op targets guest ${v.guestId ?? "none"}, the action targets ${action.vmid ?? "none"}`
-  if (!sameParams(v.params, action.params)) return "signed params differ from the action's params"
+  if (!jsonEqual(v.params, action.params)) return "signed params differ from the action's params"
   return undefined
 }
 
-/**
- * The journal's provenance for a guest, honoured only while it is still true: same-transaction
- * provenance lasts as long as its op is in flight (a finished create is a customer guest).
- */
+/** Scratch provenance from the journal; same-transaction provenance never approves an action. */
 export const currentProvenance = (vmid: VmId | null) =>
   Effect.gen(function*() {
     if (vmid === null) return Option.none() as Provenance
     const journal = yield* Journal
     const p = yield* journal.provenanceOf(vmid)
-    if (Option.isNone(p) || p.value.kind === "scratch") return p
-    const op = yield* journal.get(p.value.opId)
-    return Option.isSome(op) && op.value.status === "in_flight" ? p : Option.none()
+    return Option.isSome(p) && p.value.kind === "scratch"
+      ? Option.some({ kind: "scratch" as const, opId: p.value.opId })
+      : (Option.none() as Provenance)
   })
 
 export interface SignedOp {
@@ -114,12 +117,8 @@ export interface SignedOp {
 }
 
 /**
- * Judges one action. Audits the decision as `gate` with the action and verdict; the caller
- * executes only on `allowed` or `signed_ok`.
- */
-/**
  * The decision itself, with the verifier passed in: the gate uses the agent's Authz (which
- * consumes the nonce), `plan` a throwaway one (a preview consumes nothing). No audit here.
+ * consumes the nonce), `plan` a throwaway one (a preview consumes nothing). No audit, no grant.
  */
 export const judge = (
   action: GatedAction,
@@ -158,11 +157,67 @@ export const judge = (
     } as const
   })
 
+// ---------------------------------------------------------------------------------------------
+// What an approved action may do irreversibly
+
+const decodeParam = <A, I>(schema: Schema.Schema<A, I>, params: JsonObject, key: string): Option.Option<A> =>
+  Object.hasOwn(params, key) ? Schema.decodeUnknownOption(schema)(params[key]) : Option.none()
+
+/** The irreversible calls an approved action entails; nothing else can be cleared for it. */
+export const permits = (action: GatedAction, call: IrreversibleCall): boolean => {
+  if (action.vmid === null || call.vmid !== action.vmid) return false
+  switch (action.op) {
+    case "decommission":
+    case "destroy":
+      return call.call === "destroy"
+    case "restore-now": {
+      if (call.call === "rollback") {
+        return Option.exists(decodeParam(SnapshotName, action.params, "snapshot"), (s) => s === call.snapshot)
+      }
+      if (call.call === "restore-overwrite") {
+        return Option.exists(decodeParam(VolumeId, action.params, "backup"), (b) => b === call.archive)
+      }
+      return false
+    }
+    case "resize":
+      return call.call === "resize" && call.disk === action.params["disk"] && call.size === `${String(action.params["size_gib"])}G`
+    case "create":
+      // sizing the guest it just restored
+      return call.call === "resize" && call.disk === "rootfs" && call.size === `${String(action.params["rootfs_gib"])}G`
+    default:
+      return false
+  }
+}
+
+/** Proof the gate approved one action: clears exactly the calls that action entails. */
+export interface Grant {
+  readonly action: GatedAction
+  readonly basis: ClearanceBasis
+  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused>
+}
+
+const grantFor = (action: GatedAction, basis: ClearanceBasis): Grant => ({
+  action,
+  basis,
+  clear: (call) =>
+    permits(action, call)
+      ? Effect.succeed(mint(call, basis))
+      : Effect.fail(new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"} does not entail ${call.call} of ${call.vmid}` }))
+})
+
+export type GateResult =
+  | { readonly decision: Extract<GateDecision, { verdict: "allowed" | "signed_ok" }>; readonly grant: Grant }
+  | { readonly decision: Extract<GateDecision, { verdict: "pending_signature" | "rejected" }>; readonly grant: null }
+
+/**
+ * Judges one action with the agent's Authz, audits the decision, and for an approved action
+ * returns the grant its executor needs for each irreversible call.
+ */
 export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor = "gate") =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const authz = yield* Authz
-    // provenance is agent-internal: only the journal can say a guest is scratch or ours
+    // provenance is agent-internal: only the journal can say a guest is scratch
     const decision = yield* judge(action, yield* currentProvenance(action.vmid), signed, Option.some(authz))
     yield* journal.audit({
       actor,
@@ -179,5 +234,115 @@ export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor
           : {})
       }
     })
-    return decision
+    switch (decision.verdict) {
+      case "allowed":
+        return { decision, grant: grantFor(action, { basis: "benign", reason: decision.reason }) } satisfies GateResult as GateResult
+      case "signed_ok":
+        return {
+          decision,
+          grant: grantFor(action, { basis: "signed", signer: decision.verified.signer.keyId, nonce: decision.verified.nonce })
+        } satisfies GateResult as GateResult
+      default:
+        return { decision, grant: null } satisfies GateResult as GateResult
+    }
   })
+
+// ---------------------------------------------------------------------------------------------
+// Clearances from the journal: compensation, resume, and the operator's console
+
+const notFound = (e: ProxmoxError) => e._tag === "PveApiError" && e.kind === "not_found"
+
+export type CompensationVerdict =
+  | { readonly _tag: "absent" }
+  | { readonly _tag: "foreign" }
+  | { readonly _tag: "ours"; readonly clearance: Clearance<"destroy"> }
+
+/** Reads a guest's config, waiting out a create/restore lock (the marker is written at its end). */
+const settledConfig = (vmid: VmId) =>
+  Effect.flatMap(Proxmox, (pve) =>
+    pve.guestConfig(vmid).pipe(
+      Effect.flatMap((c) =>
+        c.lock === "create" || c.lock === "restore"
+          ? Effect.fail(new PveLocked({ method: "GET", path: `lxc/${vmid}/config`, lock: c.lock, message: `guest ${vmid} is locked (${c.lock})` }))
+          : Effect.succeed(c)
+      ),
+      Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" }),
+      Effect.map(Option.some),
+      Effect.catchIf(notFound, () => Effect.succeedNone)
+    ))
+
+/**
+ * What the create saga `opId` may do to undo itself at `vmid`. The instance is proven only by
+ * the marker recorded in the op's own journal payload (written before the restore was sent) and
+ * found on the guest in PVE: `ours` (with a destroy clearance) requires the op in flight, never
+ * sealed or started, the marker on the guest, and the guest stopped; a guest without the marker
+ * is `foreign` and is never touched; anything else is refused (the caller holds the op for an
+ * operator).
+ */
+export const clearCompensation = (opId: string, vmid: VmId) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const pve = yield* Proxmox
+    const refuse = (why: string) =>
+      Effect.zipRight(
+        journal.audit({ actor: "gate", action: "destroy", target: String(vmid), decision: "refused:compensation", detail: { op: opId, reason: why } }),
+        Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${vmid} refused: ${why}` }))
+      )
+    const op = yield* journal.get(opId)
+    if (Option.isNone(op) || op.value.status !== "in_flight") return yield* refuse(`op ${opId} is not in flight`)
+    const typed = decodeOperation(op.value.payload)
+    if (Either.isLeft(typed) || typed.right._tag !== "create" || typed.right.vmid !== vmid) {
+      return yield* refuse(`op ${opId} is not a create of ${vmid}`)
+    }
+    const marker = typed.right.marker
+    const steps = new Map(op.value.steps.map((s) => [s.name, s.status]))
+    if (steps.get("seal") === "done" || steps.has("start")) return yield* refuse("the guest was sealed or started: it is customer data")
+    if (!steps.has("restore")) return { _tag: "absent" } as CompensationVerdict // the restore was never sent
+    const config = yield* settledConfig(vmid)
+    if (Option.isNone(config)) return { _tag: "absent" } as CompensationVerdict
+    if (!normalizeTags(config.value.tags).includes(marker)) return { _tag: "foreign" } as CompensationVerdict
+    const status = yield* pve.guestStatus(vmid)
+    if (status.status !== "stopped") return yield* refuse(`the guest is ${status.status}; it was started after the restore`)
+    yield* journal.audit({
+      actor: "gate",
+      action: "destroy",
+      target: String(vmid),
+      decision: "allowed",
+      detail: { op: opId, reason: `compensating rollback of create ${opId} (same-transaction provenance, marker ${marker})` }
+    })
+    return { _tag: "ours", clearance: mint({ call: "destroy", vmid }, { basis: "provenance", opId }) } as CompensationVerdict
+  })
+
+/** A destroy clearance to finish an in-flight decommission the journal records as signed. */
+export const clearResume = (opId: string, vmid: VmId) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const op = yield* journal.get(opId)
+    const decoded = Option.map(op, (o) => ({ status: o.status, decoded: decodeOperation(o.payload) }))
+    if (
+      Option.isNone(decoded) || decoded.value.status !== "in_flight" || Either.isLeft(decoded.value.decoded) ||
+      decoded.value.decoded.right._tag !== "decommission" || decoded.value.decoded.right.vmid !== vmid
+    ) {
+      return yield* new ClearanceRefused({ message: `op ${opId} is not an in-flight signed decommission of ${vmid}` })
+    }
+    const auth = decoded.value.decoded.right.authorization
+    yield* journal.audit({
+      actor: "gate",
+      action: "destroy",
+      target: String(vmid),
+      decision: "allowed",
+      detail: { op: opId, reason: `resuming decommission signed by ${auth.signer} (nonce ${auth.nonce})` }
+    })
+    return mint({ call: "destroy", vmid }, { basis: "resume", opId })
+  })
+
+/**
+ * The operator at the host's console: `felhom-agent selftest task --yes` (rollback to and delete
+ * of the snapshot it just took) and the test suite's direct client tests. The import-boundary
+ * lint fails the build if any other module under src/ calls this.
+ */
+export const clearForConsole = <K extends CallKind>(call: CallOf<K>, reason: string): Clearance<K> =>
+  mint(call, { basis: "console", reason })
+
+/** A grant on the console basis for one action (same callers as clearForConsole). */
+export const consoleGrant = (action: GatedAction, reason: string): Grant => grantFor(action, { basis: "console", reason })

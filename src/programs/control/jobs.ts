@@ -2,17 +2,24 @@
  * Signed one-shot jobs (SPEC §7b): restore-now, decommission, force-backup. A job names a
  * target; the agent owns the how. Each job is gated (destructive ones need a signature bound to
  * exactly the job's op, guest and params), executed at most once per job id across retries and
- * restarts, journaled, and run through the per-guest serializer.
+ * restarts, journaled, and run through the per-guest serializer: the gate's decision and the
+ * execution happen inside the same turn of that guest's queue, so nothing changes the guest
+ * between them.
+ *
+ * What runs is decoded from the signed blob's own params (strictly, per op), never from the
+ * hub's copy: the hub's copy only has to be equal to it for the binding check.
  */
 import { Effect, Either, Option, Schema } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { Journal } from "../../layers/Journal.js"
-import { type JobResult, type SignedJob } from "../../schema/hub.js"
-import { StorageId } from "../../schema/ids.js"
-import { dearmor } from "../../schema/sshsig.js"
 import type { Proxmox } from "../../layers/Proxmox.js"
-import { BadJob, decommission, decodeRestoreSource, forceBackup, restoreNow, type StepError } from "./steps.js"
-import { gate, type GatedAction } from "./gate.js"
+import { decodeJobEntry, type JobResult, type SignedJob } from "../../schema/hub.js"
+import { SnapshotName, StorageId, VolumeId } from "../../schema/ids.js"
+import type { JsonObject } from "../../schema/json.js"
+import type { RestoreSource, SignedAuthorization } from "../../schema/operations.js"
+import { dearmor } from "../../schema/sshsig.js"
+import { gate, type GatedAction, type GateResult } from "./gate.js"
+import { BadJob, decommission, forceBackup, restoreNow, type StepError } from "./steps.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -23,42 +30,68 @@ const decodeBlob = (b64: string): Either.Either<Uint8Array, string> =>
     ? Either.right(Uint8Array.from(Buffer.from(b64, "base64")))
     : Either.left("blob is not strict base64")
 
-const run = (job: SignedJob, authorization: unknown): Effect.Effect<void, StepError | BadJob, Proxmox | Journal> => {
+// Per-op params, strict: an extra key is a refusal, never something to ignore.
+const strict = { onExcessProperty: "error" } as const
+const RestoreFromSnapshot = Schema.Struct({ snapshot: SnapshotName })
+const RestoreFromBackup = Schema.Struct({ backup: VolumeId, storage: StorageId, backup_storage: StorageId })
+const ForceBackupParams = Schema.Struct({ storage: StorageId })
+const NoParams = Schema.Struct({})
+
+export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
+  const snap = Schema.decodeUnknownOption(RestoreFromSnapshot, strict)(params)
+  if (Option.isSome(snap)) return Option.some({ snapshot: snap.value.snapshot })
+  const backup = Schema.decodeUnknownOption(RestoreFromBackup, strict)(params)
+  return Option.map(backup, (b) => ({ backup: b.backup, storage: b.storage, backupStorage: b.backup_storage }))
+}
+
+type Approved = Extract<GateResult, { grant: object }>
+
+const run = (job: SignedJob, approved: Approved): Effect.Effect<void, StepError | BadJob, Proxmox | Journal> => {
   const vmid = job.guest_id
+  const d = approved.decision
+  // what runs is the signed op's own params when there is a signature, the job's otherwise
+  const params = d.verdict === "signed_ok" ? d.verified.params : job.params
+  const signed = (): Either.Either<SignedAuthorization, BadJob> =>
+    d.verdict === "signed_ok"
+      ? Either.right({ basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: job.id })
+      : Either.left(new BadJob({ message: `${job.op} runs only with an operator signature` }))
   switch (job.op) {
-    case "decommission":
-      return vmid === null ? Effect.fail(new BadJob({ message: "decommission needs guest_id" })) : decommission(vmid, authorization)
-    case "restore-now": {
-      const source = decodeRestoreSource(job.params)
-      if (vmid === null || Option.isNone(source)) {
-        return Effect.fail(new BadJob({ message: "restore-now needs guest_id and params {snapshot} or {backup, storage, backup_storage}" }))
+    case "decommission": {
+      const auth = signed()
+      if (vmid === null || Option.isNone(Schema.decodeUnknownOption(NoParams, strict)(params))) {
+        return Effect.fail(new BadJob({ message: "decommission needs guest_id and no params" }))
       }
-      return restoreNow(vmid, source.value, authorization)
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : decommission(vmid, approved.grant, auth.right)
+    }
+    case "restore-now": {
+      const source = decodeRestoreSource(params)
+      const auth = signed()
+      if (vmid === null || Option.isNone(source)) {
+        return Effect.fail(new BadJob({ message: "restore-now needs guest_id and params exactly {snapshot} or {backup, storage, backup_storage}" }))
+      }
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : restoreNow(vmid, source.value, approved.grant, auth.right)
     }
     case "force-backup": {
-      const storage = Schema.decodeUnknownOption(StorageId)(job.params["storage"])
-      if (vmid === null || Option.isNone(storage)) {
-        return Effect.fail(new BadJob({ message: "force-backup needs guest_id and params.storage" }))
+      const p = Schema.decodeUnknownOption(ForceBackupParams, strict)(params)
+      if (vmid === null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "force-backup needs guest_id and params exactly {storage}" }))
       }
-      return forceBackup(vmid, storage.value)
+      return forceBackup(vmid, p.value.storage)
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))
   }
 }
 
+const resultOf = (job: { readonly id: string; readonly op: string; readonly guest_id: number | null }) =>
+  (status: JobResult["status"], reason: string): JobResult => ({ id: job.id, op: job.op, guest_id: job.guest_id, status, reason })
+
 export const runSignedJob = (job: SignedJob) =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const queue = yield* GuestQueue
     const key = `job:${job.id}`
-    const result = (status: JobResult["status"], reason: string): JobResult => ({
-      id: job.id,
-      op: job.op,
-      guest_id: job.guest_id,
-      status,
-      reason
-    })
+    const result = resultOf(job)
 
     // A redelivered job id returns what happened the first time and runs nothing.
     const seen = yield* journal.idempotencyGet(key)
@@ -77,20 +110,34 @@ export const runSignedJob = (job: SignedJob) =>
       signed = Option.some({ blob: bytes.right, signature: job.signature })
     }
 
-    const decision = yield* gate(action, signed, "job")
-    if (decision.verdict === "pending_signature") return result("pending_signature", decision.reason)
-    if (decision.verdict === "rejected") return result("rejected", `${decision.reason}: ${decision.message}`)
-
-    const authorization = decision.verdict === "signed_ok"
-      ? { signer: decision.verified.signer.keyId, fingerprint: decision.verified.signer.fingerprint, nonce: decision.verified.nonce, job: job.id }
-      : { job: job.id, reason: decision.reason }
-    const outcome = yield* queue.serialize(job.guest_id ?? "host")(
-      journal.runOnce(key, run(job, authorization), () => ({ status: "done" }))
-    ).pipe(Effect.either)
-    if (Either.isLeft(outcome)) {
-      yield* journal.idempotencyComplete(key, { status: "failed", reason: outcome.left.message })
-      return result("failed", `${outcome.left._tag}: ${outcome.left.message}`)
-    }
-    if (outcome.right.replayed) return result("duplicate", `job ${job.id} was already handled; not run again`)
-    return result("done", decision.reason)
+    // gate and execution in one turn of this guest's queue
+    return yield* queue.serialize(job.guest_id ?? "host")(
+      Effect.gen(function*() {
+        const judged = yield* gate(action, signed, "job")
+        if (judged.grant === null) {
+          const d = judged.decision
+          return d.verdict === "pending_signature" ? result("pending_signature", d.reason) : result("rejected", `${d.reason}: ${d.message}`)
+        }
+        const approved: Approved = judged
+        const outcome = yield* journal.runOnce(key, run(job, approved), () => ({ status: "done" })).pipe(Effect.either)
+        if (Either.isLeft(outcome)) return result("failed", `${outcome.left._tag}: ${outcome.left.message}`)
+        if (outcome.right.replayed) return result("duplicate", `job ${job.id} was already handled; not run again`)
+        return result("done", approved.decision.reason)
+      })
+    )
   })
+
+/**
+ * A batch from the hub, one entry at a time: an entry that does not decode (prototype keys,
+ * absurd nesting, a missing field) is rejected on its own and never costs the others.
+ */
+export const runJobBatch = (entries: ReadonlyArray<unknown>) =>
+  Effect.forEach(entries, (raw, i) =>
+    Either.match(decodeJobEntry(raw), {
+      onLeft: (bad) =>
+        Effect.succeed(resultOf({ id: bad.id ?? `invalid-${i}`, op: bad.op ?? "unknown", guest_id: null })(
+          "rejected",
+          `Malformed: ${bad.message}`
+        )),
+      onRight: runSignedJob
+    }))

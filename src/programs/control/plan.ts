@@ -138,7 +138,16 @@ export type Action =
   | { readonly kind: "start"; readonly vmid: VmId }
   | { readonly kind: "stop"; readonly vmid: VmId }
 
-export type NoteReason = "shrink_refused" | "locked" | "config_unreadable" | "rootfs_size_unknown" | "no_provisioning"
+export type NoteReason =
+  | "shrink_refused"
+  | "locked"
+  | "config_unreadable"
+  | "rootfs_size_unknown"
+  | "no_provisioning"
+  | "held"
+  | "lost"
+  | "resize_refused"
+  | "memory_refused"
 
 /** Something the plan cannot converge this pass; reported, never silently dropped. */
 export interface Note {
@@ -186,8 +195,43 @@ const indexBy = <A extends { readonly vmid: VmId }>(xs: ReadonlyArray<A>): Map<V
   return m
 }
 
+/**
+ * What the agent knows beside PVE and the hub, so the plan can refuse what the hub must not get
+ * (issue 8, findings 2, 6 and 9). Everything here comes from the journal or from PVE, never from
+ * the hub.
+ */
+export interface PlanContext {
+  /** Guests the agent will not touch this pass: an op needs an operator, or one is in flight. */
+  readonly held: ReadonlyMap<VmId, string>
+  /** Guests known to hold customer data (created and sealed, or adopted), and those found lost. */
+  readonly customer: ReadonlySet<VmId>
+  /** Host memory in MiB (bounds memory and swap); null when unknown. */
+  readonly hostMemoryMiB: number | null
+  /** Free GiB on the storage holding a guest's rootfs (bounds a grow); undefined when unknown. */
+  readonly rootfsFreeGib: (vmid: VmId) => number | undefined
+}
+
+/** Nothing known: a grow is refused (free space unknown), nothing is held. */
+export const emptyContext: PlanContext = { held: new Map(), customer: new Set(), hostMemoryMiB: null, rootfsFreeGib: () => undefined }
+
+/** For the pure model and its properties: no holds, no records, no bounds. */
+export const unboundedContext: PlanContext = { ...emptyContext, rootfsFreeGib: () => Number.POSITIVE_INFINITY }
+
+/** The smallest memory a guest may be cut to (below it a Debian guest does not boot). */
+export const MIN_MEMORY_MIB = 64
+
+/** Why this memory/swap is refused, or undefined. Growth beyond the host is as absurd as a cut to nothing. */
+const memoryRefusal = (memoryMiB: number | null, swapMiB: number | null, ctx: PlanContext): string | undefined => {
+  if (memoryMiB !== null && memoryMiB < MIN_MEMORY_MIB) return `memory ${memoryMiB} MiB is below the ${MIN_MEMORY_MIB} MiB floor`
+  if (ctx.hostMemoryMiB !== null) {
+    if (memoryMiB !== null && memoryMiB > ctx.hostMemoryMiB) return `memory ${memoryMiB} MiB exceeds the host's ${ctx.hostMemoryMiB} MiB`
+    if (swapMiB !== null && swapMiB > ctx.hostMemoryMiB) return `swap ${swapMiB} MiB exceeds the host's memory (${ctx.hostMemoryMiB} MiB)`
+  }
+  return undefined
+}
+
 /** The minimal action set taking `actual` to `desired`; total and deterministic. */
-export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState): Plan => {
+export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, ctx: PlanContext = emptyContext): Plan => {
   const have = indexBy(actual)
   const want = indexBy(desired.guests)
   const vmids = [...new Set<VmId>([...have.keys(), ...want.keys()])].sort((a, b) => a - b)
@@ -202,8 +246,24 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState):
   for (const vmid of vmids) {
     const a = have.get(vmid)
     const d = want.get(vmid)
+    const held = ctx.held.get(vmid)
+    if (held !== undefined) {
+      note(vmid, "held", `held for an operator: ${held}; no action`)
+      continue
+    }
     if (a === undefined) {
       if (d === undefined) continue
+      if (ctx.customer.has(vmid)) {
+        // a guest that held customer data is gone: recover it from a backup, never recreate it blank
+        note(vmid, "lost", "this guest held customer data and is gone: lost, needs recovery (never recreated blank)")
+        continue
+      }
+      const w0 = normalizeDesired(d)
+      const refused = memoryRefusal(w0.memory_mib, w0.swap_mib, ctx)
+      if (refused !== undefined) {
+        note(vmid, "memory_refused", `not created: ${refused}`)
+        continue
+      }
       actions.push({ kind: "create", vmid, spec: d, source })
       if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
       continue
@@ -223,14 +283,24 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState):
       actions.push(...powerAction(vmid, a.status, w.power))
       continue
     }
-    const set = configDiff(a.spec, w)
+    const diff = configDiff(a.spec, w)
+    const refusal = memoryRefusal(diff.memory ?? null, diff.swap ?? null, ctx)
+    const set: ConfigSet = refusal === undefined
+      ? diff
+      : Object.fromEntries(Object.entries(diff).filter(([k]) => k !== "memory" && k !== "swap"))
+    if (refusal !== undefined) note(vmid, "memory_refused", `memory/swap not changed: ${refusal}`)
     if (Object.keys(set).length > 0) actions.push({ kind: "set_config", vmid, set })
     const size = a.spec.rootfs_gib
     if (w.rootfs_gib !== null) {
       if (size === null) {
         note(vmid, "rootfs_size_unknown", "rootfs size is not readable; not resizing")
       } else if (size < w.rootfs_gib) {
-        actions.push({ kind: "resize", vmid, disk: "rootfs", sizeGib: w.rootfs_gib })
+        const free = ctx.rootfsFreeGib(vmid)
+        // a grow is irreversible: only within the space the storage has now
+        if (free === undefined) note(vmid, "resize_refused", "the rootfs storage's free space is unknown; not growing")
+        else if (w.rootfs_gib - size > free) {
+          note(vmid, "resize_refused", `growing rootfs by ${w.rootfs_gib - size} GiB exceeds the ${free} GiB free on its storage`)
+        } else actions.push({ kind: "resize", vmid, disk: "rootfs", sizeGib: w.rootfs_gib })
       } else if (size > w.rootfs_gib) {
         note(vmid, "shrink_refused", `rootfs is ${size} GiB, desired ${w.rootfs_gib} GiB: PVE cannot shrink a disk`)
       }

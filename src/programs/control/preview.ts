@@ -8,7 +8,7 @@ import type { AuthzShape } from "../../layers/Authz.js"
 import type { DesiredState } from "../../schema/desired.js"
 import type { SignedOp } from "./gate.js"
 import { currentProvenance, judge } from "./gate.js"
-import { gatedActionOf, observeActual, signatureKey } from "./apply.js"
+import { gatedActionOf, observeContext, observePve, signatureKey } from "./apply.js"
 import { type Action, plan } from "./plan.js"
 
 export interface PlannedAction {
@@ -43,7 +43,8 @@ const detailOf = (a: Action): Record<string, unknown> => {
 /** `offered` maps signatureKey(op, vmid) → signed op; `authz` checks them without side effects. */
 export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, SignedOp>, authz: Option.Option<AuthzShape>) =>
   Effect.gen(function*() {
-    const p = plan(yield* observeActual, desired)
+    const obs = yield* observePve
+    const p = plan(obs.actual, desired, yield* observeContext(obs, desired, { record: false }))
     const actions = yield* Effect.forEach(p.actions, (a) =>
       Effect.gen(function*() {
         const ga = gatedActionOf(a)

@@ -1,27 +1,37 @@
 /**
  * Journal recovery, run at start before any mutation (SPEC §9): every op left in flight by a
- * crash is resumed or rolled back, so no half-done operation survives.
+ * crash is resumed, rolled back, or held for an operator, so no half-done operation survives and
+ * nothing is destroyed on a guess. The rule per kind is an exhaustive switch over the typed
+ * operation (src/schema/operations.ts): a new kind without a rule does not compile.
  *
- * - create: rolled back unless every step finished. The guest is destroyed only if the journal
- *   proves it is ours (same-transaction provenance, written right after PVE accepted the
- *   restore); a guest whose origin is unproven is left alone and reported.
- * - decommission: resumed (it was authorized when it started): stop if running, destroy.
- * - anything else: recorded UPIDs are waited; all steps OK → done, otherwise failed (the next
- *   reconcile plans again from the actual state).
+ * - create: sealed → the guest is a customer guest; what is left (untag, start) is left to
+ *   reconcile. Not sealed → compensated through the gate (exact instance by its marker, never
+ *   started), or needs_operator when that cannot be proven or fails.
+ * - decommission: resumed (it was signed when it started; the gate re-clears the destroy from
+ *   the journal's record of that signature).
+ * - restore-now: recorded tasks settled; never resumed (the operator re-signs). A guest gone
+ *   after an interrupted overwrite is recorded lost.
+ * - the rest: recorded UPIDs are waited; all steps OK → done, otherwise failed (reconcile plans
+ *   again from the actual state).
+ * An op whose payload does not decode is held for an operator.
  */
-import { Effect, Option } from "effect"
+import { Effect, Either, Option } from "effect"
 import { Journal, type JournalOp } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
-import { type Upid, VmId } from "../../schema/ids.js"
-import { compensateCreate, CREATE_STEPS, lockRetry, type StepError, taskStep } from "./steps.js"
+import type { Upid } from "../../schema/ids.js"
+import { decodeOperation, type Operation, type OperationOf } from "../../schema/operations.js"
+import { clearResume } from "./gate.js"
+import { decommissionSteps, existing, rollBackCreate, sagaOf, type StepError } from "./steps.js"
 
 export interface RecoveredOp {
   readonly id: string
   readonly kind: string
   readonly vmid: number | null
-  readonly outcome: "done" | "rolled_back" | "failed"
+  readonly outcome: "done" | "rolled_back" | "failed" | "needs_operator" | "in_flight"
   readonly detail: string
 }
+
+type Outcome = { readonly outcome: RecoveredOp["outcome"]; readonly detail: string }
 
 const isUpid = (u: string | null): u is Upid => u !== null && u.startsWith("UPID:")
 
@@ -44,66 +54,99 @@ const settleStarted = (op: JournalOp) =>
     return allOk
   })
 
-const rollbackCreate = (op: JournalOp, vmid: VmId) =>
+const reread = (op: JournalOp) => Effect.map(Effect.flatMap(Journal, (j) => j.get(op.id)), Option.getOrElse(() => op))
+
+const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
   Effect.gen(function*() {
     const journal = yield* Journal
     yield* settleStarted(op)
-    const after = Option.getOrElse(yield* journal.get(op.id), () => op)
+    const after = yield* reread(op)
     const done = new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name))
-    if (CREATE_STEPS.every((s) => done.has(s))) {
-      // a finished create is a customer guest like any other: its provenance ends with the transaction
-      yield* journal.clearProvenance(vmid)
-      yield* journal.finish(op.id, "done", "recovered: every step had completed")
-      return { outcome: "done", detail: "every step had completed" } as const
+    if (done.has("seal")) {
+      // sealed: customer data; its provenance ended with the seal (finish what the seal began)
+      yield* journal.clearProvenance(typed.vmid)
+      yield* journal.markCustomer(typed.vmid, `created by op ${op.id}`)
+      if (done.has("untag") && done.has("start")) {
+        yield* journal.finish(op.id, "done", "recovered: every step had completed")
+        return { outcome: "done", detail: "every step had completed" }
+      }
+      yield* journal.finish(op.id, "failed", "recovered: sealed before the crash; reconcile converges the rest")
+      return { outcome: "failed", detail: "sealed; the guest is kept and reconcile converges the rest" }
     }
-    const ours = yield* compensateCreate(op.id, vmid)
-    if (!ours) {
-      // PVE never accepted our restore (or we cannot prove it did): touch nothing
-      yield* journal.finish(op.id, "rolled_back", "recovered: the restore was never accepted; nothing to undo")
-      return { outcome: "rolled_back", detail: "restore never accepted; nothing to undo" } as const
-    }
-    yield* journal.finish(op.id, "rolled_back", "recovered: half-built guest destroyed")
-    return { outcome: "rolled_back", detail: "half-built guest destroyed" } as const
+    const r = yield* rollBackCreate(sagaOf(op.id, typed), "recovered: interrupted before the seal")
+    return r === "rolled_back"
+      ? { outcome: "rolled_back", detail: "interrupted before the seal; rolled back" }
+      : { outcome: "needs_operator", detail: "interrupted before the seal; could not be undone safely, held for an operator" }
   })
 
-const resumeDecommission = (op: JournalOp, vmid: VmId) =>
+const resumeDecommission = (op: JournalOp, typed: OperationOf<"decommission">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
   Effect.gen(function*() {
     const journal = yield* Journal
-    const pve = yield* Proxmox
     yield* settleStarted(op)
-    const status = yield* Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
-      Effect.map(Option.some),
-      Effect.catchIf((e) => e._tag === "PveApiError" && e.kind === "not_found", () => Effect.succeed(Option.none()))
-    )
-    if (Option.isSome(status)) {
-      if (status.value.status === "running") yield* taskStep(op.id, "stop", pve.stop(vmid))
-      yield* taskStep(op.id, "destroy", pve.destroy(vmid, { purge: true })).pipe(
-        Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" })
-      )
-    }
-    yield* journal.clearProvenance(vmid)
+    yield* decommissionSteps(sagaOf(op.id, typed), clearResume(op.id, typed.vmid))
     yield* journal.finish(op.id, "done", "recovered: decommission resumed")
-    return { outcome: "done", detail: "decommission resumed to completion" } as const
+    return { outcome: "done", detail: "decommission resumed to completion" }
   })
 
-const settleOther = (op: JournalOp) =>
+const settleRestoreNow = (op: JournalOp, typed: OperationOf<"restore-now">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const ok = yield* settleStarted(op)
-    const after = Option.getOrElse(yield* journal.get(op.id), () => op)
-    if (ok && after.steps.length > 0 && after.steps.every((s) => s.status === "done")) {
-      yield* journal.finish(op.id, "done", "recovered: the task had completed")
-      return { outcome: "done", detail: "task had completed" } as const
+    const after = yield* reread(op)
+    if (ok && after.steps.length > 0 && after.steps.every((s) => s.status === "done") && after.steps.some((s) => s.name === "rollback" || s.name === "restore")) {
+      yield* journal.finish(op.id, "done", "recovered: the restore had completed")
+      return { outcome: "done", detail: "restore had completed" }
     }
-    yield* journal.finish(op.id, "failed", "recovered: interrupted before completion; reconcile plans again")
-    return { outcome: "failed", detail: "interrupted; left to the next reconcile" } as const
+    if (Option.isNone(yield* existing(typed.vmid))) {
+      yield* journal.markLost(typed.vmid, `restore-now ${op.id} was interrupted and the guest is gone`)
+    }
+    yield* journal.finish(op.id, "failed", "recovered: interrupted; not resumed (the operator signs again)")
+    return { outcome: "failed", detail: "interrupted; not resumed" }
   })
 
-const recoverOne = (op: JournalOp): Effect.Effect<{ readonly outcome: RecoveredOp["outcome"]; readonly detail: string }, StepError, Journal | Proxmox> => {
-  const vmid = op.vmid === null ? undefined : VmId.make(op.vmid)
-  if (op.kind === "create" && vmid !== undefined) return rollbackCreate(op, vmid)
-  if (op.kind === "decommission" && vmid !== undefined) return resumeDecommission(op, vmid)
-  return settleOther(op)
+const settleOther = (op: JournalOp): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const ok = yield* settleStarted(op)
+    const after = yield* reread(op)
+    if (ok && after.steps.length > 0 && after.steps.every((s) => s.status === "done")) {
+      yield* journal.finish(op.id, "done", "recovered: the task had completed")
+      return { outcome: "done", detail: "task had completed" }
+    }
+    yield* journal.finish(op.id, "failed", "recovered: interrupted before completion; reconcile plans again")
+    return { outcome: "failed", detail: "interrupted; left to the next reconcile" }
+  })
+
+/** The rule for each kind. Exhaustive: the `never` default stops compiling when a kind is added. */
+const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepError, Journal | Proxmox> => {
+  switch (typed._tag) {
+    case "create":
+      return recoverCreate(op, typed)
+    case "decommission":
+      return resumeDecommission(op, typed)
+    case "restore-now":
+      return settleRestoreNow(op, typed)
+    case "force-backup":
+    case "start":
+    case "stop":
+    case "set_config":
+    case "resize":
+      return settleOther(op)
+    default: {
+      const unreachable: never = typed
+      return unreachable
+    }
+  }
+}
+
+const recoverOne = (op: JournalOp): Effect.Effect<Outcome, StepError, Journal | Proxmox> => {
+  const typed = decodeOperation(op.payload)
+  if (Either.isLeft(typed) || typed.right._tag !== op.kind) {
+    return Effect.flatMap(Journal, (j) => j.finish(op.id, "needs_operator", "recovered: the journal record does not decode; held for an operator")).pipe(
+      Effect.as({ outcome: "needs_operator" as const, detail: "journal record does not decode" })
+    )
+  }
+  return ruleFor(op, typed.right)
 }
 
 /** Recovers every in-flight op, oldest first. Errors talking to PVE leave the op in flight. */
@@ -114,7 +157,7 @@ export const recover = Effect.gen(function*() {
   for (const op of ops) {
     const r = yield* recoverOne(op).pipe(
       Effect.catchAll((e) =>
-        Effect.succeed({ outcome: "failed" as const, detail: `recovery could not finish (${e._tag}: ${e.message}); still in flight` })
+        Effect.succeed({ outcome: "in_flight" as const, detail: `recovery could not finish (${e._tag}: ${e.message}); still in flight` })
       )
     )
     results.push({ id: op.id, kind: op.kind, vmid: op.vmid, outcome: r.outcome, detail: r.detail })

@@ -1,19 +1,35 @@
 /**
- * Executes actions against PVE as journaled operations: every step is recorded as started,
- * its UPID is recorded before the wait, and it is marked done only after `exitstatus == OK`.
- * Recovery (./recover.ts) reads exactly these records after a crash.
+ * Operations as journaled sagas: every step is recorded as started, its UPID is recorded before
+ * the wait, and it is marked done only after `exitstatus == OK`. Recovery (./recover.ts) reads
+ * exactly these records after a crash. Step names are typed per operation kind
+ * (src/schema/operations.ts), so a saga cannot write a step its recovery rule does not know.
  *
- * The destructive executors (decommission, restore-now) run only after the gate said
- * `signed_ok`, or `allowed` for agent-created provenance; they never decide that themselves.
+ * Irreversible PVE calls take a Clearance from the gate's Grant for the action (or, for a
+ * create's own compensation, from `clearCompensation`); no executor decides that itself.
  */
-import { Data, Effect, Option, Schedule, Schema } from "effect"
+import { Data, Effect, Option } from "effect"
+import { lockRetry } from "./schedules.js"
+import { randomBytes } from "node:crypto"
 import { Journal } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
-import { SnapshotName, StorageId, type Upid, type VmId, VolumeId } from "../../schema/ids.js"
-import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
+import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
+import { type StorageId, type Upid, type VmId } from "../../schema/ids.js"
+import {
+  type CreateSource,
+  encodeOperation,
+  type InstanceMarker,
+  type Operation,
+  type OperationKind,
+  type OperationOf,
+  type RestoreSource,
+  type SignedAuthorization,
+  type StepName
+} from "../../schema/operations.js"
+import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
+import { clearCompensation, type Grant } from "./gate.js"
 
-export type StepError = ProxmoxError | WaitError | GuestNotOnNode
+export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused
 
 /** The desired state asks for a guest but names no golden archive to restore it from. */
 export class NoProvisioning extends Data.TaggedError("NoProvisioning")<{ readonly message: string }> {}
@@ -24,6 +40,90 @@ export class BadJob extends Data.TaggedError("BadJob")<{ readonly message: strin
 /** vzdump answered "OK": none of the requested guests is on this node, nothing ran. */
 export class GuestNotOnNode extends Data.TaggedError("GuestNotOnNode")<{ readonly message: string }> {}
 
+// ---------------------------------------------------------------------------------------------
+// The saga: typed steps over the journal
+
+export interface Saga<K extends OperationKind> {
+  readonly id: string
+  readonly op: OperationOf<K>
+  /** A PVE task step: started → UPID recorded → waited → done. */
+  readonly task: <E, R>(step: StepName<K>, start: Effect.Effect<Upid, E, R>) => Effect.Effect<void, E | WaitError, R | Journal | Proxmox>
+  /** PUT config (data-safe keys), dual-mode: a UPID is waited, nothing means applied. "" deletes a key. */
+  readonly config: (
+    step: StepName<K>,
+    changes: Readonly<Record<string, string | number | undefined>>
+  ) => Effect.Effect<void, ProxmoxError | WaitError | ClearanceRefused, Journal | Proxmox>
+  readonly started: (step: StepName<K>, data?: unknown) => Effect.Effect<void, never, Journal>
+  readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, never, Journal>
+}
+
+export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>): Saga<K> => ({
+  id,
+  op,
+  task: (step, start) =>
+    Effect.gen(function*() {
+      const journal = yield* Journal
+      const pve = yield* Proxmox
+      yield* journal.stepStarted(id, step)
+      const upid = yield* start
+      yield* journal.recordUpid(id, step, upid)
+      yield* pve.waitTask(upid)
+      yield* journal.stepDone(id, step)
+    }),
+  config: (step, changes) =>
+    Effect.gen(function*() {
+      const journal = yield* Journal
+      const pve = yield* Proxmox
+      const entries = Object.entries(changes).filter((e): e is [string, string | number] => e[1] !== undefined)
+      const set = Object.fromEntries(entries.filter(([, v]) => v !== ""))
+      const del = entries.filter(([, v]) => v === "").map(([k]) => k)
+      yield* journal.stepStarted(id, step, { set, delete: del })
+      if (Object.keys(set).length === 0 && del.length === 0) return yield* journal.stepDone(id, step)
+      const maybe = yield* pve.setConfig(op.vmid, { set, delete: del })
+      if (Option.isSome(maybe)) {
+        yield* journal.recordUpid(id, step, maybe.value)
+        yield* pve.waitTask(maybe.value)
+      }
+      yield* journal.stepDone(id, step)
+    }),
+  started: (step, data) => Effect.flatMap(Journal, (j) => j.stepStarted(id, step, data)),
+  done: (step, data) => Effect.flatMap(Journal, (j) => j.stepDone(id, step, data))
+})
+
+/** Records the operation (its encoded payload is what recovery decodes) and returns its saga. */
+export const beginOperation = <K extends OperationKind>(op: OperationOf<K>) =>
+  Effect.map(Journal, (journal) => journal).pipe(
+    Effect.flatMap((journal) => journal.begin({ kind: op._tag, vmid: op.vmid, payload: encodeOperation(op as Operation) })),
+    Effect.map((entry) => sagaOf<K>(entry.id, op))
+  )
+
+/** Runs `body` as one journaled op; the op ends done, or failed with the error's message. */
+export const runOperation = <K extends OperationKind, A, E extends { readonly message: string }, R>(
+  op: OperationOf<K>,
+  body: (saga: Saga<K>) => Effect.Effect<A, E, R>
+) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const saga = yield* beginOperation(op)
+    return yield* body(saga).pipe(
+      Effect.tap(() => journal.finish(saga.id, "done")),
+      Effect.tapError((e) => journal.finish(saga.id, "failed", e.message))
+    )
+  })
+
+export { lockRetry } from "./schedules.js"
+
+const retryLocked = <A, E extends { readonly _tag: string }, R>(e: Effect.Effect<A, E, R>) =>
+  Effect.retry(e, { schedule: lockRetry, while: (x) => x._tag === "PveLocked" })
+
+const notFound = (e: ProxmoxError) => e._tag === "PveApiError" && e.kind === "not_found"
+
+export const existing = (vmid: VmId) =>
+  Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
+    Effect.map(Option.some),
+    Effect.catchIf(notFound, () => Effect.succeedNone)
+  )
+
 const vzdumpUpid = (vmid: VmId, storage: StorageId) =>
   Effect.flatMap(Proxmox, (p) => p.vzdump({ vmid, storage, mode: "snapshot" })).pipe(
     Effect.flatMap(Option.match({
@@ -32,242 +132,231 @@ const vzdumpUpid = (vmid: VmId, storage: StorageId) =>
     }))
   )
 
-/** A PVE task step: started → UPID recorded → waited → done. */
-export const taskStep = <E, R>(opId: string, step: string, start: Effect.Effect<Upid, E, R>) =>
-  Effect.gen(function*() {
-    const journal = yield* Journal
-    const pve = yield* Proxmox
-    yield* journal.stepStarted(opId, step)
-    const upid = yield* start
-    yield* journal.recordUpid(opId, step, upid)
-    yield* pve.waitTask(upid)
-    yield* journal.stepDone(opId, step)
-  })
-
-/** PUT config is dual-mode: a UPID is waited, nothing means applied. An empty string deletes the key. */
-export const configStep = (opId: string, step: string, vmid: VmId, changes: Readonly<Record<string, string | number | undefined>>) =>
-  Effect.gen(function*() {
-    const journal = yield* Journal
-    const pve = yield* Proxmox
-    const entries = Object.entries(changes).filter((e): e is [string, string | number] => e[1] !== undefined)
-    const set = Object.fromEntries(entries.filter(([, v]) => v !== ""))
-    const del = entries.filter(([, v]) => v === "").map(([k]) => k)
-    yield* journal.stepStarted(opId, step, { set, delete: del })
-    if (Object.keys(set).length === 0 && del.length === 0) return yield* journal.stepDone(opId, step)
-    const maybe = yield* pve.setConfig(vmid, { set, delete: del })
-    if (Option.isSome(maybe)) {
-      yield* journal.recordUpid(opId, step, maybe.value)
-      yield* pve.waitTask(maybe.value)
-    }
-    yield* journal.stepDone(opId, step)
-  })
-
-/** Runs `body` as one journaled op; the op ends done, or failed with the error's message. */
-export const journaled = <A, E extends { readonly message: string }, R>(
-  op: { readonly kind: string; readonly vmid: VmId | null; readonly payload: unknown },
-  body: (opId: string) => Effect.Effect<A, E, R>
-) =>
-  Effect.gen(function*() {
-    const journal = yield* Journal
-    const entry = yield* journal.begin(op)
-    return yield* body(entry.id).pipe(
-      Effect.tap(() => journal.finish(entry.id, "done")),
-      Effect.tapError((e) => journal.finish(entry.id, "failed", e.message))
-    )
-  })
-
 // ---------------------------------------------------------------------------------------------
-// Benign actions
+// Benign operations
 
 export const startGuest = (vmid: VmId) =>
-  journaled({ kind: "start", vmid, payload: {} }, (id) => taskStep(id, "start", Effect.flatMap(Proxmox, (p) => p.start(vmid))))
+  runOperation({ _tag: "start", vmid }, (s) => s.task("start", Effect.flatMap(Proxmox, (p) => p.start(vmid))))
 
 export const stopGuest = (vmid: VmId) =>
-  journaled({ kind: "stop", vmid, payload: {} }, (id) => taskStep(id, "stop", Effect.flatMap(Proxmox, (p) => p.stop(vmid))))
+  runOperation({ _tag: "stop", vmid }, (s) => s.task("stop", Effect.flatMap(Proxmox, (p) => p.stop(vmid))))
 
-export const setGuestConfig = (vmid: VmId, set: Readonly<Record<string, string | number | undefined>>) =>
-  journaled({ kind: "set_config", vmid, payload: { set } }, (id) => configStep(id, "set_config", vmid, set))
+export const setGuestConfig = (
+  vmid: VmId,
+  set: { readonly cores?: number; readonly memory?: number; readonly swap?: number; readonly hostname?: string; readonly description?: string; readonly tags?: string }
+) => runOperation({ _tag: "set_config", vmid, set }, (s) => s.config("set_config", set))
 
-export const resizeRootfs = (vmid: VmId, sizeGib: number) =>
-  journaled(
-    { kind: "resize", vmid, payload: { sizeGib } },
-    (id) => taskStep(id, "resize", Effect.flatMap(Proxmox, (p) => p.resize(vmid, "rootfs", `${sizeGib}G`)))
-  )
+/** Grows the rootfs (the plan never asks for a shrink and bounds the size); the grant clears it. */
+export const resizeRootfs = (vmid: VmId, sizeGib: number, grant: Grant) =>
+  runOperation({ _tag: "resize", vmid, disk: "rootfs", sizeGib }, (s) =>
+    Effect.gen(function*() {
+      const clearance = yield* grant.clear({ call: "resize", vmid, disk: "rootfs", size: `${sizeGib}G` })
+      yield* s.task("resize", Effect.flatMap(Proxmox, (p) => p.resize(vmid, "rootfs", `${sizeGib}G`, clearance)))
+    }))
 
-export interface CreateSource {
-  readonly archive: VolumeId
-  readonly storage: StorageId
-}
+export const forceBackup = (vmid: VmId, storage: StorageId) =>
+  runOperation({ _tag: "force-backup", vmid, storage }, (s) => s.task("backup", vzdumpUpid(vmid, storage)))
 
-export const CREATE_STEPS = ["restore", "resize", "configure", "start"] as const
+// ---------------------------------------------------------------------------------------------
+// Create: restore the golden archive as one saga with compensation
+
+/** PVE surely did not act on a request it answered with one of these. */
+const surelyRefused = (e: ProxmoxError) =>
+  (e._tag === "PveApiError" && (e.kind === "validation" || e.kind === "permission" || e.kind === "auth" || e.kind === "conflict" ||
+    e.kind === "not_found" || e.kind === "not_implemented")) ||
+  e._tag === "PveDecodeError" ||
+  e._tag === "PveLocked"
+
+const newMarker = Effect.sync(() => `felhom-prov-${randomBytes(8).toString("hex")}` as InstanceMarker)
+
+const specTags = (spec: DesiredGuest, extra: ReadonlyArray<string> = []) => [...new Set([...spec.tags, ...extra])].sort().join(";")
 
 /**
- * Provision by restoring the golden archive (never `pct create`: only a restore keeps keyctl),
- * then size, label and start it. The guest is recorded as same-transaction provenance as soon
- * as the restore is accepted, so a compensating destroy is allowed without a signature.
+ * restore → resize → configure → seal → untag → start. Until the seal, the guest is the saga's
+ * own (same-transaction provenance, proven by the marker tag it was restored with), and a
+ * failure destroys it again. The seal ends that, durably, before the guest is ever started: from
+ * then on it is a customer guest, and a later failure leaves it for reconcile to converge.
  */
-const buildGuest = (id: string, spec: DesiredGuest, source: CreateSource, memoryMiB: number) =>
+const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const pve = yield* Proxmox
-    yield* journal.stepStarted(id, "restore")
-    const upid = yield* pve.restore({
-      vmid: spec.vmid,
+    const { marker, memoryMiB, source, spec, vmid } = s.op
+    yield* s.started("restore", { marker })
+    const accepted = yield* Effect.either(pve.restore({
+      vmid,
       archive: source.archive,
       storage: source.storage,
       unique: true,
       hostname: spec.hostname,
       ...(spec.cores === undefined ? {} : { cores: spec.cores }),
       memoryMiB,
-      swapMiB: spec.swap_mib
-    })
-    // From here the guest exists and is ours: record that before anything can go wrong.
-    yield* journal.recordProvenance(spec.vmid, "same_transaction", id)
-    yield* journal.recordUpid(id, "restore", upid)
-    yield* pve.waitTask(upid)
-    yield* journal.stepDone(id, "restore")
+      swapMiB: spec.swap_mib,
+      tags: marker
+    }))
+    if (accepted._tag === "Left") {
+      // A 596 or a cut connection does not mean the restore did not start (SPEC §17): record the
+      // marker as ours so compensation can read back and remove exactly what we may have made.
+      if (!surelyRefused(accepted.left)) yield* journal.recordProvenance(vmid, "same_transaction", s.id, marker)
+      return yield* Effect.fail(accepted.left)
+    }
+    // from here the guest exists and is ours: record that before anything else can go wrong
+    yield* journal.recordProvenance(vmid, "same_transaction", s.id, marker)
+    yield* journal.recordUpid(s.id, "restore", accepted.right)
+    yield* pve.waitTask(accepted.right)
+    yield* s.done("restore")
 
-    yield* taskStep(id, "resize", pve.resize(spec.vmid, "rootfs", `${spec.rootfs_gib}G`)).pipe(
+    const size = `${spec.rootfs_gib}G`
+    const clearance = yield* grant.clear({ call: "resize", vmid, disk: "rootfs", size })
+    yield* s.task("resize", pve.resize(vmid, "rootfs", size, clearance)).pipe(
       // the archive may already be at least that large: PVE refuses a no-op or a shrink
       Effect.catchIf(
         (e) => e._tag === "PveApiError" && /already at specified size|unable to shrink/.test(e.message),
-        () => journal.stepDone(id, "resize")
+        () => s.done("resize")
       )
     )
-    yield* configStep(id, "configure", spec.vmid, {
-      description: spec.description,
-      ...(spec.tags.length > 0 ? { tags: [...spec.tags].sort().join(";") } : {})
-    })
-    if (spec.power === "running") {
-      yield* taskStep(id, "start", pve.start(spec.vmid))
-    } else {
-      yield* journal.stepDone(id, "start")
-    }
+    yield* s.config("configure", { description: spec.description, tags: specTags(spec, [marker]) })
+    // the seal: written first, so a crash right after it can never be read as "still ours"
+    yield* s.done("seal")
+    yield* journal.clearProvenance(vmid)
+    yield* journal.markCustomer(vmid, `created by op ${s.id}`)
   })
 
-/** A lock held by a task that is still finishing is transient: retry for up to ~2 minutes. */
-export const lockRetry = Schedule.exponential("1 second").pipe(Schedule.union(Schedule.spaced("10 seconds")), Schedule.upTo("2 minutes"))
-
-const existing = (vmid: VmId) =>
-  Effect.flatMap(Proxmox, (p) => p.guestStatus(vmid)).pipe(
-    Effect.map(Option.some),
-    Effect.catchIf((e) => e._tag === "PveApiError" && e.kind === "not_found", () => Effect.succeed(Option.none()))
-  )
+const afterSeal = (s: Saga<"create">) =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    yield* s.config("untag", { tags: s.op.spec.tags.length === 0 ? "" : specTags(s.op.spec) })
+    if (s.op.spec.power === "running") yield* s.task("start", pve.start(s.op.vmid))
+    else yield* s.done("start")
+  })
 
 /**
- * Undo a create: destroy the guest, but only if the journal proves op `opId` created it
- * (same-transaction provenance). Returns whether anything of ours existed.
+ * Undo an unsealed create: destroy the guest only with the gate's compensation clearance (exact
+ * instance, never started). Returns what happened; a refusal or a PVE failure means the op needs
+ * an operator and nothing more is tried.
  */
-export const compensateCreate = (opId: string, vmid: VmId) =>
+export const compensateCreate = (s: Saga<"create">) =>
   Effect.gen(function*() {
     const journal = yield* Journal
     const pve = yield* Proxmox
-    const provenance = yield* journal.provenanceOf(vmid)
-    if (!(Option.isSome(provenance) && provenance.value.kind === "same_transaction" && provenance.value.opId === opId)) return false
-    const status = yield* existing(vmid)
-    if (Option.isSome(status)) {
-      if (status.value.status === "running") {
-        yield* taskStep(opId, "compensate_stop", pve.stop(vmid)).pipe(Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" }))
-      }
-      yield* taskStep(opId, "compensate_destroy", pve.destroy(vmid, { purge: true })).pipe(
-        Effect.retry({ schedule: lockRetry, while: (e) => e._tag === "PveLocked" })
-      )
-      yield* journal.audit({
-        actor: "executor",
-        action: "destroy",
-        target: String(vmid),
-        decision: "allowed",
-        detail: { reason: `compensating rollback of create ${opId} (same-transaction provenance)` }
-      })
+    const verdict = yield* clearCompensation(s.id, s.op.vmid)
+    if (verdict._tag === "ours") {
+      yield* s.task("compensate_destroy", retryLocked(pve.destroy(s.op.vmid, { purge: true }, verdict.clearance)))
     }
-    yield* journal.clearProvenance(vmid)
-    return true
+    yield* journal.clearProvenance(s.op.vmid)
+    return verdict._tag
   })
 
-/**
- * Provision by restoring the golden archive (never `pct create`: only a restore keeps keyctl),
- * then size, label and start it. One journaled transaction: if any step fails, the guest it
- * created is destroyed again (allowed unsigned by same-transaction provenance). If even that
- * fails, the op stays in flight for recovery at the next start.
- */
-export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number) =>
+/** Ends an unsealed create whose build failed: rolled back, or needs_operator if undoing failed. */
+export const rollBackCreate = (s: Saga<"create">, why: string) =>
   Effect.gen(function*() {
     const journal = yield* Journal
-    const entry = yield* journal.begin({ kind: "create", vmid: spec.vmid, payload: { spec, source, memoryMiB } })
-    return yield* buildGuest(entry.id, spec, source, memoryMiB).pipe(
-      // once built it holds customer data: same-transaction provenance ends with the transaction
-      Effect.tap(() => Effect.zipRight(journal.clearProvenance(spec.vmid), journal.finish(entry.id, "done"))),
-      Effect.tapError((e) =>
-        compensateCreate(entry.id, spec.vmid).pipe(
-          Effect.flatMap(() => journal.finish(entry.id, "rolled_back", `${e.message}; the half-built guest was removed`)),
-          Effect.ignore // compensation failed: stays in flight, recovery retries
-        )
-      )
+    const undone = yield* Effect.either(compensateCreate(s))
+    if (undone._tag === "Right") {
+      const what = undone.right === "ours"
+        ? "the half-built guest was removed"
+        : undone.right === "foreign"
+        ? "the guest at this vmid is not the one it restored and was left alone"
+        : "nothing of it existed"
+      yield* journal.finish(s.id, "rolled_back", `${why}; ${what}`)
+      return "rolled_back" as const
+    }
+    yield* journal.finish(
+      s.id,
+      "needs_operator",
+      `${why}; the guest could not be removed safely (${undone.left._tag}: ${undone.left.message}); held for an operator`
+    )
+    yield* journal.audit({
+      actor: "executor",
+      action: "create",
+      target: String(s.op.vmid),
+      decision: "needs_operator",
+      detail: { op: s.id, reason: undone.left.message }
+    })
+    return "needs_operator" as const
+  })
+
+export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number, grant: Grant) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const marker = yield* newMarker
+    const s = yield* beginOperation<"create">({ _tag: "create", vmid: spec.vmid, spec, source, memoryMiB, marker })
+    const built = yield* Effect.either(buildUntilSeal(s, grant))
+    if (built._tag === "Left") {
+      yield* rollBackCreate(s, built.left.message)
+      return yield* Effect.fail(built.left)
+    }
+    return yield* afterSeal(s).pipe(
+      Effect.tap(() => journal.finish(s.id, "done")),
+      // sealed: customer data. The guest stays; reconcile converges what is missing.
+      Effect.tapError((e) => journal.finish(s.id, "failed", `${e.message}; the guest was kept (sealed)`))
     )
   })
 
 // ---------------------------------------------------------------------------------------------
-// Destructive actions (gate-approved only)
+// Destructive operations (signed; the grant clears exactly their irreversible calls)
+
+/** Ends every needs_operator op held on this guest: the operator resolved it by signing. */
+const resolveHolds = (vmid: VmId, by: string) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const held = yield* journal.list({ status: "needs_operator", limit: 1000 })
+    for (const h of held.filter((o) => o.vmid === vmid)) {
+      yield* journal.finish(h.id, "failed", `${h.detail ?? ""}; resolved by ${by}`.replace(/^; /, ""))
+    }
+  })
 
 /** Stops the guest if it runs, then destroys it with its volumes and job references. */
-export const decommissionSteps = (opId: string, vmid: VmId) =>
+export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: Effect.Effect<Clearance<"destroy">, ClearanceRefused, R>) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const journal = yield* Journal
-    const status = yield* pve.guestStatus(vmid)
-    if (status.status === "running") yield* taskStep(opId, "stop", pve.stop(vmid))
-    else yield* journal.stepDone(opId, "stop")
-    yield* taskStep(opId, "destroy", pve.destroy(vmid, { purge: true }))
+    const vmid = s.op.vmid
+    const status = yield* existing(vmid)
+    if (Option.isSome(status)) {
+      if (status.value.status === "running") yield* s.task("stop", retryLocked(pve.stop(vmid)))
+      else yield* s.done("stop")
+      const clearance = yield* destroyClearance
+      yield* s.task("destroy", retryLocked(pve.destroy(vmid, { purge: true }, clearance)))
+    }
     yield* journal.clearProvenance(vmid)
+    yield* journal.forgetGuest(vmid)
+    yield* resolveHolds(vmid, `signed decommission ${s.id}`)
   })
 
-export const decommission = (vmid: VmId, authorization: unknown) =>
-  journaled({ kind: "decommission", vmid, payload: { authorization } }, (id) => decommissionSteps(id, vmid))
-
-export type RestoreSource =
-  | { readonly snapshot: string }
-  | { readonly backup: string; readonly storage: string; readonly backupStorage: string }
-
-export const decodeRestoreSource = (params: Readonly<Record<string, unknown>>): Option.Option<RestoreSource> => {
-  const snap = Schema.decodeUnknownOption(Schema.Struct({ snapshot: SnapshotName }))(params)
-  if (Option.isSome(snap)) return Option.some({ snapshot: snap.value.snapshot })
-  const backup = Schema.decodeUnknownOption(
-    Schema.Struct({ backup: VolumeId, storage: StorageId, backup_storage: StorageId })
-  )(params)
-  return Option.map(backup, (b) => ({ backup: b.backup, storage: b.storage, backupStorage: b.backup_storage }))
-}
+export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuthorization) =>
+  runOperation({ _tag: "decommission", vmid, authorization }, (s) => decommissionSteps(s, grant.clear({ call: "destroy", vmid })))
 
 /**
  * Restore-overwrite. From a snapshot: roll back (restarting a running guest). From a backup:
  * a restore with force destroys the old volumes first, so a failed overwrite would lose the
- * guest: take a fresh backup of the current state before anything else (SPEC §17).
+ * guest: take a fresh backup of the current state before anything else (SPEC §17), with
+ * remove=0 so it can never prune the archive about to be restored. If the guest is gone after a
+ * failed restore it is recorded lost (recovered from a backup, never recreated blank).
  */
-export const restoreNow = (vmid: VmId, source: RestoreSource, authorization: unknown) =>
-  journaled({ kind: "restore-now", vmid, payload: { source, authorization } }, (id) =>
+export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, authorization: SignedAuthorization) =>
+  runOperation({ _tag: "restore-now", vmid, source, authorization }, (s) =>
     Effect.gen(function*() {
       const pve = yield* Proxmox
+      const journal = yield* Journal
       const wasRunning = (yield* pve.guestStatus(vmid)).status === "running"
       if ("snapshot" in source) {
-        const name = Schema.decodeSync(SnapshotName)(source.snapshot)
-        yield* taskStep(id, "rollback", pve.rollback(vmid, name, { start: wasRunning }))
+        const clearance = yield* grant.clear({ call: "rollback", vmid, snapshot: source.snapshot })
+        yield* s.task("rollback", pve.rollback(vmid, source.snapshot, { start: wasRunning }, clearance))
         return
       }
-      const backupStorage = Schema.decodeSync(StorageId)(source.backupStorage)
-      yield* taskStep(id, "safety_backup", vzdumpUpid(vmid, backupStorage))
-      if (wasRunning) yield* taskStep(id, "stop", pve.stop(vmid))
-      yield* taskStep(
-        id,
-        "restore",
-        pve.restore({
-          vmid,
-          archive: Schema.decodeSync(VolumeId)(source.backup),
-          storage: Schema.decodeSync(StorageId)(source.storage),
-          force: true
-        })
+      yield* s.task("safety_backup", vzdumpUpid(vmid, source.backupStorage))
+      if (wasRunning) yield* s.task("stop", pve.stop(vmid))
+      const clearance = yield* grant.clear({ call: "restore-overwrite", vmid, archive: source.backup })
+      yield* s.task("restore", pve.restoreOverwrite({ vmid, archive: source.backup, storage: source.storage }, clearance)).pipe(
+        Effect.tapError((e) =>
+          Effect.gen(function*() {
+            const still = yield* Effect.either(existing(vmid))
+            if (still._tag === "Right" && Option.isNone(still.right)) {
+              yield* journal.markLost(vmid, `restore-now ${s.id} failed after PVE removed the old volumes: ${e.message}`)
+            }
+          })
+        )
       )
-      if (wasRunning) yield* taskStep(id, "start", pve.start(vmid))
+      if (wasRunning) yield* s.task("start", pve.start(vmid))
     }))
-
-export const forceBackup = (vmid: VmId, storage: StorageId) =>
-  journaled({ kind: "force-backup", vmid, payload: { storage } }, (id) =>
-    taskStep(id, "backup", vzdumpUpid(vmid, storage)))

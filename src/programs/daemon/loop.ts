@@ -11,16 +11,16 @@ import { Hub } from "../../layers/Hub.js"
 import { Systemd } from "../../layers/Systemd.js"
 import { clampPollInterval } from "../../schema/hub.js"
 import type { DesiredState } from "../../schema/desired.js"
-import { executePlan, observeActual } from "../control/apply.js"
-import { runSignedJob } from "../control/jobs.js"
-import { plan } from "../control/plan.js"
+import type { JsonObject } from "../../schema/json.js"
+import { executePlan, planNow } from "../control/apply.js"
+import { runJobBatch } from "../control/jobs.js"
 import { recover } from "../control/recover.js"
 import { collectReport } from "./report.js"
 
 export interface PendingSignature {
   readonly op: string
   readonly vmid: number | null
-  readonly params: Record<string, unknown>
+  readonly params: JsonObject
   readonly reason: string
   readonly since: string
 }
@@ -46,7 +46,7 @@ const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
 /** Reconcile against the current desired state; returns what waits for an operator. */
 const reconcileOnce = (desired: DesiredState, previous: ReadonlyArray<PendingSignature>) =>
   Effect.gen(function*() {
-    const p = plan(yield* observeActual, desired)
+    const p = yield* planNow(desired)
     for (const n of p.notes) yield* Effect.logWarning(`reconcile note for ${n.vmid}: ${n.reason}: ${n.message}`)
     if (p.actions.length === 0) return { pending: [] as ReadonlyArray<PendingSignature>, failed: 0 }
     yield* Effect.logInfo(`reconcile generation ${desired.generation}: ${p.actions.length} action(s)`)
@@ -126,8 +126,8 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       if (Either.isLeft(jobs)) {
         yield* Effect.logWarning(`signed jobs not fetched: ${jobs.left.message}`)
       } else if (jobs.right.length > 0) {
-        const results = yield* Effect.forEach(jobs.right, (job) =>
-          runSignedJob(job).pipe(Effect.tap((r) => Effect.logInfo(`job ${r.id} ${r.op} ${r.guest_id ?? "-"}: ${r.status}: ${r.reason}`))))
+        const results = yield* runJobBatch(jobs.right)
+        for (const r of results) yield* Effect.logInfo(`job ${r.id} ${r.op} ${r.guest_id ?? "-"}: ${r.status}: ${r.reason}`)
         const posted = yield* Effect.either(hub.postJobResults(results))
         if (Either.isLeft(posted)) yield* Effect.logWarning(`job results not delivered: ${posted.left.message}`)
       }

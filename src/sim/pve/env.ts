@@ -164,7 +164,8 @@ export const startTask = (
 ): Effect.Effect<string> =>
   Effect.gen(function*() {
     const nowMs = yield* Clock.currentTimeMillis
-    const injectFailure = yield* drawBelow(env.rng.tasks, env.state.faults.task_failure_rate)
+    const drawn = yield* drawBelow(env.rng.tasks, env.state.faults.task_failure_rate)
+    const injectFailure = drawn || env.state.faults.task_failure_types.includes(args.type)
     const task = newTask(env.state, { node: args.node, type: args.type, id: args.id, token: args.token, nowMs })
     let warnings = 0
     const duration = env.state.durations[args.type]

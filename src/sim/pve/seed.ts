@@ -202,6 +202,8 @@ export const SimPveFaultsSeed = Schema.Struct({
   latency_ms: Schema.optionalWith(Latency, { default: () => 0 }),
   /** share of tasks that end in TASK ERROR (with the type's realistic failure and its side effects) */
   task_failure_rate: Schema.optionalWith(Rate, { default: () => 0 }),
+  /** task types that always end in TASK ERROR (e.g. ["vzrestore"]), on top of the rate */
+  task_failure_types: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   /** share of mutating calls on a guest refused with a lock conflict */
   lock_conflict_rate: Schema.optionalWith(Rate, { default: () => 0 }),
   /**

@@ -1,0 +1,28 @@
+/** `daemon`: the systemd main. Recovers the journal, then runs the hub loop until SIGTERM. */
+import * as NodeCommandExecutor from "@effect/platform-node/NodeCommandExecutor"
+import { Effect, Logger, type Option, Queue, Ref } from "effect"
+import { initialState, runDaemon } from "../daemon/loop.js"
+import { daemonLayer } from "../daemon/root.js"
+import { toCliFailure } from "./failure.js"
+
+export const daemon = (o: { readonly config: Option.Option<string> }) =>
+  Effect.scoped(Effect.gen(function*() {
+    const poke = yield* Queue.sliding<void>(1)
+    const state = yield* Ref.make(initialState)
+    // SIGUSR1: poll the hub now instead of waiting for the interval
+    yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const onUsr1 = () => void Queue.unsafeOffer(poke, undefined)
+        process.on("SIGUSR1", onUsr1)
+        return onUsr1
+      }),
+      (onUsr1) => Effect.sync(() => void process.off("SIGUSR1", onUsr1))
+    )
+    return yield* runDaemon({ poke, state })
+  })).pipe(
+    Effect.provide(daemonLayer(o.config)),
+    // journald: one structured logfmt line per event (runMain installs the pretty logger; swap it)
+    Effect.provide(Logger.replace(Logger.prettyLoggerDefault, Logger.withConsoleLog(Logger.logfmtLogger))),
+    Effect.mapError((e) => toCliFailure(e)),
+    Effect.provide(NodeCommandExecutor.layer)
+  )

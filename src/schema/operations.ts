@@ -1,0 +1,97 @@
+/**
+ * Journaled operations as typed sagas (issue 8). Each kind is a schema-defined tagged struct:
+ * its payload (everything recovery needs, decoded back from the journal, never trusted as
+ * `unknown`), its literal step names, and the authorization it ran under. `recover` matches
+ * over `Operation["_tag"]` exhaustively, so a new kind without a recovery rule does not compile.
+ */
+import { Schema } from "effect"
+import { DesiredGuest } from "./desired.js"
+import { SnapshotName, StorageId, VmId, VolumeId } from "./ids.js"
+
+/** A random tag the create path puts on the guest it restores: proof of the exact instance. */
+export const InstanceMarker = Schema.String.pipe(Schema.pattern(/^felhom-prov-[0-9a-f]{16}$/))
+export type InstanceMarker = typeof InstanceMarker.Type
+
+export const CreateSource = Schema.Struct({ archive: VolumeId, storage: StorageId })
+export type CreateSource = typeof CreateSource.Type
+
+/** What let a destructive op run: an operator signature (recorded for resume and audit). */
+export const SignedAuthorization = Schema.Struct({
+  basis: Schema.Literal("signed"),
+  signer: Schema.String,
+  fingerprint: Schema.String,
+  nonce: Schema.String,
+  job: Schema.NullOr(Schema.String)
+})
+export type SignedAuthorization = typeof SignedAuthorization.Type
+
+export const RestoreSource = Schema.Union(
+  Schema.Struct({ snapshot: SnapshotName }),
+  Schema.Struct({ backup: VolumeId, storage: StorageId, backupStorage: StorageId })
+)
+export type RestoreSource = typeof RestoreSource.Type
+
+export const ConfigSetPayload = Schema.Struct({
+  cores: Schema.optional(Schema.Int),
+  memory: Schema.optional(Schema.Int),
+  swap: Schema.optional(Schema.Int),
+  hostname: Schema.optional(Schema.String),
+  description: Schema.optional(Schema.String),
+  tags: Schema.optional(Schema.String)
+})
+
+export const CreateOperation = Schema.TaggedStruct("create", {
+  vmid: VmId,
+  spec: DesiredGuest,
+  source: CreateSource,
+  memoryMiB: Schema.Int,
+  marker: InstanceMarker
+})
+export const DecommissionOperation = Schema.TaggedStruct("decommission", { vmid: VmId, authorization: SignedAuthorization })
+export const RestoreNowOperation = Schema.TaggedStruct("restore-now", {
+  vmid: VmId,
+  source: RestoreSource,
+  authorization: SignedAuthorization
+})
+export const ForceBackupOperation = Schema.TaggedStruct("force-backup", { vmid: VmId, storage: StorageId })
+export const StartOperation = Schema.TaggedStruct("start", { vmid: VmId })
+export const StopOperation = Schema.TaggedStruct("stop", { vmid: VmId })
+export const SetConfigOperation = Schema.TaggedStruct("set_config", { vmid: VmId, set: ConfigSetPayload })
+export const ResizeOperation = Schema.TaggedStruct("resize", { vmid: VmId, disk: Schema.Literal("rootfs"), sizeGib: Schema.Int })
+
+export const Operation = Schema.Union(
+  CreateOperation,
+  DecommissionOperation,
+  RestoreNowOperation,
+  ForceBackupOperation,
+  StartOperation,
+  StopOperation,
+  SetConfigOperation,
+  ResizeOperation
+)
+export type Operation = typeof Operation.Type
+export type OperationKind = Operation["_tag"]
+export type OperationOf<K extends OperationKind> = Extract<Operation, { readonly _tag: K }>
+
+/**
+ * Step names per kind, in order. The create saga seals (its provenance ends) before the guest is
+ * ever started, and removes its instance marker after the seal.
+ */
+export const STEPS = {
+  create: ["restore", "resize", "configure", "seal", "untag", "start", "compensate_stop", "compensate_destroy"],
+  decommission: ["stop", "destroy"],
+  "restore-now": ["rollback", "safety_backup", "stop", "restore", "start"],
+  "force-backup": ["backup"],
+  start: ["start"],
+  stop: ["stop"],
+  set_config: ["set_config"],
+  resize: ["resize"]
+} as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
+
+export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]
+
+/** The create steps that must all be done for the guest to count as built. */
+export const CREATE_BUILD_STEPS = ["restore", "resize", "configure", "seal"] as const
+
+export const encodeOperation = Schema.encodeSync(Operation)
+export const decodeOperation = Schema.decodeUnknownEither(Operation)

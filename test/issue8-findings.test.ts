@@ -1,0 +1,226 @@
+/**
+ * Regression tests for issue 8's attack findings against the control core: each one reproduces
+ * the attack against the simulator with the real gate, journal and executors, and asserts the
+ * promise (no unsigned irreversible change) holds.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Option, Schema } from "effect"
+import { Journal } from "../src/layers/Journal.js"
+import { Proxmox } from "../src/layers/Proxmox.js"
+import { planNow } from "../src/programs/control/apply.js"
+import { runJobBatch, runSignedJob, type SignedJob } from "../src/programs/control/jobs.js"
+import { decodeDesiredState } from "../src/schema/desired.js"
+import { decodeJobEntry } from "../src/schema/hub.js"
+import { VmId } from "../src/schema/ids.js"
+import { MAX_JSON_DEPTH, SafeJsonObject } from "../src/schema/json.js"
+import { decodeOpBlob } from "../src/schema/op.js"
+import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
+import { agentLayer, type AgentServices, b64, dbFile, runTimed, signedOp } from "./engine-support.js"
+import { seedWith } from "./support.js"
+
+type Json = Record<string, unknown>
+
+/** The default seed, with the backup storage pruning to one archive per guest (as many hosts do). */
+const pruningSeed = () => {
+  const seed = defaultSeedJson as { storages: ReadonlyArray<Json> }
+  return seedWith({
+    storages: seed.storages.map((s) => (s["storage"] === "local" ? { ...s, "prune-backups": "keep-last=1" } : s))
+  })
+}
+
+const withSim = <A, E>(body: (sim: SimPve) => Effect.Effect<A, E, AgentServices>, seed = seedWith({})) =>
+  Effect.scoped(Effect.gen(function*() {
+    const sim = yield* makeSimPve(yield* seed)
+    return yield* body(sim).pipe(Effect.provide(agentLayer(sim, dbFile())))
+  }))
+
+const tasksOf = (sim: SimPve, vmid: number) => Effect.map(sim.tasks, (ts) => ts.filter((t) => t.id === String(vmid)).map((t) => t.type))
+
+const backupsOf = (sim: SimPve, vmid: number) =>
+  Effect.map(sim.storageContent("local"), (c) =>
+    c.filter((e) => e["content"] === "backup" && Number(e["vmid"]) === vmid).map((e) => String(e["volid"])).sort())
+
+/** The hub's JSON exactly as it would arrive on the wire, parsed the way the hub client parses it. */
+const wire = (text: string): unknown => JSON.parse(text)
+
+describe("finding 1: prototype keys in hub JSON", () => {
+  it("a job whose params carry __proto__ does not decode, and one bad entry costs no other", () => {
+    const raw = wire(`{"id":"j1","op":"restore-now","guest_id":100,"params":{"backup":"local:backup/x.tar.zst","__proto__":{"snapshot":"pre_upgrade"}}}`)
+    const decoded = decodeJobEntry(raw)
+    expect(Either.isLeft(decoded)).toBe(true)
+    if (Either.isLeft(decoded)) {
+      expect(decoded.left.id).toBe("j1")
+      expect(decoded.left.message).toContain("__proto__")
+    }
+    for (const key of ["constructor", "prototype"]) {
+      expect(Either.isLeft(decodeJobEntry(wire(`{"id":"j2","op":"force-backup","guest_id":100,"params":{"${key}":{}}}`)))).toBe(true)
+    }
+    // nested too
+    expect(Either.isLeft(decodeJobEntry(wire(`{"id":"j3","op":"x","guest_id":null,"params":{"a":[{"__proto__":{"b":1}}]}}`)))).toBe(true)
+  })
+
+  it("a signed op blob with a __proto__ key in params is malformed", () => {
+    const blob = new TextEncoder().encode(
+      `{"op":"restore-now","host_id":"h","guest_id":101,"params":{"__proto__":{"snapshot":"pre_upgrade"}},"nonce":"${"n".repeat(24)}","expires_at":"2030-01-01T00:00:00Z","key_id":"alice"}`
+    )
+    expect(Either.isLeft(decodeOpBlob(blob))).toBe(true)
+  })
+
+  it.scoped("the attack end to end: a signed restore-now from backup, the hub adds __proto__.snapshot: rejected, nothing runs", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const backup: string = (yield* backupsOf(sim, 100))[0]!
+        const params = { backup, storage: "local-lvm", backup_storage: "local" }
+        const signed = signedOp({ op: "restore-now", guest_id: 100, params })
+        const text = JSON.stringify({ id: "job-proto", op: "restore-now", guest_id: 100, blob: b64(signed.blob), signature: signed.signature, params })
+          .replace(`"params":{`, `"params":{"__proto__":{"snapshot":"pre_upgrade"},`)
+        const before = yield* tasksOf(sim, 100)
+        const [result] = yield* runTimed(runJobBatch([wire(text)]))
+        expect(result).toMatchObject({ id: "job-proto", status: "rejected" })
+        expect(yield* tasksOf(sim, 100)).toEqual(before)
+      })))
+
+  it.scoped("params with an extra own key are not what was signed: binding_mismatch, nothing runs", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const backup: string = (yield* backupsOf(sim, 100))[0]!
+        const params = { backup, storage: "local-lvm", backup_storage: "local" }
+        const signed = signedOp({ op: "restore-now", guest_id: 100, params })
+        const job: SignedJob = {
+          id: "job-extra",
+          op: "restore-now",
+          guest_id: VmId.make(100),
+          params: { ...params, snapshot: "pre_upgrade" },
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }
+        const before = yield* tasksOf(sim, 100)
+        const r = yield* runTimed(runSignedJob(job))
+        expect(r.status).toBe("rejected")
+        expect(r.reason).toContain("binding_mismatch")
+        expect(yield* tasksOf(sim, 100)).toEqual(before)
+      })))
+
+  it.scoped("a signed op whose own params carry an extra key runs nothing (strict per-op decode)", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const backup: string = (yield* backupsOf(sim, 100))[0]!
+        const params = { backup, storage: "local-lvm", backup_storage: "local", snapshot: "pre_upgrade" }
+        const signed = signedOp({ op: "restore-now", guest_id: 100, params })
+        const before = yield* tasksOf(sim, 100)
+        const r = yield* runTimed(runSignedJob({
+          id: "job-both",
+          op: "restore-now",
+          guest_id: VmId.make(100),
+          params,
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(r.status).toBe("failed")
+        expect(r.reason).toContain("BadJob")
+        expect(yield* tasksOf(sim, 100)).toEqual(before)
+      })))
+})
+
+describe("finding 9: absurd nesting", () => {
+  it("is refused at decode without overflowing the stack", () => {
+    const deep = `${"[".repeat(200_000)}${"]".repeat(200_000)}`
+    const raw = wire(`{"id":"deep","op":"force-backup","guest_id":100,"params":{"x":${deep}}}`)
+    const r = decodeJobEntry(raw)
+    expect(Either.isLeft(r)).toBe(true)
+    if (Either.isLeft(r)) expect(r.left.message).toContain(`deeper than ${MAX_JSON_DEPTH}`)
+    expect(Either.isLeft(Schema.decodeUnknownEither(SafeJsonObject)({ a: JSON.parse(deep) }))).toBe(true)
+  })
+
+  it.scoped("one bad job in a batch never costs the others", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const before = (yield* backupsOf(sim, 100)).length
+        const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`
+        const results = yield* runTimed(runJobBatch([
+          wire(`{"id":"deep","op":"force-backup","guest_id":100,"params":{"x":${deep}}}`),
+          wire(`{"id":"ok","op":"force-backup","guest_id":100,"params":{"storage":"local"}}`),
+          wire(`{"op":"no-id"}`)
+        ]))
+        expect(results.map((r) => `${r.id}:${r.status}`)).toEqual(["deep:rejected", "ok:done", "invalid-2:rejected"])
+        expect((yield* backupsOf(sim, 100)).length).toBe(before + 1)
+      })))
+
+  it("desired-state policy and storage blocks are checked the same way", () => {
+    const base = { generation: 1, guests: [] }
+    expect(Either.isLeft(decodeDesiredState(wire(`{"generation":1,"guests":[],"policies":{"__proto__":{"a":1}}}`)))).toBe(true)
+    expect(Either.isLeft(decodeDesiredState({ ...base, storage: [JSON.parse(`${"[".repeat(50)}${"]".repeat(50)}`)] }))).toBe(true)
+    expect(Either.isRight(decodeDesiredState({ ...base, policies: { nightly: { keep_last: 3 } } }))).toBe(true)
+  })
+})
+
+describe("finding 3: the agent never causes PVE-side pruning", () => {
+  it.scoped("three unsigned force-backups on a keep-last=1 storage delete no older archive", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const before = yield* backupsOf(sim, 100)
+        expect(before.length).toBeGreaterThan(0)
+        for (const id of ["fb-1", "fb-2", "fb-3"]) {
+          const r = yield* runTimed(runSignedJob({ id, op: "force-backup", guest_id: VmId.make(100), params: { storage: "local" } }))
+          expect(r.status).toBe("done")
+        }
+        const after = yield* backupsOf(sim, 100)
+        expect(after.length).toBe(before.length + 3)
+        for (const v of before) expect(after).toContain(v)
+      }), pruningSeed()))
+
+  it.scoped("a signed restore-now's safety backup does not prune the archive it restores from", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const backup: string = (yield* backupsOf(sim, 100))[0]!
+        expect(backup).toBeDefined()
+        const params = { backup, storage: "local-lvm", backup_storage: "local" }
+        const signed = signedOp({ op: "restore-now", guest_id: 100, params })
+        const r = yield* runTimed(runSignedJob({
+          id: "rn-1",
+          op: "restore-now",
+          guest_id: VmId.make(100),
+          params,
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(r.status).toBe("done")
+        const after = yield* backupsOf(sim, 100)
+        expect(after).toContain(backup)
+        expect(after.length).toBe(2) // the original plus the safety backup
+      }), pruningSeed()))
+})
+
+describe("finding 6: a lost guest is never recreated blank", () => {
+  it.scoped("a signed restore-now whose restore fails leaves the guest lost; reconcile plans no create", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const backup: string = (yield* backupsOf(sim, 100))[0]!
+        const params = { backup, storage: "local-lvm", backup_storage: "local" }
+        const signed = signedOp({ op: "restore-now", guest_id: 100, params })
+        // the restore task fails after PVE removed the old volumes (force=1)
+        yield* sim.setFaults({ task_failure_types: ["vzrestore"] })
+        const r = yield* runTimed(runSignedJob({
+          id: "rn-fail",
+          op: "restore-now",
+          guest_id: VmId.make(100),
+          params,
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(r.status).toBe("failed")
+        yield* sim.setFaults({ task_failure_types: [] })
+        expect(Option.isNone(yield* sim.guest(100))).toBe(true)
+        const journal = yield* Journal
+        expect((yield* journal.guestRecords).find((g) => g.vmid === 100)?.state).toBe("lost")
+        // the hub still wants 101: the plan reports it lost and never creates it from the golden archive
+        const desired = decodeDesiredState(JSON.parse(`{"generation":3,"provisioning":{"golden_archive":"local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst","storage":"local-lvm"},"guests":[{"vmid":100,"hostname":"cust-alpha","memory_bytes":1073741824,"swap_mib":512,"rootfs_gib":8,"power":"running","description":"","tags":[]}]}`))
+        expect(Either.isRight(desired)).toBe(true)
+        if (Either.isRight(desired)) {
+          const p = yield* planNow(desired.right)
+          expect(p.actions.filter((a) => a.vmid === 100)).toEqual([])
+          expect(p.notes.find((n) => n.vmid === 100)?.reason).toBe("lost")
+        }
+        void Proxmox
+      })))
+})
