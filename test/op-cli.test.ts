@@ -144,8 +144,11 @@ describe("op new | op sign | op verify", () => {
     const noSigners = run(["op", "verify", "--blob", file, "--host-id", HOST, "--config", join(dir, "missing.json")])
     expect(noSigners.status).toBe(2)
     expect(run(["op", "verify"]).status).toBe(2)
-    const badParams = run(["op", "new", "--op", "x", "--host", HOST, "--key-id", "a", "--params", "[1,2"])
-    expect(badParams.status).not.toBe(0)
+    for (const params of ["[1,2", "[1,2]", "null"]) {
+      const badParams = run(["op", "new", "--op", "x", "--host", HOST, "--key-id", "a", "--params", params])
+      expect(badParams.status, params).toBe(2)
+      expect(badParams.stderr.trim().split("\n"), params).toHaveLength(1)
+    }
   })
 })
 

@@ -6,7 +6,7 @@
  */
 import { Command, FileSystem } from "@effect/platform"
 import * as NodeCommandExecutor from "@effect/platform-node/NodeCommandExecutor"
-import { Clock, Console, Data, Duration, Effect, Either, Option, Schema } from "effect"
+import { Clock, Console, Data, Duration, Effect, Either, Option, ParseResult, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { make as makeAuthz, parseSigners, type VerifiedOp } from "../../layers/Authz.js"
 import * as AgentConfigLayer from "../../layers/Config.js"
@@ -33,8 +33,9 @@ export interface NewOpInput {
 }
 
 /**
- * The longest validity `op new` writes. The agent refuses ops whose window (not_before to
- * expires_at) exceeds its own configured maximum (24 h by default); this is the tool's hard cap.
+ * The longest validity `op new` writes, the top of `authz.max_validity_seconds`' range. The agent
+ * refuses ops whose window (not_before to expires_at) exceeds its configured maximum (24 h by
+ * default), so a longer op here could never be used.
  */
 export const MAX_OP_VALIDITY_DAYS = 7
 export const MAX_OP_VALIDITY = Duration.days(MAX_OP_VALIDITY_DAYS)
@@ -90,7 +91,13 @@ export const newOp = (input: NewOpInput) =>
     }
     // Validate with the same schema the agent uses, so an op that would be refused is never signed.
     yield* Schema.decodeUnknown(OpBlob)(raw, { onExcessProperty: "error" }).pipe(
-      Effect.mapError((e) => new OpToolError({ message: `invalid op: ${e.message.split("\n").slice(-1)[0] ?? ""}` }))
+      Effect.mapError((e) =>
+        new OpToolError({
+          message: `invalid op: ${
+            ParseResult.ArrayFormatter.formatErrorSync(e).map((i) => `${i.path.map(String).join(".") || "(root)"}: ${i.message}`).join("; ")
+          }`
+        })
+      )
     )
     return new TextEncoder().encode(JSON.stringify(raw))
   })
@@ -205,7 +212,10 @@ export const opNewCommand = (o: {
     } else {
       yield* Effect.sync(() => process.stdout.write(bytes))
     }
-  }).pipe(Effect.mapError((e) => toCliFailure(e)))
+  }).pipe(
+    // everything newOp refuses is the operator's input (params, validity, not-before, a field the schema rejects)
+    Effect.mapError((e) => e._tag === "OpToolError" ? usage(e.message) : toCliFailure(e))
+  )
 
 /** `op sign`: the operator's own ssh-keygen writes FILE.sig. */
 export const opSignCommand = (o: { readonly key: string; readonly file: string }) =>
