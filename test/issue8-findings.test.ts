@@ -75,7 +75,7 @@ describe("finding 1: prototype keys in hub JSON", () => {
         const text = JSON.stringify({ id: "job-proto", op: "restore-now", guest_id: 100, blob: b64(signed.blob), signature: signed.signature, params })
           .replace(`"params":{`, `"params":{"__proto__":{"snapshot":"pre_upgrade"},`)
         const before = yield* tasksOf(sim, 100)
-        const [result] = yield* runTimed(runJobBatch([wire(text)]))
+        const [result] = yield* runTimed(runJobBatch([decodeJobEntry(wire(text))]))
         expect(result).toMatchObject({ id: "job-proto", status: "rejected" })
         expect(yield* tasksOf(sim, 100)).toEqual(before)
       })))
@@ -141,7 +141,7 @@ describe("finding 9: absurd nesting", () => {
           wire(`{"id":"deep","op":"force-backup","guest_id":100,"params":{"x":${deep}}}`),
           wire(`{"id":"ok","op":"force-backup","guest_id":100,"params":{"storage":"local"}}`),
           wire(`{"op":"no-id"}`)
-        ]))
+        ].map(decodeJobEntry)))
         expect(results.map((r) => `${r.id}:${r.status}`)).toEqual(["deep:rejected", "ok:done", "invalid-2:rejected"])
         expect((yield* backupsOf(sim, 100)).length).toBe(before + 1)
       })))

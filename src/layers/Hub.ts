@@ -19,6 +19,8 @@ import {
   HostReport,
   HubError,
   type JobResult,
+  decodeJobEntry,
+  type JobEntry,
   JobResultsRequest,
   SignedJobsResponse
 } from "../schema/hub.js"
@@ -35,8 +37,12 @@ export interface HubShape {
   /** The current desired state (404 while the hub has published none: envelope generation 0). */
   readonly desiredState: Effect.Effect<DesiredState, HubError>
   /** Signed jobs queued for this host; the hub hands each out once. */
-  /** Raw entries: each is decoded on its own (decodeJobEntry), so one bad job never costs the others. */
-  readonly signedJobs: Effect.Effect<ReadonlyArray<unknown>, HubError>
+  /**
+   * Each entry decoded on its own, so one bad job never costs the others. A refused entry's
+   * message never echoes hub input, and an entry carrying the bearer token anywhere is refused
+   * with its id withheld (it would otherwise reach logs and results).
+   */
+  readonly signedJobs: Effect.Effect<ReadonlyArray<JobEntry>, HubError>
   readonly postJobResults: (results: ReadonlyArray<JobResult>) => Effect.Effect<void, HubError>
 }
 
@@ -198,7 +204,21 @@ export const makeHub = (options: HubClientOptions = {}) =>
     )
 
     const signedJobs = exchange("GET", PATHS.signedJobs, Effect.succeed(undefined), decodeWith("GET", PATHS.signedJobs, SignedJobsResponse)).pipe(
-      Effect.map((r): ReadonlyArray<unknown> => r.jobs),
+      Effect.map((r): ReadonlyArray<JobEntry> =>
+        r.jobs.map((raw) => {
+          const decoded = decodeJobEntry(raw)
+          const carriesToken = (() => {
+            try {
+              const text = JSON.stringify(raw) ?? ""
+              return scrubber.scrub(text) !== text
+            } catch {
+              return true
+            }
+          })()
+          if (carriesToken) return Either.left({ id: null, op: null, message: "job entry carries this host's bearer token; refused" })
+          return decoded
+        })
+      ),
       Effect.withSpan("Hub.signedJobs")
     )
 

@@ -133,7 +133,7 @@ export type ReportVersions = typeof ReportVersions.Type
 export const ReportPendingSignature = Schema.Struct({
   op: Schema.String,
   vmid: Schema.NullOr(ReportVmId),
-  params: SafeJsonObject,
+  params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
   reason: Schema.String,
   since: UtcTimestampString
 })
@@ -208,9 +208,14 @@ const OP_RE = /^[a-z][a-z0-9_.-]{0,63}$/
 const decodeJob = Schema.decodeUnknownEither(SignedJob, { errors: "all" })
 
 /** One hub job entry; a refusal names the id and op when they are readable, never echoes input. */
-export const decodeJobEntry = (
-  raw: unknown
-): Either.Either<SignedJob, { readonly id: string | null; readonly op: string | null; readonly message: string }> =>
+export interface JobEntryError {
+  readonly id: string | null
+  readonly op: string | null
+  readonly message: string
+}
+export type JobEntry = Either.Either<SignedJob, JobEntryError>
+
+export const decodeJobEntry = (raw: unknown): JobEntry =>
   Either.mapLeft(decodeJob(raw), (e) => {
     const field = (k: string, re: RegExp): string | null => {
       if (typeof raw !== "object" || raw === null || !Object.hasOwn(raw, k)) return null

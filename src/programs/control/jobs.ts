@@ -13,7 +13,7 @@ import { Effect, Either, Option, Schema } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { Journal } from "../../layers/Journal.js"
 import type { Proxmox } from "../../layers/Proxmox.js"
-import { decodeJobEntry, type JobResult, type SignedJob } from "../../schema/hub.js"
+import { type JobEntry, type JobResult, type SignedJob } from "../../schema/hub.js"
 import { SnapshotName, StorageId, VolumeId } from "../../schema/ids.js"
 import type { JsonObject } from "../../schema/json.js"
 import type { RestoreSource, SignedAuthorization } from "../../schema/operations.js"
@@ -128,12 +128,12 @@ export const runSignedJob = (job: SignedJob) =>
   })
 
 /**
- * A batch from the hub, one entry at a time: an entry that does not decode (prototype keys,
+ * A batch from the hub, one entry at a time: an entry that did not decode (prototype keys,
  * absurd nesting, a missing field) is rejected on its own and never costs the others.
  */
-export const runJobBatch = (entries: ReadonlyArray<unknown>) =>
-  Effect.forEach(entries, (raw, i) =>
-    Either.match(decodeJobEntry(raw), {
+export const runJobBatch = (entries: ReadonlyArray<JobEntry>) =>
+  Effect.forEach(entries, (entry, i) =>
+    Either.match(entry, {
       onLeft: (bad) =>
         Effect.succeed(resultOf({ id: bad.id ?? `invalid-${i}`, op: bad.op ?? "unknown", guest_id: null })(
           "rejected",
