@@ -5,7 +5,9 @@
  * module that tries).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, Option } from "effect"
+import { Effect, Either, Exit, Layer, Option } from "effect"
+import { layerAt } from "../src/layers/Database.js"
+import { JournalLive } from "../src/layers/Journal.js"
 import { execFileSync } from "node:child_process"
 import { cpSync, mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -53,7 +55,7 @@ describe("Clearance at run time", () => {
   })
 
   it("a grant clears only the calls its action entails", () =>
-    Effect.runPromise(Effect.gen(function*() {
+    Effect.runPromise(Effect.scoped(Effect.gen(function*() {
       const g = consoleGrant({ op: "decommission", vmid: v(101), params: {} }, "test")
       expect(Exit.isSuccess(yield* Effect.exit(g.clear({ call: "destroy", vmid: v(101) })))).toBe(true)
       expect(Exit.isFailure(yield* Effect.exit(g.clear({ call: "destroy", vmid: v(102) })))).toBe(true)
@@ -62,7 +64,7 @@ describe("Clearance at run time", () => {
       expect(Exit.isSuccess(yield* Effect.exit(r.clear({ call: "restore-overwrite", vmid: v(100), archive: "local:backup/a.tar.zst" as never })))).toBe(true)
       expect(Exit.isFailure(yield* Effect.exit(r.clear({ call: "restore-overwrite", vmid: v(100), archive: "local:backup/b.tar.zst" as never })))).toBe(true)
       expect(Exit.isFailure(yield* Effect.exit(r.clear({ call: "rollback", vmid: v(100), snapshot: SnapshotName.make("pre_upgrade") })))).toBe(true)
-    })))
+    }).pipe(Effect.provide(JournalLive.pipe(Layer.provide(layerAt(":memory:")), Layer.orDie))))))
 
   it.scoped("the Proxmox layer sends nothing for a mismatched clearance or an unsafe config key", () =>
     Effect.gen(function*() {

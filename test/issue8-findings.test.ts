@@ -224,3 +224,62 @@ describe("finding 6: a lost guest is never recreated blank", () => {
         void Proxmox
       })))
 })
+
+describe("finding 9: nonces and job claims are spent only when the op is admitted", () => {
+  it.scoped("a binding mismatch or a role denial does not burn the operator's nonce", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const signed = signedOp({ op: "decommission", guest_id: 101 })
+        const mismatched = yield* runTimed(runSignedJob({
+          id: "dc-wrong",
+          op: "decommission",
+          guest_id: VmId.make(102),
+          params: {},
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(mismatched.reason).toContain("binding_mismatch")
+        expect(Option.isSome(yield* sim.guest(101))).toBe(true)
+        // the same signature, now bound correctly, still works: its nonce was never spent
+        const right = yield* runTimed(runSignedJob({
+          id: "dc-right",
+          op: "decommission",
+          guest_id: VmId.make(101),
+          params: {},
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(right.status).toBe("done")
+        expect(Option.isNone(yield* sim.guest(101))).toBe(true)
+        // and now it is spent: a replay under a new job id is refused
+        const replay = yield* runTimed(runSignedJob({
+          id: "dc-again",
+          op: "decommission",
+          guest_id: VmId.make(101),
+          params: {},
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(replay.status).toBe("rejected")
+        expect(replay.reason).toContain("Replay")
+      })))
+
+  it.scoped("the job key, the nonce and the journal op are one admission: a refused admission leaves none of them", () =>
+    withSim(() =>
+      Effect.gen(function*() {
+        const journal = yield* Journal
+        const nonce = { nonce: "n".repeat(30), signerFingerprint: "SHA256:x", op: "decommission", expiresAtMs: 10_000_000 }
+        const op = { kind: "decommission", vmid: 101, payload: {} }
+        yield* journal.admit({ key: "job:a", nonce, op })
+        // same nonce, new key: replay, and the new key stays unclaimed
+        const replay = yield* Effect.either(journal.admit({ key: "job:b", nonce, op }))
+        expect(Either.isLeft(replay) && replay.left.reason).toBe("replay")
+        expect(Option.isNone(yield* journal.idempotencyGet("job:b"))).toBe(true)
+        // same key, new nonce: duplicate, and the new nonce stays unspent
+        const fresh = { ...nonce, nonce: "m".repeat(30) }
+        const dup = yield* Effect.either(journal.admit({ key: "job:a", nonce: fresh, op }))
+        expect(Either.isLeft(dup) && dup.left.reason).toBe("duplicate")
+        expect(yield* journal.nonceRecorded(fresh.nonce)).toBe(false)
+        expect((yield* journal.list({ limit: 10 })).length).toBe(1)
+      })))
+})

@@ -96,6 +96,13 @@ export interface AuthzShape {
   readonly refusesBeforeStateEpoch: boolean
   /** Runs the full pipeline; on success the nonce is already durably recorded. */
   readonly verify: (input: VerifyInput) => Effect.Effect<VerifiedOp, AuthzError>
+  /**
+   * Every stage, the nonce only read (a nonce already recorded, or a store that cannot answer,
+   * is a Replay): nothing is written. The agent spends the nonce later, in the same transaction
+   * that admits the op into the journal (Journal.admit), so a signature that is rejected for its
+   * role or binding, or an op killed before it was journaled, never burns the operator's nonce.
+   */
+  readonly check: (input: VerifyInput) => Effect.Effect<VerifiedOp, AuthzError>
   /** Removes nonces whose op has expired (plus skew); returns how many. */
   readonly pruneNonces: Effect.Effect<number>
 }
@@ -358,6 +365,20 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
         return verified
       })
 
+    const checkOnly = (input: VerifyInput): Effect.Effect<VerifiedOp, AuthzError> =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const { verified } = yield* check(input, now)
+        const seen = yield* sql<{ n: number }>`SELECT 1 AS n FROM nonces WHERE nonce = ${verified.nonce}`.pipe(
+          Effect.map((rows) => rows.length > 0),
+          Effect.catchAllCause(() => Effect.succeed(true)) // a store that cannot answer: fail safe
+        )
+        if (seen) {
+          return yield* new Replay({ stage: "nonce", message: "this op's nonce was already used (or the store cannot tell): replay refused" })
+        }
+        return verified
+      })
+
     const pruneNonces = Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
       const rows = yield* sql<{ n: number }>`
@@ -365,7 +386,7 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
       return rows.length
     }).pipe(Effect.orElseSucceed(() => 0))
 
-    const shape: AuthzShape = { signers: opts.signers.map(signerInfo), stateEpochMs, refusesBeforeStateEpoch, verify, pruneNonces }
+    const shape: AuthzShape = { signers: opts.signers.map(signerInfo), stateEpochMs, refusesBeforeStateEpoch, verify, check: checkOnly, pruneNonces }
     return shape
   })
 

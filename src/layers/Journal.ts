@@ -8,7 +8,7 @@
  * Requires only SqlClient: no HTTP, no processes. Time comes from Clock (TestClock in tests).
  */
 import { SqlClient } from "@effect/sql"
-import { Cause, Clock, Context, Deferred, Effect, Exit, FiberId, Layer, Option, Schema } from "effect"
+import { Cause, Clock, Context, Data, Deferred, Effect, Exit, FiberId, Layer, Option, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { type AuditContent, auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
 
@@ -83,6 +83,19 @@ export interface JournalShape {
     readonly vmid: number | null
     readonly payload: unknown
   }) => Effect.Effect<JournalOp>
+  /**
+   * Admits an op in ONE transaction: spends its signature's nonce (if signed), claims its
+   * idempotency key (if any) and begins it. Either all three are durable or none is, so a kill
+   * between claiming a job and journaling it cannot happen, and a nonce is spent only by an op
+   * that is really in the journal.
+   */
+  readonly admit: (a: {
+    readonly key: string | null
+    readonly nonce: NonceSpend | null
+    readonly op: { readonly kind: string; readonly vmid: number | null; readonly payload: unknown }
+  }) => Effect.Effect<JournalOp, AdmissionRefused>
+  /** Whether a nonce is recorded as spent (the gate checks it before clearing a signed call). */
+  readonly nonceRecorded: (nonce: string) => Effect.Effect<boolean>
   /** (Re)starts a step: status started, upid cleared; `data` replaces the step's data if given. */
   readonly stepStarted: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
   /**
@@ -162,6 +175,20 @@ export interface JournalShape {
 }
 
 export class Journal extends Context.Tag("felhom/Journal")<Journal, JournalShape>() {}
+
+/** An operator signature's nonce, spent when (and only when) its op is admitted. */
+export interface NonceSpend {
+  readonly nonce: string
+  readonly signerFingerprint: string
+  readonly op: string
+  readonly expiresAtMs: number
+}
+
+/** The op was not admitted: its nonce was already spent, or its idempotency key already claimed. */
+export class AdmissionRefused extends Data.TaggedError("AdmissionRefused")<{
+  readonly reason: "replay" | "duplicate"
+  readonly message: string
+}> {}
 
 // ---------------------------------------------------------------------------------------------
 // Row decoding: columns are decoded, never cast; a row that does not decode is a defect.
@@ -287,6 +314,64 @@ export const make = Effect.gen(function*() {
     }
     return created
   }, Effect.orDie)
+
+  const admit: JournalShape["admit"] = (a) =>
+    Effect.gen(function*() {
+      const id = randomUUID()
+      const at = yield* Clock.currentTimeMillis
+      const payloadText = yield* toJson(a.op.payload)
+      const outcome = yield* Effect.gen(function*() {
+        if (a.nonce !== null) {
+          const n = a.nonce
+          const rows = yield* sql<{ nonce: string }>`
+            INSERT INTO nonces (nonce, signer_fingerprint, op, expires_at_ms, recorded_at_ms)
+            VALUES (${n.nonce}, ${n.signerFingerprint}, ${n.op}, ${n.expiresAtMs}, ${at})
+            ON CONFLICT (nonce) DO NOTHING RETURNING nonce`
+          if (rows.length !== 1) return "replay" as const
+        }
+        if (a.key !== null) {
+          const rows = yield* sql<{ key: string }>`
+            INSERT INTO idempotency (key, state, outcome, claimed_at_ms) VALUES (${a.key}, 'running', NULL, ${at})
+            ON CONFLICT (key) DO NOTHING RETURNING key`
+          if (rows.length !== 1) return "duplicate" as const
+        }
+        yield* sql`
+          INSERT INTO journal_ops (id, kind, vmid, status, payload, detail, created_at_ms, updated_at_ms)
+          VALUES (${id}, ${a.op.kind}, ${a.op.vmid}, 'in_flight', ${payloadText}, NULL, ${at}, ${at})`
+        return "admitted" as const
+      }).pipe(
+        // a refusal rolls the whole transaction back: nothing of it stays
+        Effect.flatMap((r) => (r === "admitted" ? Effect.succeed(r) : Effect.fail(r))),
+        sql.withTransaction,
+        Effect.catchIf((e): e is "replay" | "duplicate" => e === "replay" || e === "duplicate", (r) => Effect.succeed(r)),
+        Effect.orDie
+      )
+      if (outcome === "replay") {
+        return yield* new AdmissionRefused({ reason: "replay", message: "this op's nonce was already used: replay refused" })
+      }
+      if (outcome === "duplicate") {
+        return yield* new AdmissionRefused({ reason: "duplicate", message: `${a.key ?? "the key"} was already claimed` })
+      }
+      const created: JournalOp = {
+        id,
+        kind: a.op.kind,
+        vmid: a.op.vmid,
+        status: "in_flight",
+        payload: yield* fromJson(payloadText),
+        steps: [],
+        detail: null,
+        createdAtMs: at,
+        updatedAtMs: at
+      }
+      return created
+    }).pipe(Effect.withSpan("Journal.admit"))
+
+  const nonceRecorded: JournalShape["nonceRecorded"] = (nonce) =>
+    sql<{ n: number }>`SELECT 1 AS n FROM nonces WHERE nonce = ${nonce}`.pipe(
+      Effect.map((rows) => rows.length > 0),
+      Effect.orDie,
+      Effect.withSpan("Journal.nonceRecorded")
+    )
 
   /** Bumps the op's updated_at in the same transaction as a step write; an unknown op is a bug. */
   const touchOp = (opId: string, at: number) =>
@@ -625,6 +710,8 @@ export const make = Effect.gen(function*() {
 
   const shape: JournalShape = {
     begin,
+    admit,
+    nonceRecorded,
     stepStarted,
     recordUpid,
     stepDone,

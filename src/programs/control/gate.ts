@@ -16,7 +16,7 @@
  */
 import { Effect, Either, Option, Schema } from "effect"
 import { Authz, type AuthzShape, type VerifiedOp } from "../../layers/Authz.js"
-import { Journal } from "../../layers/Journal.js"
+import { Journal, type NonceSpend } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
   type CallKind,
@@ -132,7 +132,8 @@ export const judge = (
     if (Option.isNone(signed) || Option.isNone(authz)) {
       return { verdict: "pending_signature", class: "destructive", reason: c.reason } as const
     }
-    const verified = yield* Effect.either(authz.value.verify(signed.value))
+    // check only: the nonce is spent when the op is admitted into the journal (Journal.admit)
+    const verified = yield* Effect.either(authz.value.check(signed.value))
     if (verified._tag === "Left") {
       return { verdict: "rejected", class: "destructive", reason: verified.left._tag, message: verified.left.message } as const
     }
@@ -189,20 +190,32 @@ export const permits = (action: GatedAction, call: IrreversibleCall): boolean =>
   }
 }
 
-/** Proof the gate approved one action: clears exactly the calls that action entails. */
+/**
+ * Proof the gate approved one action: clears exactly the calls that action entails. A signed
+ * grant clears nothing until its nonce is spent, i.e. until its op was admitted into the journal.
+ */
 export interface Grant {
   readonly action: GatedAction
   readonly basis: ClearanceBasis
-  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused>
+  /** The signature's nonce, spent by Journal.admit with the op; null when unsigned. */
+  readonly nonce: NonceSpend | null
+  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused, Journal>
 }
 
-const grantFor = (action: GatedAction, basis: ClearanceBasis): Grant => ({
+const grantFor = (action: GatedAction, basis: ClearanceBasis, nonce: NonceSpend | null = null): Grant => ({
   action,
   basis,
+  nonce,
   clear: (call) =>
-    permits(action, call)
-      ? Effect.succeed(mint(call, basis))
-      : Effect.fail(new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"} does not entail ${call.call} of ${call.vmid}` }))
+    Effect.gen(function*() {
+      if (!permits(action, call)) {
+        return yield* new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"} does not entail ${call.call} of ${call.vmid}` })
+      }
+      if (nonce !== null && !(yield* Effect.flatMap(Journal, (j) => j.nonceRecorded(nonce.nonce)))) {
+        return yield* new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"}: the signed op was not admitted into the journal` })
+      }
+      return mint(call, basis)
+    })
 })
 
 export type GateResult =
@@ -240,7 +253,12 @@ export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor
       case "signed_ok":
         return {
           decision,
-          grant: grantFor(action, { basis: "signed", signer: decision.verified.signer.keyId, nonce: decision.verified.nonce })
+          grant: grantFor(action, { basis: "signed", signer: decision.verified.signer.keyId, nonce: decision.verified.nonce }, {
+            nonce: decision.verified.nonce,
+            signerFingerprint: decision.verified.signer.fingerprint,
+            op: decision.verified.op,
+            expiresAtMs: decision.verified.expiresAtMs
+          })
         } satisfies GateResult as GateResult
       default:
         return { decision, grant: null } satisfies GateResult as GateResult

@@ -19,7 +19,7 @@ import type { JsonObject } from "../../schema/json.js"
 import type { RestoreSource, SignedAuthorization } from "../../schema/operations.js"
 import { dearmor } from "../../schema/sshsig.js"
 import { gate, type GatedAction, type GateResult } from "./gate.js"
-import { BadJob, decommission, forceBackup, restoreNow, type StepError } from "./steps.js"
+import { admissionOf, BadJob, decommission, forceBackup, restoreNow, type StepError } from "./steps.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -46,7 +46,7 @@ export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSo
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const run = (job: SignedJob, approved: Approved): Effect.Effect<void, StepError | BadJob, Proxmox | Journal> => {
+const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob, Proxmox | Journal> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -61,7 +61,7 @@ const run = (job: SignedJob, approved: Approved): Effect.Effect<void, StepError 
       if (vmid === null || Option.isNone(Schema.decodeUnknownOption(NoParams, strict)(params))) {
         return Effect.fail(new BadJob({ message: "decommission needs guest_id and no params" }))
       }
-      return Either.isLeft(auth) ? Effect.fail(auth.left) : decommission(vmid, approved.grant, auth.right)
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : decommission(vmid, approved.grant, auth.right, key)
     }
     case "restore-now": {
       const source = decodeRestoreSource(params)
@@ -69,14 +69,14 @@ const run = (job: SignedJob, approved: Approved): Effect.Effect<void, StepError 
       if (vmid === null || Option.isNone(source)) {
         return Effect.fail(new BadJob({ message: "restore-now needs guest_id and params exactly {snapshot} or {backup, storage, backup_storage}" }))
       }
-      return Either.isLeft(auth) ? Effect.fail(auth.left) : restoreNow(vmid, source.value, approved.grant, auth.right)
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : restoreNow(vmid, source.value, approved.grant, auth.right, key)
     }
     case "force-backup": {
       const p = Schema.decodeUnknownOption(ForceBackupParams, strict)(params)
       if (vmid === null || Option.isNone(p)) {
         return Effect.fail(new BadJob({ message: "force-backup needs guest_id and params exactly {storage}" }))
       }
-      return forceBackup(vmid, p.value.storage)
+      return forceBackup(vmid, p.value.storage, admissionOf(approved.grant, key))
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))
@@ -119,9 +119,23 @@ export const runSignedJob = (job: SignedJob) =>
           return d.verdict === "pending_signature" ? result("pending_signature", d.reason) : result("rejected", `${d.reason}: ${d.message}`)
         }
         const approved: Approved = judged
-        const outcome = yield* journal.runOnce(key, run(job, approved), () => ({ status: "done" })).pipe(Effect.either)
-        if (Either.isLeft(outcome)) return result("failed", `${outcome.left._tag}: ${outcome.left.message}`)
-        if (outcome.right.replayed) return result("duplicate", `job ${job.id} was already handled; not run again`)
+        // The job's key, its signature's nonce and its journal op are admitted together (one
+        // transaction inside the executor), so redelivery after any crash is an honest duplicate.
+        const outcome = yield* Effect.either(run(job, approved, key))
+        if (Either.isLeft(outcome)) {
+          const e = outcome.left
+          if (e._tag === "AdmissionRefused") {
+            return e.reason === "duplicate"
+              ? result("duplicate", `job ${job.id} was already handled; not run again`)
+              : result("rejected", `Replay: ${e.message}`)
+          }
+          // admitted ops record their end; a job refused before admission claimed nothing
+          yield* journal.idempotencyGet(key).pipe(
+            Effect.flatMap((claimed) => Option.isSome(claimed) ? journal.idempotencyComplete(key, { status: "failed", reason: e.message }) : Effect.void)
+          )
+          return result("failed", `${e._tag}: ${e.message}`)
+        }
+        yield* journal.idempotencyComplete(key, { status: "done" })
         return result("done", approved.decision.reason)
       })
     )

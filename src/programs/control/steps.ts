@@ -10,7 +10,7 @@
 import { Data, Effect, Option } from "effect"
 import { lockRetry } from "./schedules.js"
 import { randomBytes } from "node:crypto"
-import { Journal } from "../../layers/Journal.js"
+import { type AdmissionRefused, Journal, type NonceSpend } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
@@ -29,7 +29,7 @@ import {
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearCompensation, type Grant } from "./gate.js"
 
-export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused
+export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused
 
 /** The desired state asks for a guest but names no golden archive to restore it from. */
 export class NoProvisioning extends Data.TaggedError("NoProvisioning")<{ readonly message: string }> {}
@@ -90,21 +90,35 @@ export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>):
   done: (step, data) => Effect.flatMap(Journal, (j) => j.stepDone(id, step, data))
 })
 
+/**
+ * How an op enters the journal: with the idempotency key of the job that carries it and the
+ * nonce of the signature that authorizes it, both spent in the admitting transaction.
+ */
+export interface Admission {
+  readonly key: string | null
+  readonly nonce: NonceSpend | null
+}
+
+export const noAdmission: Admission = { key: null, nonce: null }
+
+/** The admission of an approved action: its grant's nonce, and the job key if it came as a job. */
+export const admissionOf = (grant: Grant, key: string | null = null): Admission => ({ key, nonce: grant.nonce })
+
 /** Records the operation (its encoded payload is what recovery decodes) and returns its saga. */
-export const beginOperation = <K extends OperationKind>(op: OperationOf<K>) =>
-  Effect.map(Journal, (journal) => journal).pipe(
-    Effect.flatMap((journal) => journal.begin({ kind: op._tag, vmid: op.vmid, payload: encodeOperation(op as Operation) })),
-    Effect.map((entry) => sagaOf<K>(entry.id, op))
-  )
+export const beginOperation = <K extends OperationKind>(op: OperationOf<K>, admission: Admission = noAdmission) =>
+  Effect.flatMap(Journal, (journal) =>
+    journal.admit({ key: admission.key, nonce: admission.nonce, op: { kind: op._tag, vmid: op.vmid, payload: encodeOperation(op as Operation) } })
+  ).pipe(Effect.map((entry) => sagaOf<K>(entry.id, op)))
 
 /** Runs `body` as one journaled op; the op ends done, or failed with the error's message. */
 export const runOperation = <K extends OperationKind, A, E extends { readonly message: string }, R>(
   op: OperationOf<K>,
-  body: (saga: Saga<K>) => Effect.Effect<A, E, R>
+  body: (saga: Saga<K>) => Effect.Effect<A, E, R>,
+  admission: Admission = noAdmission
 ) =>
   Effect.gen(function*() {
     const journal = yield* Journal
-    const saga = yield* beginOperation(op)
+    const saga = yield* beginOperation(op, admission)
     return yield* body(saga).pipe(
       Effect.tap(() => journal.finish(saga.id, "done")),
       Effect.tapError((e) => journal.finish(saga.id, "failed", e.message))
@@ -154,8 +168,8 @@ export const resizeRootfs = (vmid: VmId, sizeGib: number, grant: Grant) =>
       yield* s.task("resize", Effect.flatMap(Proxmox, (p) => p.resize(vmid, "rootfs", `${sizeGib}G`, clearance)))
     }))
 
-export const forceBackup = (vmid: VmId, storage: StorageId) =>
-  runOperation({ _tag: "force-backup", vmid, storage }, (s) => s.task("backup", vzdumpUpid(vmid, storage)))
+export const forceBackup = (vmid: VmId, storage: StorageId, admission: Admission = noAdmission) =>
+  runOperation({ _tag: "force-backup", vmid, storage }, (s) => s.task("backup", vzdumpUpid(vmid, storage)), admission)
 
 // ---------------------------------------------------------------------------------------------
 // Create: restore the golden archive as one saga with compensation
@@ -324,8 +338,12 @@ export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: 
     yield* resolveHolds(vmid, `signed decommission ${s.id}`)
   })
 
-export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuthorization) =>
-  runOperation({ _tag: "decommission", vmid, authorization }, (s) => decommissionSteps(s, grant.clear({ call: "destroy", vmid })))
+export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuthorization, key: string | null = null) =>
+  runOperation(
+    { _tag: "decommission", vmid, authorization },
+    (s) => decommissionSteps(s, grant.clear({ call: "destroy", vmid })),
+    admissionOf(grant, key)
+  )
 
 /**
  * Restore-overwrite. From a snapshot: roll back (restarting a running guest). From a backup:
@@ -334,7 +352,7 @@ export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuth
  * remove=0 so it can never prune the archive about to be restored. If the guest is gone after a
  * failed restore it is recorded lost (recovered from a backup, never recreated blank).
  */
-export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, authorization: SignedAuthorization) =>
+export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, authorization: SignedAuthorization, key: string | null = null) =>
   runOperation({ _tag: "restore-now", vmid, source, authorization }, (s) =>
     Effect.gen(function*() {
       const pve = yield* Proxmox
@@ -359,4 +377,4 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
         )
       )
       if (wasRunning) yield* s.task("start", pve.start(vmid))
-    }))
+    }), admissionOf(grant, key))
