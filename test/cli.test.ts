@@ -3,7 +3,7 @@
  * `sim pve` in one process, `selftest --json` in another, exit codes and one-line reasons.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { readFileSync, writeFileSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -36,17 +36,26 @@ const env = (extra: Record<string, string> = {}) => {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_")))
   return { ...clean, FELHOM_AGENT_CONFIG: emptyConfig, ...extra } as NodeJS.ProcessEnv
 }
-const run = (args: Array<string>, extra: Record<string, string> = {}) =>
-  spawnSync(process.execPath, [bin, ...args], { env: env(extra), encoding: "utf8", timeout: 60_000 })
+/**
+ * Runs the CLI without blocking this worker: a test that waits on spawnSync for long keeps vitest's
+ * RPC replies unread, and a minute of that fails the run ("Timeout calling onTaskUpdate").
+ */
+const spawnAsync = (argv: Array<string>, extra: Record<string, string>, timeoutMs: number) =>
+  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { env: env(extra), stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c))
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c))
+    child.on("error", reject)
+    child.on("close", (status) => resolve({ status, stdout, stderr }))
+  })
+const run = (args: Array<string>, extra: Record<string, string> = {}, timeoutMs = 60_000) => spawnAsync([bin, ...args], extra, timeoutMs)
 
 /** The modules a CLI run loaded, through the probe above. */
-const loadsOf = (args: Array<string>, extra: Record<string, string> = {}) => {
+const loadsOf = async (args: Array<string>, extra: Record<string, string> = {}) => {
   const out = join(mkdtempSync(join(tmpdir(), "felhom-loads-")), "loads.json")
-  const r = spawnSync(process.execPath, ["-r", loadProbe, bin, ...args], {
-    env: env({ ...extra, FELHOM_TEST_LOADS: out }),
-    encoding: "utf8",
-    timeout: 60_000
-  })
+  const r = await spawnAsync(["-r", loadProbe, bin, ...args], { ...extra, FELHOM_TEST_LOADS: out }, 60_000)
   return { status: r.status, stderr: r.stderr, loads: JSON.parse(readFileSync(out, "utf8")) as Array<string> }
 }
 
@@ -79,42 +88,42 @@ afterAll(() => {
 })
 
 describe("felhom-agent CLI", () => {
-  it("version matches package.json", () => {
-    const r = run(["version"])
+  it("version matches package.json", async () => {
+    const r = await run(["version"])
     expect(r.status).toBe(0)
     expect(r.stdout.trim()).toBe(`felhom-agent ${VERSION}`)
     expect(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version).toBe(VERSION)
-    expect(JSON.parse(run(["version", "--json"]).stdout)).toEqual({ name: "felhom-agent", version: VERSION })
+    expect(JSON.parse((await run(["version", "--json"])).stdout)).toEqual({ name: "felhom-agent", version: VERSION })
   })
 
-  it("version and --help evaluate only the command tree: no HTTP, SQLite, simulators or daemon", () => {
+  it("version and --help evaluate only the command tree: no HTTP, SQLite, simulators or daemon", async () => {
     for (const args of [["version"], ["version", "--json"], ["--help"], ["op", "new", "--help"]]) {
-      const r = loadsOf(args)
+      const r = await loadsOf(args)
       expect(r.status, args.join(" ")).toBe(0)
       expect(r.loads.filter((m) => HEAVY.includes(m)), args.join(" ")).toEqual([])
     }
     // the probe sees lazily loaded implementations: the journal opens SQLite, selftest talks HTTPS
-    const journal = loadsOf(["journal", "list"], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
+    const journal = await loadsOf(["journal", "list"], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
     expect(journal.status, journal.stderr).toBe(0)
     expect(journal.loads).toContain("better-sqlite3")
-    const selftest = loadsOf(["selftest"], exports)
+    const selftest = await loadsOf(["selftest"], exports)
     expect(selftest.status, selftest.stderr).toBe(0)
     expect(selftest.loads).toEqual(expect.arrayContaining(["tls", "http"]))
   })
 
-  it("the --config help names the config layer's default path", () => {
-    expect(run(["selftest", "--help"]).stdout).toContain(DEFAULT_CONFIG_PATH)
+  it("the --config help names the config layer's default path", async () => {
+    expect((await run(["selftest", "--help"])).stdout).toContain(DEFAULT_CONFIG_PATH)
   })
 
-  it("--help works on the root and on subcommands", () => {
+  it("--help works on the root and on subcommands", async () => {
     for (const args of [["--help"], ["selftest", "--help"], ["selftest", "task", "--help"], ["sim", "pve", "--help"]]) {
-      const r = run(args)
+      const r = await run(args)
       expect(r.status, args.join(" ")).toBe(0)
       expect(r.stdout).toContain("felhom-agent")
     }
   })
 
-  it("sim pve prints everything selftest needs", () => {
+  it("sim pve prints everything selftest needs", async () => {
     expect(Object.keys(exports).sort()).toEqual([
       "FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256",
       "FELHOM_AGENT_PROXMOX_TOKEN_ID",
@@ -124,8 +133,8 @@ describe("felhom-agent CLI", () => {
     expect(exports["FELHOM_AGENT_PROXMOX_URL"]).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/)
   })
 
-  it("selftest --json against `sim pve` in another process: healthy, exit 0", () => {
-    const r = run(["selftest", "--json"], exports)
+  it("selftest --json against `sim pve` in another process: healthy, exit 0", async () => {
+    const r = await run(["selftest", "--json"], exports)
     expect(r.stderr).toBe("")
     expect(r.status).toBe(0)
     const report = JSON.parse(r.stdout)
@@ -137,18 +146,18 @@ describe("felhom-agent CLI", () => {
     expect(r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
   })
 
-  it("human output by default", () => {
-    const r = run(["selftest"], exports)
+  it("human output by default", async () => {
+    const r = await run(["selftest"], exports)
     expect(r.status).toBe(0)
     expect(r.stdout).toMatch(/^felhom-agent selftest: HEALTHY/)
   })
 
-  it("selftest task needs --yes (exit 2, one line) and then completes the cycle", () => {
-    const refused = run(["selftest", "task", "--vmid", "101"], exports)
+  it("selftest task needs --yes (exit 2, one line) and then completes the cycle", async () => {
+    const refused = await run(["selftest", "task", "--vmid", "101"], exports)
     expect(refused.status).toBe(2)
     expect(refused.stderr.trim().split("\n")).toHaveLength(1)
     expect(refused.stderr).toContain("--yes")
-    const r = run(["selftest", "task", "--vmid", "101", "--yes", "--json"], exports)
+    const r = await run(["selftest", "task", "--vmid", "101", "--yes", "--json"], exports)
     expect(r.status).toBe(0)
     const report = JSON.parse(r.stdout)
     expect(report.steps.map((s: { step: string; ok: boolean }) => [s.step, s.ok])).toEqual([
@@ -158,37 +167,37 @@ describe("felhom-agent CLI", () => {
     ])
   }, 60_000)
 
-  it("a wrong pin: exit 1 with a one-line reason naming the mismatch, no secret", () => {
+  it("a wrong pin: exit 1 with a one-line reason naming the mismatch, no secret", async () => {
     const wrong = exports["FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256"]!.split(":").reverse().join(":")
-    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256: wrong })
+    const r = await run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TLS_FINGERPRINT_SHA256: wrong })
     expect(r.status).toBe(1)
     expect(r.stderr.trim().split("\n")).toHaveLength(1)
     expect(r.stderr).toContain("fingerprint mismatch")
     expect(r.stderr + r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
   })
 
-  it("a missing privilege: exit 1, the reason names it", () => {
+  it("a missing privilege: exit 1, the reason names it", async () => {
     // a guest id the token has no VM.Audit on does not exist; use an unknown token instead
-    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TOKEN_SECRET: "00000000-0000-0000-0000-000000000000" })
+    const r = await run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_TOKEN_SECRET: "00000000-0000-0000-0000-000000000000" })
     expect(r.status).toBe(1)
     expect(r.stderr).toMatch(/auth|authentication/i)
     expect(r.stderr).not.toContain("00000000-0000-0000-0000-000000000000")
   })
 
-  it("configuration errors: exit 2, the key named, nothing echoed", () => {
-    const r = run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_URL: "http://127.0.0.1:1" })
+  it("configuration errors: exit 2, the key named, nothing echoed", async () => {
+    const r = await run(["selftest"], { ...exports, FELHOM_AGENT_PROXMOX_URL: "http://127.0.0.1:1" })
     expect(r.status).toBe(2)
     expect(r.stderr).toContain("proxmox.url")
-    const none = run(["selftest"])
+    const none = await run(["selftest"])
     expect(none.status).toBe(2)
     expect(none.stderr).toContain("proxmox")
   })
 
-  it("--print-config redacts the token secret", () => {
+  it("--print-config redacts the token secret", async () => {
     const dir = mkdtempSync(join(tmpdir(), "felhom-cli-"))
     const path = join(dir, "agent.json")
     writeFileSync(path, JSON.stringify({ privileged: { mode: "direct" } }))
-    const r = run(["selftest", "--print-config", "--config", path], exports)
+    const r = await run(["selftest", "--print-config", "--config", path], exports)
     expect(r.status).toBe(0)
     const printed = JSON.parse(r.stdout)
     expect(printed.proxmox.token_secret).toBe("<redacted>")
@@ -196,11 +205,11 @@ describe("felhom-agent CLI", () => {
     expect(r.stdout).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
   })
 
-  it("plan shows each action with its gate verdict; an offered signature turns the destroy signed_ok", () => {
+  it("plan shows each action with its gate verdict; an offered signature turns the destroy signed_ok", async () => {
     const dir = mkdtempSync(join(tmpdir(), "felhom-plan-"))
     const stateEnv = { ...exports, FELHOM_AGENT_STATE_DIR: join(dir, "state") }
     const desired = join(root, "test", "fixtures", "desired", "sim-mixed.json")
-    const unsigned = run(["plan", "--desired", desired, "--json"], stateEnv)
+    const unsigned = await run(["plan", "--desired", desired, "--json"], stateEnv)
     expect(unsigned.status, unsigned.stderr).toBe(0)
     const verdicts = (r: { stdout: string }) =>
       (JSON.parse(r.stdout) as { actions: Array<{ vmid: number; action: string; verdict: string }> }).actions.map((a) => `${a.action}:${a.vmid}:${a.verdict}`)
@@ -218,55 +227,55 @@ describe("felhom-agent CLI", () => {
       host_id: "host-1",
       authz: { signers: [`role=operational,key-id=alice ${readFileSync(join(dir, "op.pub"), "utf8").trim()}`] }
     }))
-    const sign = (name: string, guest: string) => {
+    const sign = async (name: string, guest: string) => {
       const blob = join(dir, name)
-      expect(run(["op", "new", "--op", "decommission", "--host", "host-1", "--guest", guest, "--key-id", "alice", "--out", blob]).status).toBe(0)
-      expect(run(["op", "sign", "--key", join(dir, "op"), "--in", blob]).status).toBe(0)
+      expect((await run(["op", "new", "--op", "decommission", "--host", "host-1", "--guest", guest, "--key-id", "alice", "--out", blob])).status).toBe(0)
+      expect((await run(["op", "sign", "--key", join(dir, "op"), "--in", blob])).status).toBe(0)
       return blob
     }
-    const good = sign("good.json", "102")
-    const signed = run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv)
+    const good = await sign("good.json", "102")
+    const signed = await run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv)
     expect(signed.status, signed.stderr).toBe(0)
     expect(verdicts(signed)).toContain("destroy:102:signed_ok")
     // a preview consumes nothing: the same signature is still good
-    expect(verdicts(run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv))).toContain("destroy:102:signed_ok")
-    const wrong = sign("wrong.json", "101")
-    const mismatched = run(["plan", "--desired", desired, "--json", "--config", config, "--signed", wrong], stateEnv)
+    expect(verdicts(await run(["plan", "--desired", desired, "--json", "--config", config, "--signed", good], stateEnv))).toContain("destroy:102:signed_ok")
+    const wrong = await sign("wrong.json", "101")
+    const mismatched = await run(["plan", "--desired", desired, "--json", "--config", config, "--signed", wrong], stateEnv)
     // a signature for 101 is not a signature for 102's destroy
     expect(verdicts(mismatched)).toContain("destroy:102:pending_signature")
-    const human = run(["plan", "--desired", desired], stateEnv)
+    const human = await run(["plan", "--desired", desired], stateEnv)
     expect(human.stdout).toContain("PENDING_SIGNATURE")
   }, 60_000)
 
-  it("journal list and audit verify read the state database", () => {
+  it("journal list and audit verify read the state database", async () => {
     const stateEnv = { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) }
-    expect(run(["journal", "list"], stateEnv).status).toBe(0)
-    const audit = run(["audit", "verify", "--json"], stateEnv)
+    expect((await run(["journal", "list"], stateEnv)).status).toBe(0)
+    const audit = await run(["audit", "verify", "--json"], stateEnv)
     expect(audit.status).toBe(0)
     expect(JSON.parse(audit.stdout)).toEqual({ ok: true, entries: 0 })
   })
 
-  it.each([["-1"], ["0"], ["10001"]])("journal list --limit %s: exit 2 with one line stating the range", (limit) => {
-    const r = run(["journal", "list", "--limit", limit], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
+  it.each([["-1"], ["0"], ["10001"]])("journal list --limit %s: exit 2 with one line stating the range", async (limit) => {
+    const r = await run(["journal", "list", "--limit", limit], { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) })
     expect(r.status, r.stderr).toBe(2)
     expect(r.stdout).toBe("")
     expect(r.stderr.trim().split("\n")).toEqual([`felhom-agent: --limit must be an integer from 1 to 10000 (got ${limit})`])
   })
 
-  it("journal list --limit at the bounds is accepted", () => {
+  it("journal list --limit at the bounds is accepted", async () => {
     const stateEnv = { FELHOM_AGENT_STATE_DIR: mkdtempSync(join(tmpdir(), "felhom-state-")) }
-    expect(run(["journal", "list", "--limit", "1"], stateEnv).status).toBe(0)
-    expect(run(["journal", "list", "--limit", "10000", "--json"], stateEnv).stdout.trim()).toBe("[]")
+    expect((await run(["journal", "list", "--limit", "1"], stateEnv)).status).toBe(0)
+    expect((await run(["journal", "list", "--limit", "10000", "--json"], stateEnv)).stdout.trim()).toBe("[]")
   })
 
-  it.each([["pve", "70000"], ["pve", "-1"], ["hub", "65536"], ["hub", "-5"]])("sim %s --port %s: exit 2 with one line, no stack trace", (which, port) => {
-    const r = run(["sim", which!, "--port", port!])
+  it.each([["pve", "70000"], ["pve", "-1"], ["hub", "65536"], ["hub", "-5"]])("sim %s --port %s: exit 2 with one line, no stack trace", async (which, port) => {
+    const r = await run(["sim", which!, "--port", port!])
     expect(r.status, r.stderr).toBe(2)
     expect(r.stderr.trim().split("\n")).toEqual([`felhom-agent: --port must be an integer from 0 to 65535 (got ${port})`])
   })
 
-  it("npm run demo's scenario runs end to end and exits 0", () => {
-    const r = spawnSync(process.execPath, [bin, "demo"], { env: env(), encoding: "utf8", timeout: 120_000 })
+  it("npm run demo's scenario runs end to end and exits 0", async () => {
+    const r = await run(["demo"], {}, 120_000)
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0)
     for (const line of [
       "converged: 100 stopped, local-lvm:vm-100-disk-0,size=20G; 101 running, 2048 MiB",
@@ -280,7 +289,7 @@ describe("felhom-agent CLI", () => {
     expect(r.stdout).toMatch(/overdue hosts: 0/)
   }, 120_000)
 
-  it("an unknown command is a usage error (exit 2)", () => {
-    expect(run(["frobnicate"]).status).toBe(2)
+  it("an unknown command is a usage error (exit 2)", async () => {
+    expect((await run(["frobnicate"])).status).toBe(2)
   })
 })
