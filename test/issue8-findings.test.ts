@@ -273,12 +273,12 @@ describe("finding 9: nonces and job claims are spent only when the op is admitte
         yield* journal.admit({ key: "job:a", nonce, op })
         // same nonce, new key: replay, and the new key stays unclaimed
         const replay = yield* Effect.either(journal.admit({ key: "job:b", nonce, op }))
-        expect(Either.isLeft(replay) && replay.left.reason).toBe("replay")
+        expect(Either.isLeft(replay) && replay.left._tag === "AdmissionRefused" && replay.left.reason).toBe("replay")
         expect(Option.isNone(yield* journal.idempotencyGet("job:b"))).toBe(true)
         // same key, new nonce: duplicate, and the new nonce stays unspent
         const fresh = { ...nonce, nonce: "m".repeat(30) }
         const dup = yield* Effect.either(journal.admit({ key: "job:a", nonce: fresh, op }))
-        expect(Either.isLeft(dup) && dup.left.reason).toBe("duplicate")
+        expect(Either.isLeft(dup) && dup.left._tag === "AdmissionRefused" && dup.left.reason).toBe("duplicate")
         expect(yield* journal.nonceRecorded(fresh.nonce)).toBe(false)
         expect((yield* journal.list({ limit: 10 })).length).toBe(1)
       })))

@@ -92,8 +92,9 @@ describe("Journal: ops and steps", () => {
     Effect.gen(function*() {
       const j = yield* Journal
       yield* j.begin({ id: "x", kind: "k", vmid: null, payload: {} })
-      const dies = (e: Effect.Effect<unknown>) => Effect.map(Effect.exit(e), (x) => Exit.isFailure(x) && Exit.causeOption(x).pipe(Option.exists((c) => c._tag === "Die")))
-      expect(yield* dies(j.begin({ id: "x", kind: "k", vmid: null, payload: {} }))).toBe(true)
+      const dies = (e: Effect.Effect<unknown, unknown>) => Effect.map(Effect.exit(e), (x) => Exit.isFailure(x) && Exit.causeOption(x).pipe(Option.exists((c) => c._tag === "Die")))
+      // a reused id is refused by the store (a typed JournalError, never a second op)
+      expect(Exit.isFailure(yield* Effect.exit(j.begin({ id: "x", kind: "k", vmid: null, payload: {} })))).toBe(true)
       expect(yield* dies(j.stepStarted("nope", "s"))).toBe(true)
       expect(yield* dies(j.recordUpid("nope", "s", "UPID:1"))).toBe(true)
       expect(yield* dies(j.finish("nope", "done"))).toBe(true)

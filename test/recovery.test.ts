@@ -42,7 +42,7 @@ const crashingJournal = (crashAfter: number, counter: { writes: number }) =>
   Layer.effect(
     Journal,
     Effect.map(Journal, (real): JournalShape => {
-      const after = <A>(write: Effect.Effect<A>): Effect.Effect<A> =>
+      const after = <A, E>(write: Effect.Effect<A, E>): Effect.Effect<A, E> =>
         Effect.flatMap(write, (a) => {
           counter.writes++
           return counter.writes === crashAfter ? Effect.interrupt : Effect.succeed(a)

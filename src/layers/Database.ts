@@ -134,6 +134,15 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       since_ms INTEGER NOT NULL,
       detail TEXT NOT NULL
     ) STRICT`
+  }),
+  "0005_store_probe": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // One row the daemon rewrites every cycle: a real write that fails when the store is locked
+    // or cannot be written, so the state store's health is known before any mutation.
+    yield* sql`CREATE TABLE store_probe (
+      id INTEGER PRIMARY KEY CHECK (id = 1),
+      at_ms INTEGER NOT NULL
+    ) STRICT`
   })
 }
 

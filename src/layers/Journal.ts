@@ -82,7 +82,7 @@ export interface JournalShape {
     readonly kind: string
     readonly vmid: number | null
     readonly payload: unknown
-  }) => Effect.Effect<JournalOp>
+  }) => Effect.Effect<JournalOp, JournalError>
   /**
    * Admits an op in ONE transaction: spends its signature's nonce (if signed), claims its
    * idempotency key (if any) and begins it. Either all three are durable or none is, so a kill
@@ -93,26 +93,28 @@ export interface JournalShape {
     readonly key: string | null
     readonly nonce: NonceSpend | null
     readonly op: { readonly kind: string; readonly vmid: number | null; readonly payload: unknown }
-  }) => Effect.Effect<JournalOp, AdmissionRefused>
+  }) => Effect.Effect<JournalOp, AdmissionRefused | JournalError>
+  /** A real one-row write: fails (JournalError) when the store is locked or cannot be written. */
+  readonly probe: Effect.Effect<void, JournalError>
   /** Whether a nonce is recorded as spent (the gate checks it before clearing a signed call). */
-  readonly nonceRecorded: (nonce: string) => Effect.Effect<boolean>
+  readonly nonceRecorded: (nonce: string) => Effect.Effect<boolean, JournalError>
   /** (Re)starts a step: status started, upid cleared; `data` replaces the step's data if given. */
-  readonly stepStarted: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
+  readonly stepStarted: (opId: string, step: string, data?: unknown) => Effect.Effect<void, JournalError>
   /**
    * Called with the UPID BEFORE waiting on it, so a crash mid-wait leaves it recoverable.
    * Leaves the step's status and data as they are (a step not yet written is created as started).
    */
-  readonly recordUpid: (opId: string, step: string, upid: string) => Effect.Effect<void>
+  readonly recordUpid: (opId: string, step: string, upid: string) => Effect.Effect<void, JournalError>
   /** `data` replaces the step's data if given; the upid is kept. */
-  readonly stepDone: (opId: string, step: string, data?: unknown) => Effect.Effect<void>
-  readonly stepCompensated: (opId: string, step: string) => Effect.Effect<void>
+  readonly stepDone: (opId: string, step: string, data?: unknown) => Effect.Effect<void, JournalError>
+  readonly stepCompensated: (opId: string, step: string) => Effect.Effect<void, JournalError>
   /** Dies for an unknown op id. */
-  readonly finish: (opId: string, status: Exclude<OpStatus, "in_flight">, detail?: string) => Effect.Effect<void>
-  readonly get: (opId: string) => Effect.Effect<Option.Option<JournalOp>>
+  readonly finish: (opId: string, status: Exclude<OpStatus, "in_flight">, detail?: string) => Effect.Effect<void, JournalError>
+  readonly get: (opId: string) => Effect.Effect<Option.Option<JournalOp>, JournalError>
   /** Oldest first. */
-  readonly inFlight: Effect.Effect<ReadonlyArray<JournalOp>>
+  readonly inFlight: Effect.Effect<ReadonlyArray<JournalOp>, JournalError>
   /** Newest first; `limit` defaults to 100. */
-  readonly list: (opts?: { readonly limit?: number; readonly status?: OpStatus }) => Effect.Effect<ReadonlyArray<JournalOp>>
+  readonly list: (opts?: { readonly limit?: number; readonly status?: OpStatus }) => Effect.Effect<ReadonlyArray<JournalOp>, JournalError>
   /**
    * Agent-internal provenance (never from the hub): a guest created inside journaled op `opId`,
    * or tagged scratch by the agent. Keyed by vmid, so it must be cleared when the guest is
@@ -123,23 +125,23 @@ export interface JournalShape {
     kind: "same_transaction" | "scratch",
     opId: string,
     marker?: string
-  ) => Effect.Effect<void>
-  readonly clearProvenance: (vmid: number) => Effect.Effect<void>
-  readonly provenanceOf: (vmid: number) => Effect.Effect<Option.Option<Provenance>>
+  ) => Effect.Effect<void, JournalError>
+  readonly clearProvenance: (vmid: number) => Effect.Effect<void, JournalError>
+  readonly provenanceOf: (vmid: number) => Effect.Effect<Option.Option<Provenance>, JournalError>
   /** Records (or refreshes) a guest as holding customer data; a lost record stays lost. */
-  readonly markCustomer: (vmid: number, detail: string) => Effect.Effect<void>
+  readonly markCustomer: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
   /** A customer guest that disappeared: reported as lost, never recreated blank. */
-  readonly markLost: (vmid: number, detail: string) => Effect.Effect<void>
+  readonly markLost: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
   /** Only after a signed decommission or a recovery that brought the guest back. */
-  readonly forgetGuest: (vmid: number) => Effect.Effect<void>
-  readonly guestRecords: Effect.Effect<ReadonlyArray<GuestRecord>>
+  readonly forgetGuest: (vmid: number) => Effect.Effect<void, JournalError>
+  readonly guestRecords: Effect.Effect<ReadonlyArray<GuestRecord>, JournalError>
   /** Idempotency store: key → outcome JSON (null while running). */
   readonly idempotencyGet: (
     key: string
-  ) => Effect.Effect<Option.Option<{ readonly state: "running" | "done"; readonly outcome: unknown }>>
+  ) => Effect.Effect<Option.Option<{ readonly state: "running" | "done"; readonly outcome: unknown }>, JournalError>
   /** Atomically claims a key; false if it already exists (in any state). */
-  readonly idempotencyClaim: (key: string) => Effect.Effect<boolean>
-  readonly idempotencyComplete: (key: string, outcome: unknown) => Effect.Effect<void>
+  readonly idempotencyClaim: (key: string) => Effect.Effect<boolean, JournalError>
+  readonly idempotencyComplete: (key: string, outcome: unknown) => Effect.Effect<void, JournalError>
   /**
    * Runs `effect` at most once per key across retries and restarts: a second call returns
    * { replayed: true, outcome } (outcome of the first); a key left "running" by a crash returns
@@ -155,7 +157,7 @@ export interface JournalShape {
     key: string,
     effect: Effect.Effect<A, E, R>,
     encode: (a: A) => unknown
-  ) => Effect.Effect<RunOnceResult<A>, E, R>
+  ) => Effect.Effect<RunOnceResult<A>, E | JournalError, R>
   /** Append-only, tamper-evident: each entry carries the sha256 of the previous entry's hash + its own canonical content. */
   readonly audit: (e: {
     readonly actor: string
@@ -163,18 +165,25 @@ export interface JournalShape {
     readonly target: string | null
     readonly decision: string
     readonly detail?: unknown
-  }) => Effect.Effect<AuditEntry>
+  }) => Effect.Effect<AuditEntry, JournalError>
   /** Oldest→newest of the last n. */
-  readonly auditTail: (n: number) => Effect.Effect<ReadonlyArray<AuditEntry>>
+  readonly auditTail: (n: number) => Effect.Effect<ReadonlyArray<AuditEntry>, JournalError>
   /**
    * Recomputes the whole chain: an edited, deleted (anywhere, including the newest, via
    * sqlite_sequence) or reordered entry breaks it. Someone able to rewrite the file can rebuild
    * a consistent chain; only a head hash kept off-host (the hub) catches that.
    */
-  readonly verifyAudit: Effect.Effect<AuditVerdict>
+  readonly verifyAudit: Effect.Effect<AuditVerdict, JournalError>
 }
 
 export class Journal extends Context.Tag("felhom/Journal")<Journal, JournalShape>() {}
+
+/**
+ * The state store could not be read or written (disk full, locked past the busy timeout, I/O).
+ * Typed, not a defect: the operation that needed the write stops before any further PVE
+ * mutation, and the daemon keeps heartbeating and reports the store unhealthy.
+ */
+export class JournalError extends Data.TaggedError("JournalError")<{ readonly message: string }> {}
 
 /** An operator signature's nonce, spent when (and only when) its op is admitted. */
 export interface NonceSpend {
@@ -251,6 +260,15 @@ const AuditRows = Schema.Array(AuditRow)
 
 const SeqRows = Schema.Array(Schema.Struct({ seq: Schema.Number }))
 
+/** SQL failures become JournalError; anything else here (a row that does not decode) is a bug. */
+const store = <A, E, R>(eff: Effect.Effect<A, E, R>): Effect.Effect<A, JournalError, R> =>
+  Effect.catchAll(eff, (e) =>
+    typeof e === "object" && e !== null && "_tag" in e && e._tag === "JournalError"
+      ? Effect.fail(e as unknown as JournalError)
+      : typeof e === "object" && e !== null && "_tag" in e && e._tag === "SqlError"
+      ? Effect.fail(new JournalError({ message: `state store: ${(e as { message?: string }).message ?? "SQL error"}` }))
+      : Effect.die(e))
+
 const decode = <A, I>(schema: Schema.Schema<A, I>) => (rows: unknown) => Effect.orDie(Schema.decodeUnknown(schema)(rows))
 
 /** Canonical JSON text for a JSON column; a value JSON cannot carry (BigInt, cycle) is a defect. */
@@ -313,7 +331,7 @@ export const make = Effect.gen(function*() {
       updatedAtMs: at
     }
     return created
-  }, Effect.orDie)
+  }, store)
 
   const admit: JournalShape["admit"] = (a) =>
     Effect.gen(function*() {
@@ -344,7 +362,7 @@ export const make = Effect.gen(function*() {
         Effect.flatMap((r) => (r === "admitted" ? Effect.succeed(r) : Effect.fail(r))),
         sql.withTransaction,
         Effect.catchIf((e): e is "replay" | "duplicate" => e === "replay" || e === "duplicate", (r) => Effect.succeed(r)),
-        Effect.orDie
+        store
       )
       if (outcome === "replay") {
         return yield* new AdmissionRefused({ reason: "replay", message: "this op's nonce was already used: replay refused" })
@@ -366,10 +384,15 @@ export const make = Effect.gen(function*() {
       return created
     }).pipe(Effect.withSpan("Journal.admit"))
 
+  const probe: JournalShape["probe"] = Effect.gen(function*() {
+    const at = yield* Clock.currentTimeMillis
+    yield* sql`INSERT INTO store_probe (id, at_ms) VALUES (1, ${at}) ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms`
+  }).pipe(store, Effect.withSpan("Journal.probe"))
+
   const nonceRecorded: JournalShape["nonceRecorded"] = (nonce) =>
     sql<{ n: number }>`SELECT 1 AS n FROM nonces WHERE nonce = ${nonce}`.pipe(
       Effect.map((rows) => rows.length > 0),
-      Effect.orDie,
+      store,
       Effect.withSpan("Journal.nonceRecorded")
     )
 
@@ -386,7 +409,7 @@ export const make = Effect.gen(function*() {
         yield* touchOp(opId, at)
         yield* write(at)
       }).pipe(sql.withTransaction)
-    }).pipe(Effect.orDie)
+    }).pipe(store)
 
   const optionalJson = (data: unknown) => data === undefined ? Effect.succeed(null) : toJson(data)
 
@@ -436,19 +459,19 @@ export const make = Effect.gen(function*() {
       UPDATE journal_ops SET status = ${status}, detail = ${detail ?? null}, updated_at_ms = ${at}
       WHERE id = ${opId} RETURNING id`
     if (rows.length !== 1) return yield* Effect.dieMessage(`journal: finish of unknown op ${opId}`)
-  }, Effect.orDie)
+  }, store)
 
   const get: JournalShape["get"] = Effect.fn("Journal.get")(function*(opId) {
     const ops = yield* sql`SELECT ${OP_COLUMNS} FROM journal_ops WHERE id = ${opId}`.pipe(Effect.flatMap(decode(OpRows)))
     const [op] = yield* withSteps(ops)
     return Option.fromNullable(op)
-  }, Effect.orDie)
+  }, store)
 
   const inFlight: JournalShape["inFlight"] =
     sql`SELECT ${OP_COLUMNS} FROM journal_ops WHERE status = 'in_flight' ORDER BY seq ASC`.pipe(
       Effect.flatMap(decode(OpRows)),
       Effect.flatMap(withSteps),
-      Effect.orDie,
+      store,
       Effect.withSpan("Journal.inFlight")
     )
 
@@ -459,7 +482,7 @@ export const make = Effect.gen(function*() {
       Effect.flatMap(decode(OpRows))
     )
     return yield* withSteps(ops)
-  }, Effect.orDie)
+  }, store)
 
   // --- provenance ----------------------------------------------------------------------------
 
@@ -469,14 +492,14 @@ export const make = Effect.gen(function*() {
     yield* sql`
       INSERT INTO provenance (vmid, kind, op_id, recorded_at_ms, marker) VALUES (${vmid}, ${kind}, ${opId}, ${at}, ${m})
       ON CONFLICT (vmid) DO UPDATE SET kind = ${kind}, op_id = ${opId}, recorded_at_ms = ${at}, marker = ${m}`
-  }, Effect.orDie)
+  }, store)
 
   const markCustomer: JournalShape["markCustomer"] = Effect.fn("Journal.markCustomer")(function*(vmid, detail) {
     const at = yield* Clock.currentTimeMillis
     yield* sql`
       INSERT INTO guest_records (vmid, state, since_ms, detail) VALUES (${vmid}, 'customer', ${at}, ${detail})
       ON CONFLICT (vmid) DO NOTHING`
-  }, Effect.orDie)
+  }, store)
 
   const markLost: JournalShape["markLost"] = Effect.fn("Journal.markLost")(function*(vmid, detail) {
     const at = yield* Clock.currentTimeMillis
@@ -484,20 +507,20 @@ export const make = Effect.gen(function*() {
       INSERT INTO guest_records (vmid, state, since_ms, detail) VALUES (${vmid}, 'lost', ${at}, ${detail})
       ON CONFLICT (vmid) DO UPDATE SET state = 'lost', since_ms = ${at}, detail = ${detail}
       WHERE guest_records.state <> 'lost'`
-  }, Effect.orDie)
+  }, store)
 
   const forgetGuest: JournalShape["forgetGuest"] = (vmid) =>
-    sql`DELETE FROM guest_records WHERE vmid = ${vmid}`.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("Journal.forgetGuest"))
+    sql`DELETE FROM guest_records WHERE vmid = ${vmid}`.pipe(Effect.asVoid, store, Effect.withSpan("Journal.forgetGuest"))
 
   const guestRecords: JournalShape["guestRecords"] = sql`SELECT vmid, state, since_ms, detail FROM guest_records ORDER BY vmid`.pipe(
     Effect.flatMap(decode(GuestRows)),
     Effect.map((rows) => rows.map((r): GuestRecord => ({ vmid: r.vmid, state: r.state, sinceMs: r.since_ms, detail: r.detail }))),
-    Effect.orDie,
+    store,
     Effect.withSpan("Journal.guestRecords")
   )
 
   const clearProvenance: JournalShape["clearProvenance"] = (vmid) =>
-    sql`DELETE FROM provenance WHERE vmid = ${vmid}`.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("Journal.clearProvenance"))
+    sql`DELETE FROM provenance WHERE vmid = ${vmid}`.pipe(Effect.asVoid, store, Effect.withSpan("Journal.clearProvenance"))
 
   const provenanceOf: JournalShape["provenanceOf"] = (vmid) =>
     sql`SELECT kind, op_id, marker FROM provenance WHERE vmid = ${vmid}`.pipe(
@@ -505,7 +528,7 @@ export const make = Effect.gen(function*() {
       Effect.map((rows) =>
         Option.map(Option.fromNullable(rows[0]), (r): Provenance => ({ kind: r.kind, opId: r.op_id, marker: r.marker }))
       ),
-      Effect.orDie,
+      store,
       Effect.withSpan("Journal.provenanceOf")
     )
 
@@ -515,7 +538,7 @@ export const make = Effect.gen(function*() {
     sql`SELECT state, outcome FROM idempotency WHERE key = ${key}`.pipe(
       Effect.flatMap(decode(IdempotencyRows)),
       Effect.map((rows) => Option.fromNullable(rows[0])),
-      Effect.orDie,
+      store,
       Effect.withSpan("Journal.idempotencyGet")
     )
 
@@ -525,7 +548,7 @@ export const make = Effect.gen(function*() {
       INSERT INTO idempotency (key, state, outcome, claimed_at_ms) VALUES (${key}, 'running', NULL, ${at})
       ON CONFLICT (key) DO NOTHING RETURNING key`
     return rows.length === 1
-  }, Effect.orDie)
+  }, store)
 
   const idempotencyComplete: JournalShape["idempotencyComplete"] = Effect.fn("Journal.idempotencyComplete")(
     function*(key, outcome) {
@@ -536,7 +559,7 @@ export const make = Effect.gen(function*() {
         VALUES (${key}, 'done', ${text}, ${at}, ${at})
         ON CONFLICT (key) DO UPDATE SET state = 'done', outcome = ${text}, completed_at_ms = ${at}`
     },
-    Effect.orDie
+    store
   )
 
   const replayOf = (key: string) =>
@@ -563,7 +586,7 @@ export const make = Effect.gen(function*() {
 
   const runOnce: JournalShape["runOnce"] = <A, E, R>(key: string, effect: Effect.Effect<A, E, R>, encode: (a: A) => unknown) =>
     Effect.uninterruptibleMask((restore) =>
-      Effect.suspend((): Effect.Effect<RunOnceResult<A>, E, R> => {
+      Effect.suspend((): Effect.Effect<RunOnceResult<A>, E | JournalError, R> => {
         const inProcess = running.get(key)
         if (inProcess !== undefined) return Effect.zipRight(restore(Deferred.await(inProcess)), replayOf(key))
         const done = Deferred.unsafeMake<void>(FiberId.none)
@@ -629,14 +652,14 @@ export const make = Effect.gen(function*() {
       const entry: AuditEntry = { seq, atMs: at, actor: e.actor, action: e.action, target: e.target, decision: e.decision, detail, prevHash, hash }
       return entry
     }).pipe(sql.withTransaction)
-  }, Effect.orDie)
+  }, store)
 
   const auditTail: JournalShape["auditTail"] = Effect.fn("Journal.auditTail")(function*(n) {
     const rows = yield* sql`SELECT * FROM audit_log ORDER BY seq DESC LIMIT ${clampCount(n)}`.pipe(
       Effect.flatMap(decode(AuditRows))
     )
     return yield* Effect.forEach([...rows].reverse(), (r) => Effect.map(fromJson(r.detail), (d) => toEntry(r, d)))
-  }, Effect.orDie)
+  }, store)
 
   type Check = { readonly ok: true; readonly hash: string } | { readonly ok: false; readonly reason: string }
 
@@ -706,11 +729,12 @@ export const make = Effect.gen(function*() {
     }
     const verdict: AuditVerdict = { ok: true, entries }
     return verdict
-  }).pipe(Effect.orDie, Effect.withSpan("Journal.verifyAudit"))
+  }).pipe(store, Effect.withSpan("Journal.verifyAudit"))
 
   const shape: JournalShape = {
     begin,
     admit,
+    probe,
     nonceRecorded,
     stepStarted,
     recordUpid,

@@ -157,6 +157,11 @@ export const HostReport = Schema.Struct({
   audit_head: Schema.NullOr(ReportAuditHead),
   /** When the agent's state database was created: a new value means its state was reset. */
   state_epoch: UtcTimestampString,
+  /**
+   * Whether the state database can be written. Unhealthy: the agent keeps heartbeating but makes
+   * no change at all (no reconcile, no jobs) until a write succeeds again.
+   */
+  state_store: Schema.Struct({ healthy: Schema.Boolean, detail: Schema.NullOr(Schema.String) }),
   versions: ReportVersions,
   pending_signatures: Schema.Array(ReportPendingSignature)
 }).annotations({ identifier: "HostReport" })

@@ -16,7 +16,7 @@
  */
 import { Effect, Either, Option, Schema } from "effect"
 import { Authz, type AuthzShape, type VerifiedOp } from "../../layers/Authz.js"
-import { Journal, type NonceSpend } from "../../layers/Journal.js"
+import { Journal, type JournalError, type NonceSpend } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
   type CallKind,
@@ -199,7 +199,7 @@ export interface Grant {
   readonly basis: ClearanceBasis
   /** The signature's nonce, spent by Journal.admit with the op; null when unsigned. */
   readonly nonce: NonceSpend | null
-  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused, Journal>
+  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused | JournalError, Journal>
 }
 
 const grantFor = (action: GatedAction, basis: ClearanceBasis, nonce: NonceSpend | null = null): Grant => ({

@@ -157,7 +157,9 @@ export const recover = Effect.gen(function*() {
   for (const op of ops) {
     const r = yield* recoverOne(op).pipe(
       Effect.catchAll((e) =>
-        Effect.succeed({ outcome: "in_flight" as const, detail: `recovery could not finish (${e._tag}: ${e.message}); still in flight` })
+        e._tag === "JournalError"
+          ? Effect.fail(e) // no journal, no recovery: the caller makes no change until it can
+          : Effect.succeed({ outcome: "in_flight" as const, detail: `recovery could not finish (${e._tag}: ${e.message}); still in flight` })
       )
     )
     results.push({ id: op.id, kind: op.kind, vmid: op.vmid, outcome: r.outcome, detail: r.detail })

@@ -10,7 +10,7 @@
 import { Data, Effect, Option } from "effect"
 import { lockRetry } from "./schedules.js"
 import { randomBytes } from "node:crypto"
-import { type AdmissionRefused, Journal, type NonceSpend } from "../../layers/Journal.js"
+import { type AdmissionRefused, Journal, type JournalError, type NonceSpend } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
@@ -29,7 +29,7 @@ import {
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearCompensation, type Grant } from "./gate.js"
 
-export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused
+export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused | JournalError
 
 /** The desired state asks for a guest but names no golden archive to restore it from. */
 export class NoProvisioning extends Data.TaggedError("NoProvisioning")<{ readonly message: string }> {}
@@ -47,14 +47,14 @@ export interface Saga<K extends OperationKind> {
   readonly id: string
   readonly op: OperationOf<K>
   /** A PVE task step: started → UPID recorded → waited → done. */
-  readonly task: <E, R>(step: StepName<K>, start: Effect.Effect<Upid, E, R>) => Effect.Effect<void, E | WaitError, R | Journal | Proxmox>
+  readonly task: <E, R>(step: StepName<K>, start: Effect.Effect<Upid, E, R>) => Effect.Effect<void, E | WaitError | JournalError, R | Journal | Proxmox>
   /** PUT config (data-safe keys), dual-mode: a UPID is waited, nothing means applied. "" deletes a key. */
   readonly config: (
     step: StepName<K>,
     changes: Readonly<Record<string, string | number | undefined>>
-  ) => Effect.Effect<void, ProxmoxError | WaitError | ClearanceRefused, Journal | Proxmox>
-  readonly started: (step: StepName<K>, data?: unknown) => Effect.Effect<void, never, Journal>
-  readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, never, Journal>
+  ) => Effect.Effect<void, ProxmoxError | WaitError | ClearanceRefused | JournalError, Journal | Proxmox>
+  readonly started: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, Journal>
+  readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, Journal>
 }
 
 export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>): Saga<K> => ({
@@ -321,7 +321,7 @@ const resolveHolds = (vmid: VmId, by: string) =>
   })
 
 /** Stops the guest if it runs, then destroys it with its volumes and job references. */
-export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: Effect.Effect<Clearance<"destroy">, ClearanceRefused, R>) =>
+export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: Effect.Effect<Clearance<"destroy">, ClearanceRefused | JournalError, R>) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const journal = yield* Journal

@@ -8,6 +8,7 @@
 import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
 import { Hub } from "../../layers/Hub.js"
+import { Journal } from "../../layers/Journal.js"
 import { Systemd } from "../../layers/Systemd.js"
 import { clampPollInterval } from "../../schema/hub.js"
 import type { DesiredState } from "../../schema/desired.js"
@@ -31,6 +32,10 @@ export interface DaemonState {
   readonly appliedGeneration: number | null
   readonly pending: ReadonlyArray<PendingSignature>
   readonly cycles: number
+  /** The state store's last verdict: no change at all is made while it is unhealthy. */
+  readonly store: { readonly healthy: boolean; readonly detail: string | null }
+  /** Whether journal recovery has completed; until it has, nothing is mutated. */
+  readonly recovered: boolean
 }
 
 export const initialState: DaemonState = {
@@ -38,7 +43,9 @@ export const initialState: DaemonState = {
   desired: Option.none(),
   appliedGeneration: null,
   pending: [],
-  cycles: 0
+  cycles: 0,
+  store: { healthy: true, detail: null },
+  recovered: false
 }
 
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
@@ -72,13 +79,28 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
     const systemd = yield* Systemd
     const { file } = yield* AgentConfig
     const hostId = file.host_id ?? "unknown-host"
+    const journal = yield* Journal
+
+    // The state store first: a write that fails (locked, disk full) means no change this cycle,
+    // only the heartbeat, with the store reported unhealthy.
+    const probed = yield* Effect.either(journal.probe)
+    yield* Ref.update(state, (x) => ({
+      ...x,
+      store: Either.isLeft(probed) ? { healthy: false, detail: probed.left.message } : { healthy: true, detail: null }
+    }))
+    if (Either.isLeft(probed)) yield* Effect.logWarning(`state store unhealthy: ${probed.left.message}; no change this cycle`)
+    // Between cycles no op of ours runs, so anything in flight now was left by a crash or by a
+    // recovery that PVE cut short: recover it (one SELECT when there is nothing).
+    if (Either.isRight(probed)) yield* recoverInto(state)
     const s = yield* Ref.get(state)
+    const mayMutate = s.store.healthy && s.recovered
 
     const report = yield* Effect.either(collectReport({
       hostId,
       desiredGenerationApplied: s.appliedGeneration,
       pendingSignatures: s.pending,
-      cloudflared: systemd.cloudflaredStatus
+      cloudflared: systemd.cloudflaredStatus,
+      stateStore: s.store
     }))
     if (Either.isLeft(report)) {
       yield* Effect.logWarning(`host report skipped: ${report.left.message}`)
@@ -96,6 +118,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       yield* Effect.logWarning("the hub marks this host blocked: no reconcile, no jobs this cycle")
       return
     }
+    if (!mayMutate) return
 
     // desired state: fetched when the generation moved, reconciled every cycle (drift heals)
     // generation 0: the hub has published nothing yet (reconciling "no guests" would plan destroys)
@@ -110,7 +133,11 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       const r = yield* Effect.either(reconcileOnce(d, s.pending))
       if (Either.isLeft(r)) {
         yield* Effect.logWarning(`reconcile failed: ${r.left._tag}: ${r.left.message}`)
-        yield* Ref.update(state, (x) => ({ ...x, desired }))
+        yield* Ref.update(state, (x) => ({
+          ...x,
+          desired,
+          ...(r.left._tag === "JournalError" ? { store: { healthy: false, detail: r.left.message } } : {})
+        }))
       } else {
         yield* Ref.update(state, (x) => ({
           ...x,
@@ -121,7 +148,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       }
     }
 
-    if (env.has_signed_ops) {
+    if (env.has_signed_ops && (yield* Ref.get(state)).store.healthy) {
       const jobs = yield* Effect.either(hub.signedJobs)
       if (Either.isLeft(jobs)) {
         yield* Effect.logWarning(`signed jobs not fetched: ${jobs.left.message}`)
@@ -152,15 +179,31 @@ export const hubLoop = (state: Ref.Ref<DaemonState>, poke: Queue.Queue<void>) =>
     }
   })
 
+/**
+ * Journal recovery; on success the daemon may mutate. A state store that fails (JournalError)
+ * leaves `recovered` false and the store unhealthy: the loop heartbeats and tries again.
+ */
+const recoverInto = (state: Ref.Ref<DaemonState>) =>
+  Effect.gen(function*() {
+    const r = yield* Effect.either(recover)
+    if (Either.isLeft(r)) {
+      yield* Effect.logError(`journal recovery could not run: ${r.left.message}; no change until it has`)
+      yield* Ref.update(state, (x) => ({ ...x, recovered: false, store: { healthy: false, detail: r.left.message } }))
+      return 0
+    }
+    for (const op of r.right) yield* Effect.logInfo(`recovered ${op.kind} ${op.vmid ?? "-"} (${op.id}): ${op.outcome}: ${op.detail}`)
+    yield* Ref.update(state, (x) => ({ ...x, recovered: true }))
+    return r.right.length
+  })
+
 /** Recovery first, READY=1, watchdog pings, then the loop until interrupted (SIGTERM). */
 export const runDaemon = (opts: { readonly poke: Queue.Queue<void>; readonly state: Ref.Ref<DaemonState> }) =>
   Effect.gen(function*() {
     const systemd = yield* Systemd
     yield* Effect.logInfo("felhom-agent daemon starting: recovering the journal before any mutation")
-    const recovered = yield* recover
-    for (const r of recovered) yield* Effect.logInfo(`recovered ${r.kind} ${r.vmid ?? "-"} (${r.id}): ${r.outcome}: ${r.detail}`)
+    const recovered = yield* recoverInto(opts.state)
     yield* systemd.ready
-    yield* systemd.status(`recovered ${recovered.length} op(s); polling the hub`)
+    yield* systemd.status(`recovered ${recovered} op(s); polling the hub`)
     const watchdog = yield* Option.match(systemd.watchdogInterval, {
       onNone: () => Effect.succeed(Option.none<Fiber.RuntimeFiber<unknown, never>>()),
       onSome: (every) => Effect.map(Effect.forkScoped(Effect.repeat(systemd.watchdog, Schedule.spaced(every))), Option.some)

@@ -53,6 +53,8 @@ export interface CollectInput {
   readonly cloudflared: Effect.Effect<CloudflaredStatus, unknown>
   /** Upper bound on concurrent guest config reads; default GUEST_CONFIG_CONCURRENCY. */
   readonly configConcurrency?: number
+  /** The daemon's last verdict on the state store; a failed audit read here also counts. */
+  readonly stateStore?: { readonly healthy: boolean; readonly detail: string | null }
 }
 
 /** Enough to be quick with 50 guests without flooding pveproxy (it has 3 workers by default). */
@@ -216,6 +218,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
 
     // One read for tail and head, so the head is the tail's last entry.
     const audit = Effect.map(journal.auditTail(AUDIT_TAIL_LENGTH), (entries) => ({
+      problem: null as string | null,
       tail: entries.map((e): ReportAuditEntry => ({
         seq: e.seq,
         at: rfc3339(e.atMs),
@@ -225,7 +228,10 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
         decision: e.decision
       })),
       head: Option.getOrNull(Option.map(Arr.last(entries), (e): ReportAuditHead => ({ seq: e.seq, hash: e.hash })))
-    }))
+    })).pipe(
+      // an unreadable store must not stop the heartbeat: report it instead
+      Effect.catchTag("JournalError", (e) => Effect.succeed({ problem: e.message, tail: [] as Array<ReportAuditEntry>, head: null }))
+    )
 
     const [guestEntries, storage, cloudflared, auditLog] = yield* Effect.all(
       [guests, storages, probeCloudflared(input.cloudflared), audit],
@@ -253,6 +259,9 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       audit_tail: auditLog.tail,
       audit_head: auditLog.head,
       state_epoch: rfc3339(stateEpochMs),
+      state_store: auditLog.problem !== null
+        ? { healthy: false, detail: auditLog.problem }
+        : input.stateStore ?? { healthy: true, detail: null },
       versions: { agent: VERSION, controllers: [] },
       pending_signatures: [...input.pendingSignatures]
     }
