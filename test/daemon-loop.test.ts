@@ -21,6 +21,7 @@ import { DesiredState } from "../src/schema/desired.js"
 import { type DevHub, makeAppHttpClient, makeDevHub } from "../src/sim/hub/index.js"
 import { makeSimHttpClient, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { NodeContext } from "@effect/platform-node"
+import { spawn } from "node:child_process"
 import { dbFile, settle } from "./engine-support.js"
 import { seedWith } from "./support.js"
 
@@ -49,7 +50,8 @@ const setup = (pollIntervalSeconds: number) =>
         ? hubApp.execute(request)
         : Effect.succeed(HttpClientResponse.fromWeb(request, new Response(faults.hubAnswer.body, { status: faults.hubAnswer.status })))
     )
-    const db = layerAt(dbFile())
+    const path = dbFile()
+    const db = layerAt(path)
     const config = layerFrom(file)
     const services = Layer.mergeAll(
       ProxmoxWithoutClient.pipe(
@@ -66,7 +68,7 @@ const setup = (pollIntervalSeconds: number) =>
     const poke = yield* Queue.sliding<void>(1)
     const state = yield* Ref.make<DaemonState>(initialState)
     const fiber = yield* Effect.forkScoped(runDaemon({ poke, state }).pipe(Effect.provide(services)))
-    return { sim, hub, faults, fiber, state }
+    return { sim, hub, faults, fiber, state, path }
   })
 
 const reportCount = (hub: DevHub) => Effect.map(hub.reports(HOST), (r) => r.length)
@@ -171,4 +173,45 @@ describe("daemon hub loop under TestClock", () => {
       yield* advance(300)
       expect(yield* reportCount(hub)).toBe(n)
     }))
+
+  // issue 8: a locked or unwritable state store stops every change, never the heartbeat
+  it.scoped("a locked state store: the heartbeat goes on, nothing is changed, the store is reported unhealthy; then it heals", () =>
+    Effect.gen(function*() {
+      const { fiber, hub, path, sim } = yield* setup(60)
+      yield* advance(1)
+      const desired = Schema.decodeUnknownSync(DesiredState)({
+        generation: 0,
+        guests: [
+          { vmid: 100, hostname: "cust-alpha", cores: 3, memory_bytes: 2048 * 1048576, swap_mib: 512, rootfs_gib: 16, power: "running", description: "felhom customer guest alpha", tags: ["customer", "felhom"] },
+          { vmid: 101, hostname: "cust-beta", memory_bytes: 1024 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "", tags: [] },
+          { vmid: 102, hostname: "ops-tools", memory_bytes: 512 * 1048576, swap_mib: 512, rootfs_gib: 4, power: "stopped", description: "", tags: [] }
+        ]
+      })
+      // another process holds the database's write lock (as a stuck backup tool or a full disk would)
+      const locker = spawn("python3", ["-c", [
+        "import sqlite3, sys, time",
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)",
+        "c.execute('BEGIN EXCLUSIVE')",
+        "print('locked', flush=True)",
+        "time.sleep(120)"
+      ].join("\n"), path], { stdio: ["ignore", "pipe", "inherit"] })
+      yield* Effect.promise(() => new Promise<void>((resolve) => locker.stdout.once("data", () => resolve())))
+      const tasksBefore = (yield* sim.tasks).length
+      const reportsBefore = yield* reportCount(hub)
+      yield* hub.setDesired(HOST, desired)
+      yield* advance(61)
+      expect(yield* reportCount(hub)).toBeGreaterThan(reportsBefore)
+      const locked = (yield* hub.reports(HOST)).at(-1)!.report
+      expect(locked.state_store.healthy).toBe(false)
+      expect(locked.state_store.detail).toContain("state store")
+      expect((yield* sim.tasks).length).toBe(tasksBefore) // cores 3 is wanted, but nothing ran
+      expect(fiber.unsafePoll()).toBeNull() // the daemon is alive
+      locker.kill("SIGKILL")
+      yield* Effect.promise(() => new Promise<void>((resolve) => locker.once("exit", () => resolve())))
+      yield* advance(61)
+      const healed = (yield* hub.reports(HOST)).at(-1)!.report
+      expect(healed.state_store.healthy).toBe(true)
+      yield* advance(61)
+      expect((yield* sim.tasks).length).toBeGreaterThan(tasksBefore) // the change happens once the store is back
+    }), 60_000)
 })
