@@ -4,9 +4,19 @@
  * promise (no unsigned irreversible change) holds.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Option, Schema } from "effect"
+import { HttpClient, HttpClientResponse } from "@effect/platform"
+import { Effect, Either, Exit, Layer, Option, Schema } from "effect"
+import { proxmoxSettings } from "../src/layers/Config.js"
+import { layerAt } from "../src/layers/Database.js"
+import { JournalLive } from "../src/layers/Journal.js"
+import { ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
+import { REASON_HEADER } from "../src/layers/PveTransport.js"
+import { consoleGrant } from "../src/programs/control/gate.js"
+import { createGuest } from "../src/programs/control/steps.js"
+import { DesiredGuest } from "../src/schema/desired.js"
+import { StorageId, VolumeId } from "../src/schema/ids.js"
+import { makeSimHttpClient } from "../src/sim/pve/index.js"
 import { Journal } from "../src/layers/Journal.js"
-import { Proxmox } from "../src/layers/Proxmox.js"
 import { planNow } from "../src/programs/control/apply.js"
 import { runJobBatch, runSignedJob, type SignedJob } from "../src/programs/control/jobs.js"
 import { decodeDesiredState } from "../src/schema/desired.js"
@@ -16,7 +26,7 @@ import { MAX_JSON_DEPTH, SafeJsonObject } from "../src/schema/json.js"
 import { decodeOpBlob } from "../src/schema/op.js"
 import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { agentLayer, type AgentServices, b64, dbFile, runTimed, signedOp } from "./engine-support.js"
-import { seedWith } from "./support.js"
+import { agentConfig, seedWith } from "./support.js"
 
 type Json = Record<string, unknown>
 
@@ -221,7 +231,6 @@ describe("finding 6: a lost guest is never recreated blank", () => {
           expect(p.actions.filter((a) => a.vmid === 100)).toEqual([])
           expect(p.notes.find((n) => n.vmid === 100)?.reason).toBe("lost")
         }
-        void Proxmox
       })))
 })
 
@@ -282,4 +291,56 @@ describe("finding 9: nonces and job claims are spent only when the op is admitte
         expect(yield* journal.nonceRecorded(fresh.nonce)).toBe(false)
         expect((yield* journal.list({ limit: 10 })).length).toBe(1)
       })))
+})
+
+describe("finding 9: a 596 on the restore POST", () => {
+  const spec = Schema.decodeUnknownSync(DesiredGuest)({
+    vmid: 110,
+    hostname: "cust-gamma",
+    memory_bytes: 1073741824,
+    swap_mib: 512,
+    rootfs_gib: 16,
+    power: "running",
+    description: "gamma",
+    tags: []
+  })
+  const source = {
+    archive: Schema.decodeSync(VolumeId)("local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"),
+    storage: Schema.decodeSync(StorageId)("local-lvm")
+  }
+
+  /** PVE applies the restore, but the proxy in front of it times out: the client sees only a 596. */
+  const proxyTimesOutOnRestore = (sim: SimPve) => {
+    const inner = makeSimHttpClient(sim, { reasonHeader: REASON_HEADER })
+    return HttpClient.make((req) =>
+      req.method === "POST" && /\/nodes\/[^/]+\/lxc$/.test(new URL(req.url).pathname)
+        ? Effect.flatMap(inner.execute(req), () =>
+          Effect.succeed(HttpClientResponse.fromWeb(req, new Response("", { status: 596, statusText: "Connection timed out" }))))
+        : inner.execute(req)
+    )
+  }
+
+  it.scoped("the restore landed: compensation reads it back and removes exactly that guest, and the journal says so truly", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const sim = yield* makeSimPve(yield* seedWith({ task_durations_ms: { vzrestore: 4000 } }))
+      const file = agentConfig("https://127.0.0.1:8006", sim.tokenId, sim.tokenSecret, { insecure_skip_verify: true }, { node: "pve" })
+      const pveLayer = ProxmoxWithoutClient.pipe(
+        Layer.provide(Layer.succeed(HttpClient.HttpClient, proxyTimesOutOnRestore(sim))),
+        Layer.provide(proxmoxSettings(file.proxmox!))
+      )
+      const journalLayer = JournalLive.pipe(Layer.provide(layerAt(dbFile())), Layer.orDie)
+      const grant = consoleGrant({ op: "create", vmid: VmId.make(110), params: { rootfs_gib: 16 } }, "test")
+      const [exit, ops] = yield* Effect.gen(function*() {
+        const exit = yield* runTimed(Effect.exit(createGuest(spec, source, 1024, grant)))
+        return [exit, yield* Effect.flatMap(Journal, (j) => j.list({ limit: 5 }))] as const
+      }).pipe(Effect.provide(Layer.merge(pveLayer, journalLayer)))
+      expect(Exit.isFailure(exit)).toBe(true)
+      // the restore ran once (it landed behind the 596) and exactly that guest was removed again
+      const tasks = yield* sim.tasks
+      expect(tasks.filter((t) => t.type === "vzrestore" && t.id === "110").length).toBe(1)
+      expect(tasks.filter((t) => t.type === "vzdestroy" && t.id === "110").length).toBe(1)
+      expect(Option.isNone(yield* sim.guest(110))).toBe(true)
+      expect(ops[0]).toMatchObject({ kind: "create", status: "rolled_back" })
+      expect(ops[0]?.detail).toContain("half-built guest was removed")
+    })))
 })
