@@ -83,3 +83,9 @@ export const signedOp = (
 }
 
 export const b64 = (u: Uint8Array) => Buffer.from(u).toString("base64")
+
+/** The simulator seed's golden archive (guest 9000's backup). */
+export const GOLDEN = "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"
+
+/** As an operator's signed golden-register would leave the journal. */
+export const registerGolden = Effect.flatMap(Journal, (j) => j.registerGolden(GOLDEN, "signed", "test-setup"))

@@ -16,7 +16,7 @@ import { recover } from "../src/programs/control/recover.js"
 import { decodeDesiredState, type DesiredState } from "../src/schema/desired.js"
 import { VmId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, b64, dbFile, recoveryKey, runTimed, settle, signedOp, stranger } from "./engine-support.js"
+import { agentLayer, type AgentServices, b64, dbFile, recoveryKey, registerGolden, runTimed, settle, signedOp, stranger } from "./engine-support.js"
 import { seedWith } from "./support.js"
 
 const desired = (name: string): DesiredState =>
@@ -30,7 +30,7 @@ const withSim = <A, E>(body: (sim: SimPve, path: string) => Effect.Effect<A, E, 
   Effect.scoped(Effect.gen(function*() {
     const sim = yield* makeSimPve(yield* seedWith({ task_durations_ms: { vzrestore: 4000, vzdump: 3000 } }))
     const path = dbFile()
-    return yield* body(sim, path).pipe(Effect.provide(agentLayer(sim, path)))
+    return yield* Effect.zipRight(registerGolden, body(sim, path)).pipe(Effect.provide(agentLayer(sim, path)))
   }))
 
 const countTasks = (sim: SimPve, type: string, vmid: number) =>

@@ -25,7 +25,7 @@ import { VmId } from "../src/schema/ids.js"
 import { MAX_JSON_DEPTH, SafeJsonObject } from "../src/schema/json.js"
 import { decodeOpBlob } from "../src/schema/op.js"
 import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, b64, dbFile, runTimed, signedOp } from "./engine-support.js"
+import { agentLayer, type AgentServices, b64, dbFile, GOLDEN, runTimed, signedOp } from "./engine-support.js"
 import { agentConfig, seedWith } from "./support.js"
 
 type Json = Record<string, unknown>
@@ -343,4 +343,39 @@ describe("finding 9: a 596 on the restore POST", () => {
       expect(ops[0]).toMatchObject({ kind: "create", status: "rolled_back" })
       expect(ops[0]?.detail).toContain("half-built guest was removed")
     })))
+})
+
+describe("finding 9: the hub can provision only from an operator-signed golden archive", () => {
+  const desiredWith = (archive: string) =>
+    Either.getOrThrow(decodeDesiredState({
+      generation: 1,
+      provisioning: { golden_archive: archive, storage: "local-lvm" },
+      guests: [{ vmid: 110, hostname: "cust-new", memory_bytes: 1073741824, swap_mib: 512, rootfs_gib: 8, power: "running", description: "", tags: [] }]
+    }))
+
+  it.scoped("a customer's backup named as the golden archive creates nothing; a signed golden-register makes it a source", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const customerBackup = (yield* backupsOf(sim, 100))[0]!
+        const refused = yield* planNow(desiredWith(customerBackup))
+        expect(refused.actions.filter((x) => x.vmid === 110)).toEqual([])
+        expect(refused.notes.filter((n) => n.vmid === 110).map((n) => n.reason)).toEqual(["golden_unverified"])
+        // unsigned registration: held for a signature
+        const unsigned = yield* runTimed(runSignedJob({ id: "g-1", op: "golden-register", guest_id: null, params: { archive: GOLDEN } }))
+        expect(unsigned.status).toBe("pending_signature")
+        expect((yield* planNow(desiredWith(GOLDEN))).actions.filter((x) => x.vmid === 110)).toEqual([])
+        // signed: registered, and now the plan creates from it
+        const signed = signedOp({ op: "golden-register", guest_id: null, params: { archive: GOLDEN } })
+        const r = yield* runTimed(runSignedJob({
+          id: "g-2",
+          op: "golden-register",
+          guest_id: null,
+          params: { archive: GOLDEN },
+          blob: b64(signed.blob),
+          signature: signed.signature
+        }))
+        expect(r.status).toBe("done")
+        expect((yield* planNow(desiredWith(GOLDEN))).actions.filter((x) => x.vmid === 110).map((x) => x.kind)).toEqual(["create"])
+        expect((yield* planNow(desiredWith(customerBackup))).actions.filter((x) => x.vmid === 110)).toEqual([])
+      })))
 })

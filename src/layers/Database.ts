@@ -143,6 +143,17 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       id INTEGER PRIMARY KEY CHECK (id = 1),
       at_ms INTEGER NOT NULL
     ) STRICT`
+  }),
+  "0006_golden_archives": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Archives the agent may provision from: registered by an operator-signed op (or, later, built
+    // by the agent itself). The hub's desired state can name only these (issue 8, finding 9).
+    yield* sql`CREATE TABLE golden_archives (
+      volid TEXT PRIMARY KEY NOT NULL,
+      basis TEXT NOT NULL CHECK (basis IN ('signed', 'built')),
+      op_id TEXT NOT NULL,
+      recorded_at_ms INTEGER NOT NULL
+    ) STRICT`
   })
 }
 

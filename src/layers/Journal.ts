@@ -132,6 +132,9 @@ export interface JournalShape {
   readonly markCustomer: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
   /** A customer guest that disappeared: reported as lost, never recreated blank. */
   readonly markLost: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
+  /** Records an archive as a provisioning source (an operator signed it, or the agent built it). */
+  readonly registerGolden: (volid: string, basis: "signed" | "built", opId: string) => Effect.Effect<void, JournalError>
+  readonly goldenArchives: Effect.Effect<ReadonlySet<string>, JournalError>
   /** Only after a signed decommission or a recovery that brought the guest back. */
   readonly forgetGuest: (vmid: number) => Effect.Effect<void, JournalError>
   readonly guestRecords: Effect.Effect<ReadonlyArray<GuestRecord>, JournalError>
@@ -509,6 +512,19 @@ export const make = Effect.gen(function*() {
       WHERE guest_records.state <> 'lost'`
   }, store)
 
+  const registerGolden: JournalShape["registerGolden"] = Effect.fn("Journal.registerGolden")(function*(volid, basis, opId) {
+    const at = yield* Clock.currentTimeMillis
+    yield* sql`
+      INSERT INTO golden_archives (volid, basis, op_id, recorded_at_ms) VALUES (${volid}, ${basis}, ${opId}, ${at})
+      ON CONFLICT (volid) DO UPDATE SET basis = ${basis}, op_id = ${opId}, recorded_at_ms = ${at}`
+  }, store)
+
+  const goldenArchives: JournalShape["goldenArchives"] = sql<{ volid: string }>`SELECT volid FROM golden_archives`.pipe(
+    Effect.map((rows): ReadonlySet<string> => new Set(rows.map((r) => String(r.volid)))),
+    store,
+    Effect.withSpan("Journal.goldenArchives")
+  )
+
   const forgetGuest: JournalShape["forgetGuest"] = (vmid) =>
     sql`DELETE FROM guest_records WHERE vmid = ${vmid}`.pipe(Effect.asVoid, store, Effect.withSpan("Journal.forgetGuest"))
 
@@ -751,6 +767,8 @@ export const make = Effect.gen(function*() {
     markLost,
     forgetGuest,
     guestRecords,
+    registerGolden,
+    goldenArchives,
     idempotencyGet,
     idempotencyClaim,
     idempotencyComplete,

@@ -58,6 +58,12 @@ export const StartOperation = Schema.TaggedStruct("start", { vmid: VmId })
 export const StopOperation = Schema.TaggedStruct("stop", { vmid: VmId })
 export const SetConfigOperation = Schema.TaggedStruct("set_config", { vmid: VmId, set: ConfigSetPayload })
 export const ResizeOperation = Schema.TaggedStruct("resize", { vmid: VmId, disk: Schema.Literal("rootfs"), sizeGib: Schema.Int })
+/** An operator vouches for an archive as a provisioning source (a golden archive); host-level. */
+export const GoldenRegisterOperation = Schema.TaggedStruct("golden-register", {
+  vmid: Schema.Null,
+  archive: VolumeId,
+  authorization: SignedAuthorization
+})
 
 export const Operation = Schema.Union(
   CreateOperation,
@@ -67,7 +73,8 @@ export const Operation = Schema.Union(
   StartOperation,
   StopOperation,
   SetConfigOperation,
-  ResizeOperation
+  ResizeOperation,
+  GoldenRegisterOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -85,7 +92,8 @@ export const STEPS = {
   start: ["start"],
   stop: ["stop"],
   set_config: ["set_config"],
-  resize: ["resize"]
+  resize: ["resize"],
+  "golden-register": ["register"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

@@ -68,12 +68,6 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
   Effect.gen(function*() {
     const journal = yield* Journal
     const present = new Set(obs.actual.map((a) => a.vmid))
-    if (opts.record) {
-      for (const g of desired.guests) if (present.has(g.vmid)) yield* journal.markCustomer(g.vmid, "adopted: present and desired")
-    }
-    const customer = new Set<VmId>((yield* journal.guestRecords).map((r) => VmId.make(r.vmid)))
-    // a preview records nothing, so count what this pass would adopt as recorded already
-    if (!opts.record) for (const g of desired.guests) if (present.has(g.vmid)) customer.add(g.vmid)
     const held = new Map<VmId, string>()
     for (const op of yield* journal.list({ status: "needs_operator", limit: 1000 })) {
       if (op.vmid !== null) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} needs an operator: ${op.detail ?? ""}`)
@@ -81,7 +75,20 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
     for (const op of yield* journal.inFlight) {
       if (op.vmid !== null && !held.has(VmId.make(op.vmid))) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} is in flight`)
     }
-    const ctx: PlanContext = { held, customer, hostMemoryMiB: obs.hostMemoryMiB, rootfsFreeGib: (vmid) => obs.rootfsFreeGib.get(vmid) }
+    // Adoption: a desired guest that exists holds customer data from now on. Never a held one: a
+    // create left in flight is not the customer's until its saga sealed it.
+    const adoptable = desired.guests.filter((g) => present.has(g.vmid) && !held.has(g.vmid))
+    if (opts.record) for (const g of adoptable) yield* journal.markCustomer(g.vmid, "adopted: present and desired")
+    const customer = new Set<VmId>((yield* journal.guestRecords).map((r) => VmId.make(r.vmid)))
+    // a preview records nothing, so count what this pass would adopt as recorded already
+    if (!opts.record) for (const g of adoptable) customer.add(g.vmid)
+    const ctx: PlanContext = {
+      held,
+      customer,
+      hostMemoryMiB: obs.hostMemoryMiB,
+      goldenArchives: yield* journal.goldenArchives,
+      rootfsFreeGib: (vmid) => obs.rootfsFreeGib.get(vmid)
+    }
     return ctx
   })
 

@@ -67,6 +67,11 @@ const ALWAYS_BENIGN = new Set(["create", "start", "stop", "shutdown", "restart",
 /** Ops that overwrite or remove data whatever their provenance. */
 const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-wipe", "break-glass-enable"])
 
+/** Ops that change no data now but decide what later changes are made from: signature only. */
+const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
+  ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"]
+])
+
 /** Ops a recovery key may sign: rotation only (SPEC §5). */
 export const RECOVERY_OPS = new Set(["rotate-recovery-code", "rotate-escrow"])
 
@@ -89,6 +94,8 @@ export const classify = (action: GatedAction, provenance: Provenance): { readonl
     return { class: "destructive", reason: "destroys a guest holding customer data" }
   }
   if (ALWAYS_DESTRUCTIVE.has(op)) return { class: "destructive", reason: `${op} overwrites or removes customer data` }
+  const signedOnly = SIGNED_ONLY.get(op)
+  if (signedOnly !== undefined) return { class: "destructive", reason: signedOnly }
   return { class: "destructive", reason: `unknown operation class '${op}' fails safe to destructive` }
 }
 

@@ -19,7 +19,7 @@ import type { JsonObject } from "../../schema/json.js"
 import type { RestoreSource, SignedAuthorization } from "../../schema/operations.js"
 import { dearmor } from "../../schema/sshsig.js"
 import { gate, type GatedAction, type GateResult } from "./gate.js"
-import { admissionOf, BadJob, decommission, forceBackup, restoreNow, type StepError } from "./steps.js"
+import { admissionOf, BadJob, decommission, forceBackup, registerGolden, restoreNow, type StepError } from "./steps.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -36,6 +36,7 @@ const RestoreFromSnapshot = Schema.Struct({ snapshot: SnapshotName })
 const RestoreFromBackup = Schema.Struct({ backup: VolumeId, storage: StorageId, backup_storage: StorageId })
 const ForceBackupParams = Schema.Struct({ storage: StorageId })
 const NoParams = Schema.Struct({})
+const GoldenParams = Schema.Struct({ archive: VolumeId })
 
 export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
   const snap = Schema.decodeUnknownOption(RestoreFromSnapshot, strict)(params)
@@ -77,6 +78,14 @@ const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<voi
         return Effect.fail(new BadJob({ message: "force-backup needs guest_id and params exactly {storage}" }))
       }
       return forceBackup(vmid, p.value.storage, admissionOf(approved.grant, key))
+    }
+    case "golden-register": {
+      const p = Schema.decodeUnknownOption(GoldenParams, strict)(params)
+      const auth = signed()
+      if (vmid !== null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "golden-register is host-level (guest_id null) with params exactly {archive}" }))
+      }
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : registerGolden(p.value.archive, approved.grant, auth.right, key)
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))

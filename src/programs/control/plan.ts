@@ -148,6 +148,7 @@ export type NoteReason =
   | "lost"
   | "resize_refused"
   | "memory_refused"
+  | "golden_unverified"
 
 /** Something the plan cannot converge this pass; reported, never silently dropped. */
 export interface Note {
@@ -207,15 +208,23 @@ export interface PlanContext {
   readonly customer: ReadonlySet<VmId>
   /** Host memory in MiB (bounds memory and swap); null when unknown. */
   readonly hostMemoryMiB: number | null
+  /** Archives an operator signed (or the agent built) as provisioning sources; null: not checked. */
+  readonly goldenArchives: ReadonlySet<string> | null
   /** Free GiB on the storage holding a guest's rootfs (bounds a grow); undefined when unknown. */
   readonly rootfsFreeGib: (vmid: VmId) => number | undefined
 }
 
 /** Nothing known: a grow is refused (free space unknown), nothing is held. */
-export const emptyContext: PlanContext = { held: new Map(), customer: new Set(), hostMemoryMiB: null, rootfsFreeGib: () => undefined }
+export const emptyContext: PlanContext = {
+  held: new Map(),
+  customer: new Set(),
+  hostMemoryMiB: null,
+  goldenArchives: new Set(),
+  rootfsFreeGib: () => undefined
+}
 
 /** For the pure model and its properties: no holds, no records, no bounds. */
-export const unboundedContext: PlanContext = { ...emptyContext, rootfsFreeGib: () => Number.POSITIVE_INFINITY }
+export const unboundedContext: PlanContext = { ...emptyContext, goldenArchives: null, rootfsFreeGib: () => Number.POSITIVE_INFINITY }
 
 /** The smallest memory a guest may be cut to (below it a Debian guest does not boot). */
 export const MIN_MEMORY_MIB = 64
@@ -262,6 +271,12 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
       const refused = memoryRefusal(w0.memory_mib, w0.swap_mib, ctx)
       if (refused !== undefined) {
         note(vmid, "memory_refused", `not created: ${refused}`)
+        continue
+      }
+      if (source !== null && ctx.goldenArchives !== null && !ctx.goldenArchives.has(source.archive)) {
+        // the hub must not be able to provision a guest from any archive it names (e.g. another
+        // customer's backup): only from one an operator signed or the agent built
+        note(vmid, "golden_unverified", `not created: ${source.archive} is not a registered golden archive (an operator signs golden-register)`)
         continue
       }
       actions.push({ kind: "create", vmid, spec: d, source })

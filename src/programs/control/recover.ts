@@ -131,6 +131,7 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "stop":
     case "set_config":
     case "resize":
+    case "golden-register":
       return settleOther(op)
     default: {
       const unreachable: never = typed

@@ -14,7 +14,7 @@ import { type AdmissionRefused, Journal, type JournalError, type NonceSpend } fr
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
-import { type StorageId, type Upid, type VmId } from "../../schema/ids.js"
+import { type StorageId, type Upid, type VmId, type VolumeId } from "../../schema/ids.js"
 import {
   type CreateSource,
   encodeOperation,
@@ -74,12 +74,14 @@ export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>):
     Effect.gen(function*() {
       const journal = yield* Journal
       const pve = yield* Proxmox
+      const vmid = op.vmid
+      if (vmid === null) return yield* Effect.dieMessage(`saga ${id}: a config step on a host-level op`)
       const entries = Object.entries(changes).filter((e): e is [string, string | number] => e[1] !== undefined)
       const set = Object.fromEntries(entries.filter(([, v]) => v !== ""))
       const del = entries.filter(([, v]) => v === "").map(([k]) => k)
       yield* journal.stepStarted(id, step, { set, delete: del })
       if (Object.keys(set).length === 0 && del.length === 0) return yield* journal.stepDone(id, step)
-      const maybe = yield* pve.setConfig(op.vmid, { set, delete: del })
+      const maybe = yield* pve.setConfig(vmid, { set, delete: del })
       if (Option.isSome(maybe)) {
         yield* journal.recordUpid(id, step, maybe.value)
         yield* pve.waitTask(maybe.value)
@@ -344,6 +346,16 @@ export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuth
     (s) => decommissionSteps(s, grant.clear({ call: "destroy", vmid })),
     admissionOf(grant, key)
   )
+
+/** Records an operator-signed golden archive; nothing touches PVE. */
+export const registerGolden = (archive: VolumeId, grant: Grant, authorization: SignedAuthorization, key: string | null = null) =>
+  runOperation({ _tag: "golden-register", vmid: null, archive, authorization }, (s) =>
+    Effect.gen(function*() {
+      const journal = yield* Journal
+      yield* s.started("register")
+      yield* journal.registerGolden(archive, "signed", s.id)
+      yield* s.done("register")
+    }), admissionOf(grant, key))
 
 /**
  * Restore-overwrite. From a snapshot: roll back (restarting a running guest). From a backup:

@@ -129,7 +129,25 @@ export const runDemo = Effect.scoped(
     const r2 = yield* waitFor("job-2 result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-2"))))
     yield* say(`replayed as job-2: ${r2.result.status} (${r2.result.reason.split(":")[0]})`)
 
-    // 5. killed in the middle of a restore, restarted: recovery, then convergence
+    // 5. the operator vouches for the golden archive: the hub alone cannot name a provisioning
+    // source (it could point at another customer's backup)
+    const golden = "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"
+    const gblob = yield* newOp({ op: "golden-register", hostId: HOST, guestId: null, params: JSON.stringify({ archive: golden }), expiresIn: Duration.minutes(10), notBefore: undefined, keyId: "demo-operator" })
+    const gblobPath = `${dir}/golden-register.json`
+    yield* fs.writeFile(gblobPath, gblob)
+    const gsignature = yield* fs.readFileString(yield* signOp({ keyFile: keyPath, file: gblobPath }))
+    yield* hub.enqueueJob(HOST, {
+      id: "job-golden",
+      op: "golden-register",
+      guest_id: null,
+      params: { archive: golden },
+      blob: Buffer.from(gblob).toString("base64"),
+      signature: gsignature
+    })
+    const rg = yield* waitFor("job-golden result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-golden"))))
+    yield* say(`operator signs 'golden-register ${golden}': ${rg.result.status}`)
+
+    // 6. killed in the middle of a restore, restarted: recovery, then convergence
     const gen3 = yield* hub.setDesired(HOST, desiredOf([g100, g102, g110]))
     yield* say(`hub publishes generation ${gen3}: a new guest 110 (restore of the golden archive)`)
     yield* waitFor("the restore of 110 to be running", poke, Effect.map(pve.sim.tasks, (ts) =>
