@@ -13,8 +13,6 @@ import { GuestConfig, GuestSummary } from "../src/schema/proxmox.js"
 import {
   type Action,
   type ActualGuest,
-  actualFromDesiredGuest,
-  applyPlanToActual,
   normalizeActual,
   normalizeConfig,
   normalizeDescription,
@@ -26,6 +24,7 @@ import {
   rootfsGib,
   unboundedContext
 } from "../src/programs/control/plan.js"
+import { actualFromDesiredGuest, applyPlanToActual } from "./plan-model.js"
 
 /** The pure diff with nothing held and no bounds (the bounds have their own tests below). */
 const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, ctx: PlanContext = unboundedContext) => planWith(actual, desired, ctx)
