@@ -9,7 +9,7 @@ import { join } from "node:path"
 import { Authz, make as makeAuthz, parseSigners } from "../src/layers/Authz.js"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
-import { Journal, JournalLive } from "../src/layers/Journal.js"
+import { Journal, JournalLive, type StoreServices } from "../src/layers/Journal.js"
 import type { Proxmox } from "../src/layers/Proxmox.js"
 import { OP_NAMESPACE } from "../src/schema/op.js"
 import type { SimPve } from "../src/sim/pve/index.js"
@@ -44,7 +44,7 @@ export const agentLayer = (sim: SimPve, path: string) => {
   ).pipe(Layer.orDie)
 }
 
-export type AgentServices = Proxmox | Journal | Authz | GuestQueue
+export type AgentServices = Proxmox | Journal | StoreServices | Authz | GuestQueue
 
 /** Lets in-process HTTP settle between clock steps. */
 export const settle = Effect.promise(() => new Promise<void>((r) => setImmediate(r))).pipe(Effect.repeatN(3))

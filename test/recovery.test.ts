@@ -11,7 +11,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Option, Schema, TestClock } from "effect"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
-import { Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
+import { fromJournal, Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
 import { createGuest, decommission } from "../src/programs/control/steps.js"
 import { consoleGrant } from "../src/programs/control/gate.js"
 import { recover } from "../src/programs/control/recover.js"
@@ -68,7 +68,8 @@ const agent = (sim: SimPve, path: string, journal: Layer.Layer<Journal, never, J
   const real = JournalLive.pipe(Layer.provide(layerAt(path)), Layer.orDie)
   return Layer.mergeAll(
     inProcessProxmox(sim, { node: "pve" }),
-    journal === null ? real : journal.pipe(Layer.provide(real)),
+    // a wrapped journal serves every store service, so the crash hits whichever one writes
+    journal === null ? real : Layer.provideMerge(fromJournal, journal.pipe(Layer.provide(real))),
     GuestQueue.layer(4)
   )
 }

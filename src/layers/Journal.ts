@@ -11,6 +11,10 @@ import { SqlClient } from "@effect/sql"
 import { Cause, Clock, Context, Data, Deferred, Effect, Exit, FiberId, Layer, Option, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { type AuditContent, auditHash, canonicalJson, GENESIS_HASH } from "../schema/journal.js"
+import { AuditLog } from "./AuditLog.js"
+import { GuestRecords } from "./GuestRecords.js"
+import { Idempotency } from "./Idempotency.js"
+import { OpLog } from "./OpLog.js"
 
 /**
  * `needs_operator`: the op could not be completed or undone safely (e.g. a create whose
@@ -780,4 +784,26 @@ export const make = Effect.gen(function*() {
   return shape
 })
 
-export const JournalLive = Layer.effect(Journal, make).pipe(Layer.ensureRequirementsType<SqlClient.SqlClient>())
+/**
+ * The state store's four services (OpLog, GuestRecords, Idempotency, AuditLog), built once on one
+ * SQL client; `Journal` is their union, for the CLI and tests that inspect the whole store.
+ * Programs ask for the narrow service they use, so their type says what they can touch.
+ */
+export const JournalLive = Layer.effectContext(
+  Effect.map(make, (shape) =>
+    Context.make(Journal, shape).pipe(
+      Context.add(OpLog, shape),
+      Context.add(GuestRecords, shape),
+      Context.add(Idempotency, shape),
+      Context.add(AuditLog, shape)
+    ))
+).pipe(Layer.ensureRequirementsType<SqlClient.SqlClient>())
+
+/** The state store's services over a facade someone wrapped (tests inject faults this way). */
+export const fromJournal: Layer.Layer<OpLog | GuestRecords | Idempotency | AuditLog, never, Journal> = Layer.effectContext(
+  Effect.map(Journal, (shape) =>
+    Context.make(OpLog, shape).pipe(Context.add(GuestRecords, shape), Context.add(Idempotency, shape), Context.add(AuditLog, shape)))
+)
+
+/** The four narrow services programs use (the `Journal` facade is for the CLI and tests). */
+export type StoreServices = OpLog | GuestRecords | Idempotency | AuditLog

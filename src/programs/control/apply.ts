@@ -3,10 +3,12 @@
  * the gate first and run as a journaled op. A destructive action without a valid signature is
  * reported as pending_signature and never executed.
  */
+import { OpLog } from "../../layers/OpLog.js"
+import { GuestRecords } from "../../layers/GuestRecords.js"
 import { Effect, Option } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { VmId } from "../../schema/ids.js"
-import { Journal } from "../../layers/Journal.js"
+import { type StoreServices } from "../../layers/Journal.js"
 import type { DesiredState } from "../../schema/desired.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
@@ -66,27 +68,28 @@ export const observeActual = Effect.map(observePve, (o) => o.actual)
  */
 export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, desired: DesiredState, opts: { readonly record: boolean } = { record: true }) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
+    const ops = yield* OpLog
     const present = new Set(obs.actual.map((a) => a.vmid))
     const held = new Map<VmId, string>()
-    for (const op of yield* journal.list({ status: "needs_operator", limit: 1000 })) {
+    for (const op of yield* ops.list({ status: "needs_operator", limit: 1000 })) {
       if (op.vmid !== null) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} needs an operator: ${op.detail ?? ""}`)
     }
-    for (const op of yield* journal.inFlight) {
+    for (const op of yield* ops.inFlight) {
       if (op.vmid !== null && !held.has(VmId.make(op.vmid))) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} is in flight`)
     }
     // Adoption: a desired guest that exists holds customer data from now on. Never a held one: a
     // create left in flight is not the customer's until its saga sealed it.
     const adoptable = desired.guests.filter((g) => present.has(g.vmid) && !held.has(g.vmid))
-    if (opts.record) for (const g of adoptable) yield* journal.markCustomer(g.vmid, "adopted: present and desired")
-    const customer = new Set<VmId>((yield* journal.guestRecords).map((r) => VmId.make(r.vmid)))
+    if (opts.record) for (const g of adoptable) yield* guests.markCustomer(g.vmid, "adopted: present and desired")
+    const customer = new Set<VmId>((yield* guests.guestRecords).map((r) => VmId.make(r.vmid)))
     // a preview records nothing, so count what this pass would adopt as recorded already
     if (!opts.record) for (const g of adoptable) customer.add(g.vmid)
     const ctx: PlanContext = {
       held,
       customer,
       hostMemoryMiB: obs.hostMemoryMiB,
-      goldenArchives: yield* journal.goldenArchives,
+      goldenArchives: yield* guests.goldenArchives,
       rootfsFreeGib: (vmid) => obs.rootfsFreeGib.get(vmid)
     }
     return ctx
@@ -95,11 +98,11 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
 /** Observe PVE and the journal, then plan; a guest found lost is recorded lost. */
 export const planNow = (desired: DesiredState) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
     const obs = yield* observePve
     const ctx = yield* observeContext(obs, desired)
     const p = plan(obs.actual, desired, ctx)
-    for (const n of p.notes) if (n.reason === "lost") yield* journal.markLost(n.vmid, n.message)
+    for (const n of p.notes) if (n.reason === "lost") yield* guests.markLost(n.vmid, n.message)
     return p
   })
 
@@ -136,7 +139,7 @@ export const signatureKey = (op: string, vmid: VmId | null) => `${op}:${vmid ?? 
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError | NoProvisioning | BadJob, Proxmox | Journal> => {
+const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError | NoProvisioning | BadJob, Proxmox | StoreServices> => {
   switch (a.kind) {
     case "create":
       return a.source === null

@@ -14,9 +14,12 @@
  * compensation (`clearCompensation`), for the exact guest instance that saga restored (its
  * marker tag), while the saga is in flight, before the guest was ever started.
  */
+import { OpLog } from "../../layers/OpLog.js"
+import { GuestRecords } from "../../layers/GuestRecords.js"
+import { AuditLog } from "../../layers/AuditLog.js"
 import { Effect, Either, Option, Schema } from "effect"
 import { Authz, type AuthzShape, type VerifiedOp } from "../../layers/Authz.js"
-import { Journal, type JournalError, type NonceSpend } from "../../layers/Journal.js"
+import { type JournalError, type NonceSpend, type StoreServices } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
   type CallKind,
@@ -111,8 +114,8 @@ export const bindingError = (action: GatedAction, v: VerifiedOp): string | undef
 export const currentProvenance = (vmid: VmId | null) =>
   Effect.gen(function*() {
     if (vmid === null) return Option.none() as Provenance
-    const journal = yield* Journal
-    const p = yield* journal.provenanceOf(vmid)
+    const guests = yield* GuestRecords
+    const p = yield* guests.provenanceOf(vmid)
     return Option.isSome(p) && p.value.kind === "scratch"
       ? Option.some({ kind: "scratch" as const, opId: p.value.opId })
       : (Option.none() as Provenance)
@@ -206,7 +209,7 @@ export interface Grant {
   readonly basis: ClearanceBasis
   /** The signature's nonce, spent by Journal.admit with the op; null when unsigned. */
   readonly nonce: NonceSpend | null
-  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused | JournalError, Journal>
+  readonly clear: <K extends CallKind>(call: CallOf<K>) => Effect.Effect<Clearance<K>, ClearanceRefused | JournalError, StoreServices>
 }
 
 const grantFor = (action: GatedAction, basis: ClearanceBasis, nonce: NonceSpend | null = null): Grant => ({
@@ -218,7 +221,7 @@ const grantFor = (action: GatedAction, basis: ClearanceBasis, nonce: NonceSpend 
       if (!permits(action, call)) {
         return yield* new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"} does not entail ${call.call} of ${call.vmid}` })
       }
-      if (nonce !== null && !(yield* Effect.flatMap(Journal, (j) => j.nonceRecorded(nonce.nonce)))) {
+      if (nonce !== null && !(yield* Effect.flatMap(OpLog, (j) => j.nonceRecorded(nonce.nonce)))) {
         return yield* new ClearanceRefused({ message: `${action.op} of ${action.vmid ?? "host"}: the signed op was not admitted into the journal` })
       }
       return mint(call, basis)
@@ -235,11 +238,11 @@ export type GateResult =
  */
 export const gate = (action: GatedAction, signed: Option.Option<SignedOp>, actor = "gate") =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const auditLog = yield* AuditLog
     const authz = yield* Authz
     // provenance is agent-internal: only the journal can say a guest is scratch
     const decision = yield* judge(action, yield* currentProvenance(action.vmid), signed, Option.some(authz))
-    yield* journal.audit({
+    yield* auditLog.audit({
       actor,
       action: action.op,
       target: action.vmid === null ? null : String(action.vmid),
@@ -306,14 +309,15 @@ const settledConfig = (vmid: VmId) =>
  */
 export const clearCompensation = (opId: string, vmid: VmId) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const auditLog = yield* AuditLog
+    const ops = yield* OpLog
     const pve = yield* Proxmox
     const refuse = (why: string) =>
       Effect.zipRight(
-        journal.audit({ actor: "gate", action: "destroy", target: String(vmid), decision: "refused:compensation", detail: { op: opId, reason: why } }),
+        auditLog.audit({ actor: "gate", action: "destroy", target: String(vmid), decision: "refused:compensation", detail: { op: opId, reason: why } }),
         Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${vmid} refused: ${why}` }))
       )
-    const op = yield* journal.get(opId)
+    const op = yield* ops.get(opId)
     if (Option.isNone(op) || op.value.status !== "in_flight") return yield* refuse(`op ${opId} is not in flight`)
     const typed = decodeOperation(op.value.payload)
     if (Either.isLeft(typed) || typed.right._tag !== "create" || typed.right.vmid !== vmid) {
@@ -328,7 +332,7 @@ export const clearCompensation = (opId: string, vmid: VmId) =>
     if (!normalizeTags(config.value.tags).includes(marker)) return { _tag: "foreign" } as CompensationVerdict
     const status = yield* pve.guestStatus(vmid)
     if (status.status !== "stopped") return yield* refuse(`the guest is ${status.status}; it was started after the restore`)
-    yield* journal.audit({
+    yield* auditLog.audit({
       actor: "gate",
       action: "destroy",
       target: String(vmid),
@@ -341,8 +345,9 @@ export const clearCompensation = (opId: string, vmid: VmId) =>
 /** A destroy clearance to finish an in-flight decommission the journal records as signed. */
 export const clearResume = (opId: string, vmid: VmId) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
-    const op = yield* journal.get(opId)
+    const auditLog = yield* AuditLog
+    const ops = yield* OpLog
+    const op = yield* ops.get(opId)
     const decoded = Option.map(op, (o) => ({ status: o.status, decoded: decodeOperation(o.payload) }))
     if (
       Option.isNone(decoded) || decoded.value.status !== "in_flight" || Either.isLeft(decoded.value.decoded) ||
@@ -351,7 +356,7 @@ export const clearResume = (opId: string, vmid: VmId) =>
       return yield* new ClearanceRefused({ message: `op ${opId} is not an in-flight signed decommission of ${vmid}` })
     }
     const auth = decoded.value.decoded.right.authorization
-    yield* journal.audit({
+    yield* auditLog.audit({
       actor: "gate",
       action: "destroy",
       target: String(vmid),

@@ -9,9 +9,11 @@
  * What runs is decoded from the signed blob's own params (strictly, per op), never from the
  * hub's copy: the hub's copy only has to be equal to it for the binding check.
  */
+import { Idempotency } from "../../layers/Idempotency.js"
+import { AuditLog } from "../../layers/AuditLog.js"
 import { Effect, Either, Option, Schema } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
-import { Journal } from "../../layers/Journal.js"
+import { type StoreServices } from "../../layers/Journal.js"
 import type { Proxmox } from "../../layers/Proxmox.js"
 import { type JobEntry, type JobResult, type SignedJob } from "../../schema/hub.js"
 import { SnapshotName, StorageId, VolumeId } from "../../schema/ids.js"
@@ -47,7 +49,7 @@ export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSo
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob, Proxmox | Journal> => {
+const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob, Proxmox | StoreServices> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -97,13 +99,14 @@ const resultOf = (job: { readonly id: string; readonly op: string; readonly gues
 
 export const runSignedJob = (job: SignedJob) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const auditLog = yield* AuditLog
+    const idem = yield* Idempotency
     const queue = yield* GuestQueue
     const key = `job:${job.id}`
     const result = resultOf(job)
 
     // A redelivered job id returns what happened the first time and runs nothing.
-    const seen = yield* journal.idempotencyGet(key)
+    const seen = yield* idem.idempotencyGet(key)
     if (Option.isSome(seen)) {
       return result("duplicate", `job ${job.id} was already handled (${seen.value.state}); not run again`)
     }
@@ -113,7 +116,7 @@ export const runSignedJob = (job: SignedJob) =>
     if (job.blob !== undefined && job.signature !== undefined) {
       const bytes = decodeBlob(job.blob)
       if (Either.isLeft(bytes) || Either.isLeft(dearmor(job.signature))) {
-        yield* journal.audit({ actor: "job", action: job.op, target: job.guest_id === null ? null : String(job.guest_id), decision: "rejected:Malformed", detail: { job: job.id } })
+        yield* auditLog.audit({ actor: "job", action: job.op, target: job.guest_id === null ? null : String(job.guest_id), decision: "rejected:Malformed", detail: { job: job.id } })
         return result("rejected", "Malformed: the blob or signature does not decode")
       }
       signed = Option.some({ blob: bytes.right, signature: job.signature })
@@ -139,12 +142,12 @@ export const runSignedJob = (job: SignedJob) =>
               : result("rejected", `Replay: ${e.message}`)
           }
           // admitted ops record their end; a job refused before admission claimed nothing
-          yield* journal.idempotencyGet(key).pipe(
-            Effect.flatMap((claimed) => Option.isSome(claimed) ? journal.idempotencyComplete(key, { status: "failed", reason: e.message }) : Effect.void)
+          yield* idem.idempotencyGet(key).pipe(
+            Effect.flatMap((claimed) => Option.isSome(claimed) ? idem.idempotencyComplete(key, { status: "failed", reason: e.message }) : Effect.void)
           )
           return result("failed", `${e._tag}: ${e.message}`)
         }
-        yield* journal.idempotencyComplete(key, { status: "done" })
+        yield* idem.idempotencyComplete(key, { status: "done" })
         return result("done", approved.decision.reason)
       })
     )

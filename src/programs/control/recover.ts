@@ -15,8 +15,10 @@
  *   again from the actual state).
  * An op whose payload does not decode is held for an operator.
  */
+import { OpLog } from "../../layers/OpLog.js"
+import { GuestRecords } from "../../layers/GuestRecords.js"
 import { Effect, Either, Option } from "effect"
-import { Journal, type JournalOp } from "../../layers/Journal.js"
+import { type JournalOp, type StoreServices } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { Upid } from "../../schema/ids.js"
 import { decodeOperation, type Operation, type OperationOf } from "../../schema/operations.js"
@@ -39,7 +41,7 @@ const isUpid = (u: string | null): u is Upid => u !== null && u.startsWith("UPID
 const settleStarted = (op: JournalOp) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
-    const journal = yield* Journal
+    const ops = yield* OpLog
     let allOk = true
     for (const step of op.steps) {
       if (step.status !== "started") continue
@@ -48,29 +50,30 @@ const settleStarted = (op: JournalOp) =>
         continue
       }
       const ok = yield* pve.waitTask(step.upid).pipe(Effect.as(true), Effect.orElseSucceed(() => false))
-      if (ok) yield* journal.stepDone(op.id, step.name)
+      if (ok) yield* ops.stepDone(op.id, step.name)
       else allOk = false
     }
     return allOk
   })
 
-const reread = (op: JournalOp) => Effect.map(Effect.flatMap(Journal, (j) => j.get(op.id)), Option.getOrElse(() => op))
+const reread = (op: JournalOp) => Effect.map(Effect.flatMap(OpLog, (j) => j.get(op.id)), Option.getOrElse(() => op))
 
-const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
+const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
+    const ops = yield* OpLog
     yield* settleStarted(op)
     const after = yield* reread(op)
     const done = new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name))
     if (done.has("seal")) {
       // sealed: customer data; its provenance ended with the seal (finish what the seal began)
-      yield* journal.clearProvenance(typed.vmid)
-      yield* journal.markCustomer(typed.vmid, `created by op ${op.id}`)
+      yield* guests.clearProvenance(typed.vmid)
+      yield* guests.markCustomer(typed.vmid, `created by op ${op.id}`)
       if (done.has("untag") && done.has("start")) {
-        yield* journal.finish(op.id, "done", "recovered: every step had completed")
+        yield* ops.finish(op.id, "done", "recovered: every step had completed")
         return { outcome: "done", detail: "every step had completed" }
       }
-      yield* journal.finish(op.id, "failed", "recovered: sealed before the crash; reconcile converges the rest")
+      yield* ops.finish(op.id, "failed", "recovered: sealed before the crash; reconcile converges the rest")
       return { outcome: "failed", detail: "sealed; the guest is kept and reconcile converges the rest" }
     }
     const r = yield* rollBackCreate(sagaOf(op.id, typed), "recovered: interrupted before the seal")
@@ -79,46 +82,47 @@ const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effe
       : { outcome: "needs_operator", detail: "interrupted before the seal; could not be undone safely, held for an operator" }
   })
 
-const resumeDecommission = (op: JournalOp, typed: OperationOf<"decommission">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
+const resumeDecommission = (op: JournalOp, typed: OperationOf<"decommission">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const ops = yield* OpLog
     yield* settleStarted(op)
     yield* decommissionSteps(sagaOf(op.id, typed), clearResume(op.id, typed.vmid))
-    yield* journal.finish(op.id, "done", "recovered: decommission resumed")
+    yield* ops.finish(op.id, "done", "recovered: decommission resumed")
     return { outcome: "done", detail: "decommission resumed to completion" }
   })
 
-const settleRestoreNow = (op: JournalOp, typed: OperationOf<"restore-now">): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
+const settleRestoreNow = (op: JournalOp, typed: OperationOf<"restore-now">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
+    const ops = yield* OpLog
     const ok = yield* settleStarted(op)
     const after = yield* reread(op)
     if (ok && after.steps.length > 0 && after.steps.every((s) => s.status === "done") && after.steps.some((s) => s.name === "rollback" || s.name === "restore")) {
-      yield* journal.finish(op.id, "done", "recovered: the restore had completed")
+      yield* ops.finish(op.id, "done", "recovered: the restore had completed")
       return { outcome: "done", detail: "restore had completed" }
     }
     if (Option.isNone(yield* existing(typed.vmid))) {
-      yield* journal.markLost(typed.vmid, `restore-now ${op.id} was interrupted and the guest is gone`)
+      yield* guests.markLost(typed.vmid, `restore-now ${op.id} was interrupted and the guest is gone`)
     }
-    yield* journal.finish(op.id, "failed", "recovered: interrupted; not resumed (the operator signs again)")
+    yield* ops.finish(op.id, "failed", "recovered: interrupted; not resumed (the operator signs again)")
     return { outcome: "failed", detail: "interrupted; not resumed" }
   })
 
-const settleOther = (op: JournalOp): Effect.Effect<Outcome, StepError, Journal | Proxmox> =>
+const settleOther = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const ops = yield* OpLog
     const ok = yield* settleStarted(op)
     const after = yield* reread(op)
     if (ok && after.steps.length > 0 && after.steps.every((s) => s.status === "done")) {
-      yield* journal.finish(op.id, "done", "recovered: the task had completed")
+      yield* ops.finish(op.id, "done", "recovered: the task had completed")
       return { outcome: "done", detail: "task had completed" }
     }
-    yield* journal.finish(op.id, "failed", "recovered: interrupted before completion; reconcile plans again")
+    yield* ops.finish(op.id, "failed", "recovered: interrupted before completion; reconcile plans again")
     return { outcome: "failed", detail: "interrupted; left to the next reconcile" }
   })
 
 /** The rule for each kind. Exhaustive: the `never` default stops compiling when a kind is added. */
-const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepError, Journal | Proxmox> => {
+const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> => {
   switch (typed._tag) {
     case "create":
       return recoverCreate(op, typed)
@@ -140,10 +144,10 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
   }
 }
 
-const recoverOne = (op: JournalOp): Effect.Effect<Outcome, StepError, Journal | Proxmox> => {
+const recoverOne = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> => {
   const typed = decodeOperation(op.payload)
   if (Either.isLeft(typed) || typed.right._tag !== op.kind) {
-    return Effect.flatMap(Journal, (j) => j.finish(op.id, "needs_operator", "recovered: the journal record does not decode; held for an operator")).pipe(
+    return Effect.flatMap(OpLog, (j) => j.finish(op.id, "needs_operator", "recovered: the journal record does not decode; held for an operator")).pipe(
       Effect.as({ outcome: "needs_operator" as const, detail: "journal record does not decode" })
     )
   }
@@ -152,10 +156,10 @@ const recoverOne = (op: JournalOp): Effect.Effect<Outcome, StepError, Journal | 
 
 /** Recovers every in-flight op, oldest first. Errors talking to PVE leave the op in flight. */
 export const recover = Effect.gen(function*() {
-  const journal = yield* Journal
-  const ops = yield* journal.inFlight
+  const log = yield* OpLog
+  const pending = yield* log.inFlight
   const results: Array<RecoveredOp> = []
-  for (const op of ops) {
+  for (const op of pending) {
     const r = yield* recoverOne(op).pipe(
       Effect.catchAll((e) =>
         e._tag === "JournalError"

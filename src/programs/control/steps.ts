@@ -7,10 +7,13 @@
  * Irreversible PVE calls take a Clearance from the gate's Grant for the action (or, for a
  * create's own compensation, from `clearCompensation`); no executor decides that itself.
  */
+import { OpLog } from "../../layers/OpLog.js"
+import { GuestRecords } from "../../layers/GuestRecords.js"
+import { AuditLog } from "../../layers/AuditLog.js"
 import { Data, Effect, Option } from "effect"
 import { lockRetry } from "./schedules.js"
 import { randomBytes } from "node:crypto"
-import { type AdmissionRefused, Journal, type JournalError, type NonceSpend } from "../../layers/Journal.js"
+import { type AdmissionRefused,  type JournalError, type NonceSpend, type StoreServices } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
@@ -47,14 +50,14 @@ export interface Saga<K extends OperationKind> {
   readonly id: string
   readonly op: OperationOf<K>
   /** A PVE task step: started → UPID recorded → waited → done. */
-  readonly task: <E, R>(step: StepName<K>, start: Effect.Effect<Upid, E, R>) => Effect.Effect<void, E | WaitError | JournalError, R | Journal | Proxmox>
+  readonly task: <E, R>(step: StepName<K>, start: Effect.Effect<Upid, E, R>) => Effect.Effect<void, E | WaitError | JournalError, R | StoreServices | Proxmox>
   /** PUT config (data-safe keys), dual-mode: a UPID is waited, nothing means applied. "" deletes a key. */
   readonly config: (
     step: StepName<K>,
     changes: Readonly<Record<string, string | number | undefined>>
-  ) => Effect.Effect<void, ProxmoxError | WaitError | ClearanceRefused | JournalError, Journal | Proxmox>
-  readonly started: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, Journal>
-  readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, Journal>
+  ) => Effect.Effect<void, ProxmoxError | WaitError | ClearanceRefused | JournalError, StoreServices | Proxmox>
+  readonly started: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, StoreServices>
+  readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, StoreServices>
 }
 
 export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>): Saga<K> => ({
@@ -62,34 +65,34 @@ export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>):
   op,
   task: (step, start) =>
     Effect.gen(function*() {
-      const journal = yield* Journal
+      const ops = yield* OpLog
       const pve = yield* Proxmox
-      yield* journal.stepStarted(id, step)
+      yield* ops.stepStarted(id, step)
       const upid = yield* start
-      yield* journal.recordUpid(id, step, upid)
+      yield* ops.recordUpid(id, step, upid)
       yield* pve.waitTask(upid)
-      yield* journal.stepDone(id, step)
+      yield* ops.stepDone(id, step)
     }),
   config: (step, changes) =>
     Effect.gen(function*() {
-      const journal = yield* Journal
+      const ops = yield* OpLog
       const pve = yield* Proxmox
       const vmid = op.vmid
       if (vmid === null) return yield* Effect.dieMessage(`saga ${id}: a config step on a host-level op`)
       const entries = Object.entries(changes).filter((e): e is [string, string | number] => e[1] !== undefined)
       const set = Object.fromEntries(entries.filter(([, v]) => v !== ""))
       const del = entries.filter(([, v]) => v === "").map(([k]) => k)
-      yield* journal.stepStarted(id, step, { set, delete: del })
-      if (Object.keys(set).length === 0 && del.length === 0) return yield* journal.stepDone(id, step)
+      yield* ops.stepStarted(id, step, { set, delete: del })
+      if (Object.keys(set).length === 0 && del.length === 0) return yield* ops.stepDone(id, step)
       const maybe = yield* pve.setConfig(vmid, { set, delete: del })
       if (Option.isSome(maybe)) {
-        yield* journal.recordUpid(id, step, maybe.value)
+        yield* ops.recordUpid(id, step, maybe.value)
         yield* pve.waitTask(maybe.value)
       }
-      yield* journal.stepDone(id, step)
+      yield* ops.stepDone(id, step)
     }),
-  started: (step, data) => Effect.flatMap(Journal, (j) => j.stepStarted(id, step, data)),
-  done: (step, data) => Effect.flatMap(Journal, (j) => j.stepDone(id, step, data))
+  started: (step, data) => Effect.flatMap(OpLog, (j) => j.stepStarted(id, step, data)),
+  done: (step, data) => Effect.flatMap(OpLog, (j) => j.stepDone(id, step, data))
 })
 
 /**
@@ -108,8 +111,8 @@ export const admissionOf = (grant: Grant, key: string | null = null): Admission 
 
 /** Records the operation (its encoded payload is what recovery decodes) and returns its saga. */
 export const beginOperation = <K extends OperationKind>(op: OperationOf<K>, admission: Admission = noAdmission) =>
-  Effect.flatMap(Journal, (journal) =>
-    journal.admit({ key: admission.key, nonce: admission.nonce, op: { kind: op._tag, vmid: op.vmid, payload: encodeOperation(op as Operation) } })
+  Effect.flatMap(OpLog, (ops) =>
+    ops.admit({ key: admission.key, nonce: admission.nonce, op: { kind: op._tag, vmid: op.vmid, payload: encodeOperation(op as Operation) } })
   ).pipe(Effect.map((entry) => sagaOf<K>(entry.id, op)))
 
 /** Runs `body` as one journaled op; the op ends done, or failed with the error's message. */
@@ -119,11 +122,11 @@ export const runOperation = <K extends OperationKind, A, E extends { readonly me
   admission: Admission = noAdmission
 ) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const ops = yield* OpLog
     const saga = yield* beginOperation(op, admission)
     return yield* body(saga).pipe(
-      Effect.tap(() => journal.finish(saga.id, "done")),
-      Effect.tapError((e) => journal.finish(saga.id, "failed", e.message))
+      Effect.tap(() => ops.finish(saga.id, "done")),
+      Effect.tapError((e) => ops.finish(saga.id, "failed", e.message))
     )
   })
 
@@ -195,7 +198,8 @@ const specTags = (spec: DesiredGuest, extra: ReadonlyArray<string> = []) => [...
  */
 const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
+    const ops = yield* OpLog
     const pve = yield* Proxmox
     const { marker, memoryMiB, source, spec, vmid } = s.op
     yield* s.started("restore", { marker })
@@ -213,12 +217,12 @@ const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
     if (accepted._tag === "Left") {
       // A 596 or a cut connection does not mean the restore did not start (SPEC §17): record the
       // marker as ours so compensation can read back and remove exactly what we may have made.
-      if (!surelyRefused(accepted.left)) yield* journal.recordProvenance(vmid, "same_transaction", s.id, marker)
+      if (!surelyRefused(accepted.left)) yield* guests.recordProvenance(vmid, "same_transaction", s.id, marker)
       return yield* Effect.fail(accepted.left)
     }
     // from here the guest exists and is ours: record that before anything else can go wrong
-    yield* journal.recordProvenance(vmid, "same_transaction", s.id, marker)
-    yield* journal.recordUpid(s.id, "restore", accepted.right)
+    yield* guests.recordProvenance(vmid, "same_transaction", s.id, marker)
+    yield* ops.recordUpid(s.id, "restore", accepted.right)
     yield* pve.waitTask(accepted.right)
     yield* s.done("restore")
 
@@ -234,8 +238,8 @@ const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
     yield* s.config("configure", { description: spec.description, tags: specTags(spec, [marker]) })
     // the seal: written first, so a crash right after it can never be read as "still ours"
     yield* s.done("seal")
-    yield* journal.clearProvenance(vmid)
-    yield* journal.markCustomer(vmid, `created by op ${s.id}`)
+    yield* guests.clearProvenance(vmid)
+    yield* guests.markCustomer(vmid, `created by op ${s.id}`)
   })
 
 const afterSeal = (s: Saga<"create">) =>
@@ -253,20 +257,21 @@ const afterSeal = (s: Saga<"create">) =>
  */
 export const compensateCreate = (s: Saga<"create">) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
     const pve = yield* Proxmox
     const verdict = yield* clearCompensation(s.id, s.op.vmid)
     if (verdict._tag === "ours") {
       yield* s.task("compensate_destroy", retryLocked(pve.destroy(s.op.vmid, { purge: true }, verdict.clearance)))
     }
-    yield* journal.clearProvenance(s.op.vmid)
+    yield* guests.clearProvenance(s.op.vmid)
     return verdict._tag
   })
 
 /** Ends an unsealed create whose build failed: rolled back, or needs_operator if undoing failed. */
 export const rollBackCreate = (s: Saga<"create">, why: string) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const auditLog = yield* AuditLog
+    const ops = yield* OpLog
     const undone = yield* Effect.either(compensateCreate(s))
     if (undone._tag === "Right") {
       const what = undone.right === "ours"
@@ -274,15 +279,15 @@ export const rollBackCreate = (s: Saga<"create">, why: string) =>
         : undone.right === "foreign"
         ? "the guest at this vmid is not the one it restored and was left alone"
         : "nothing of it existed"
-      yield* journal.finish(s.id, "rolled_back", `${why}; ${what}`)
+      yield* ops.finish(s.id, "rolled_back", `${why}; ${what}`)
       return "rolled_back" as const
     }
-    yield* journal.finish(
+    yield* ops.finish(
       s.id,
       "needs_operator",
       `${why}; the guest could not be removed safely (${undone.left._tag}: ${undone.left.message}); held for an operator`
     )
-    yield* journal.audit({
+    yield* auditLog.audit({
       actor: "executor",
       action: "create",
       target: String(s.op.vmid),
@@ -294,7 +299,7 @@ export const rollBackCreate = (s: Saga<"create">, why: string) =>
 
 export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number, grant: Grant) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
+    const ops = yield* OpLog
     const marker = yield* newMarker
     const s = yield* beginOperation<"create">({ _tag: "create", vmid: spec.vmid, spec, source, memoryMiB, marker })
     const built = yield* Effect.either(buildUntilSeal(s, grant))
@@ -303,9 +308,9 @@ export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB:
       return yield* Effect.fail(built.left)
     }
     return yield* afterSeal(s).pipe(
-      Effect.tap(() => journal.finish(s.id, "done")),
+      Effect.tap(() => ops.finish(s.id, "done")),
       // sealed: customer data. The guest stays; reconcile converges what is missing.
-      Effect.tapError((e) => journal.finish(s.id, "failed", `${e.message}; the guest was kept (sealed)`))
+      Effect.tapError((e) => ops.finish(s.id, "failed", `${e.message}; the guest was kept (sealed)`))
     )
   })
 
@@ -315,10 +320,10 @@ export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB:
 /** Ends every needs_operator op held on this guest: the operator resolved it by signing. */
 const resolveHolds = (vmid: VmId, by: string) =>
   Effect.gen(function*() {
-    const journal = yield* Journal
-    const held = yield* journal.list({ status: "needs_operator", limit: 1000 })
+    const ops = yield* OpLog
+    const held = yield* ops.list({ status: "needs_operator", limit: 1000 })
     for (const h of held.filter((o) => o.vmid === vmid)) {
-      yield* journal.finish(h.id, "failed", `${h.detail ?? ""}; resolved by ${by}`.replace(/^; /, ""))
+      yield* ops.finish(h.id, "failed", `${h.detail ?? ""}; resolved by ${by}`.replace(/^; /, ""))
     }
   })
 
@@ -326,7 +331,7 @@ const resolveHolds = (vmid: VmId, by: string) =>
 export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: Effect.Effect<Clearance<"destroy">, ClearanceRefused | JournalError, R>) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
-    const journal = yield* Journal
+    const guests = yield* GuestRecords
     const vmid = s.op.vmid
     const status = yield* existing(vmid)
     if (Option.isSome(status)) {
@@ -335,8 +340,8 @@ export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: 
       const clearance = yield* destroyClearance
       yield* s.task("destroy", retryLocked(pve.destroy(vmid, { purge: true }, clearance)))
     }
-    yield* journal.clearProvenance(vmid)
-    yield* journal.forgetGuest(vmid)
+    yield* guests.clearProvenance(vmid)
+    yield* guests.forgetGuest(vmid)
     yield* resolveHolds(vmid, `signed decommission ${s.id}`)
   })
 
@@ -351,9 +356,9 @@ export const decommission = (vmid: VmId, grant: Grant, authorization: SignedAuth
 export const registerGolden = (archive: VolumeId, grant: Grant, authorization: SignedAuthorization, key: string | null = null) =>
   runOperation({ _tag: "golden-register", vmid: null, archive, authorization }, (s) =>
     Effect.gen(function*() {
-      const journal = yield* Journal
+      const guests = yield* GuestRecords
       yield* s.started("register")
-      yield* journal.registerGolden(archive, "signed", s.id)
+      yield* guests.registerGolden(archive, "signed", s.id)
       yield* s.done("register")
     }), admissionOf(grant, key))
 
@@ -368,7 +373,7 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
   runOperation({ _tag: "restore-now", vmid, source, authorization }, (s) =>
     Effect.gen(function*() {
       const pve = yield* Proxmox
-      const journal = yield* Journal
+      const guests = yield* GuestRecords
       const wasRunning = (yield* pve.guestStatus(vmid)).status === "running"
       if ("snapshot" in source) {
         const clearance = yield* grant.clear({ call: "rollback", vmid, snapshot: source.snapshot })
@@ -383,7 +388,7 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
           Effect.gen(function*() {
             const still = yield* Effect.either(existing(vmid))
             if (still._tag === "Right" && Option.isNone(still.right)) {
-              yield* journal.markLost(vmid, `restore-now ${s.id} failed after PVE removed the old volumes: ${e.message}`)
+              yield* guests.markLost(vmid, `restore-now ${s.id} failed after PVE removed the old volumes: ${e.message}`)
             }
           })
         )

@@ -5,10 +5,11 @@
  * loop goes on. systemd gets READY=1 after recovery, watchdog pings while the loop lives, and
  * STOPPING=1 on the way out.
  */
+import { OpLog } from "../../layers/OpLog.js"
 import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
 import { Hub } from "../../layers/Hub.js"
-import { Journal } from "../../layers/Journal.js"
+import { } from "../../layers/Journal.js"
 import { Systemd } from "../../layers/Systemd.js"
 import { clampPollInterval } from "../../schema/hub.js"
 import type { DesiredState } from "../../schema/desired.js"
@@ -79,11 +80,11 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
     const systemd = yield* Systemd
     const { file } = yield* AgentConfig
     const hostId = file.host_id ?? "unknown-host"
-    const journal = yield* Journal
+    const ops = yield* OpLog
 
     // The state store first: a write that fails (locked, disk full) means no change this cycle,
     // only the heartbeat, with the store reported unhealthy.
-    const probed = yield* Effect.either(journal.probe)
+    const probed = yield* Effect.either(ops.probe)
     yield* Ref.update(state, (x) => ({
       ...x,
       store: Either.isLeft(probed) ? { healthy: false, detail: probed.left.message } : { healthy: true, detail: null }

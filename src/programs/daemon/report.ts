@@ -16,9 +16,9 @@
  * was created, as Authz read it) let the hub notice a reset state: a head whose seq goes
  * backwards, or a new epoch, means the journal, nonces and audit chain were lost or replaced.
  */
+import { AuditLog } from "../../layers/AuditLog.js"
 import { Array as Arr, Clock, Data, Duration, Effect, Option, Schema } from "effect"
 import { Authz } from "../../layers/Authz.js"
-import { Journal } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type {
   HostReport,
@@ -169,10 +169,10 @@ const probeCloudflared = (probe: Effect.Effect<CloudflaredStatus, unknown>): Eff
   )
 
 /** Collects one host report; see the module comment for what each failed read does. */
-export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | Journal | Authz> =>
+export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | AuditLog | Authz> =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
-    const journal = yield* Journal
+    const audits = yield* AuditLog
     const { stateEpochMs } = yield* Authz
     const reportedAt = rfc3339(yield* Clock.currentTimeMillis)
 
@@ -217,7 +217,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
     })
 
     // One read for tail and head, so the head is the tail's last entry.
-    const audit = Effect.map(journal.auditTail(AUDIT_TAIL_LENGTH), (entries) => ({
+    const audit = Effect.map(audits.auditTail(AUDIT_TAIL_LENGTH), (entries) => ({
       problem: null as string | null,
       tail: entries.map((e): ReportAuditEntry => ({
         seq: e.seq,
