@@ -40,9 +40,12 @@ const env = (extra: Record<string, string> = {}) => {
  * Runs the CLI without blocking this worker: a test that waits on spawnSync for long keeps vitest's
  * RPC replies unread, and a minute of that fails the run ("Timeout calling onTaskUpdate").
  */
+const running = new Set<ChildProcess>()
 const spawnAsync = (argv: Array<string>, extra: Record<string, string>, timeoutMs: number) =>
   new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
     const child = spawn(process.execPath, argv, { env: env(extra), stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs })
+    running.add(child)
+    child.on("exit", () => running.delete(child))
     let stdout = ""
     let stderr = ""
     child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c))
@@ -85,6 +88,8 @@ beforeAll(async () => {
 
 afterAll(() => {
   sim?.kill("SIGTERM")
+  // a test that timed out leaves its CLI run behind; never orphan it
+  for (const child of running) child.kill("SIGKILL")
 })
 
 describe("felhom-agent CLI", () => {
@@ -217,9 +222,11 @@ describe("felhom-agent CLI", () => {
       "resize:100:allowed",
       "set_config:101:allowed",
       "start:101:allowed",
-      "destroy:102:pending_signature",
-      "create:110:allowed"
+      "destroy:102:pending_signature"
     ])
+    // the hub's golden archive was never registered by an operator: no create, and the plan says why
+    const notes = (JSON.parse(unsigned.stdout) as { notes: Array<{ vmid: number; reason: string }> }).notes
+    expect(notes.map((n) => `${n.reason}:${n.vmid}`)).toContain("golden_unverified:110")
     // an operator key in the config, a signed decommission of 102, and one for the wrong guest
     execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(dir, "op")])
     const config = join(dir, "agent.json")
