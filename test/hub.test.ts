@@ -359,9 +359,10 @@ describe("a misbehaving hub is a typed HubError, never carrying the token", () =
   /** Serves `respond` and runs `eff` through a client with a short timeout. */
   const against = <A>(
     respond: (req: HttpServerRequest.HttpServerRequest) => Effect.Effect<HttpServerResponse.HttpServerResponse>,
-    eff: Effect.Effect<A, HubError, Hub> = report as Effect.Effect<never, HubError, Hub>
+    eff: Effect.Effect<A, HubError, Hub> = report as Effect.Effect<never, HubError, Hub>,
+    requestTimeout: Duration.DurationInput = "400 millis"
   ) =>
-    Effect.scoped(Effect.flatMap(fakeHub(respond), ({ url }) => hubFailure(eff, hubWith(url, { requestTimeout: "400 millis" }))))
+    Effect.scoped(Effect.flatMap(fakeHub(respond), ({ url }) => hubFailure(eff, hubWith(url, { requestTimeout }))))
 
   it.live("the same fake hub answering well works (the harness itself is sound)", () =>
     Effect.scoped(Effect.gen(function*() {
@@ -421,11 +422,12 @@ describe("a misbehaving hub is a typed HubError, never carrying the token", () =
   it.live("a body over the cap: TooLarge, whether announced by content-length or streamed", () =>
     Effect.gen(function*() {
       const fiveMiB = "x".repeat(5 * 1024 * 1024)
-      const announced = yield* against(() => Effect.succeed(HttpServerResponse.text(fiveMiB, { status: 200 })))
+      // a generous timeout: on a loaded machine streaming 4 MiB can take longer than the usual 400 ms
+      const announced = yield* against(() => Effect.succeed(HttpServerResponse.text(fiveMiB, { status: 200 })), undefined, "10 seconds")
       expect(announced.reason).toBe("TooLarge")
       const chunk = new Uint8Array(64 * 1024).fill(0x20)
       const streamed = yield* against(() =>
-        Effect.succeed(HttpServerResponse.stream(Stream.fromChunk(Chunk.make(chunk)).pipe(Stream.forever, Stream.take(100)), { status: 200 })))
+        Effect.succeed(HttpServerResponse.stream(Stream.fromChunk(Chunk.make(chunk)).pipe(Stream.forever, Stream.take(100)), { status: 200 })), undefined, "10 seconds")
       expect(streamed.reason).toBe("TooLarge")
       expect(streamed.message).toContain(`${4 * 1024 * 1024} bytes`)
     }))
