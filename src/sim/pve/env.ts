@@ -23,6 +23,47 @@ export interface SimEnv {
   readonly flocks: Map<number, Effect.Semaphore>
   readonly vzdumpLocks: Map<string, Effect.Semaphore>
   readonly fibers: Map<string, Fiber.RuntimeFiber<void, never>>
+  readonly requests: RequestLog
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request log: what a client sent, for tests that count the calls a program made
+
+/** One authenticated API call as the simulator received it. */
+export interface SimRequest {
+  /** 1-based, counts every logged call (also those the bounded log no longer holds) */
+  readonly seq: number
+  readonly method: "GET" | "POST" | "PUT" | "DELETE"
+  /** relative to /api2/json, as sent (path parameters in place) */
+  readonly path: string
+  /** body and query parameters with the path parameters, as strings */
+  readonly params: Readonly<Record<string, string>>
+  /** the handler ran (past injected faults, permission and parameter checks): it may have acted */
+  handled: boolean
+  /** the task the handler started, also when an injected 596 hid it from the client */
+  upid: string | undefined
+  /** the HTTP status answered; undefined while the call is in progress */
+  status: number | undefined
+}
+
+export interface RequestLog {
+  seq: number
+  readonly entries: Array<SimRequest>
+}
+
+/** The log keeps the newest calls only, so a long-running simulator does not grow without bound. */
+export const REQUEST_LOG_LIMIT = 20_000
+
+export const makeRequestLog = (): RequestLog => ({ seq: 0, entries: [] })
+
+export const logRequest = (
+  log: RequestLog,
+  r: { readonly method: SimRequest["method"]; readonly path: string; readonly params: Readonly<Record<string, string>> }
+): SimRequest => {
+  const entry: SimRequest = { seq: ++log.seq, ...r, handled: false, upid: undefined, status: undefined }
+  log.entries.push(entry)
+  if (log.entries.length > REQUEST_LOG_LIMIT) log.entries.splice(0, log.entries.length - REQUEST_LOG_LIMIT)
+  return entry
 }
 
 export const makeRng = (seed: number): SimRng => ({

@@ -29,5 +29,6 @@ export {
   simFingerprint256,
   type SimPveServer
 } from "./server.js"
-export { makeSimPve, type SimGuestView, type SimPve, type SimPveOptions, type SimTaskView } from "./sim.js"
+export { REQUEST_LOG_LIMIT, type SimRequest } from "./env.js"
+export { makeSimPve, type SimGuestView, type SimPve, type SimPveOptions, type SimRequestView, type SimTaskView } from "./sim.js"
 export { simCertPem, simKeyPem } from "./tlsMaterial.js"

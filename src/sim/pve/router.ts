@@ -9,7 +9,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platf
 import type { HttpApp } from "@effect/platform"
 import { timingSafeEqual } from "node:crypto"
 import { Clock, Duration, Effect, Either } from "effect"
-import { checkAny, check, type RequestCtx, type SimEnv } from "./env.js"
+import { checkAny, check, logRequest, type RequestCtx, type SimEnv, type SimRequest } from "./env.js"
 import { die500, paramError, PveApiError } from "./errors.js"
 import { type RawValue, validateParams } from "./params.js"
 import type { TokenIdentity } from "./privileges.js"
@@ -175,8 +175,10 @@ const relPath = (url: string): string => {
 const runRoute = (env: SimEnv, def: RouteDef) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) => runRouteFor(env, def, req))
 
-const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServerRequest) =>
-  Effect.gen(function*() {
+const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServerRequest) => {
+  // the request log entry, once the call is authenticated and its parameters are read
+  let logged: SimRequest | undefined
+  return Effect.gen(function*() {
     const pathParams = yield* HttpRouter.params
     const faults = yield* drawFaults(env)
     if (faults.latencyMs > 0) yield* Effect.sleep(Duration.millis(faults.latencyMs))
@@ -194,6 +196,9 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
       }
       raw[k] = v
     }
+    const rawStrings: Record<string, string> = {}
+    for (const [k, v] of Object.entries(raw)) rawStrings[k] = String(v)
+    logged = logRequest(env.requests, { method: def.method, path: relPath(req.url), params: { ...rawStrings } })
     const ctxBase = { env, token: token.right, nowMs }
     if (faults.httpError !== undefined && !(faults.httpError === 596 && def.method !== "GET")) {
       return yield* Effect.fail(new PveApiError({ status: faults.httpError, message: `${FAULT_TEXT[faults.httpError]}\n` }))
@@ -204,8 +209,6 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
         die500(faults.lockConflict === "locked" ? "CT is locked (backup)" : `can't lock file '/run/lock/lxc/pve-config-${vmid}.lock' - got timeout`)
       )
     }
-    const rawStrings: Record<string, string> = {}
-    for (const [k, v] of Object.entries(raw)) rawStrings[k] = String(v)
     if (def.perm.kind === "perm") {
       const permCtx: RequestCtx = { ...ctxBase, params: {} }
       const path = def.perm.path(rawStrings)
@@ -213,15 +216,22 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
     }
     const params = validateParams(def.schema, raw)
     if (Either.isLeft(params)) return yield* Effect.fail(paramError(params.left))
+    logged.handled = true
     const result = yield* def.handler({ ...ctxBase, params: params.right })
+    if (typeof result.data === "string" && result.data.startsWith("UPID:")) logged.upid = result.data
     // a proxy timeout on a write: the change landed, the client only sees the 596
     if (faults.httpError === 596) {
       return yield* Effect.fail(new PveApiError({ status: 596, message: `${FAULT_TEXT[596]}\n` }))
     }
     return result
   }).pipe(
+    Effect.tapBoth({
+      onFailure: (e) => Effect.sync(() => logged !== undefined && (logged.status = e.status)),
+      onSuccess: () => Effect.sync(() => logged !== undefined && (logged.status = 200))
+    }),
     Effect.match({ onFailure: (e) => errorResponse(env, e, req.headers["authorization"]), onSuccess: okResponse })
   )
+}
 
 const notImplemented = (env: SimEnv) =>
   Effect.gen(function*() {

@@ -6,7 +6,7 @@
  */
 import type { HttpApp } from "@effect/platform"
 import { Clock, Effect, Either, Option, type Scope } from "effect"
-import { makeRng, type SimEnv } from "./env.js"
+import { makeRequestLog, makeRng, type SimEnv, type SimRequest } from "./env.js"
 import { SimPveSeedError } from "./errors.js"
 import { type LxcConfig, parseMountPoint, validateConfig } from "./lxcconf.js"
 import type { RawValue } from "./params.js"
@@ -70,6 +70,14 @@ export interface SimPve {
   readonly guests: Effect.Effect<ReadonlyArray<SimGuestView>>
   readonly guest: (vmid: number) => Effect.Effect<Option.Option<SimGuestView>>
   readonly tasks: Effect.Effect<ReadonlyArray<SimTaskView>>
+  /**
+   * Every authenticated API call received, oldest first (the newest REQUEST_LOG_LIMIT): method,
+   * path, parameters, whether the handler ran, the UPID it started, the status answered. For
+   * tests that count what a program sent (e.g. no unsigned destroy ever reached PVE).
+   */
+  readonly requests: Effect.Effect<ReadonlyArray<SimRequestView>>
+  /** The seq of the newest call logged (0 before any): a cheap "now" in the request log. */
+  readonly requestSeq: Effect.Effect<number>
   readonly task: (upid: string) => Effect.Effect<Option.Option<SimTaskView>>
   /** storage content as the API lists it (unfiltered by permissions) */
   readonly storageContent: (storage: string) => Effect.Effect<ReadonlyArray<Record<string, unknown>>>
@@ -86,6 +94,8 @@ export interface SimPve {
   /** Sets or clears a guest's `lock` (e.g. the stale lock a crashed job leaves for `pct unlock`). */
   readonly setLock: (vmid: number, lock: string | undefined) => Effect.Effect<void>
 }
+
+export type SimRequestView = Readonly<SimRequest>
 
 const cloneConfig = (c: LxcConfig): LxcConfig => ({ ...c })
 
@@ -230,7 +240,8 @@ export const makeSimPve = (
       rng: makeRng(state.faults.seed),
       flocks: new Map(),
       vzdumpLocks: new Map(),
-      fibers: new Map()
+      fibers: new Map(),
+      requests: makeRequestLog()
     }
     const app = yield* makeApp(env)
     const defaultTokenId = seed.default_token ?? seed.tokens[0]?.tokenid ?? ""
@@ -255,6 +266,8 @@ export const makeSimPve = (
       guests: Effect.sync(() => [...state.guests.values()].sort((a, b) => a.vmid - b.vmid).map(guestView)),
       guest: (vmid) => Effect.sync(() => Option.map(Option.fromNullable(state.guests.get(vmid)), guestView)),
       tasks: Effect.sync(() => state.tasks.map(taskView)),
+      requests: Effect.sync(() => env.requests.entries.map((r) => ({ ...r, params: { ...r.params } }))),
+      requestSeq: Effect.sync(() => env.requests.seq),
       task: (upid) => Effect.sync(() => Option.map(Option.fromNullable(state.tasks.find((t) => t.upid === upid)), taskView)),
       storageContent: (storage) =>
         Effect.sync(() =>
