@@ -15,7 +15,7 @@ import { lockRetry } from "./schedules.js"
 import { randomBytes } from "node:crypto"
 import { type AdmissionRefused,  type JournalError, type NonceSpend, type StoreServices } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
-import type { Clearance, ClearanceRefused } from "../../schema/clearance.js"
+import { type Clearance, ClearanceRefused } from "../../schema/clearance.js"
 import type { DesiredGuest } from "../../schema/desired.js"
 import { type StorageId, type Upid, type VmId, type VolumeId } from "../../schema/ids.js"
 import {
@@ -261,7 +261,20 @@ export const compensateCreate = (s: Saga<"create">) =>
     const pve = yield* Proxmox
     const verdict = yield* clearCompensation(s.id, s.op.vmid)
     if (verdict._tag === "ours") {
-      yield* s.task("compensate_destroy", retryLocked(pve.destroy(s.op.vmid, { purge: true }, verdict.clearance)))
+      // A clearance is single-use and spent when the call is sent: each attempt after a lock
+      // conflict asks the gate again, which re-proves the instance before clearing it.
+      let first: Clearance<"destroy"> | null = verdict.clearance
+      const attempt = Effect.suspend(() => {
+        const c = first
+        first = null
+        return c !== null
+          ? pve.destroy(s.op.vmid, { purge: true }, c)
+          : Effect.flatMap(clearCompensation(s.id, s.op.vmid), (v) =>
+            v._tag === "ours"
+              ? pve.destroy(s.op.vmid, { purge: true }, v.clearance)
+              : Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${s.op.vmid}: the guest is ${v._tag} now` })))
+      })
+      yield* s.task("compensate_destroy", retryLocked(attempt))
     }
     yield* guests.clearProvenance(s.op.vmid)
     return verdict._tag
@@ -337,8 +350,8 @@ export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: 
     if (Option.isSome(status)) {
       if (status.value.status === "running") yield* s.task("stop", retryLocked(pve.stop(vmid)))
       else yield* s.done("stop")
-      const clearance = yield* destroyClearance
-      yield* s.task("destroy", retryLocked(pve.destroy(vmid, { purge: true }, clearance)))
+      // one clearance per attempt: a clearance is spent when the call is sent
+      yield* s.task("destroy", retryLocked(Effect.flatMap(destroyClearance, (c) => pve.destroy(vmid, { purge: true }, c))))
     }
     yield* guests.clearProvenance(vmid)
     yield* guests.forgetGuest(vmid)
