@@ -10,7 +10,7 @@
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Context, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import { type CallKind, type CallOf, Clearance, ClearanceRefused } from "../schema/clearance.js"
 import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
 import { NodeName as NodeNameSchema, type Upid, upidParts } from "../schema/ids.js"
@@ -35,6 +35,7 @@ import {
   SnapshotEntry,
   StorageConfigEntry,
   StorageContentEntry,
+  TaskListEntry,
   TaskLogPage,
   TaskStatus,
   UpidOrNull,
@@ -215,10 +216,49 @@ const classify = (status: number, message: string): PveApiError["kind"] => {
 /** Most parameter errors PVE reports at once; more are counted, not kept. */
 const MAX_PARAM_ERRORS = 32
 
+// ---------------------------------------------------------------------------------------------
+// Task polling (SPEC §2: 1 s growing to a 5 s cap). One poller per node serves every waiter on it.
+
 export const POLL_INITIAL = Duration.seconds(1)
 export const POLL_CAP = Duration.seconds(5)
-/** 1 s growing ×2 to a 5 s cap: 1, 2, 4, 5, 5, ... */
-export const pollSchedule = Schedule.exponential(POLL_INITIAL).pipe(Schedule.union(Schedule.spaced(POLL_CAP)))
+
+/**
+ * The delay a task waited on alone gets at `ageMs` into the wait: 1 s growing ×2 to the 5 s cap,
+ * so a lone task is polled at 0, 1, 3, 7, 12, 17, ... s.
+ */
+export const pollDelayMs = (ageMs: number): number =>
+  ageMs < 1000 ? 1000 : ageMs < 3000 ? 2000 : ageMs < 7000 ? 4000 : Duration.toMillis(POLL_CAP)
+
+/** The first age after `ageMs` at which a task waited on alone is polled (1, 3, 7, 12, 17, ... s). */
+export const nextLonePollAgeMs = (ageMs: number): number => {
+  if (ageMs < 1000) return 1000
+  if (ageMs < 3000) return 3000
+  if (ageMs < 7000) return 7000
+  const cap = Duration.toMillis(POLL_CAP)
+  return 7000 + cap * (Math.floor((ageMs - 7000) / cap) + 1)
+}
+
+/**
+ * The interval of a node's shared poll over tasks waited on for `agesMs`: the combined rate they
+ * would poll at one by one (so one list call never costs more calls than separate polling), but
+ * every poll covers them all; never below 1 s, never above the 5 s cap. One task: pollDelayMs.
+ * The poller also never looks at a task later than it would have alone (nextLonePollAgeMs).
+ */
+export const sharedPollIntervalMs = (agesMs: ReadonlyArray<number>): number => {
+  const rate = agesMs.reduce((sum, age) => sum + 1 / pollDelayMs(age), 0)
+  const floor = Duration.toMillis(POLL_INITIAL)
+  // whole milliseconds: a poll time must be one the clock can actually reach
+  return rate === 0 ? Duration.toMillis(POLL_CAP) : Math.min(Duration.toMillis(POLL_CAP), Math.max(floor, Math.ceil(1 / rate)))
+}
+
+/**
+ * A task the list keeps calling running is still read directly this often: the list is an
+ * index PVE updates after the fact, the task's own status is the truth (a stale entry cannot
+ * hold a finished task until the timeout).
+ */
+export const LIST_TRUST_MS = 60_000
+/** Active tasks asked for per list call (PVE's default is 50; 0 would list none). */
+const TASK_LIST_LIMIT = 500
 
 const TLS_FAILURE_RE = /fingerprint mismatch|certificate|self[- ]signed|altnames|CERT_|SSL|TLS/i
 
@@ -295,7 +335,9 @@ export const make = Effect.gen(function*() {
     method: "GET" | "POST" | "PUT" | "DELETE",
     path: string,
     schema: Schema.Schema<A, I>,
-    params: Params = {}
+    params: Params = {},
+    /** reads retry transient failures unless the caller has its own fallback */
+    retryReads = true
   ): Effect.Effect<A, ProxmoxError> => {
     const url = base + path
     const encoded = encodeParams(params)
@@ -327,7 +369,7 @@ export const make = Effect.gen(function*() {
         )
       })
     )
-    return method === "GET" ? once.pipe(Effect.retry({ schedule: readRetry, while: isTransientRead })) : once
+    return method === "GET" && retryReads ? once.pipe(Effect.retry({ schedule: readRetry, while: isTransientRead })) : once
   }
 
   const get = <A, I>(path: string, schema: Schema.Schema<A, I>, params?: Params) =>
@@ -368,14 +410,161 @@ export const make = Effect.gen(function*() {
     Effect.flatMap(taskLog(upid, { start: 0, limit: 1 }), ({ total }) =>
       Effect.map(taskLog(upid, { start: Math.max(0, total - n), limit: n }), (p) => p.lines))
 
+  // -------------------------------------------------------------------------------------------
+  // Waiting for tasks. Every waiter on a node is served by one poller fiber, started by the first
+  // waiter and interrupted when the last one leaves. Alone, a task is polled by its own status on
+  // the lone schedule (0, 1, 3, 7, 12, ... s). With two or more, each poll is ONE
+  // `GET /nodes/{node}/tasks?source=active` for all of them, at their combined rate (at least 1 s
+  // apart, see sharedPollIntervalMs); a task the list no longer shows running gets its own status
+  // read, which alone decides how it ended. A task the list does not show while its status says
+  // running is read directly from then on, on its own schedule; a failed list call falls back to
+  // direct reads for that poll.
+
+  interface TaskWaiter {
+    readonly upid: Upid
+    readonly arrivedMs: number
+    readonly result: Deferred.Deferred<TaskStatus, ProxmoxError>
+    /** the list missed it while its status said running: polled directly, on the lone schedule */
+    blind: boolean
+    /** next direct read of a blind waiter */
+    nextOwnMs: number
+    /** last time its own status was read (or it arrived) */
+    lastOwnMs: number
+    settled: boolean
+  }
+
+  interface NodePoller {
+    readonly node: string
+    readonly waiters: Set<TaskWaiter>
+    fiber: Fiber.RuntimeFiber<void> | undefined
+    /** completed to make the poller recompute its next poll (a waiter arrived) */
+    wake: Deferred.Deferred<void>
+    lastSharedMs: number | undefined
+  }
+
+  const pollers = new Map<string, NodePoller>()
+
+  /** The upids the node lists as running. */
+  // not retried: a failed list call falls back to reading each task directly for that poll
+  const listRunning = (node: string) =>
+    request("GET", `/nodes/${node}/tasks`, Envelope(Schema.Array(TaskListEntry)), { source: "active", limit: TASK_LIST_LIMIT }, false).pipe(
+      Effect.map(({ data }) =>
+        new Set(data.filter((e) => e.status === undefined || /^running$/i.test(e.status)).map((e) => e.upid))
+      )
+    )
+
+  const settle = (w: TaskWaiter, exit: Exit.Exit<TaskStatus, ProxmoxError>) =>
+    Effect.suspend(() => {
+      w.settled = true
+      return Deferred.done(w.result, exit)
+    })
+
+  /** Reads one task's own status; `absent`: the list did not show it running. */
+  const readOwn = (w: TaskWaiter, absent: boolean, now: number) =>
+    taskStatus(w.upid).pipe(
+      Effect.matchEffect({
+        onFailure: (e) => settle(w, Exit.fail(e)),
+        onSuccess: (s) =>
+          s.status !== "running"
+            ? settle(w, Exit.succeed(s))
+            : Effect.sync(() => {
+              w.lastOwnMs = now
+              if (absent) w.blind = true
+              if (w.blind) w.nextOwnMs = now + pollDelayMs(now - w.arrivedMs)
+            })
+      })
+    )
+
+  const pollOnce = (p: NodePoller, now: number, sharedDue: boolean, live: ReadonlyArray<TaskWaiter>) =>
+    Effect.gen(function*() {
+      const reads: Array<readonly [TaskWaiter, boolean]> = live.filter((w) => w.blind && w.nextOwnMs <= now).map((w) => [w, false] as const)
+      if (sharedDue) {
+        p.lastSharedMs = now
+        const shared = live.filter((w) => !w.blind)
+        if (shared.length === 1) {
+          reads.push([shared[0]!, false])
+        } else if (shared.length > 1) {
+          const running = yield* Effect.either(listRunning(p.node))
+          for (const w of shared) {
+            if (Either.isLeft(running)) reads.push([w, false])
+            else if (!running.right.has(w.upid)) reads.push([w, true])
+            else if (now - w.lastOwnMs >= LIST_TRUST_MS) reads.push([w, false])
+          }
+        }
+      }
+      yield* Effect.forEach(reads, ([w, absent]) => readOwn(w, absent, now), { concurrency: 8, discard: true })
+    })
+
+  const runPoller = (p: NodePoller): Effect.Effect<void> =>
+    Effect.gen(function*() {
+      for (;;) {
+        p.wake = Deferred.unsafeMake<void>(FiberId.none)
+        const now = yield* Clock.currentTimeMillis
+        const live = [...p.waiters].filter((w) => !w.settled)
+        const shared = live.filter((w) => !w.blind)
+        const last = p.lastSharedMs
+        const sharedAt = shared.length === 0
+          ? Number.POSITIVE_INFINITY
+          : last === undefined
+          ? now
+          : Math.min(
+            last + sharedPollIntervalMs(shared.map((w) => Math.max(0, last - w.arrivedMs))),
+            // no task seen later than alone, yet polls stay at least the 1 s floor apart
+            Math.max(
+              last + Duration.toMillis(POLL_INITIAL),
+              Math.min(...shared.map((w) => w.arrivedMs + nextLonePollAgeMs(Math.max(0, last - w.arrivedMs))))
+            )
+          )
+        const at = Math.min(sharedAt, ...live.filter((w) => w.blind).map((w) => w.nextOwnMs))
+        if (at > now) {
+          const woken = Deferred.await(p.wake)
+          yield* at === Number.POSITIVE_INFINITY ? woken : Effect.raceFirst(Effect.sleep(Duration.millis(Math.ceil(at - now))), woken)
+          continue
+        }
+        yield* pollOnce(p, now, sharedAt <= now, live)
+      }
+    }).pipe(
+      // a defect must not leave waiters hanging
+      Effect.onExit((exit) =>
+        Exit.isFailure(exit) && !Exit.isInterrupted(exit)
+          ? Effect.forEach(p.waiters, (w) => Deferred.failCause(w.result, exit.cause), { discard: true })
+          : Effect.void
+      )
+    )
+
+  const register = (upid: Upid) =>
+    Effect.gen(function*() {
+      const result = yield* Deferred.make<TaskStatus, ProxmoxError>()
+      const now = yield* Clock.currentTimeMillis
+      const node = upidParts(upid).node
+      const w: TaskWaiter = { upid, arrivedMs: now, result, blind: false, nextOwnMs: now, lastOwnMs: now, settled: false }
+      const existing = pollers.get(node)
+      if (existing !== undefined) {
+        existing.waiters.add(w)
+        yield* Deferred.succeed(existing.wake, undefined)
+        return [existing, w] as const
+      }
+      const p: NodePoller = { node, waiters: new Set([w]), fiber: undefined, wake: Deferred.unsafeMake(FiberId.none), lastSharedMs: undefined }
+      pollers.set(node, p)
+      // forked from the (uninterruptible) acquire: the poller itself must stay interruptible
+      p.fiber = yield* Effect.forkDaemon(Effect.interruptible(runPoller(p)))
+      return [p, w] as const
+    })
+
+  const unregister = (p: NodePoller, w: TaskWaiter) =>
+    Effect.suspend(() => {
+      w.settled = true
+      p.waiters.delete(w)
+      if (p.waiters.size > 0 || pollers.get(p.node) !== p) return Effect.void
+      pollers.delete(p.node)
+      const fiber = p.fiber
+      p.fiber = undefined
+      return fiber === undefined ? Effect.void : Fiber.interrupt(fiber)
+    })
+
   const waitTask = (upid: Upid, opts: WaitOptions = {}): Effect.Effect<TaskStatus, WaitError> => {
     const limit = opts.timeout === undefined ? taskTimeout : Duration.decode(opts.timeout)
-    const whileRunning = pollSchedule.pipe(
-      Schedule.whileInput((s: TaskStatus) => s.status === "running"),
-      Schedule.passthrough
-    )
-    return taskStatus(upid).pipe(
-      Effect.repeat(whileRunning),
+    return Effect.acquireUseRelease(register(upid), ([, w]) => Deferred.await(w.result), ([p, w]) => unregister(p, w)).pipe(
       Effect.timeoutFail({
         duration: limit,
         onTimeout: () =>

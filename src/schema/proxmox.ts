@@ -210,6 +210,15 @@ export const TaskStatus = Schema.Struct({
 })
 export type TaskStatus = typeof TaskStatus.Type
 
+/**
+ * One `GET /nodes/{node}/tasks` entry, as far as waiting reads it. With `source=active` PVE lists
+ * a running task with status "RUNNING" (older code: none) and a finished, not yet archived one
+ * with its exit status and endtime. Loose on purpose: the list only says "still running"; a
+ * task's own status is what decides how it ended.
+ */
+export const TaskListEntry = Schema.Struct({ upid: Schema.String, status: optStr, endtime: optNum })
+export type TaskListEntry = typeof TaskListEntry.Type
+
 export const TaskLogLine = Schema.Struct({ n: Num, t: Schema.String })
 export type TaskLogLine = typeof TaskLogLine.Type
 export const TaskLogPage = Schema.Struct({ data: Schema.Array(TaskLogLine), total: optNum })

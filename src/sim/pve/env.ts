@@ -9,6 +9,7 @@ import type { Params } from "./params.js"
 import { tokenPrivileges, type TokenIdentity } from "./privileges.js"
 import type { SimTaskType } from "./seed.js"
 import { type GuestState, newTask, type NodeState, type SimState, type TaskState } from "./state.js"
+import { taskSleep } from "./taskClock.js"
 
 export interface SimRng {
   faults: Random.Random
@@ -220,7 +221,7 @@ export const startTask = (
           warnings++
           task.log.push(`WARN: ${line}`)
         }),
-      step: (share) => Effect.sleep(Duration.millis(Math.max(0, Math.round(duration * share)))),
+      step: (share) => taskSleep(env, Math.max(0, Math.round(duration * share))),
       now: Clock.currentTimeMillis
     }
     const finish = (exit: { readonly ok: true } | { readonly ok: false; readonly message: string }) =>

@@ -11,6 +11,7 @@ import { timingSafeEqual } from "node:crypto"
 import { Clock, Duration, Effect, Either } from "effect"
 import { checkAny, check, logRequest, type RequestCtx, type SimEnv, type SimRequest } from "./env.js"
 import { die500, paramError, PveApiError } from "./errors.js"
+import { awaitDueSteps } from "./taskClock.js"
 import { type RawValue, validateParams } from "./params.js"
 import type { TokenIdentity } from "./privileges.js"
 import type { Reply, RouteDef } from "./route.js"
@@ -183,6 +184,8 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
     const faults = yield* drawFaults(env)
     if (faults.latencyMs > 0) yield* Effect.sleep(Duration.millis(faults.latencyMs))
     const nowMs = yield* Clock.currentTimeMillis
+    // a task step ending at this very instant has ended before this request is served
+    yield* awaitDueSteps(env, nowMs)
     const token = authenticate(env, req.headers["authorization"], nowMs)
     if (Either.isLeft(token)) {
       if (env.state.authFailureDelayMs > 0) yield* Effect.sleep(Duration.millis(env.state.authFailureDelayMs))

@@ -3,7 +3,7 @@
  * destroy, resize. Pre-task errors are raised where PVE raises them before forking the worker;
  * the rest surface inside the task, as on a real host.
  */
-import { Clock, Duration, Effect, Either, Fiber } from "effect"
+import { Clock, Effect, Either, Fiber } from "effect"
 import {
   check,
   findGuest,
@@ -24,6 +24,7 @@ import {
   withFlock
 } from "../env.js"
 import { die500, noSuchGuest, paramError, type PveApiError, type TaskFailure } from "../errors.js"
+import { taskSleep } from "../taskClock.js"
 import {
   CONFIG_PATTERN_PROPERTIES,
   CONFIG_PROPERTIES,
@@ -251,7 +252,7 @@ const shutdown: RouteDef = {
               yield* checkLockInTask(cur)
               // an injected failure is a guest that ignores the shutdown request
               const needMs = t.injectFailure ? Number.POSITIVE_INFINITY : t.env.state.durations.vzshutdown
-              yield* Effect.sleep(Duration.millis(Math.min(needMs, timeoutMs)))
+              yield* taskSleep(t.env, Math.min(needMs, timeoutMs))
               if (needMs > timeoutMs && !forceStop) return yield* Effect.fail(taskFailure("container did not stop"))
               yield* Effect.sync(() => markStopped(cur))
             })
@@ -334,7 +335,7 @@ const destroy: RouteDef = {
               yield* checkLockInTask(cur)
               if (cur.status === "running") {
                 if (!force) return yield* Effect.fail(taskFailure(runningText))
-                yield* Effect.sleep(Duration.millis(t.env.state.durations.vzstop))
+                yield* taskSleep(t.env, t.env.state.durations.vzstop)
                 yield* Effect.sync(() => markStopped(cur))
               }
               yield* t.step(0.6)

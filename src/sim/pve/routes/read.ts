@@ -503,7 +503,8 @@ const taskList: RouteDef = {
           out["status"] = t.exitstatus
           out["endtime"] = t.endtime
         } else {
-          delete out["status"]
+          // PVE: `$task->{status} = 'RUNNING' if !$task->{status}` for the active list
+          out["status"] = "RUNNING"
         }
         return out
       })
