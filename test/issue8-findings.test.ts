@@ -379,3 +379,14 @@ describe("finding 9: the hub can provision only from an operator-signed golden a
         expect((yield* planNow(desiredWith(customerBackup))).actions.filter((x) => x.vmid === 110)).toEqual([])
       })))
 })
+
+describe("volume ids from the hub cannot traverse paths", () => {
+  it("'..' segments, absolute paths and '//' are refused; ordinary volids decode", () => {
+    for (const bad of ["local:backup/../../etc/shadow", "local:../x", "local:/etc/passwd", "local:backup//x", "local:backup/.."]) {
+      expect(Either.isLeft(Schema.decodeUnknownEither(VolumeId)(bad)), bad).toBe(true)
+    }
+    for (const good of ["local:backup/vzdump-lxc-101-2026_01_01-00_00_00.tar.zst", "local-lvm:vm-101-disk-0", "pbs:backup/ct/101/2026-01-01T00:00:00Z", "local:backup/a..b.tar"]) {
+      expect(Either.isRight(Schema.decodeUnknownEither(VolumeId)(good)), good).toBe(true)
+    }
+  })
+})

@@ -53,6 +53,10 @@ export const VolumeId = Schema.String.pipe(
   Schema.pattern(/^[A-Za-z][A-Za-z0-9\-_.]*:[^\s,;=]+$/, {
     message: () => "a volume id is '<storage>:<path>' without whitespace, ',', ';' or '='"
   }),
+  // no path traversal and no absolute path after the storage: PVE resolves volnames into paths
+  Schema.filter((s) => !/(^|[:/])\.\.(\/|$)/.test(s) && !s.includes(":/") && !s.includes("//"), {
+    message: () => "a volume id's path has no '..' segment, no leading '/' and no '//'"
+  }),
   Schema.maxLength(255),
   Schema.brand("VolumeId")
 )

@@ -186,6 +186,12 @@ const surelyRefused = (e: ProxmoxError) =>
   e._tag === "PveDecodeError" ||
   e._tag === "PveLocked"
 
+/** A failure worth another attempt: the network, a proxy, a 5xx, a lock. Never a refusal. */
+const transientPve = (e: StepError): boolean =>
+  (e._tag === "PveTransportError" && e.reason !== "tls") ||
+  e._tag === "PveLocked" ||
+  (e._tag === "PveApiError" && (e.kind === "proxy" || e.kind === "server"))
+
 const newMarker = Effect.sync(() => `felhom-prov-${randomBytes(8).toString("hex")}` as InstanceMarker)
 
 const specTags = (spec: DesiredGuest, extra: ReadonlyArray<string> = []) => [...new Set([...spec.tags, ...extra])].sort().join(";")
@@ -285,7 +291,12 @@ export const rollBackCreate = (s: Saga<"create">, why: string) =>
   Effect.gen(function*() {
     const auditLog = yield* AuditLog
     const ops = yield* OpLog
-    const undone = yield* Effect.either(compensateCreate(s))
+    // Each attempt re-proves the instance through the gate, so retrying a transient PVE failure
+    // (a 5xx, or a 596 after which the destroy may have landed: the guest then reads as absent)
+    // is safe; a half-built guest is held for an operator only when undoing it really fails.
+    const undone = yield* Effect.either(compensateCreate(s).pipe(
+      Effect.retry({ schedule: lockRetry, while: (e) => transientPve(e) })
+    ))
     if (undone._tag === "Right") {
       const what = undone.right === "ours"
         ? "the half-built guest was removed"
