@@ -6,10 +6,11 @@
 import type { FileSystem } from "@effect/platform"
 import { HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
-import { X509Certificate } from "node:crypto"
+import { randomBytes, X509Certificate } from "node:crypto"
 import { createServer } from "node:https"
 import { isIPv4, isIPv6 } from "node:net"
 import { Console, Effect, type Scope } from "effect"
+import { makeSimAdminApp, SIM_ADMIN_PREFIX } from "./admin.js"
 import { defaultSeed } from "./defaultSeed.js"
 import { SimPveBindRefused, type SimPveSeedError, SimPveServeError } from "./errors.js"
 import { loadSeed, type SimPveFaults, type SimPveSeed } from "./seed.js"
@@ -24,6 +25,8 @@ export interface ServeSimPveOptions {
   /** default: the embedded configs/sim/pve.json */
   readonly seed?: SimPveSeed | undefined
   readonly faults?: Partial<SimPveFaults> | undefined
+  /** bearer token of the admin endpoints under /sim-admin (see ./admin.ts); random when absent */
+  readonly adminToken?: string | undefined
 }
 
 export interface SimPveServer {
@@ -37,6 +40,8 @@ export interface SimPveServer {
   readonly tokenSecret: string
   /** X509Certificate.fingerprint256 of the served certificate (AA:BB:...) */
   readonly fingerprint256: string
+  /** bearer token of the admin endpoints under `${url}/sim-admin` */
+  readonly adminToken: string
 }
 
 /** SHA-256 fingerprint of the simulator's certificate, as PVE's ssl_fingerprint shows it. */
@@ -74,11 +79,15 @@ export const serveSimPve = (
       Effect.mapError((e) => new SimPveServeError({ message: `cannot listen on ${bindHost}:${options.port}: ${String(e.cause)}`, cause: e.cause }))
     )
     // NodeHttpServer writes no reason phrase; PVE's is the first line of the error, so set it on the node response
-    const app = Effect.tap(sim.app, (response) =>
+    const api = Effect.tap(sim.app, (response) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
         Effect.sync(() => {
           if (response.statusText !== undefined) NodeHttpServerRequest.toServerResponse(request).statusMessage = response.statusText
         })))
+    const adminToken = options.adminToken ?? `fsa_${randomBytes(24).toString("base64url")}`
+    const admin = makeSimAdminApp(sim, adminToken)
+    const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+      request.url === SIM_ADMIN_PREFIX || request.url.startsWith(`${SIM_ADMIN_PREFIX}/`) ? admin : api)
     yield* server.serve(app)
     const port = server.address._tag === "TcpAddress" ? server.address.port : options.port
     return {
@@ -88,7 +97,8 @@ export const serveSimPve = (
       port,
       tokenId: sim.tokenId,
       tokenSecret: sim.tokenSecret,
-      fingerprint256: simFingerprint256
+      fingerprint256: simFingerprint256,
+      adminToken
     }
   })
 
@@ -114,6 +124,7 @@ export const runSimPveCli = (
           `  token id:     ${s.tokenId}`,
           `  token secret: ${s.tokenSecret}`,
           `  TLS SHA-256:  ${s.fingerprint256}`,
+          `  admin token:  ${s.adminToken} (Bearer, for ${s.url}${SIM_ADMIN_PREFIX}/{tasks,guests,requests,faults})`,
           `  (simulator-only token and certificate: both are public, use them for nothing else)`,
           "",
           `export FELHOM_AGENT_PROXMOX_URL=${q(s.url)}`,

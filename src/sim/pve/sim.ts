@@ -52,6 +52,8 @@ export interface SimTaskView {
   readonly id: string
   /** the full token id that started it */
   readonly user: string
+  /** epoch ms (Clock time) it was started (the UPID's starttime is whole seconds) */
+  readonly startedAtMs: number
   readonly status: "running" | "stopped"
   readonly exitstatus: string | undefined
   readonly log: ReadonlyArray<string>
@@ -253,6 +255,7 @@ export const makeSimPve = (
       type: t.type,
       id: t.id,
       user: t.token.tokenid,
+      startedAtMs: t.startedAtMs,
       status: t.status,
       exitstatus: t.exitstatus,
       log: [...t.log]

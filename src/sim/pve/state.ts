@@ -59,6 +59,8 @@ export interface TaskState {
   readonly pid: number
   readonly pstart: number
   readonly starttime: number
+  /** epoch ms (Clock time) the task was started: finer than the UPID's starttime, for tests */
+  readonly startedAtMs: number
   readonly type: SimTaskType
   readonly id: string
   readonly token: TokenIdentity
@@ -212,6 +214,7 @@ export const newTask = (
     pid,
     pstart,
     starttime,
+    startedAtMs: args.nowMs,
     type: args.type,
     id: args.id,
     token: args.token,
