@@ -42,10 +42,12 @@ import {
 } from "../schema/op.js"
 import {
   dearmor,
+  type ParsedSshsig,
   parsePublicKeyBlob,
   parsePublicKeyLine,
   parseSignatureBlob,
   type SshPublicKey,
+  type SshsigVerified,
   verifySignatureBlob
 } from "../schema/sshsig.js"
 import { AgentConfig } from "./Config.js"
@@ -169,6 +171,26 @@ export const parseSigners = (lines: ReadonlyArray<string>): Either.Either<Readon
 
 const bytesEqual = (a: Uint8Array, b: Uint8Array) => a.length === b.length && timingSafeEqual(a, b)
 
+/**
+ * The signer whose key blob is byte-equal to `blob`. Every signer is compared (no early exit),
+ * each comparison constant-time once the lengths match.
+ */
+export const allowListed = (signers: ReadonlyArray<Signer>, blob: Uint8Array): Signer | undefined => {
+  let found: Signer | undefined
+  for (const s of signers) if (bytesEqual(s.key.blob, blob) && found === undefined) found = s
+  return found
+}
+
+/** verify prunes expired nonces at most this often (Clock time); `pruneNonces` runs at once. */
+export const PRUNE_INTERVAL_MS = 60_000
+
+/**
+ * Forgets nonces that expired at or before the bound (`now - skew`). The bound is on the bare
+ * column so the `nonces_expiry` index answers it: SEARCH USING COVERING INDEX, where the old
+ * `expires_at_ms + skew <= now` scanned the whole table.
+ */
+export const NONCE_PRUNE_SQL = "DELETE FROM nonces WHERE expires_at_ms <= ? RETURNING 1 AS n"
+
 export const signerInfo = (s: Signer): SignerInfo => ({ keyId: s.keyId, role: s.role, type: s.key.type, fingerprint: s.key.fingerprint })
 
 // ---------------------------------------------------------------------------------------------
@@ -270,12 +292,22 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
     const stage = <A, E>(e: Either.Either<A, E>, onLeft: (e: E) => AuthzError): Effect.Effect<A, AuthzError> =>
       Either.isRight(e) ? Effect.succeed(e.right) : Effect.fail(onLeft(e.left))
 
-    const prune = (now: number) => sql`DELETE FROM nonces WHERE expires_at_ms + ${skewMs} <= ${now}`
+    /** Forgets the nonces of ops expired beyond the skew: the time stage refuses them, so they guard nothing. */
+    const prune = (now: number) => sql.unsafe<{ n: number }>(NONCE_PRUNE_SQL, [now - skewMs])
 
-    /** Prune, then insert; a conflict is a replay. Any failure of the store is treated as "seen". */
-    const commitNonce = (nonce: string, signer: Signer, op: string, expiresAtMs: number, now: number) =>
-      Effect.gen(function*() {
-        yield* prune(now)
+    /**
+     * Clock time of the last prune that ran inside a committed verify. Pruning is housekeeping,
+     * not protection (a kept nonce only refuses more), so verify runs it at most once per
+     * PRUNE_INTERVAL_MS of Clock time instead of on every op; a clock that went back prunes again.
+     */
+    let lastPruneMs: number | undefined
+    const pruneDue = (now: number) => lastPruneMs === undefined || now - lastPruneMs >= PRUNE_INTERVAL_MS || now < lastPruneMs
+
+    /** Prune (when due), then insert; a conflict is a replay. Any failure of the store is treated as "seen". */
+    const commitNonce = (nonce: string, signer: Signer, op: string, expiresAtMs: number, now: number) => {
+      const pruning = pruneDue(now)
+      return Effect.gen(function*() {
+        if (pruning) yield* prune(now)
         const rows = yield* sql<{ nonce: string }>`
           INSERT INTO nonces (nonce, signer_fingerprint, op, expires_at_ms, recorded_at_ms)
           VALUES (${nonce}, ${signer.key.fingerprint}, ${op}, ${expiresAtMs}, ${now})
@@ -284,6 +316,9 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
         return rows.length === 1
       }).pipe(
         sql.withTransaction,
+        Effect.tap(() => {
+          if (pruning) lastPruneMs = now
+        }),
         Effect.catchAllCause(() => Effect.succeed("store-failed" as const)),
         Effect.flatMap((r) =>
           r === true
@@ -296,6 +331,42 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
             }))
         )
       )
+    }
+
+    /**
+     * Stages 3 (public key), 4 (allow-list) and 5 (signature), as one synchronous step.
+     *
+     * The embedded key blob is matched against the allow-list by bytes BEFORE it is parsed into
+     * a crypto key: every allow-listed blob was fully parsed (type, structure, key material) when
+     * the signers were loaded, so a byte-equal blob needs no second parse, and its KeyObject is
+     * the signer's own. Only a blob that matches no signer is parsed here, to tell a malformed or
+     * unsupported key (stage public_key) from a well-formed unknown one (stage allow_list). So
+     * every input gets exactly the verdict, stage and message of parse-then-match, in that order.
+     */
+    const signatureStages = (
+      sig: ParsedSshsig,
+      blob: Uint8Array
+    ): Either.Either<{ readonly signer: Signer; readonly checked: SshsigVerified }, AuthzError> => {
+      const signer = allowListed(opts.signers, sig.publicKey)
+      if (signer === undefined) {
+        const key = parsePublicKeyBlob(sig.publicKey)
+        if (Either.isLeft(key)) return Either.left(new Malformed({ stage: "public_key", message: key.left.message }))
+        return Either.left(new UnknownSigner({
+          stage: "allow_list",
+          message: `signing key ${key.right.type} ${key.right.fingerprint} is not an allow-listed operator key`
+        }))
+      }
+      const checked = verifySignatureBlob(sig, signer.key, OP_NAMESPACE, blob, { requireUserPresence: true })
+      if (Either.isLeft(checked)) {
+        const e = checked.left
+        return Either.left(
+          e.kind === "Namespace"
+            ? new Namespace({ stage: "namespace", message: e.message })
+            : new BadSignature({ stage: "signature", message: e.message })
+        )
+      }
+      return Either.right({ signer, checked: checked.right })
+    }
 
     /** Stages 1 to 9: everything but the nonce. Writes nothing. */
     const check = (input: VerifyInput, now: number) =>
@@ -310,24 +381,9 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
             message: `signature namespace is ${JSON.stringify(sig.namespace.slice(0, 64))}, expected "${OP_NAMESPACE}"`
           })
         }
-        // 3. public key
-        const key = yield* stage(parsePublicKeyBlob(sig.publicKey), (e) => new Malformed({ stage: "public_key", message: e.message }))
-        // 4. allow-list by key material (key_id is never used for matching)
-        const signer = opts.signers.find((s) => bytesEqual(s.key.blob, key.blob))
-        if (signer === undefined) {
-          return yield* new UnknownSigner({
-            stage: "allow_list",
-            message: `signing key ${key.type} ${key.fingerprint} is not an allow-listed operator key`
-          })
-        }
+        // 3. public key, 4. allow-list by key material (key_id is never used for matching),
         // 5. crypto over the raw received bytes (never re-serialized)
-        const checked = yield* stage(
-          verifySignatureBlob(sig, signer.key, OP_NAMESPACE, input.blob, { requireUserPresence: true }),
-          (e): AuthzError =>
-            e.kind === "Namespace"
-              ? new Namespace({ stage: "namespace", message: e.message })
-              : new BadSignature({ stage: "signature", message: e.message })
-        )
+        const { checked, signer } = yield* signatureStages(sig, input.blob)
         // 6. parse the blob
         const blob = yield* stage(decodeOpBlob(input.blob), (m) => new Malformed({ stage: "blob", message: m }))
         // 7. target
@@ -381,8 +437,8 @@ export const make = (opts: AuthzOptions): Effect.Effect<AuthzShape, DatabaseErro
 
     const pruneNonces = Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql<{ n: number }>`
-        DELETE FROM nonces WHERE expires_at_ms + ${skewMs} <= ${now} RETURNING 1 AS n`
+      const rows = yield* prune(now)
+      lastPruneMs = now
       return rows.length
     }).pipe(Effect.orElseSucceed(() => 0))
 

@@ -2,9 +2,15 @@
  * SSHSIG (`ssh-keygen -Y sign`) verification on node:crypto, byte for byte as
  * reference/sshsig.md describes it. Pure and total: every failure is an `SshsigError` value.
  *
- * Pipeline pieces, in the order Authz calls them:
+ * Pipeline pieces, in the order of the contract's stages:
  *   dearmor → parseSignatureBlob → (namespace compare) → parsePublicKeyBlob → (allow-list)
  *   → verifySignatureBlob
+ * (Authz compares the embedded key blob with its allow-listed blobs first and parses only a
+ * blob that matches none, which gives the same verdicts; see Authz.signatureStages.)
+ *
+ * Cost (issue 9): parsed keys are cached by their blob bytes (sshkeys.ts), the signed-data
+ * prefix is built once per (namespace, hash), and parsing throws a private rejection instead of
+ * building an Either per field, so a verification costs little more than the crypto itself.
  *
  * Error kinds:
  *   Malformed       armor, base64, blob structure, trailing bytes, unsupported hash, bad key material
@@ -30,17 +36,18 @@
 import { Either } from "effect"
 import * as crypto from "node:crypto"
 import {
+  attempt,
   bytesEqual,
   EC_CURVES,
   ecCurveOf,
   excerpt,
   parsePublicKeyBlob,
+  reject,
   SshReader,
   type SshPublicKey,
-  sshsigFail,
   type SshsigError,
-  strictBase64,
-  total
+  strictBase64Bytes,
+  unwrap
 } from "./sshkeys.js"
 
 export {
@@ -90,10 +97,11 @@ export interface SshsigVerified {
 const MAGIC = Uint8Array.from([0x53, 0x53, 0x48, 0x53, 0x49, 0x47]) // "SSHSIG"
 const BEGIN = "-----BEGIN SSH SIGNATURE-----"
 const END = "-----END SSH SIGNATURE-----"
+const END_LINE = "\n" + END
 const FLAG_USER_PRESENT = 0x01
 
-const malformed = (message: string) => sshsigFail("Malformed", message)
-const badSignature = (message: string) => sshsigFail("BadSignature", message)
+const malformed = (message: string): never => reject("Malformed", message)
+const badSignature = (message: string): never => reject("BadSignature", message)
 
 // ---------------------------------------------------------------------------------------------
 // Armor
@@ -104,28 +112,44 @@ const badSignature = (message: string) => sshsigFail("BadSignature", message)
  * skipped, and strict canonical base64 for the rest.
  */
 export const dearmor = (armored: string | Uint8Array): Either.Either<Uint8Array, SshsigError> =>
-  total("armor", () => {
-    let text: string
-    if (typeof armored === "string") {
-      // .length is a cheap lower bound on the UTF-8 size; byteLength only runs below the cap
-      if (armored.length > SSHSIG_MAX_ARMOR_BYTES || Buffer.byteLength(armored, "utf8") > SSHSIG_MAX_ARMOR_BYTES) {
-        return malformed(`armor: larger than ${SSHSIG_MAX_ARMOR_BYTES} bytes`)
-      }
-      text = armored
-    } else {
-      if (armored.length > SSHSIG_MAX_ARMOR_BYTES) return malformed(`armor: larger than ${SSHSIG_MAX_ARMOR_BYTES} bytes`)
-      // latin1 maps every byte to one char, so non-ASCII bytes stay visible to the base64 check
-      text = Buffer.from(armored.buffer, armored.byteOffset, armored.length).toString("latin1")
+  attempt("armor", () => dearmorBytes(armored))
+
+const dearmorBytes = (armored: string | Uint8Array): Uint8Array => {
+  let text: string
+  if (typeof armored === "string") {
+    // .length is a lower bound on the UTF-8 size and 3 × .length an upper one (a UTF-16 unit
+    // is at most 3 UTF-8 bytes); byteLength only runs when the two straddle the cap
+    if (
+      armored.length > SSHSIG_MAX_ARMOR_BYTES ||
+      (armored.length * 3 > SSHSIG_MAX_ARMOR_BYTES && Buffer.byteLength(armored, "utf8") > SSHSIG_MAX_ARMOR_BYTES)
+    ) {
+      return malformed(`armor: larger than ${SSHSIG_MAX_ARMOR_BYTES} bytes`)
     }
-    if (!text.startsWith(BEGIN)) return malformed("armor: must start with the BEGIN SSH SIGNATURE line at byte 0")
-    let pos = BEGIN.length
-    if (text.startsWith("\n", pos)) pos += 1
-    else if (text.startsWith("\r\n", pos)) pos += 2
-    else return malformed("armor: the BEGIN line must end with a newline")
-    const end = text.indexOf("\n" + END, pos)
-    if (end < 0) return malformed("armor: missing END SSH SIGNATURE line")
-    return strictBase64(text.slice(pos, end).replace(/[ \t\r\n]/g, ""), "armor body")
-  })
+    text = armored
+  } else {
+    if (armored.length > SSHSIG_MAX_ARMOR_BYTES) return malformed(`armor: larger than ${SSHSIG_MAX_ARMOR_BYTES} bytes`)
+    // latin1 maps every byte to one char, so non-ASCII bytes stay visible to the base64 check
+    text = Buffer.from(armored.buffer, armored.byteOffset, armored.length).toString("latin1")
+  }
+  if (!text.startsWith(BEGIN)) return malformed("armor: must start with the BEGIN SSH SIGNATURE line at byte 0")
+  let pos = BEGIN.length
+  if (text.startsWith("\n", pos)) pos += 1
+  else if (text.startsWith("\r\n", pos)) pos += 2
+  else return malformed("armor: the BEGIN line must end with a newline")
+  const end = text.indexOf(END_LINE, pos)
+  if (end < 0) return malformed("armor: missing END SSH SIGNATURE line")
+  return strictBase64Bytes(text.slice(pos, end).replace(/[ \t\r\n]/g, ""), "armor body")
+}
+
+/**
+ * Uninitialised bytes carved from Buffer's shared pool, as a plain Uint8Array (Buffer's own
+ * slice() aliases). A small array costs under half of a fresh Uint8Array this way, which needs
+ * its own off-heap store. Callers write every byte they expose.
+ */
+const poolBytes = (n: number): Uint8Array => {
+  const b = Buffer.allocUnsafe(n)
+  return new Uint8Array(b.buffer, b.byteOffset, n)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Signature blob
@@ -135,52 +159,88 @@ export const dearmor = (armored: string | Uint8Array): Either.Either<Uint8Array,
  * expectation (Authz compares it as a separate stage), nor parse the embedded key.
  */
 export const parseSignatureBlob = (blob: Uint8Array): Either.Either<ParsedSshsig, SshsigError> =>
-  total("signature", () =>
-    Either.gen(function*() {
-      const r = new SshReader(blob, "signature")
-      const magic = yield* r.bytes(MAGIC.length, "magic")
-      if (!bytesEqual(magic, MAGIC)) return yield* malformed("signature: missing SSHSIG magic")
-      const version = yield* r.u32("version")
-      if (version !== 1) return yield* malformed(`signature: unsupported version ${version} (expected 1)`)
-      const publicKey = yield* r.string("public key")
-      const namespace = yield* r.utf8("namespace")
-      if (namespace.length === 0) return yield* malformed("signature: empty namespace")
-      const reserved = yield* r.string("reserved")
-      const hash = yield* r.cstring("hash algorithm")
-      if (hash !== "sha256" && hash !== "sha512") {
-        return yield* malformed(`signature: unsupported hash algorithm ${excerpt(hash)} (sha256 or sha512)`)
-      }
-      const signature = yield* r.string("signature")
-      yield* r.end()
-      const parsed: ParsedSshsig = {
-        version: 1,
-        publicKey: new Uint8Array(publicKey),
-        namespace,
-        reserved: new Uint8Array(reserved),
-        hashAlgorithm: hash,
-        signature: new Uint8Array(signature)
-      }
-      return parsed
-    }))
+  attempt("signature", () => parseSignatureBytes(blob))
+
+const parseSignatureBytes = (input: Uint8Array): ParsedSshsig => {
+  // One private copy; the fields kept below are views into it, so a caller that reuses its
+  // buffer cannot change a parsed signature.
+  const blob = poolBytes(input.length)
+  blob.set(input)
+  const r = new SshReader(blob, "signature")
+  if (!bytesEqual(r.bytes(MAGIC.length, "magic"), MAGIC)) return malformed("signature: missing SSHSIG magic")
+  const version = r.u32("version")
+  if (version !== 1) return malformed(`signature: unsupported version ${version} (expected 1)`)
+  const publicKey = r.string("public key")
+  const namespace = r.utf8("namespace")
+  if (namespace.length === 0) return malformed("signature: empty namespace")
+  const reserved = r.string("reserved")
+  const hash = r.cstring("hash algorithm")
+  if (hash !== "sha256" && hash !== "sha512") {
+    return malformed(`signature: unsupported hash algorithm ${excerpt(hash)} (sha256 or sha512)`)
+  }
+  const signature = r.string("signature")
+  r.end()
+  return { version: 1, publicKey, namespace, reserved, hashAlgorithm: hash, signature }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Signed data
 
 const u32be = (n: number) => Uint8Array.from([(n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff])
 const sshString = (b: Uint8Array) => [u32be(b.length), b]
+const DIGEST_SIZE: Readonly<Record<SshsigHashAlgorithm, number>> = { sha256: 32, sha512: 64 }
+
+/**
+ * Everything of the signed data but the digest bytes: magic, namespace, empty reserved, hash
+ * name and the digest's length. It depends only on (namespace, hash), so it is built once per
+ * pair; the namespace is the verifier's own expectation (a handful of constants), and the cache
+ * is bounded all the same.
+ */
+const prefixes = new Map<string, Buffer>()
+const PREFIX_CACHE_SIZE = 16
+
+/** The last pair asked for: a verifier asks for its own namespace every time. */
+let lastPrefix: { readonly namespace: string; readonly hash: SshsigHashAlgorithm; readonly prefix: Buffer } | undefined
+
+const signedDataPrefix = (namespace: string, hashAlgorithm: SshsigHashAlgorithm): Buffer => {
+  if (lastPrefix !== undefined && lastPrefix.namespace === namespace && lastPrefix.hash === hashAlgorithm) return lastPrefix.prefix
+  const k = `${hashAlgorithm}:${namespace}`
+  const hit = prefixes.get(k)
+  if (hit !== undefined) {
+    lastPrefix = { namespace, hash: hashAlgorithm, prefix: hit }
+    return hit
+  }
+  const prefix = Buffer.concat([
+    MAGIC,
+    ...sshString(Buffer.from(namespace, "utf8")),
+    ...sshString(new Uint8Array(0)),
+    ...sshString(Buffer.from(hashAlgorithm, "latin1")),
+    u32be(DIGEST_SIZE[hashAlgorithm])
+  ])
+  if (prefixes.size >= PREFIX_CACHE_SIZE) prefixes.clear()
+  prefixes.set(k, prefix)
+  lastPrefix = { namespace, hash: hashAlgorithm, prefix }
+  return prefix
+}
 
 /**
  * The bytes the key actually signs (reference §4), built from the EXPECTED namespace with an
  * always-empty reserved field, over the message bytes exactly as received.
  */
-export const signedData = (namespace: string, hashAlgorithm: SshsigHashAlgorithm, message: Uint8Array): Uint8Array =>
-  Buffer.concat([
-    MAGIC,
-    ...sshString(Buffer.from(namespace, "utf8")),
-    ...sshString(new Uint8Array(0)),
-    ...sshString(Buffer.from(hashAlgorithm, "latin1")),
-    ...sshString(crypto.createHash(hashAlgorithm).update(message).digest())
-  ])
+export const signedData = (namespace: string, hashAlgorithm: SshsigHashAlgorithm, message: Uint8Array): Uint8Array => {
+  const prefix = signedDataPrefix(namespace, hashAlgorithm)
+  const out = Buffer.allocUnsafe(prefix.length + DIGEST_SIZE[hashAlgorithm])
+  prefix.copy(out, 0)
+  digest(hashAlgorithm, message).copy(out, prefix.length)
+  return out
+}
+
+/** crypto.hash (Node >= 20.12) skips the Hash object: about half the cost for a short message. */
+const oneShotHash: ((algorithm: string, data: Uint8Array, encoding: "buffer") => Buffer) | undefined =
+  typeof crypto.hash === "function" ? crypto.hash : undefined
+
+const digest = (algorithm: string, data: Uint8Array): Buffer =>
+  oneShotHash !== undefined ? oneShotHash(algorithm, data, "buffer") : crypto.createHash(algorithm).update(data).digest()
 
 // ---------------------------------------------------------------------------------------------
 // Signature verification
@@ -199,26 +259,25 @@ const cryptoVerify = (
 }
 
 /** mpint r, mpint s (and nothing else) → IEEE-P1363 r || s, each left-padded to the curve size. */
-const ecdsaP1363 = (rs: Uint8Array, size: number) =>
-  Either.gen(function*() {
-    const r = new SshReader(rs, "ECDSA signature")
-    const sigR = yield* r.mpint("r")
-    const sigS = yield* r.mpint("s")
-    yield* r.end()
-    if (sigR.length > size || sigS.length > size) return yield* badSignature("ECDSA r or s is larger than the curve order")
-    const out = new Uint8Array(2 * size)
-    out.set(sigR, size - sigR.length)
-    out.set(sigS, 2 * size - sigS.length)
-    return out
-  })
+const ecdsaP1363 = (rs: Uint8Array, size: number): Uint8Array => {
+  const r = new SshReader(rs, "ECDSA signature")
+  const sigR = r.mpint("r")
+  const sigS = r.mpint("s")
+  r.end()
+  if (sigR.length > size || sigS.length > size) return badSignature("ECDSA r or s is larger than the curve order")
+  const out = new Uint8Array(2 * size)
+  out.set(sigR, size - sigR.length)
+  out.set(sigS, 2 * size - sigS.length)
+  return out
+}
 
-const checkSigType = (sigType: string, key: SshPublicKey) => {
-  if (sigType === key.type) return Either.void
+const checkSigType = (sigType: string, key: SshPublicKey): void => {
+  if (sigType === key.type) return
   if (sigType.startsWith("webauthn-sk-")) return badSignature("webauthn-sk signatures are not supported")
   return badSignature(`signature type ${excerpt(sigType)} does not match the key type ${key.type}`)
 }
 
-const sha256 = (b: Uint8Array) => crypto.createHash("sha256").update(b).digest()
+const sha256 = (b: Uint8Array) => digest("sha256", b)
 
 /**
  * Verifies a parsed SSHSIG against `key` (which must be the key embedded in the signature) and
@@ -232,104 +291,111 @@ export const verifySignatureBlob = (
   message: Uint8Array,
   policy: VerifyPolicy = {}
 ): Either.Either<SshsigVerified, SshsigError> =>
-  total("verify", () =>
-    Either.gen(function*() {
-      if (sig.namespace !== expectedNamespace) {
-        return yield* sshsigFail(
-          "Namespace",
-          `signature namespace ${excerpt(sig.namespace)} is not the expected ${excerpt(expectedNamespace)}`
-        )
-      }
-      if (sig.version !== 1) return yield* malformed("signature: unsupported version")
-      if (sig.hashAlgorithm !== "sha256" && sig.hashAlgorithm !== "sha512") {
-        return yield* malformed("signature: unsupported hash algorithm")
-      }
-      if (!bytesEqual(key.blob, sig.publicKey)) {
-        return yield* badSignature("the signature names a different public key than the one given")
-      }
-      const data = signedData(expectedNamespace, sig.hashAlgorithm, message)
-      const r = new SshReader(sig.signature, "signature blob")
-      const sigType = yield* r.cstring("signature type")
+  attempt("verify", () => verifyParsed(sig, key, expectedNamespace, message, policy))
 
-      switch (key.type) {
-        case "ssh-ed25519": {
-          yield* checkSigType(sigType, key)
-          const s = yield* r.string("ed25519 signature")
-          yield* r.end()
-          if (s.length !== 64) return yield* malformed(`signature blob: ed25519 signature is ${s.length} bytes, expected 64`)
-          if (!cryptoVerify(null, data, key.key, s)) return yield* badSignature("ed25519 signature does not verify")
-          return {}
-        }
-        case "ecdsa-sha2-nistp256":
-        case "ecdsa-sha2-nistp384":
-        case "ecdsa-sha2-nistp521": {
-          yield* checkSigType(sigType, key)
-          const curve = EC_CURVES[ecCurveOf(key.type) ?? "nistp256"]
-          const rs = yield* r.string("ECDSA signature")
-          yield* r.end()
-          const p1363 = yield* ecdsaP1363(rs, curve.size)
-          if (!cryptoVerify(curve.hash, data, { key: key.key, dsaEncoding: "ieee-p1363" }, p1363)) {
-            return yield* badSignature("ECDSA signature does not verify")
-          }
-          return {}
-        }
-        case "ssh-rsa": {
-          if (sigType === "ssh-rsa") {
-            return yield* badSignature("legacy ssh-rsa (SHA-1) signatures are refused: sign with rsa-sha2-512 or rsa-sha2-256")
-          }
-          if (sigType !== "rsa-sha2-512" && sigType !== "rsa-sha2-256") {
-            return yield* badSignature(`unsupported RSA signature algorithm ${excerpt(sigType)}`)
-          }
-          const s = yield* r.string("RSA signature")
-          yield* r.end()
-          const modulusBits = key.key.asymmetricKeyDetails?.modulusLength ?? key.bits ?? 0
-          const size = Math.ceil(modulusBits / 8)
-          if (s.length > size) return yield* badSignature("RSA signature is longer than the modulus")
-          // OpenSSH left-pads a short s; OpenSSL would just return false.
-          let padded = s
-          if (s.length < size) {
-            padded = new Uint8Array(size)
-            padded.set(s, size - s.length)
-          }
-          const hash = sigType === "rsa-sha2-512" ? "sha512" : "sha256"
-          if (!cryptoVerify(hash, data, { key: key.key, padding: crypto.constants.RSA_PKCS1_PADDING }, padded)) {
-            return yield* badSignature("RSA signature does not verify")
-          }
-          return {}
-        }
-        case "sk-ssh-ed25519@openssh.com":
-        case "sk-ecdsa-sha2-nistp256@openssh.com": {
-          yield* checkSigType(sigType, key)
-          const inner = yield* r.string("sk signature")
-          const flags = yield* r.u8("sk flags")
-          const counter = yield* r.u32("sk counter")
-          yield* r.end()
-          // The authenticator signs SHA256(application) || flags || counter || SHA256(signed data).
-          const skMessage = Buffer.concat([
-            sha256(Buffer.from(key.application ?? "", "utf8")),
-            Uint8Array.of(flags),
-            u32be(counter),
-            sha256(data)
-          ])
-          let ok: boolean
-          if (key.type === "sk-ssh-ed25519@openssh.com") {
-            if (inner.length !== 64) {
-              return yield* malformed(`signature blob: ed25519 signature is ${inner.length} bytes, expected 64`)
-            }
-            ok = cryptoVerify(null, skMessage, key.key, inner)
-          } else {
-            const p1363 = yield* ecdsaP1363(inner, EC_CURVES.nistp256.size)
-            ok = cryptoVerify("sha256", skMessage, { key: key.key, dsaEncoding: "ieee-p1363" }, p1363)
-          }
-          if (!ok) return yield* badSignature("security-key signature does not verify")
-          // Checked after the crypto so the message only ever describes a genuine signature.
-          if ((policy.requireUserPresence ?? true) && (flags & FLAG_USER_PRESENT) === 0) {
-            return yield* badSignature("user presence flag not set")
-          }
-          return { flags, counter }
-        }
+const verifyParsed = (
+  sig: ParsedSshsig,
+  key: SshPublicKey,
+  expectedNamespace: string,
+  message: Uint8Array,
+  policy: VerifyPolicy
+): SshsigVerified => {
+  if (sig.namespace !== expectedNamespace) {
+    return reject(
+      "Namespace",
+      `signature namespace ${excerpt(sig.namespace)} is not the expected ${excerpt(expectedNamespace)}`
+    )
+  }
+  if (sig.version !== 1) return malformed("signature: unsupported version")
+  if (sig.hashAlgorithm !== "sha256" && sig.hashAlgorithm !== "sha512") {
+    return malformed("signature: unsupported hash algorithm")
+  }
+  if (!bytesEqual(key.blob, sig.publicKey)) {
+    return badSignature("the signature names a different public key than the one given")
+  }
+  const data = signedData(expectedNamespace, sig.hashAlgorithm, message)
+  const r = new SshReader(sig.signature, "signature blob")
+  const sigType = r.cstring("signature type")
+
+  switch (key.type) {
+    case "ssh-ed25519": {
+      checkSigType(sigType, key)
+      const s = r.string("ed25519 signature")
+      r.end()
+      if (s.length !== 64) return malformed(`signature blob: ed25519 signature is ${s.length} bytes, expected 64`)
+      if (!cryptoVerify(null, data, key.key, s)) return badSignature("ed25519 signature does not verify")
+      return {}
+    }
+    case "ecdsa-sha2-nistp256":
+    case "ecdsa-sha2-nistp384":
+    case "ecdsa-sha2-nistp521": {
+      checkSigType(sigType, key)
+      const curve = EC_CURVES[ecCurveOf(key.type) ?? "nistp256"]
+      const rs = r.string("ECDSA signature")
+      r.end()
+      const p1363 = ecdsaP1363(rs, curve.size)
+      if (!cryptoVerify(curve.hash, data, { key: key.key, dsaEncoding: "ieee-p1363" }, p1363)) {
+        return badSignature("ECDSA signature does not verify")
       }
-    }))
+      return {}
+    }
+    case "ssh-rsa": {
+      if (sigType === "ssh-rsa") {
+        return badSignature("legacy ssh-rsa (SHA-1) signatures are refused: sign with rsa-sha2-512 or rsa-sha2-256")
+      }
+      if (sigType !== "rsa-sha2-512" && sigType !== "rsa-sha2-256") {
+        return badSignature(`unsupported RSA signature algorithm ${excerpt(sigType)}`)
+      }
+      const s = r.string("RSA signature")
+      r.end()
+      const modulusBits = key.key.asymmetricKeyDetails?.modulusLength ?? key.bits ?? 0
+      const size = Math.ceil(modulusBits / 8)
+      if (s.length > size) return badSignature("RSA signature is longer than the modulus")
+      // OpenSSH left-pads a short s; OpenSSL would just return false.
+      let padded = s
+      if (s.length < size) {
+        padded = new Uint8Array(size)
+        padded.set(s, size - s.length)
+      }
+      const hash = sigType === "rsa-sha2-512" ? "sha512" : "sha256"
+      if (!cryptoVerify(hash, data, { key: key.key, padding: crypto.constants.RSA_PKCS1_PADDING }, padded)) {
+        return badSignature("RSA signature does not verify")
+      }
+      return {}
+    }
+    case "sk-ssh-ed25519@openssh.com":
+    case "sk-ecdsa-sha2-nistp256@openssh.com": {
+      checkSigType(sigType, key)
+      const inner = r.string("sk signature")
+      const flags = r.u8("sk flags")
+      const counter = r.u32("sk counter")
+      r.end()
+      // The authenticator signs SHA256(application) || flags || counter || SHA256(signed data).
+      const skMessage = Buffer.concat([
+        sha256(Buffer.from(key.application ?? "", "utf8")),
+        Uint8Array.of(flags),
+        u32be(counter),
+        sha256(data)
+      ])
+      let ok: boolean
+      if (key.type === "sk-ssh-ed25519@openssh.com") {
+        if (inner.length !== 64) {
+          return malformed(`signature blob: ed25519 signature is ${inner.length} bytes, expected 64`)
+        }
+        ok = cryptoVerify(null, skMessage, key.key, inner)
+      } else {
+        const p1363 = ecdsaP1363(inner, EC_CURVES.nistp256.size)
+        ok = cryptoVerify("sha256", skMessage, { key: key.key, dsaEncoding: "ieee-p1363" }, p1363)
+      }
+      if (!ok) return badSignature("security-key signature does not verify")
+      // Checked after the crypto so the message only ever describes a genuine signature.
+      if ((policy.requireUserPresence ?? true) && (flags & FLAG_USER_PRESENT) === 0) {
+        return badSignature("user presence flag not set")
+      }
+      return { flags, counter }
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Convenience for the diagnostics CLI
@@ -351,23 +417,21 @@ export const verifyArmored = (
   message: Uint8Array,
   opts: { readonly publicKey?: SshPublicKey } & VerifyPolicy = {}
 ): Either.Either<SshsigArmoredResult, SshsigError> =>
-  total("verify", () =>
-    Either.gen(function*() {
-      const blob = yield* dearmor(armored)
-      const sig = yield* parseSignatureBlob(blob)
-      if (sig.namespace !== expectedNamespace) {
-        return yield* sshsigFail(
-          "Namespace",
-          `signature namespace ${excerpt(sig.namespace)} is not the expected ${excerpt(expectedNamespace)}`
-        )
-      }
-      const embedded = yield* parsePublicKeyBlob(sig.publicKey)
-      if (opts.publicKey !== undefined && !bytesEqual(opts.publicKey.blob, sig.publicKey)) {
-        return yield* badSignature(
-          `signed by ${embedded.type} ${embedded.fingerprint}, not by the given key ${opts.publicKey.fingerprint}`
-        )
-      }
-      const policy: VerifyPolicy = opts.requireUserPresence === undefined ? {} : { requireUserPresence: opts.requireUserPresence }
-      const info = yield* verifySignatureBlob(sig, embedded, expectedNamespace, message, policy)
-      return { key: embedded, namespace: sig.namespace, hashAlgorithm: sig.hashAlgorithm, ...info }
-    }))
+  attempt("verify", () => {
+    const sig = parseSignatureBytes(dearmorBytes(armored))
+    if (sig.namespace !== expectedNamespace) {
+      return reject(
+        "Namespace",
+        `signature namespace ${excerpt(sig.namespace)} is not the expected ${excerpt(expectedNamespace)}`
+      )
+    }
+    const embedded = unwrap(parsePublicKeyBlob(sig.publicKey))
+    if (opts.publicKey !== undefined && !bytesEqual(opts.publicKey.blob, sig.publicKey)) {
+      return badSignature(
+        `signed by ${embedded.type} ${embedded.fingerprint}, not by the given key ${opts.publicKey.fingerprint}`
+      )
+    }
+    const policy: VerifyPolicy = opts.requireUserPresence === undefined ? {} : { requireUserPresence: opts.requireUserPresence }
+    const info = verifyParsed(sig, embedded, expectedNamespace, message, policy)
+    return { key: embedded, namespace: sig.namespace, hashAlgorithm: sig.hashAlgorithm, ...info }
+  })
