@@ -480,7 +480,8 @@ const held = (vmid: number) =>
 const reportsHold = (vmid: number) => {
   const pending = (lastReport?.["pending_signatures"] ?? []) as ReadonlyArray<{ vmid: number | null }>
   const tail = (lastReport?.["audit_tail"] ?? []) as ReadonlyArray<{ target: string | null; decision: string }>
-  return pending.some((p) => p.vmid === vmid) ||
+  const holds = (lastReport?.["held_guests"] ?? []) as ReadonlyArray<{ vmid: number }>
+  return pending.some((p) => p.vmid === vmid) || holds.some((h) => h.vmid === vmid) ||
     tail.some((e) => e.target === String(vmid) && /needs_operator|lost/.test(e.decision))
 }
 
@@ -497,10 +498,9 @@ describe("kill -9 during a faulty converge (real processes: daemon, sim pve, sim
     expect({ inFlight, running, locked }, context()).toEqual({ inFlight: [], running: [], locked: [] })
   })
 
-  // Found by this test: a needs_operator hold is not part of the host report (no field carries
-  // plan notes or holds; only its audit entry does, until 20 newer entries push it out of
-  // audit_tail), so the hub cannot tell why a desired guest never appears. docs/security.md and
-  // issue 8 (finding 2) say a held guest is reported.
+  // Found by this test (fixed): a needs_operator hold was not part of the host report (only its
+  // audit entry was, until newer entries pushed it out of audit_tail); the report now carries
+  // held_guests, so the hub always knows why a desired guest never appears.
   it("every desired guest exists exactly once at its spec, or the journal holds it and the host report says so", () => {
     const problems: Array<string> = []
     for (const d of DESIRED_GUESTS) {

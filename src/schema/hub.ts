@@ -162,6 +162,17 @@ export const HostReport = Schema.Struct({
    * no change at all (no reconcile, no jobs) until a write succeeds again.
    */
   state_store: Schema.Struct({ healthy: Schema.Boolean, detail: Schema.NullOr(Schema.String) }),
+  /**
+   * Guests the agent holds for an operator and will not touch: `needs_operator` (an op could not
+   * be completed or undone safely) or `lost` (it held customer data and is gone: recover it from a
+   * backup; it is never recreated blank).
+   */
+  held_guests: Schema.Array(Schema.Struct({
+    vmid: ReportVmId,
+    state: Schema.Literal("needs_operator", "lost"),
+    op_id: Schema.NullOr(Schema.String),
+    detail: Schema.String
+  })),
   versions: ReportVersions,
   pending_signatures: Schema.Array(ReportPendingSignature)
 }).annotations({ identifier: "HostReport" })

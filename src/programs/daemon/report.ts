@@ -17,6 +17,8 @@
  * backwards, or a new epoch, means the journal, nonces and audit chain were lost or replaced.
  */
 import { AuditLog } from "../../layers/AuditLog.js"
+import { GuestRecords } from "../../layers/GuestRecords.js"
+import { OpLog } from "../../layers/OpLog.js"
 import { Array as Arr, Clock, Data, Duration, Effect, Option, Schema } from "effect"
 import { Authz } from "../../layers/Authz.js"
 import { Proxmox } from "../../layers/Proxmox.js"
@@ -169,7 +171,7 @@ const probeCloudflared = (probe: Effect.Effect<CloudflaredStatus, unknown>): Eff
   )
 
 /** Collects one host report; see the module comment for what each failed read does. */
-export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | AuditLog | Authz> =>
+export const collectReport = (input: CollectInput): Effect.Effect<HostReport, ReportSkipped, Proxmox | AuditLog | OpLog | GuestRecords | Authz> =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const audits = yield* AuditLog
@@ -217,6 +219,18 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
     })
 
     // One read for tail and head, so the head is the tail's last entry.
+    // Holds: what the agent will not touch until an operator acts (never dropped from the report
+    // the way an old audit entry scrolls out of the tail). A store that cannot answer reports none
+    // here; state_store says why.
+    const held = Effect.gen(function*() {
+      const ops = yield* (yield* OpLog).list({ status: "needs_operator", limit: 1000 })
+      const records = yield* (yield* GuestRecords).guestRecords
+      const out: Array<HostReport["held_guests"][number]> = []
+      for (const o of ops) if (o.vmid !== null) out.push({ vmid: o.vmid, state: "needs_operator", op_id: o.id, detail: `${o.kind}: ${o.detail ?? ""}`.slice(0, 500) })
+      for (const r of records) if (r.state === "lost") out.push({ vmid: r.vmid, state: "lost", op_id: null, detail: r.detail.slice(0, 500) })
+      return out.sort((a, b) => a.vmid - b.vmid)
+    }).pipe(Effect.catchTag("JournalError", () => Effect.succeed([] as HostReport["held_guests"])))
+
     const audit = Effect.map(audits.auditTail(AUDIT_TAIL_LENGTH), (entries) => ({
       problem: null as string | null,
       tail: entries.map((e): ReportAuditEntry => ({
@@ -233,8 +247,8 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       Effect.catchTag("JournalError", (e) => Effect.succeed({ problem: e.message, tail: [] as Array<ReportAuditEntry>, head: null }))
     )
 
-    const [guestEntries, storage, cloudflared, auditLog] = yield* Effect.all(
-      [guests, storages, probeCloudflared(input.cloudflared), audit],
+    const [guestEntries, storage, cloudflared, auditLog, heldGuests] = yield* Effect.all(
+      [guests, storages, probeCloudflared(input.cloudflared), audit, held],
       { concurrency: "unbounded" }
     )
 
@@ -259,6 +273,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       audit_tail: auditLog.tail,
       audit_head: auditLog.head,
       state_epoch: rfc3339(stateEpochMs),
+      held_guests: heldGuests,
       state_store: auditLog.problem !== null
         ? { healthy: false, detail: auditLog.problem }
         : input.stateStore ?? { healthy: true, detail: null },
