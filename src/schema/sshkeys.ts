@@ -61,7 +61,7 @@ export const SSH_KEY_LINE_MAX_CHARS = 16 * 1024
 /**
  * A rejection in flight. The parsers below are written straight-line and throw this (never
  * anything else on purpose); `attempt` turns it back into a Left at the public boundary. Only
- * values of this class are typed rejections: any other exception is the fail-closed safety net.
+ * values of this class are typed rejections; every other exception is the fail-closed safety net.
  */
 class Rejection {
   constructor(readonly error: SshsigError) {}
