@@ -22,6 +22,7 @@ import { plan } from "../src/programs/control/plan.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import { DesiredState } from "../src/schema/desired.js"
 import { decodeSeed, defaultSeedJson, makeSimHttpClient, makeSimPve } from "../src/sim/pve/index.js"
+import { printTable, row } from "./table.js"
 
 const N = Number(process.env["BENCH_GUESTS"] ?? 200)
 const CAP = 4
@@ -87,13 +88,25 @@ export const convergeBench = Effect.gen(function*() {
     return { actions: p.actions.length, applied: outcomes.filter((o) => o.result === "applied").length, elapsedMs, lowerBoundMs, calls, remaining: again.actions.length }
   }).pipe(Effect.provide(layer))
 
-  console.log(
-    `converge ${N} guests, ${result.actions} actions (${result.applied} applied, ${result.remaining} left after one pass), cap ${CAP}, tasks ${TASK_MS / 1000} s:\n` +
-      `  simulated time ${(result.elapsedMs / 1000).toFixed(1)} s vs lower bound ${(result.lowerBoundMs / 1000).toFixed(1)} s: ratio ${(result.elapsedMs / result.lowerBoundMs).toFixed(2)}x\n` +
-      `  PVE calls ${result.calls}: ${(result.calls / result.actions).toFixed(2)} per action`
-  )
   rmSync(dir, { recursive: true, force: true })
-  return result
+  const note = `${result.actions} actions, ${result.applied} applied, ${result.remaining} left`
+  return [
+    row({
+      metric: `converge ${N} guests (cap ${CAP}, ${TASK_MS / 1000} s tasks), simulated time; ${note}`,
+      ours: `${(result.elapsedMs / 1000).toFixed(1)} s`,
+      baseline: `${(result.lowerBoundMs / 1000).toFixed(1)} s lower bound`,
+      ratio: result.elapsedMs / result.lowerBoundMs,
+      goal: "≤ 1.15×",
+      met: result.elapsedMs / result.lowerBoundMs <= 1.15 && result.remaining === 0
+    }),
+    row({
+      metric: `converge: PVE calls per action`,
+      ours: (result.calls / result.actions).toFixed(2),
+      baseline: "4 per action",
+      ratio: result.calls / result.actions / 4,
+      goal: "≤ 1×"
+    })
+  ]
 }).pipe(Effect.scoped, Effect.provide(TestContext.TestContext))
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) void Effect.runPromise(convergeBench)
+if (process.argv[1] === fileURLToPath(import.meta.url)) void Effect.runPromise(convergeBench).then((rows) => printTable("converge", rows))

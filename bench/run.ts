@@ -1,20 +1,32 @@
-/** Runs every benchmark; each prints ratios against a baseline measured in the same run. */
+/**
+ * `npm run bench`: every benchmark, each against a baseline measured in the same run, printed as
+ * one table (bench/table.ts: ratio = ours ÷ baseline; `≤` goals are costs, `≥` throughput).
+ */
 import { Effect } from "effect"
 import { authzBench } from "./authz.js"
-import { coldStart } from "./cold-start.js"
 import { convergeBench } from "./converge.js"
-import { daemonBench } from "./daemon.js"
 import { reportBench } from "./report.js"
 import { sshsigBench } from "./sshsig-verify.js"
+import { startupBench, startupRows } from "./startup.js"
+import { printTable, type Row } from "./table.js"
 import { waitTaskBench } from "./wait-task.js"
+import { binFlagsNote } from "./proc.js"
 
 const main = async () => {
-  await Effect.runPromise(waitTaskBench)
-  coldStart()
-  sshsigBench()
-  await Effect.runPromise(authzBench)
-  await Effect.runPromise(convergeBench)
-  await Effect.runPromise(reportBench)
-  await daemonBench()
+  const rows: Array<Row> = []
+  const step = (name: string) => process.stderr.write(`bench: ${name}...\n`)
+  step("start-up and memory (real processes)")
+  rows.push(...startupRows(await startupBench()))
+  step("converge")
+  rows.push(...(await Effect.runPromise(convergeBench)))
+  step("waitTask")
+  rows.push(...(await Effect.runPromise(waitTaskBench)))
+  step("sshsig")
+  rows.push(...sshsigBench())
+  step("authz")
+  rows.push(...(await Effect.runPromise(authzBench)))
+  step("host report")
+  rows.push(...(await Effect.runPromise(reportBench)))
+  printTable(`felhom-agent benchmarks (node ${process.version}, ${binFlagsNote()})`, rows)
 }
 void main()

@@ -10,6 +10,7 @@ import { AgentConfigFile } from "../src/schema/config.js"
 import { fileURLToPath } from "node:url"
 import { SnapshotName, VmId } from "../src/schema/ids.js"
 import { decodeSeed, defaultSeedJson, makeSimHttpClient, makeSimPve } from "../src/sim/pve/index.js"
+import { printTable, row } from "./table.js"
 
 const settle = Effect.promise(() => new Promise<void>((r) => setImmediate(r))).pipe(Effect.repeatN(2))
 
@@ -44,11 +45,15 @@ export const waitTaskBench = Effect.gen(function*() {
     const floor = Math.ceil(seconds / 5)
     rows.push({ seconds, calls, floor, ratio: calls / floor })
   }
-  console.log("waitTask: status calls per task vs the floor of one call per 5 s")
-  for (const r of rows) {
-    console.log(`  ${String(r.seconds).padStart(4)} s task: ${String(r.calls).padStart(4)} calls, floor ${String(r.floor).padStart(4)}, ratio ${r.ratio.toFixed(2)}x`)
-  }
-  return rows
+  return rows.map((r) =>
+    row({
+      metric: `waitTask on one ${r.seconds} s task: status calls (single-task figures kept)`,
+      ours: `${r.calls} calls`,
+      baseline: `${r.floor} (1 per 5 s)`,
+      ratio: r.ratio,
+      goal: "—"
+    })
+  )
 }).pipe(Effect.provide(TestContext.TestContext))
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) void Effect.runPromise(waitTaskBench)
+if (process.argv[1] === fileURLToPath(import.meta.url)) void Effect.runPromise(waitTaskBench).then((rows) => printTable("waitTask", rows))

@@ -19,6 +19,8 @@
 import { build } from "esbuild"
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { primeCodeCache, removeCodeCaches } from "./code-cache.mjs"
 
 const require = createRequire(import.meta.url)
@@ -75,6 +77,18 @@ const deepImports = {
   }
 }
 
+/**
+ * `undici` (the bare name only) → scripts/undici-entry.cjs: the dispatchers and what goes with
+ * them, without the rest of undici's index, which also makes Node load its own bundled undici
+ * (issue 9: ~12 MiB of the daemon's idle RSS, and 0.2 MB of bundle).
+ */
+const slimUndici = {
+  name: "slim-undici",
+  setup(b) {
+    b.onResolve({ filter: /^undici$/ }, () => ({ path: join(dirname(fileURLToPath(import.meta.url)), "undici-entry.cjs") }))
+  }
+}
+
 await build({
   entryPoints: ["src/main.ts"],
   outfile: "dist/felhom-agent.cjs",
@@ -87,7 +101,7 @@ await build({
   external: ["better-sqlite3"],
   legalComments: "none",
   logLevel: "warning",
-  plugins: [deepImports]
+  plugins: [deepImports, slimUndici]
 })
 
 // The V8 code caches beside the bundle (bin/code-cache.cjs), primed by real runs of this bundle.

@@ -4,8 +4,8 @@
 // prime a private copy).
 //
 // A cache holds the bytecode of every function compiled when it was serialized, so each is made
-// by a real run through the shipped bin with FELHOM_AGENT_CODE_CACHE=prime (the bin's own flags,
-// not this script's): `felhom-agent version` for the CLI's cache, and the daemon from spawn to
+// by a real run through the shipped bin with FELHOM_AGENT_CODE_CACHE=prime (the node flags on the
+// bin's #! line, not this script's): `felhom-agent version` for the CLI's cache, and the daemon from spawn to
 // READY (config, journal recovery, clients, authz) for the daemon's, with the example config
 // pointed at a closed loopback port, stopped with SIGTERM. Last, a plain `version` run must
 // report `accepted`.
@@ -44,6 +44,18 @@ export const removeCodeCaches = (root = ROOT, role = undefined) => {
   }
 }
 
+/**
+ * The node flags on the bin's `#!/usr/bin/env -S node ...` line: the flags it runs with when
+ * executed (and the unit's ExecStart passes the same). V8 accepts a cache only under the flags it
+ * was made with, so every priming run uses them.
+ */
+export const binNodeFlags = (bin) => {
+  const first = readFileSync(bin, "utf8").split("\n", 1)[0]
+  const m = /^#!\/usr\/bin\/env(?: -S)? node((?:\s+--[a-z0-9-]+(?:=\S+)?)*)\s*$/.exec(first)
+  if (m === null) throw new Error(`${bin}: unexpected first line ${JSON.stringify(first)}`)
+  return m[1].split(/\s+/).filter((f) => f.length > 0)
+}
+
 /** What the shipped bin sees: no FELHOM_AGENT_*, NODE_OPTIONS or systemd variables from this shell. */
 const cleanEnv = (extra) => ({
   ...Object.fromEntries(
@@ -60,7 +72,7 @@ const PREFIX = "felhom-agent: code cache "
 const cacheLines = (stderr) => stderr.split("\n").filter((l) => l.startsWith(PREFIX)).map((l) => l.slice(PREFIX.length))
 
 const primeVersion = (bin, env) => {
-  const r = spawnSync(process.execPath, [bin, "version"], { env, encoding: "utf8", timeout: RUN_TIMEOUT_MS })
+  const r = spawnSync(process.execPath, [...binNodeFlags(bin), bin, "version"], { env, encoding: "utf8", timeout: RUN_TIMEOUT_MS })
   if (r.status !== 0) throw new Error(`version exited ${r.status ?? r.signal}: ${r.stderr.trim()}`)
   const lines = cacheLines(r.stderr)
   if (!lines.some((l) => l.startsWith("written"))) throw new Error(`version wrote no cache: ${lines.join("; ")}`)
@@ -76,7 +88,7 @@ const primeDaemon = (root, bin, env, dir) =>
     config.hub.url = "https://127.0.0.1:9"
     const configFile = join(dir, "agent.json")
     writeFileSync(configFile, JSON.stringify(config))
-    const child = spawn(process.execPath, [bin, "daemon"], {
+    const child = spawn(process.execPath, [...binNodeFlags(bin), bin, "daemon"], {
       cwd: dir,
       env: { ...env, FELHOM_AGENT_CONFIG: configFile },
       stdio: ["ignore", "pipe", "pipe"]
@@ -131,7 +143,7 @@ export const primeCodeCache = async ({ root = ROOT } = {}) => {
     } catch (e) {
       failed("daemon", "priming the daemon's start", e)
     }
-    const check = spawnSync(process.execPath, [bin, "version"], { env: cleanEnv({ FELHOM_AGENT_CONFIG: join(dir, "none.json") }), encoding: "utf8", timeout: RUN_TIMEOUT_MS })
+    const check = spawnSync(process.execPath, [...binNodeFlags(bin), bin, "version"], { env: cleanEnv({ FELHOM_AGENT_CONFIG: join(dir, "none.json") }), encoding: "utf8", timeout: RUN_TIMEOUT_MS })
     const lines = cacheLines(check.stderr ?? "")
     if (check.status === 0 && lines[0] === "accepted") return true
     removeCodeCaches(root, "cli") // what that run wrote at exit is no primed cache either

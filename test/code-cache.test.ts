@@ -43,16 +43,22 @@ const spawnAsync = (argv: ReadonlyArray<string>, opts: { env?: NodeJS.ProcessEnv
     child.on("close", (status) => resolve({ status, stdout, stderr }))
   })
 
-/** `felhom-agent version` from the copy: it must always print the version and exit 0. */
+/** The node flags on the bin's #! line: what it runs with when executed, and what the caches are primed with. */
+const shippedFlags = (): Array<string> => {
+  const m = /^#!\/usr\/bin\/env -S node((?: --[a-z0-9-]+(?:=\S+)?)*)$/.exec(readFileSync(join(root, "bin", "felhom-agent.cjs"), "utf8").split("\n", 1)[0]!)
+  return m === null ? [] : m[1]!.split(" ").filter((f) => f.length > 0)
+}
+
+/** `felhom-agent version` from the copy (as executed: the bin's flags, unless `flags` says otherwise): it must always print the version and exit 0. */
 const version = async (opts: { flags?: ReadonlyArray<string>; env?: NodeJS.ProcessEnv; uid?: number; gid?: number } = {}) => {
-  const r = await spawnAsync([...(opts.flags ?? []), bin, "version"], opts)
+  const r = await spawnAsync([...(opts.flags ?? shippedFlags()), bin, "version"], opts)
   expect(r.status, r.stderr).toBe(0)
   expect(r.stdout).toBe(`felhom-agent ${VERSION}\n`)
   return r.stderr.split("\n").filter((l) => l.length > 0)
 }
 
 const caches = (role: string) => readdirSync(dist).filter((n) => n.startsWith(`felhom-agent.cjs.${role}.`) && n.endsWith(".cache"))
-/** The CLI's cache for this process's V8 (node and flags as the tests run the bin). */
+/** The CLI's cache for this process's V8 (node, and the flags the bin runs with). */
 let cliCache = ""
 let primed: Buffer
 

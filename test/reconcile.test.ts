@@ -244,12 +244,20 @@ describe("decodeDesiredState", () => {
     }
   })
 
-  it("accepts an opaque storage manifest and policies, and a guest without cores", () => {
+  it("accepts a storage manifest and policies (typed in src/schema/storage.ts), and a guest without cores", () => {
     const r = decodeDesiredState({
       generation: 3,
       guests: [withoutCores(guest())],
-      storage: [{ type: "usb", durable_id: "uuid" }],
-      policies: { backup: { schedule: "daily" } }
+      storage: [{
+        id: "usb-1",
+        type: "usb",
+        durable_id: "0b6f1c2e-2b7a-4c1d-9f3e-5a6b7c8d9e0f",
+        class: "slow",
+        role: "vzdump-target",
+        policy: { schedule: "daily", retention: { keep_daily: 7 } },
+        state: "attached"
+      }],
+      policies: { guests: [] }
     })
     expect(Either.isRight(r)).toBe(true)
     expect(Either.getOrThrow(r).guests[0]?.cores).toBeUndefined()
