@@ -4,9 +4,9 @@
  * unknown key is an error, because a field the agent silently ignores is a change the hub thinks
  * it made.
  */
-import { SafeJsonObject, SafeJsonValue } from "./json.js"
 import { Either, ParseResult, Schema } from "effect"
 import { StorageId, VmId, VolumeId } from "./ids.js"
+import { ProtectionPolicies, protectionIssues, redactCredsIn, StorageManifest } from "./storage.js"
 
 const MiB = 1024 * 1024
 
@@ -75,11 +75,13 @@ export const DesiredState = Schema.Struct({
   guests: Schema.Array(DesiredGuest).pipe(Schema.filter(uniqueVmids)),
   /** Needed only to create guests; a create without it is reported by the executor. */
   provisioning: Schema.optional(Provisioning),
-  /** Storage manifest (SPEC §13); typed by a later issue. */
-  storage: Schema.optional(Schema.Array(SafeJsonValue)),
-  /** Backup/retention policies; typed by a later issue. */
-  policies: Schema.optional(SafeJsonObject)
-}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies? }" })
+  /** The storage manifest (SPEC §13, src/schema/storage.ts); absent: no targets managed. */
+  storage: Schema.optionalWith(StorageManifest, { exact: true }),
+  /** Per-guest volume placement and backup decisions; cross-checked against `storage`. */
+  policies: Schema.optionalWith(ProtectionPolicies, { exact: true })
+}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies? }" }).pipe(
+  Schema.filter((d) => protectionIssues(d.storage, d.policies))
+)
 export type DesiredState = typeof DesiredState.Type
 
 const decode = Schema.decodeUnknownEither(DesiredState, { errors: "all", onExcessProperty: "error" })
@@ -96,12 +98,18 @@ const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
 
 const clip = (s: string): string => (s.length > MAX_MESSAGE ? `${s.slice(0, MAX_MESSAGE)}…` : s)
 
+/** Storage creds wrapped before decoding, so no parse issue holds them (see redactCredsIn). */
+const withCredsRedacted = (u: unknown): unknown =>
+  typeof u === "object" && u !== null && !Array.isArray(u) && Object.hasOwn(u, "storage")
+    ? { ...u, storage: redactCredsIn((u as { readonly storage: unknown }).storage) }
+    : u
+
 /**
  * Decodes the hub's JSON. Errors name the path of each issue; messages are clipped so a huge or
  * hostile input is never echoed back whole.
  */
 export const decodeDesiredState = (u: unknown): Either.Either<DesiredState, string> =>
-  Either.mapLeft(decode(u), (e) => {
+  Either.mapLeft(decode(withCredsRedacted(u)), (e) => {
     const issues = ParseResult.ArrayFormatter.formatErrorSync(e)
     const lines = issues.slice(0, MAX_ISSUES).map((i) => `${formatPath(i.path)}: ${clip(i.message)}`)
     if (issues.length > MAX_ISSUES) lines.push(`(${issues.length - MAX_ISSUES} more issues)`)

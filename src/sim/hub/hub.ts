@@ -13,7 +13,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platf
 import type { HttpApp } from "@effect/platform"
 import { randomBytes, timingSafeEqual } from "node:crypto"
 import { Clock, Data, Effect, Either, Option, ParseResult, Ref, Schema, type Scope } from "effect"
-import { type DesiredState, decodeDesiredState } from "../../schema/desired.js"
+import { DesiredState, decodeDesiredState } from "../../schema/desired.js"
 import {
   clampPollInterval,
   type ControlEnvelope,
@@ -338,7 +338,11 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       if (Option.isNone(s.desired)) {
         return yield* new HttpFailure({ status: 404, message: `no desired state published for host '${host}' yet (generation 0)` })
       }
-      return yield* json(200, s.desired.value)
+      // the wire form, not the decoded value: decoded creds are Redacted and would serialize as "<redacted>"
+      const wire = yield* Schema.encode(DesiredState)(s.desired.value).pipe(
+        Effect.mapError(() => new HttpFailure({ status: 500, message: "the published desired state does not encode" }))
+      )
+      return yield* json(200, wire)
     })
 
     const signedJobs = Effect.gen(function*() {
