@@ -11,12 +11,23 @@
  *   GET /sim-admin/faults  → the fault settings
  *   PUT /sim-admin/faults  → replaces them (omitted keys take their defaults, i.e. off); a new
  *                            `seed` restarts the fault PRNGs
+ *
+ * Storage faults and the guest model (README: "Storage", "Guest model"):
+ *
+ *   GET /sim-admin/storage             → { storages: SimStorageView[] }
+ *   PUT /sim-admin/storage/{id}        ← { online?, total?, used? }: pull/plug a USB disk, take a
+ *                                        server down/up, resize; for an id not created yet it
+ *                                        applies when POST /storage creates it
+ *   PUT /sim-admin/archive             ← { volid, corrupt: "restore" | "health" | null }
+ *   POST /sim-admin/pbs-verify         ← { storage }: a PBS verify job → { verified: [{volid, state}] }
+ *   PUT /sim-admin/guests/{vmid}/services ← { services: "healthy" | "failing" }
+ *   GET /sim-admin/mac-conflicts       → { conflicts: MacConflict[] }
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { timingSafeEqual } from "node:crypto"
 import { Effect, ParseResult, Schema } from "effect"
-import { SimPveFaultsSeed } from "./seed.js"
+import { ArchiveCorruption, ServiceHealth, SimPveFaultsSeed } from "./seed.js"
 import type { SimPve } from "./sim.js"
 
 export const SIM_ADMIN_PREFIX = "/sim-admin"
@@ -31,6 +42,16 @@ const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(bo
 
 const decodeFaults = Schema.decodeUnknown(SimPveFaultsSeed, { onExcessProperty: "error" })
 
+const strict = { onExcessProperty: "error" } as const
+const NonNegative = Schema.Int.pipe(Schema.nonNegative())
+const decodeStorage = Schema.decodeUnknown(
+  Schema.Struct({ online: Schema.optional(Schema.Boolean), total: Schema.optional(NonNegative), used: Schema.optional(NonNegative) }),
+  strict
+)
+const decodeArchive = Schema.decodeUnknown(Schema.Struct({ volid: Schema.String, corrupt: Schema.NullOr(ArchiveCorruption) }), strict)
+const decodeVerify = Schema.decodeUnknown(Schema.Struct({ storage: Schema.String }), strict)
+const decodeServices = Schema.decodeUnknown(Schema.Struct({ services: ServiceHealth }), strict)
+
 /** The admin HttpApp; `token` is the bearer token it requires. */
 export const makeSimAdminApp = (sim: SimPve, token: string): HttpApp.Default =>
   Effect.gen(function*() {
@@ -39,7 +60,50 @@ export const makeSimAdminApp = (sim: SimPve, token: string): HttpApp.Default =>
     if (m === null || !safeEqual(m[1]!, token)) return json(401, { error: "the simulator's admin endpoints need its admin bearer token" })
     const path = req.url.split("?")[0] ?? ""
     const route = `${req.method} ${path.slice(SIM_ADMIN_PREFIX.length)}`
+    /** The JSON body decoded by `decode`, or the 400 to answer. */
+    const body = <A>(decode: (u: unknown) => Effect.Effect<A, ParseResult.ParseError>) =>
+      Effect.gen(function*() {
+        const text = yield* req.text.pipe(Effect.orElseSucceed(() => ""))
+        let raw: unknown
+        try {
+          raw = text.trim() === "" ? {} : JSON.parse(text)
+        } catch {
+          return { error: json(400, { error: "request body is not valid JSON" }) } as const
+        }
+        const decoded = yield* Effect.either(decode(raw))
+        if (decoded._tag === "Left") return { error: json(400, { error: ParseResult.TreeFormatter.formatErrorSync(decoded.left) }) } as const
+        return { value: decoded.right } as const
+      })
+    const storageMatch = /^PUT \/storage\/([A-Za-z][A-Za-z0-9\-_.]*)$/.exec(route)
+    if (storageMatch !== null) {
+      const b = yield* body(decodeStorage)
+      if ("error" in b) return b.error
+      yield* sim.setStorage(storageMatch[1]!, b.value)
+      return json(200, { storages: yield* sim.storages })
+    }
+    const servicesMatch = /^PUT \/guests\/(\d{3,9})\/services$/.exec(route)
+    if (servicesMatch !== null) {
+      const b = yield* body(decodeServices)
+      if ("error" in b) return b.error
+      const found = yield* sim.setGuestServices(Number(servicesMatch[1]), b.value.services)
+      return found ? json(200, { vmid: Number(servicesMatch[1]), services: b.value.services }) : json(404, { error: `no guest ${servicesMatch[1]!}` })
+    }
     switch (route) {
+      case "GET /storage":
+        return json(200, { storages: yield* sim.storages })
+      case "PUT /archive": {
+        const b = yield* body(decodeArchive)
+        if ("error" in b) return b.error
+        const found = yield* sim.setArchive(b.value.volid, { corrupt: b.value.corrupt })
+        return found ? json(200, b.value) : json(404, { error: `no backup volume ${b.value.volid.slice(0, 200)}` })
+      }
+      case "POST /pbs-verify": {
+        const b = yield* body(decodeVerify)
+        if ("error" in b) return b.error
+        return json(200, { verified: yield* sim.verifyPbs(b.value.storage) })
+      }
+      case "GET /mac-conflicts":
+        return json(200, { conflicts: yield* sim.macConflicts })
       case "GET /tasks":
         return json(200, { tasks: yield* sim.tasks })
       case "GET /guests":

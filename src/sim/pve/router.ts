@@ -19,7 +19,9 @@ import { createRoutes } from "./routes/create.js"
 import { guestRoutes } from "./routes/guest.js"
 import { readRoutes } from "./routes/read.js"
 import { snapshotRoutes } from "./routes/snapshot.js"
+import { storageRoutes } from "./routes/storage.js"
 import { vzdumpRoutes } from "./routes/vzdump.js"
+import { makeSimGuestApp, SIM_GUEST_PREFIX } from "./guestModel.js"
 
 export const API_PREFIX = "/api2/json"
 
@@ -28,7 +30,8 @@ export const allRoutes: ReadonlyArray<RouteDef> = [
   ...guestRoutes,
   ...snapshotRoutes,
   ...createRoutes,
-  ...vzdumpRoutes
+  ...vzdumpRoutes,
+  ...storageRoutes
 ]
 
 // ---------------------------------------------------------------------------------------------
@@ -53,17 +56,22 @@ const jsonResponse = (status: number, statusText: string, body: unknown): HttpSe
 const okResponse = (r: Reply): HttpServerResponse.HttpServerResponse =>
   jsonResponse(200, "OK", r.total === undefined ? { data: r.data } : { data: r.data, total: r.total })
 
-/** `authorization`: the request's header, echoed into the texts `faults.echo_headers` names. */
-const errorResponse = (env: SimEnv, e: PveApiError, authorization?: string): HttpServerResponse.HttpServerResponse => {
+/**
+ * `authorization`: the request's header, echoed into the texts `faults.echo_headers` names;
+ * `requestBody`: its body parameters, echoed into the message and reason with `body`.
+ */
+const errorResponse = (env: SimEnv, e: PveApiError, authorization?: string, requestBody?: string): HttpServerResponse.HttpServerResponse => {
   const echo = env.state.faults.echo_headers
   const header = `Authorization: ${authorization ?? "(none)"}`
+  const bodyEcho = echo.includes("body") && requestBody !== undefined ? ` (request body: ${requestBody})` : ""
   const body: Record<string, unknown> = { data: null }
   const errors = echo.includes("params") ? { ...e.errors, authorization: header, [header]: "echoed request header" } : e.errors
   if (errors !== undefined) body["errors"] = errors
-  if (env.state.quirks.error_message_body || echo.includes("message")) {
-    body["message"] = echo.includes("message") ? `${e.message.replace(/\n$/, "")} (request: ${header})\n` : e.message
+  if (env.state.quirks.error_message_body || echo.includes("message") || bodyEcho !== "") {
+    const base = `${e.message.replace(/\n$/, "")}${bodyEcho}`
+    body["message"] = echo.includes("message") ? `${base} (request: ${header})\n` : `${base}\n`
   }
-  const reason = echo.includes("reason") ? `${reasonPhrase(e.message)} (request: ${header})` : e.message
+  const reason = echo.includes("reason") ? `${reasonPhrase(e.message)} (request: ${header})` : `${reasonPhrase(e.message)}${bodyEcho}`
   return jsonResponse(e.status, reasonPhrase(reason), body)
 }
 
@@ -179,6 +187,8 @@ const runRoute = (env: SimEnv, def: RouteDef) =>
 const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServerRequest) => {
   // the request log entry, once the call is authenticated and its parameters are read
   let logged: SimRequest | undefined
+  // the body parameters as sent (for faults.echo_headers "body")
+  let sentBody: string | undefined
   return Effect.gen(function*() {
     const pathParams = yield* HttpRouter.params
     const faults = yield* drawFaults(env)
@@ -201,6 +211,7 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
     }
     const rawStrings: Record<string, string> = {}
     for (const [k, v] of Object.entries(raw)) rawStrings[k] = String(v)
+    sentBody = Object.entries(rawStrings).filter(([k]) => pathParams[k] === undefined).map(([k, v]) => `${k}=${v}`).join("&")
     logged = logRequest(env.requests, { method: def.method, path: relPath(req.url), params: { ...rawStrings } })
     const ctxBase = { env, token: token.right, nowMs }
     if (faults.httpError !== undefined && !(faults.httpError === 596 && def.method !== "GET")) {
@@ -232,7 +243,7 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
       onFailure: (e) => Effect.sync(() => logged !== undefined && (logged.status = e.status)),
       onSuccess: () => Effect.sync(() => logged !== undefined && (logged.status = 200))
     }),
-    Effect.match({ onFailure: (e) => errorResponse(env, e, req.headers["authorization"]), onSuccess: okResponse })
+    Effect.match({ onFailure: (e) => errorResponse(env, e, req.headers["authorization"], sentBody), onSuccess: okResponse })
   )
 }
 
@@ -260,5 +271,9 @@ export const makeApp = (env: SimEnv): Effect.Effect<HttpApp.Default> =>
       router = HttpRouter.route(def.method)(router, `${API_PREFIX}${def.path}`, runRoute(env, def))
     }
     const app = yield* HttpRouter.toHttpApp(router)
-    return app.pipe(Effect.catchTag("RouteNotFound", () => notImplemented(env)))
+    const api = app.pipe(Effect.catchTag("RouteNotFound", () => notImplemented(env)))
+    // the guest model lives beside the API, never inside /api2/json
+    const guests = makeSimGuestApp(env.state)
+    return Effect.flatMap(HttpServerRequest.HttpServerRequest, (req) =>
+      req.url === SIM_GUEST_PREFIX || req.url.startsWith(`${SIM_GUEST_PREFIX}/`) ? guests : api)
   })

@@ -25,7 +25,8 @@ export const TASK_TYPES = [
   "vzstart",
   "vzstop",
   "vzshutdown",
-  "vzdestroy"
+  "vzdestroy",
+  "imgdel"
 ] as const
 export type SimTaskType = (typeof TASK_TYPES)[number]
 
@@ -41,7 +42,8 @@ export const DEFAULT_TASK_DURATIONS_MS: Readonly<Record<SimTaskType, number>> = 
   vzstart: 3_000,
   vzstop: 2_000,
   vzshutdown: 5_000,
-  vzdestroy: 3_000
+  vzdestroy: 3_000,
+  imgdel: 1_000
 }
 
 const NonNegativeInt = Schema.Int.pipe(Schema.nonNegative())
@@ -53,6 +55,10 @@ const Privilege = Schema.String.pipe(
 
 const ConfigValue = Schema.Union(Schema.String, Schema.Number, Schema.Boolean)
 const ConfigRecord = Schema.Record({ key: Schema.String, value: ConfigValue })
+
+/** Sim-only: whether a guest's services answer once it has booted (the guest model, see README). */
+export const ServiceHealth = Schema.Literal("healthy", "failing")
+export type ServiceHealth = typeof ServiceHealth.Type
 
 const NodeSeed = Schema.Struct({
   node: Schema.String.pipe(Schema.pattern(/^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$/)),
@@ -108,18 +114,50 @@ const AclSeed = Schema.Struct({
 
 const ContentType = Schema.Literal(...STORAGE_CONTENT_TYPES)
 
+/** SHA-256 fingerprint, 32 colon-separated hex pairs (PVE's `fingerprint-sha256` format). */
+export const FINGERPRINT_RE = /^(?:[A-Fa-f0-9]{2}:){31}[A-Fa-f0-9]{2}$/
+
+export const STORAGE_TYPES = ["dir", "lvmthin", "lvm", "zfspool", "btrfs", "nfs", "cifs", "pbs"] as const
+export type StorageType = (typeof STORAGE_TYPES)[number]
+
 const StorageSeed = Schema.Struct({
   storage: Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9\-_.]*[a-z0-9]$/i)),
-  type: Schema.Literal("dir", "lvmthin", "lvm", "zfspool", "btrfs", "nfs", "cifs", "pbs"),
+  type: Schema.Literal(...STORAGE_TYPES),
   content: Schema.Array(ContentType),
   path: Schema.optional(Schema.String),
   vgname: Schema.optional(Schema.String),
   thinpool: Schema.optional(Schema.String),
   shared: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   disable: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /**
+   * Sim-only: reachable at start. dir: its filesystem is mounted (a USB disk plugged in);
+   * nfs/cifs/pbs: the server answers. Flipped later with `setStorage` / PUT /sim-admin/storage.
+   */
   active: Schema.optionalWith(Schema.Boolean, { default: () => true }),
   nodes: Schema.optional(Schema.Array(Schema.String)),
   "prune-backups": Schema.optional(Schema.String),
+  "max-protected-backups": Schema.optional(Schema.Int.pipe(Schema.greaterThanOrEqualTo(-1))),
+  /** dir: PVE's `is_mountpoint` (yes/no/1/0 or the mount path): offline when not mounted */
+  is_mountpoint: Schema.optional(Schema.String),
+  /** nfs, cifs, pbs */
+  server: Schema.optional(Schema.String),
+  /** nfs */
+  export: Schema.optional(Schema.String),
+  options: Schema.optional(Schema.String),
+  /** cifs */
+  share: Schema.optional(Schema.String),
+  subdir: Schema.optional(Schema.String),
+  domain: Schema.optional(Schema.String),
+  smbversion: Schema.optional(Schema.String),
+  /** cifs, pbs (a PBS token id `user@realm!name`) */
+  username: Schema.optional(Schema.String),
+  /** pbs */
+  datastore: Schema.optional(Schema.String),
+  namespace: Schema.optional(Schema.String),
+  port: Schema.optional(Schema.Int.pipe(Schema.between(1, 65535))),
+  fingerprint: Schema.optional(Schema.String.pipe(Schema.pattern(FINGERPRINT_RE))),
+  /** pbs: the encryption key's fingerprint as PVE lists it (the key itself is never seeded) */
+  "encryption-key": Schema.optional(Schema.String),
   total: NonNegativeInt,
   /** usage not accounted to simulated volumes (OS, ISOs, ...) */
   used: NonNegativeInt
@@ -140,21 +178,34 @@ const GuestSeed = Schema.Struct({
   /** for running guests: seconds they have been up when the simulator starts */
   uptime_s: Schema.optionalWith(NonNegativeInt, { default: () => 3600 }),
   config: ConfigRecord,
-  snapshots: Schema.optionalWith(Schema.Array(SnapshotSeed), { default: () => [] })
+  snapshots: Schema.optionalWith(Schema.Array(SnapshotSeed), { default: () => [] }),
+  /** sim-only: whether its services answer once booted (default healthy); copied into its backups */
+  services: Schema.optional(ServiceHealth)
 })
 export type SimGuestSeed = typeof GuestSeed.Type
+
+/** Sim-only archive damage: `restore` makes a restore fail in extraction, `health` restores a guest whose services fail. */
+export const ArchiveCorruption = Schema.Literal("restore", "health")
+export type ArchiveCorruption = typeof ArchiveCorruption.Type
 
 const BackupSeed = Schema.Struct({
   storage: Schema.String,
   vmid: Schema.Int.pipe(Schema.between(100, 999_999_999)),
   /** backup time, UTC, e.g. "2026-01-10T02:00:00Z" (also the archive name's timestamp) */
   time: Schema.String.pipe(Schema.filter((s) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/.test(s) || "expected YYYY-MM-DDTHH:MM:SSZ")),
+  /** vzdump archives only (a PBS snapshot is `pbs-ct`) */
   compression: Schema.optionalWith(Schema.Literal("zst", "gz", "lzo"), { default: () => "zst" as const }),
   size: NonNegativeInt,
   notes: Schema.optional(Schema.String),
   protected: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   /** the guest config stored inside the archive (what a restore recovers) */
-  config: ConfigRecord
+  config: ConfigRecord,
+  /** sim-only: the services of the guest it was taken from (default healthy) */
+  services: Schema.optional(ServiceHealth),
+  /** sim-only: damage (see ArchiveCorruption) */
+  corrupt: Schema.optional(ArchiveCorruption),
+  /** PBS snapshots: the last verify job's verdict (absent: never verified) */
+  verification: Schema.optional(Schema.Literal("ok", "failed"))
 })
 export type SimBackupSeed = typeof BackupSeed.Type
 
@@ -210,10 +261,11 @@ export const SimPveFaultsSeed = Schema.Struct({
    * Echo the request's Authorization header (token id and secret) into error texts, as a
    * misconfigured proxy or a debugging build might: `message` in the body (even without
    * quirks.error_message_body), `reason` in the HTTP reason phrase, `params` in the `errors` map
-   * (as a value and as a key), `task` in a failed task's exitstatus and log lines. Not random:
-   * every error answer (every failed task) echoes. For tests of the client's scrubbing.
+   * (as a value and as a key), `task` in a failed task's exitstatus and log lines. `body` echoes
+   * the request's body parameters (passwords, keys) into the error `message` and reason phrase.
+   * Not random: every error answer (every failed task) echoes. For tests of the client's scrubbing.
    */
-  echo_headers: Schema.optionalWith(Schema.Array(Schema.Literal("message", "reason", "params", "task")), {
+  echo_headers: Schema.optionalWith(Schema.Array(Schema.Literal("message", "reason", "params", "task", "body")), {
     default: () => []
   })
 })
@@ -241,6 +293,8 @@ export const SimPveSeed = Schema.Struct({
   task_durations_ms: Schema.optionalWith(TaskDurations, { default: () => ({}) }),
   quirks: Schema.optionalWith(SimPveQuirks, { default: () => Schema.decodeSync(SimPveQuirks)({}) }),
   faults: Schema.optionalWith(SimPveFaultsSeed, { default: () => Schema.decodeSync(SimPveFaultsSeed)({}) }),
+  /** sim-only: Clock time from a guest's start until its services answer (the guest model) */
+  guest_boot_ms: Schema.optionalWith(NonNegativeInt, { default: () => 5_000 }),
   /** PVE delays 401s by ~3 s; 0 keeps tests fast (Clock time) */
   auth_failure_delay_ms: Schema.optionalWith(NonNegativeInt, { default: () => 0 }),
   /** the token whose id/secret the simulator reports (default: the first) */
@@ -250,6 +304,14 @@ export type SimPveSeed = typeof SimPveSeed.Type
 export type SimPveSeedEncoded = typeof SimPveSeed.Encoded
 
 const BUILTIN_ROLES = new Set(["NoAccess"])
+
+/** Options PVE requires per storage type (path for nfs/cifs defaults to /mnt/pve/<id>). */
+const REQUIRED_BY_TYPE: Partial<Record<StorageType, ReadonlyArray<"path" | "server" | "export" | "share" | "datastore" | "vgname">>> = {
+  dir: ["path"],
+  nfs: ["server", "export"],
+  cifs: ["server", "share"],
+  pbs: ["server", "datastore"]
+}
 
 /** Checks what the schema cannot: references between sections. Returns the first problem. */
 export const crossCheckSeed = (seed: SimPveSeed): string | undefined => {
@@ -274,6 +336,11 @@ export const crossCheckSeed = (seed: SimPveSeed): string | undefined => {
   }
   const storages = new Map(seed.storages.map((s) => [s.storage, s]))
   if (storages.size !== seed.storages.length) return "storages: duplicate storage id"
+  for (const s of seed.storages) {
+    const missing = (REQUIRED_BY_TYPE[s.type] ?? []).find((k) => s[k] === undefined)
+    if (missing !== undefined) return `storages[${s.storage}]: a ${s.type} storage needs '${missing}'`
+    if (s.type === "pbs" && s.content.some((c) => c !== "backup")) return `storages[${s.storage}]: a pbs storage holds only backup content`
+  }
   const vmids = new Set<number>()
   const volumes = new Set<string>()
   for (const g of seed.guests) {
@@ -305,6 +372,7 @@ export const crossCheckSeed = (seed: SimPveSeed): string | undefined => {
     const st = storages.get(b.storage)
     if (st === undefined) return `backups[${i}]: storage '${b.storage}' is not in storages`
     if (!st.content.includes("backup")) return `backups[${i}]: storage '${b.storage}' has no backup content`
+    if (b.verification !== undefined && st.type !== "pbs") return `backups[${i}]: verification is listed for PBS snapshots only`
     const cfg = validateConfig(b.config)
     if (Either.isLeft(cfg)) return `backups[${i}].config: ${firstError(cfg.left)}`
     if (cfg.right["rootfs"] === undefined) return `backups[${i}].config: rootfs is required (restore recovers it)`

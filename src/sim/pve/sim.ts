@@ -12,16 +12,37 @@ import { type LxcConfig, parseMountPoint, validateConfig } from "./lxcconf.js"
 import type { RawValue } from "./params.js"
 import { type AclEntry, splitTokenId, subjectPrivileges } from "./privileges.js"
 import { makeApp } from "./router.js"
+import { guestHealth, type SimGuestHealth } from "./guestModel.js"
 import { contentEntry } from "./routes/read.js"
 import {
+  type ArchiveCorruption,
   crossCheckSeed,
   DEFAULT_TASK_DURATIONS_MS,
+  type ServiceHealth,
   type SimPveFaults,
   type SimPveSeed,
   type SimTaskType,
   TASK_TYPES
 } from "./seed.js"
-import { backupVolid, type GuestState, type NodeState, type SimState, type TokenState, type VolumeState } from "./state.js"
+import {
+  applyStorageRuntime,
+  pbsVerificationUpid,
+  type SimStorageView,
+  storageFromSeed,
+  storageView
+} from "./routes/storage.js"
+import {
+  backupVolid,
+  type GuestState,
+  type MacConflict,
+  type NodeState,
+  pbsVolid,
+  type SimState,
+  type StorageRuntime,
+  type StorageState,
+  type TokenState,
+  type VolumeState
+} from "./state.js"
 
 export interface SimPveOptions {
   /** overrides of the seed's fault settings */
@@ -95,6 +116,26 @@ export interface SimPve {
   readonly revoke: (ugid: string, path: string, privs: ReadonlyArray<string>) => Effect.Effect<void>
   /** Sets or clears a guest's `lock` (e.g. the stale lock a crashed job leaves for `pct unlock`). */
   readonly setLock: (vmid: number, lock: string | undefined) => Effect.Effect<void>
+
+  // storage faults and the guest model (README: "Storage", "Guest model")
+
+  /** Every storage with its sim-side state (reachable or mounted, sizes). */
+  readonly storages: Effect.Effect<ReadonlyArray<SimStorageView>>
+  /**
+   * Pulls/plugs a USB disk or takes an NFS/CIFS/PBS server down/up (`online`), or sets sizes.
+   * For a storage id that does not exist yet, the values apply when POST /storage creates it.
+   */
+  readonly setStorage: (storage: string, runtime: StorageRuntime) => Effect.Effect<void>
+  /** Damages (or repairs, null) an archive; false when there is no such backup volume. */
+  readonly setArchive: (volid: string, change: { readonly corrupt: ArchiveCorruption | null }) => Effect.Effect<boolean>
+  /** A PBS verify job over a pbs storage's snapshots: `failed` for damaged ones, `ok` for the rest. */
+  readonly verifyPbs: (storage: string) => Effect.Effect<ReadonlyArray<{ readonly volid: string; readonly state: "ok" | "failed" }>>
+  /** Whether a guest's services answer once booted; false when there is no such guest. */
+  readonly setGuestServices: (vmid: number, services: ServiceHealth) => Effect.Effect<boolean>
+  /** What `GET /sim-guest/{vmid}/health` answers. */
+  readonly guestHealth: (vmid: number) => Effect.Effect<Option.Option<SimGuestHealth>>
+  /** Guests started with a link-up NIC whose MAC another guest has, oldest first. */
+  readonly macConflicts: Effect.Effect<ReadonlyArray<MacConflict>>
 }
 
 export type SimRequestView = Readonly<SimRequest>
@@ -163,7 +204,8 @@ const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): Si
         config: validated(s.config)
       })),
       startedAtMs: running ? nowMs - g.uptime_s * 1000 : undefined,
-      pid: running ? 2000 + ((g.vmid * 131) % 90_000) : undefined
+      pid: running ? 2000 + ((g.vmid * 131) % 90_000) : undefined,
+      services: g.services
     })
     for (const [key, value] of Object.entries(config)) {
       if (key !== "rootfs" && !/^mp\d+$/.test(key)) continue
@@ -180,20 +222,27 @@ const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): Si
       })
     }
   }
+  const storages = new Map<string, StorageState>(seed.storages.map((st) => [st.storage, storageFromSeed(st)]))
   for (const b of seed.backups) {
     const ctime = Math.floor(Date.parse(b.time) / 1000)
-    const volid = backupVolid(b.storage, b.vmid, ctime, b.compression)
+    const st = storages.get(b.storage)
+    const pbs = st?.type === "pbs"
+    const volid = pbs ? pbsVolid(b.storage, b.vmid, ctime) : backupVolid(b.storage, b.vmid, ctime, b.compression)
     volumes.set(volid, {
       volid,
       storage: b.storage,
       content: "backup",
-      format: `tar.${b.compression}`,
+      format: pbs ? "pbs-ct" : `tar.${b.compression}`,
       size: b.size,
       ctime,
       vmid: b.vmid,
       notes: b.notes,
       protected: b.protected,
-      archiveConfig: validated(b.config)
+      archiveConfig: validated(b.config),
+      services: b.services,
+      corrupt: b.corrupt,
+      ...(pbs && st?.["encryption-key"] !== undefined ? { encrypted: st["encryption-key"] } : {}),
+      ...(b.verification !== undefined ? { verification: { state: b.verification, upid: pbsVerificationUpid(st, b.vmid, ctime, ctime + 86_400) } } : {})
     })
   }
   for (const t of seed.templates) {
@@ -209,7 +258,8 @@ const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): Si
     users: new Map(seed.users.map((u) => [u.userid, u])),
     tokens,
     acl,
-    storages: new Map(seed.storages.map((s) => [s.storage, s])),
+    storages,
+    pendingStorage: new Map(),
     guests,
     volumes,
     tasks: [],
@@ -218,7 +268,9 @@ const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): Si
     faults: { ...seed.faults, ...options.faults },
     authFailureDelayMs: seed.auth_failure_delay_ms,
     tlsFingerprint: options.tlsFingerprint,
-    nextPid: 0x0003_1a2c
+    nextPid: 0x0003_1a2c,
+    guestBootMs: seed.guest_boot_ms,
+    macConflicts: []
   }
 }
 
@@ -303,7 +355,46 @@ export const makeSimPve = (
           if (g === undefined) return
           const { lock: _l, ...rest } = g.config
           g.config = lock === undefined ? rest : { ...rest, lock }
-        })
+        }),
+      storages: Effect.sync(() => [...state.storages.values()].map((st) => storageView(state, st))),
+      setStorage: (storage, runtime) =>
+        Effect.sync(() => {
+          const st = state.storages.get(storage)
+          if (st !== undefined) applyStorageRuntime(st, runtime)
+          else state.pendingStorage.set(storage, { ...state.pendingStorage.get(storage), ...runtime })
+        }),
+      setArchive: (volid, change) =>
+        Effect.sync(() => {
+          const v = state.volumes.get(volid)
+          if (v === undefined || v.content !== "backup") return false
+          v.corrupt = change.corrupt ?? undefined
+          return true
+        }),
+      verifyPbs: (storage) =>
+        Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
+          Effect.sync(() => {
+            const st = state.storages.get(storage)
+            if (st === undefined || st.type !== "pbs") return []
+            return [...state.volumes.values()]
+              .filter((v) => v.storage === storage && v.content === "backup")
+              .sort((a, b) => a.volid.localeCompare(b.volid))
+              .map((v) => {
+                const verdict = v.corrupt === undefined ? "ok" as const : "failed" as const
+                v.verification = { state: verdict, upid: pbsVerificationUpid(st, v.vmid ?? 0, v.ctime, Math.floor(nowMs / 1000)) }
+                return { volid: v.volid, state: verdict }
+              })
+          })),
+      setGuestServices: (vmid, services) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return false
+          g.services = services
+          return true
+        }),
+      guestHealth: (vmid) =>
+        Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
+          Effect.sync(() => Option.map(Option.fromNullable(state.guests.get(vmid)), (g) => guestHealth(state, g, nowMs)))),
+      macConflicts: Effect.sync(() => [...state.macConflicts])
     }
     return sim
   })

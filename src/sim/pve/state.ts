@@ -14,7 +14,15 @@ import {
   sha1Hex
 } from "./lxcconf.js"
 import type { AclEntry, TokenIdentity } from "./privileges.js"
-import type { SimNodeSeed, SimPveFaults, SimPveQuirks, SimStorageSeed, SimTaskType } from "./seed.js"
+import type {
+  ArchiveCorruption,
+  ServiceHealth,
+  SimNodeSeed,
+  SimPveFaults,
+  SimPveQuirks,
+  SimStorageSeed,
+  SimTaskType
+} from "./seed.js"
 
 export interface SnapshotState {
   readonly name: string
@@ -34,6 +42,10 @@ export interface GuestState {
   snapshots: Array<SnapshotState>
   startedAtMs: number | undefined
   pid: number | undefined
+  /** sim-only: do its services answer once booted (the guest model; default healthy) */
+  services?: ServiceHealth | undefined
+  /** sim-only: the archive it was last restored from */
+  restoredFrom?: string | undefined
 }
 
 export type VolumeContent = "rootdir" | "images" | "backup" | "vztmpl" | "iso"
@@ -51,6 +63,60 @@ export interface VolumeState {
   protected?: boolean | undefined
   /** backups: the guest config stored in the archive */
   readonly archiveConfig?: LxcConfig | undefined
+  /** bytes it takes on its storage when that differs from `size` (PBS chunks: compressed, deduplicated) */
+  readonly stored?: number | undefined
+  /**
+   * dir storages: written into the mount point's directory while the disk was not mounted (and
+   * the storage has no is_mountpoint), so it lives on the root filesystem, hidden once mounted.
+   */
+  readonly underlying?: boolean | undefined
+  /** backups, sim-only: the source guest's services when it was taken */
+  readonly services?: ServiceHealth | undefined
+  /** backups, sim-only: damage injected by a test */
+  corrupt?: ArchiveCorruption | undefined
+  /** PBS snapshots: the key fingerprint (or "1") when encrypted */
+  readonly encrypted?: string | undefined
+  /** PBS snapshots: the last verify job's verdict */
+  verification?: { readonly state: "ok" | "failed"; readonly upid: string } | undefined
+}
+
+/**
+ * A storage: its config as PVE keeps it in storage.cfg, plus the simulated host's view of it
+ * (reachable or mounted, size, usage outside simulated volumes) and secrets PVE keeps outside
+ * storage.cfg (never listed).
+ */
+export interface StorageState extends Omit<SimStorageSeed, "active" | "total" | "used"> {
+  /** dir: filesystem mounted; nfs/cifs/pbs: server reachable */
+  online: boolean
+  /** bumped every time the storage goes offline: a task that saw another epoch lost its target midway */
+  epoch: number
+  total: number
+  /** usage not accounted to simulated volumes */
+  used: number
+  /** PBS `master-pubkey` set (listed as 1) */
+  readonly masterPubkey?: boolean | undefined
+  /** priv/storage/<id>.pw and .enc: never listed */
+  readonly secrets?: { readonly password?: string | undefined; readonly encryptionKey?: string | undefined } | undefined
+}
+
+/** Sim-only runtime for a storage id (also set ahead of its creation through POST /storage). */
+export interface StorageRuntime {
+  readonly online?: boolean | undefined
+  readonly total?: number | undefined
+  readonly used?: number | undefined
+}
+
+/** A guest started with a link-up NIC whose MAC another guest also has (see README: guest model). */
+export interface MacConflict {
+  /** Clock ms of the start */
+  readonly atMs: number
+  readonly vmid: number
+  readonly iface: string
+  readonly hwaddr: string
+  readonly otherVmid: number
+  readonly otherIface: string
+  /** the other guest was running with that NIC's link up: both were on the LAN at once */
+  readonly otherLive: boolean
 }
 
 export interface TaskState {
@@ -93,7 +159,9 @@ export interface SimState {
   readonly users: Map<string, UserState>
   readonly tokens: Map<string, TokenState>
   acl: Array<AclEntry>
-  readonly storages: Map<string, SimStorageSeed>
+  readonly storages: Map<string, StorageState>
+  /** runtime for storages not created yet (applied by POST /storage) */
+  readonly pendingStorage: Map<string, StorageRuntime>
   readonly guests: Map<number, GuestState>
   readonly volumes: Map<string, VolumeState>
   readonly tasks: Array<TaskState>
@@ -103,6 +171,9 @@ export interface SimState {
   readonly authFailureDelayMs: number
   readonly tlsFingerprint: string | undefined
   nextPid: number
+  /** sim-only: Clock ms from a guest's start until its services answer */
+  readonly guestBootMs: number
+  readonly macConflicts: Array<MacConflict>
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,13 +218,6 @@ export const configVolumes = (config: LxcConfig): ReadonlyArray<string> => {
   return out
 }
 
-export const storageUsed = (state: SimState, storage: string): number => {
-  const seed = state.storages.get(storage)
-  let used = seed?.used ?? 0
-  for (const v of state.volumes.values()) if (v.storage === storage) used += v.size
-  return used
-}
-
 /** Next free `vm-<vmid>-disk-<n>` on a storage. */
 export const allocateVolumeName = (state: SimState, storage: string, vmid: number, taken: ReadonlySet<string> = new Set()): string => {
   const seed = state.storages.get(storage)
@@ -185,7 +249,14 @@ export const logTimestamp = (epochSeconds: number): string => {
 export const backupVolid = (storage: string, vmid: number, epochSeconds: number, ext: string): string =>
   `${storage}:backup/vzdump-lxc-${vmid}-${archiveStamp(epochSeconds)}.tar.${ext}`
 
-export const storageContentString = (seed: SimStorageSeed): string => [...seed.content].sort().join(",")
+/** `2026-01-14T03:00:02Z`: a PBS snapshot's backup time (UTC, second precision) */
+export const pbsTime = (epochSeconds: number): string => new Date(epochSeconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z")
+
+/** `<storage>:backup/ct/<vmid>/<time>`, as PBSPlugin's print_volid */
+export const pbsVolid = (storage: string, vmid: number, epochSeconds: number): string =>
+  `${storage}:backup/ct/${vmid}/${pbsTime(epochSeconds)}`
+
+export const storageContentString = (s: { readonly content: ReadonlyArray<string> }): string => [...s.content].sort().join(",")
 
 // ---------------------------------------------------------------------------------------------
 // Tasks

@@ -36,7 +36,8 @@ import {
 } from "../lxcconf.js"
 import { checkProp, type ParamValue, storageSpec, vmidSpec } from "../params.js"
 import { ALL, optional, reply, type RouteDef, schema } from "../route.js"
-import { allocateVolumeName, type GuestState, type SimState, volumeName } from "../state.js"
+import { allocateVolumeName, type GuestState, type SimState, type StorageState, volumeName } from "../state.js"
+import { activationError, storageAvail, storageLayer, volumeOnLayer } from "../storage.js"
 import { ALLOC_RE, checkConfigPerms, normalizeFeatures, normalizeNet } from "./configOps.js"
 import { destroyGuestVolumes, lvmLine, removeGuest, startBody } from "./guest.js"
 
@@ -181,6 +182,9 @@ const create: RouteDef = {
           return yield* Effect.fail(paramError({ storage: `storage '${sid}' does not support container directories` }))
         }
         yield* check(ctx, `/storage/${sid}`, ["Datastore.AllocateSpace"])
+        // check_and_activate_storage: an unreachable target refuses the restore before the task
+        const activation = activationError(s)
+        if (activation !== undefined) return yield* Effect.fail(die500(activation))
       }
       if (existing !== undefined) {
         const lock = guestLock(existing)
@@ -276,10 +280,21 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
     const archive = state.volumes.get(plan.ostemplate)
     const archivePath = volumePath(state, plan.ostemplate)
     let archiveConf: LxcConfig | undefined
+    const archiveStorage = state.storages.get(plan.ostemplate.slice(0, plan.ostemplate.indexOf(":")))
+    const fromPbs = archiveStorage?.type === "pbs"
     if (plan.restore) {
       yield* t.log(`recovering backed-up configuration from '${plan.ostemplate}'`)
       yield* t.step(0.05)
-      if (archive === undefined) return yield* failWith(`unable to open file '${archivePath}' - No such file or directory`)
+      if (archiveStorage !== undefined) {
+        const unreadable = archiveUnreadable(archiveStorage, plan.ostemplate)
+        if (unreadable !== undefined) {
+          for (const line of unreadable.log) yield* t.log(line)
+          return yield* failWith(unreadable.error)
+        }
+      }
+      if (archive === undefined || (archiveStorage !== undefined && !volumeOnLayer(archiveStorage, archive))) {
+        return yield* failWith(`unable to open file '${archivePath}' - No such file or directory`)
+      }
       archiveConf = archive.archiveConfig
       if (archiveConf === undefined) return yield* failWith("unable to recover configuration from archive (not a container backup)")
     } else {
@@ -321,6 +336,25 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
       disks.push({ key: "rootfs", storage: plan.storage, bytes: 4 * GiB_BYTES, props: {} })
     }
 
+    // space: a volume takes its full size on its storage (see storage.ts); a target without room
+    // fails the lvcreate of a thick LV, and otherwise the extraction once the volume runs full
+    const wanted = new Map<string, number>()
+    for (const d of disks) wanted.set(d.storage, (wanted.get(d.storage) ?? 0) + d.bytes)
+    const short = [...wanted].filter(([sid, bytes]) => {
+      const st = state.storages.get(sid)
+      return st !== undefined && storageAvail(state, st) < bytes
+    }).map(([sid]) => sid)
+    const thickShort = short.find((sid) => state.storages.get(sid)?.type === "lvm")
+    if (thickShort !== undefined) {
+      const st = state.storages.get(thickShort)
+      const d = disks.find((x) => x.storage === thickShort)
+      const vg = st?.vgname ?? "pve"
+      const extents = (n: number) => Math.ceil(n / (4 * 1024 ** 2))
+      return yield* failWith(
+        `lvcreate '${vg}/vm-${vmid}-disk-0' error:   Volume group "${vg}" has insufficient free space (${extents(st === undefined ? 0 : storageAvail(state, st))} extents): ${extents(d?.bytes ?? 0)} required.`
+      )
+    }
+
     const nowSec = Math.floor((yield* t.now) / 1000)
     const mounts: Record<string, string> = {}
     for (const [i, d] of disks.entries()) {
@@ -353,12 +387,22 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
     }
 
     if (plan.restore) yield* t.log(`restoring '${plan.ostemplate}' now..`)
-    yield* t.log(`extracting archive '${archivePath}'`)
+    if (!fromPbs) yield* t.log(`extracting archive '${archivePath}'`)
+    const epochAtStart = archiveStorage?.epoch
     yield* t.step(0.7)
-    if (t.injectFailure) {
-      return yield* failWith(
-        `command 'lxc-usernsexec -m u:0:100000:65536 -m g:0:100000:65536 -- tar xpf - --zstd --totals --one-file-system -p --sparse --numeric-owner --acls --xattrs '--xattrs-include=user.*' '--xattrs-include=security.capability' '--warning=no-file-ignored' '--warning=no-xattr-write' -C /var/lib/lxc/${vmid}/rootfs --skip-old-files --anchored --exclude './dev/*'' failed: exit code 2`
-      )
+    const tarFailed = failWith(`command '${extractCommand(vmid, archive?.format)}' failed: exit code 2`)
+    if (t.injectFailure) return yield* tarFailed
+    const extraction = extractionFailure({
+      archive: plan.restore ? archive : undefined,
+      sourceLost: archiveStorage !== undefined && (archiveStorage.epoch !== epochAtStart || storageLayer(archiveStorage) === "offline"),
+      targetFull: short.length > 0
+    })
+    if (extraction !== undefined) {
+      for (const line of extraction.log) yield* t.log(line)
+      if (fromPbs) {
+        return yield* failWith(`command '/usr/bin/proxmox-backup-client restore '--crypt-mode=none' ${volumeName(plan.ostemplate).slice("backup/".length)} root.pxar /var/lib/lxc/${vmid}/rootfs --allow-existing-dirs --repository ${pbsRepository(archiveStorage)}' failed: exit code 255`)
+      }
+      return yield* tarFailed
     }
     const bytesRead = Math.max(archive?.size ?? 0, 1) * 3
     yield* t.log(`Total bytes read: ${bytesRead} (${(bytesRead / 1024 ** 2).toFixed(0)}MiB, 212MiB/s)`)
@@ -411,11 +455,68 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
       if (g === undefined) return false
       g.config = final
       g.snapshots = []
+      // the guest model: its services are what the archive carried (damaged: they fail)
+      g.services = plan.restore ? (archive?.corrupt === "health" ? "failing" : archive?.services ?? "healthy") : "healthy"
+      g.restoredFrom = plan.restore ? plan.ostemplate : undefined
       return true
     })
     if (!done) return yield* failWith(`Configuration file 'nodes/${node}/lxc/${vmid}.conf' does not exist`)
     if (plan.startAfter) yield* startBody(t, node, vmid)
   })
+}
+
+const pbsRepository = (st: StorageState | undefined): string =>
+  `${st?.username ?? "root@pam"}@${st?.server ?? "localhost"}:${st?.datastore ?? "store"}`
+
+const DECOMPRESS: Readonly<Record<string, string>> = { "tar.zst": " --zstd", "tar.gz": " -z", "tar.lzo": " --lzop" }
+
+const extractCommand = (vmid: number, format: string | undefined) =>
+  `lxc-usernsexec -m u:0:100000:65536 -m g:0:100000:65536 -- tar xpf -${DECOMPRESS[format ?? "tar.zst"] ?? ""} --totals --one-file-system -p --sparse --numeric-owner --acls --xattrs '--xattrs-include=user.*' '--xattrs-include=security.capability' '--warning=no-file-ignored' '--warning=no-xattr-write' -C /var/lib/lxc/${vmid}/rootfs --skip-old-files --anchored --exclude './dev/*'`
+
+/**
+ * Why the archive cannot be read at all now (its storage does not activate), with the log lines
+ * PVE prints: a dir/nfs/cifs storage fails its activation, a PBS restore its client connection.
+ */
+const archiveUnreadable = (st: StorageState, volid: string): { readonly log: ReadonlyArray<string>; readonly error: string } | undefined => {
+  const activation = activationError(st)
+  if (activation === undefined) return undefined
+  if (st.type !== "pbs" || st.disable) return { log: [], error: activation }
+  // [inf] recover_config_from_proxmox_backup runs the client, which cannot connect
+  return {
+    log: [`Error: error trying to connect: tcp connect error: Connection refused (os error 111)`],
+    error: `command '/usr/bin/proxmox-backup-client restore '--crypt-mode=none' ${volumeName(volid).slice("backup/".length)} pct.conf - --repository ${pbsRepository(st)}' failed: exit code 255`
+  }
+}
+
+/** The decompressor's and tar's stderr when extraction breaks [inf: zstd/gzip/lzop/tar texts]. */
+const extractionFailure = (why: {
+  readonly archive: { readonly format: string; readonly corrupt?: string | undefined } | undefined
+  readonly sourceLost: boolean
+  readonly targetFull: boolean
+}): { readonly log: ReadonlyArray<string> } | undefined => {
+  const format = why.archive?.format ?? "tar.zst"
+  if (why.archive !== undefined && format === "pbs-ct" && (why.archive.corrupt === "restore" || why.sourceLost)) {
+    return { log: [why.sourceLost ? "Error: error sending data: connection closed before message completed" : "Error: detected chunk with wrong digest."] }
+  }
+  const tarEof = ["tar: Unexpected EOF in archive", "tar: Unexpected EOF in archive", "tar: Error is not recoverable: exiting now"]
+  const decompressor: Readonly<Record<string, ReadonlyArray<string>>> = {
+    "tar.zst": ["zstd: /*stdin*\\: Decoding error (36) : Corrupted block detected", "tar: Child returned status 1"],
+    "tar.gz": ["gzip: stdin: invalid compressed data--crc error", "tar: Child returned status 1"],
+    "tar.lzo": ["lzop: <stdin>: Checksum error", "tar: Child returned status 1"]
+  }
+  if (why.archive?.corrupt === "restore") return { log: [...(decompressor[format] ?? []), ...tarEof] }
+  if (why.sourceLost) {
+    const eof: Readonly<Record<string, string>> = {
+      "tar.zst": "zstd: /*stdin*\\: unexpected end of file",
+      "tar.gz": "gzip: stdin: unexpected end of file",
+      "tar.lzo": "lzop: <stdin>: Read error: Input/output error"
+    }
+    return { log: [...(eof[format] === undefined ? [] : [eof[format]!, "tar: Child returned status 1"]), ...tarEof] }
+  }
+  if (why.targetFull) {
+    return { log: ["tar: ./var/lib/dpkg/info/libc6:amd64.list: Cannot write: No space left on device", "tar: Exiting with failure status due to previous errors"] }
+  }
+  return undefined
 }
 
 export const createRoutes: ReadonlyArray<RouteDef> = [create]

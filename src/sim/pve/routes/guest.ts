@@ -37,6 +37,7 @@ import {
 import { checkProp, fmtConfigIdList, type ParamValue } from "../params.js"
 import { optional, reply, type RouteDef, schema, vmPerm } from "../route.js"
 import { configVolumes, type GuestState, guestDigest, type SimState, volumeName } from "../state.js"
+import { macConflictsOf } from "../guestModel.js"
 import { applyConfigUpdate, checkConfigPerms, macsFor } from "./configOps.js"
 
 const CONFIG_WRITE_PRIVS = ["VM.Config.Disk", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options"]
@@ -132,6 +133,8 @@ export const markRunning = (env: SimEnv, g: GuestState, nowMs: number): void => 
   g.status = "running"
   g.startedAtMs = nowMs
   g.pid = 100_000 + ((env.state.nextPid * 37) % 800_000)
+  // the guest model's fidelity check: a link-up NIC sharing a MAC with another guest
+  env.state.macConflicts.push(...macConflictsOf(env.state, g, nowMs))
 }
 
 export const markStopped = (g: GuestState): void => {

@@ -17,12 +17,13 @@ import {
   runningGuestsMem,
   type SimState,
   storageContentString,
-  storageUsed,
+  type StorageState,
   taskStatusJson,
   type TaskState,
   type VolumeState
 } from "../state.js"
 import { sha1Hex } from "../lxcconf.js"
+import { activationError, storageSpace, volumeOnLayer } from "../storage.js"
 
 const version: RouteDef = {
   method: "GET",
@@ -185,12 +186,45 @@ const storageVisible = (ctx: RequestCtx, storage: string): boolean =>
   hasPriv(ctx.env, ctx.token, `/storage/${storage}`, "Datastore.Audit") ||
   hasPriv(ctx.env, ctx.token, `/storage/${storage}`, "Datastore.AllocateSpace")
 
+/** storage.cfg keys listed per storage, in PVE's order of no importance (secrets are never here). */
+const CONFIG_KEYS = [
+  "path",
+  "vgname",
+  "thinpool",
+  "server",
+  "export",
+  "options",
+  "share",
+  "subdir",
+  "domain",
+  "smbversion",
+  "datastore",
+  "namespace",
+  "username",
+  "fingerprint",
+  "encryption-key",
+  "is_mountpoint",
+  "prune-backups"
+] as const
+
+/** One storage's storage.cfg section as GET /storage lists it (without digest). */
+export const storageConfigJson = (s: StorageState): Record<string, unknown> => {
+  const out: Record<string, unknown> = { storage: s.storage, type: s.type, content: storageContentString(s) }
+  for (const key of CONFIG_KEYS) {
+    const value = s[key]
+    if (value !== undefined) out[key] = value
+  }
+  if (s.port !== undefined) out["port"] = s.port
+  if (s["max-protected-backups"] !== undefined) out["max-protected-backups"] = s["max-protected-backups"]
+  if (s.masterPubkey === true) out["master-pubkey"] = 1
+  if (s.shared) out["shared"] = 1
+  if (s.disable) out["disable"] = 1
+  if (s.nodes !== undefined) out["nodes"] = s.nodes.join(",")
+  return out
+}
+
 const storageCfgDigest = (st: SimState): string =>
-  sha1Hex(
-    [...st.storages.values()]
-      .map((s) => `${s.type}: ${s.storage}\n\tcontent ${storageContentString(s)}\n${s.path !== undefined ? `\tpath ${s.path}\n` : ""}`)
-      .join("\n")
-  )
+  sha1Hex([...st.storages.values()].map((s) => JSON.stringify(storageConfigJson(s))).join("\n"))
 
 const storageList: RouteDef = {
   method: "GET",
@@ -205,22 +239,7 @@ const storageList: RouteDef = {
       return reply(
         [...st.storages.values()]
           .filter((s) => (type === undefined || s.type === type) && storageVisible(ctx, s.storage))
-          .map((s) => {
-            const out: Record<string, unknown> = {
-              storage: s.storage,
-              type: s.type,
-              content: storageContentString(s),
-              digest
-            }
-            if (s.path !== undefined) out["path"] = s.path
-            if (s.vgname !== undefined) out["vgname"] = s.vgname
-            if (s.thinpool !== undefined) out["thinpool"] = s.thinpool
-            if (s["prune-backups"] !== undefined) out["prune-backups"] = s["prune-backups"]
-            if (s.shared) out["shared"] = 1
-            if (s.disable) out["disable"] = 1
-            if (s.nodes !== undefined) out["nodes"] = s.nodes.join(",")
-            return out
-          })
+          .map((s) => ({ ...storageConfigJson(s), digest }))
       )
     })
 }
@@ -262,9 +281,8 @@ const nodeStorage: RouteDef = {
           .filter((s) => !enabledOnly || !s.disable)
           .filter((s) => storageVisible(ctx, s.storage))
           .map((s) => {
-            const active = !s.disable && s.active
-            const used = active ? storageUsed(st, s.storage) : 0
-            const total = active ? s.total : 0
+            // an unreachable server or an unmounted is_mountpoint: active 0, sizes 0
+            const { active, total, used } = storageSpace(st, s)
             const out: Record<string, unknown> = {
               storage: s.storage,
               type: s.type,
@@ -303,6 +321,8 @@ export const contentEntry = (v: VolumeState): Record<string, unknown> => {
   if (v.content === "backup") out["subtype"] = "lxc"
   if (v.notes !== undefined && v.notes.length > 0) out["notes"] = v.notes.split("\n")[0]
   if (v.protected === true) out["protected"] = 1
+  if (v.encrypted !== undefined) out["encrypted"] = v.encrypted
+  if (v.verification !== undefined) out["verification"] = { state: v.verification.state, upid: v.verification.upid }
   return out
 }
 
@@ -325,12 +345,14 @@ const storageContent: RouteDef = {
       if (s.nodes !== undefined && !s.nodes.includes(n.node)) {
         return yield* Effect.fail(die500(`storage '${id}' is not available on node '${n.node}'`))
       }
-      if (s.disable) return yield* Effect.fail(die500(`storage '${id}' is disabled`))
+      // volume_list activates the storage first: an unreachable or unmounted one fails the listing
+      const activation = activationError(s)
+      if (activation !== undefined) return yield* Effect.fail(die500(activation))
       const content = pStr(ctx.params, "content")
       const vmid = pNum(ctx.params, "vmid")
       return reply(
         [...st.volumes.values()]
-          .filter((v) => v.storage === id)
+          .filter((v) => v.storage === id && volumeOnLayer(s, v))
           .filter((v) => content === undefined || v.content === content)
           .filter((v) => vmid === undefined || v.vmid === vmid)
           .filter((v) => volumeVisible(ctx, v))

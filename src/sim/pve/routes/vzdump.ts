@@ -1,24 +1,48 @@
 /**
- * POST /nodes/{node}/vzdump: backs up local guests into a storage's `backup` content. Returns
- * the plain string "OK" when none of the guests lives on this node. One job per node at a time
- * (the global lock); each guest carries `lock: backup` while it is dumped; the archive snapshots
- * the guest config so a later restore recovers it; keep-last retention prunes when `remove`.
+ * POST /nodes/{node}/vzdump: backs up local guests into a storage's `backup` content (a vzdump
+ * archive on dir/nfs/cifs, a snapshot `ct/<vmid>/<time>` on PBS). Returns the plain string "OK"
+ * when none of the guests lives on this node. One job per node at a time (the global lock); each
+ * guest carries `lock: backup` while it is dumped; the archive snapshots the guest config so a
+ * later restore recovers it (and, sim-only, the guest's service health).
+ *
+ * As PVE::VZDump: the storage is activated before the job starts (unreachable/unmounted: the
+ * task fails with no guest touched); retention is the `prune-backups` parameter, else the
+ * storage's, else keep-all; with `remove` (default 1) older archives are pruned by the full
+ * keep-last/hourly/daily/weekly/monthly/yearly rule after a guest's archive is written, and with
+ * remove=0 a count-based retention becomes a limit that fails the guest's backup once reached.
+ * The archive takes space: a storage that runs full fails the write with the compressor's
+ * ENOSPC text, and a target that goes away mid-write (USB pulled, server down) fails it with an
+ * I/O error; either way the temporary `.dat` is removed and nothing is listed.
  */
-import { Effect, Option } from "effect"
-import { check, findGuest, pBool, pStr, requireNode, startTask, taskFailure, type TaskCtx, vzdumpLock } from "../env.js"
+import { Effect, Either, Option } from "effect"
+import { check, findGuest, hasPriv, pBool, pStr, requireNode, startTask, taskFailure, type TaskCtx, vzdumpLock } from "../env.js"
 import { paramError } from "../errors.js"
-import { type LxcConfig } from "../lxcconf.js"
+import { type LxcConfig, parseMountPoint } from "../lxcconf.js"
 import { fmtStorageId, fmtVmidList, type Params } from "../params.js"
 import { ALL, optional, reply, type RouteDef, schema } from "../route.js"
-import { backupVolid, type GuestState, logTimestamp, rootfsSize, type SimState, volumeName } from "../state.js"
-
-const COMPRESS_EXT: Readonly<Record<string, string | undefined>> = {
-  "0": undefined,
-  "1": "lzo",
-  gzip: "gz",
-  lzo: "lzo",
-  zstd: "zst"
-}
+import {
+  backupVolid,
+  type GuestState,
+  logTimestamp,
+  pbsTime,
+  pbsVolid,
+  type SimState,
+  type StorageState,
+  volumeName
+} from "../state.js"
+import {
+  activationError,
+  backupLimit,
+  describeKeep,
+  dumpDir,
+  isKeepAll,
+  markPrune,
+  parsePruneBackups,
+  type PruneKeep,
+  storageAvail,
+  storageLayer,
+  volumeOnLayer
+} from "../storage.js"
 
 const ROOT_ONLY = ["tmpdir", "dumpdir", "script", "job-id"] as const
 
@@ -32,7 +56,7 @@ const vzdumpSchema = schema({
   "notes-template": optional({ type: "string", maxLength: 1024 }),
   protected: optional({ type: "boolean" }),
   remove: optional({ type: "boolean" }),
-  "prune-backups": optional({ type: "string" }),
+  "prune-backups": optional({ type: "string", format: (v) => Either.match(parsePruneBackups(v), { onLeft: (e) => e, onRight: () => undefined }) }),
   bwlimit: optional({ type: "integer", minimum: 0 }),
   ionice: optional({ type: "integer", minimum: 0, maximum: 8 }),
   performance: optional({ type: "string" }),
@@ -57,12 +81,6 @@ const vzdumpSchema = schema({
 
 const splitIds = (s: string | undefined): ReadonlyArray<number> =>
   s === undefined ? [] : s.split(/[,;\s]+/).filter((x) => x.length > 0).map(Number)
-
-const keepLast = (retention: string | undefined): number | undefined => {
-  if (retention === undefined) return undefined
-  const m = /(?:^|,)keep-last=(\d+)/.exec(retention)
-  return m === null ? undefined : Number(m[1])
-}
 
 const commandLine = (params: Params, node: string): string => {
   const parts = ["vzdump"]
@@ -98,6 +116,14 @@ const hms = (seconds: number): string => {
 const setLock = (g: GuestState, lock: string | undefined): void => {
   const { lock: _l, ...rest } = g.config
   g.config = lock === undefined ? rest : { ...rest, lock }
+}
+
+/** What the job was asked for, resolved in the API handler (as API2/VZDump does before forking). */
+interface JobPlan {
+  readonly storage: string
+  readonly params: Params
+  /** Datastore.Allocate on the storage: no default cap on protected backups */
+  readonly mayAllocate: boolean
 }
 
 const vzdump: RouteDef = {
@@ -138,12 +164,17 @@ const vzdump: RouteDef = {
       if (retention !== undefined) yield* check(ctx, `/storage/${storage}`, ["Datastore.Allocate"])
       const local = ids.filter((id) => findGuest(ctx.env, node.node, id) !== undefined)
       if (local.length === 0) return reply("OK")
+      const plan: JobPlan = {
+        storage,
+        params: ctx.params,
+        mayAllocate: hasPriv(ctx.env, ctx.token, `/storage/${storage}`, "Datastore.Allocate")
+      }
       const upid = yield* startTask(ctx.env, {
         node,
         type: "vzdump",
         id: local.length === 1 ? String(local[0]) : "",
         token: ctx.token,
-        body: (t) => dumpJob(t, node.node, local, storage, ctx.params),
+        body: (t) => dumpJob(t, node.node, local, plan),
         onKill: Effect.sync(() => {
           for (const id of local) {
             const g = state.guests.get(id)
@@ -155,23 +186,35 @@ const vzdump: RouteDef = {
     })
 }
 
-const dumpJob = (t: TaskCtx, node: string, vmids: ReadonlyArray<number>, storage: string, params: Params) =>
+const dumpJob = (t: TaskCtx, node: string, vmids: ReadonlyArray<number>, plan: JobPlan) =>
   Effect.gen(function*() {
     const state = t.env.state
-    yield* t.log(`INFO: starting new backup job: ${commandLine(params, node)}`)
+    const storage = plan.storage
+    // PVE::VZDump->new: the storage is activated and inspected before the job logs anything
+    const st = state.storages.get(storage)
+    if (st === undefined) return yield* Effect.fail(taskFailure(`could not activate storage '${storage}': storage '${storage}' does not exist`))
+    const activation = activationError(st)
+    if (activation !== undefined) return yield* Effect.fail(taskFailure(`could not activate storage '${storage}': ${activation}`))
+    if (!st.content.includes("backup")) {
+      // [sim] PVE prefixes this with "could not get storage information for '<id>': " (kept short: test/sim-pve.test.ts)
+      return yield* Effect.fail(taskFailure(`can't use storage '${storage}' for backups - wrong content type`))
+    }
+    const given = pStr(plan.params, "prune-backups")
+    const keep: PruneKeep = Either.getOrElse(parsePruneBackups(given ?? st["prune-backups"] ?? "keep-all=1"), (): PruneKeep => ({ "keep-all": true }))
+    // "avoid triggering any remove code path if keep-all is set"
+    const remove = (plan.params["remove"] === undefined || pBool(plan.params, "remove")) && !isKeepAll(keep)
+    yield* t.log(`INFO: starting new backup job: ${commandLine(plan.params, node)}`)
     const lock = vzdumpLock(t.env, node)
     const job = Effect.gen(function*() {
-      const st = state.storages.get(storage)
-      if (st === undefined) return yield* Effect.fail(taskFailure(`storage '${storage}' does not exist`))
-      if (!st.content.includes("backup")) {
-        return yield* Effect.fail(taskFailure(`can't use storage '${storage}' for backups - wrong content type`))
-      }
       let failures = 0
       for (const vmid of vmids) {
-        const ok = yield* dumpGuest(t, node, vmid, storage, params)
+        const ok = yield* dumpGuest(t, node, vmid, st, plan, keep, remove)
         if (!ok) failures++
       }
-      if (failures > 0) return yield* Effect.fail(taskFailure("job errors"))
+      if (failures > 0) {
+        yield* t.log("INFO: Backup job finished with errors")
+        return yield* Effect.fail(taskFailure("job errors"))
+      }
       yield* t.log("INFO: Backup job finished successfully")
     })
     const ran = yield* lock.withPermitsIfAvailable(1)(job)
@@ -181,98 +224,201 @@ const dumpJob = (t: TaskCtx, node: string, vmids: ReadonlyArray<number>, storage
     }
   })
 
+/** Compressor: archive extension, size ratio of the tar stream [inf], and the pipeline's tail. */
+const COMPRESSORS: Readonly<Record<string, { readonly ext: string | undefined; readonly ratio: number; readonly tool: string | undefined }>> = {
+  "0": { ext: undefined, ratio: 1, tool: undefined },
+  "1": { ext: "lzo", ratio: 0.55, tool: "lzop" },
+  lzo: { ext: "lzo", ratio: 0.55, tool: "lzop" },
+  gzip: { ext: "gz", ratio: 0.45, tool: "gzip" },
+  zstd: { ext: "zst", ratio: 0.42, tool: "zstd '--threads=1'" }
+}
+
+/** Share of a volume's size the guest's files take (deterministic per guest). */
+export const usedFraction = (vmid: number): number => 0.18 + ((vmid * 7919) % 97) / 1000
+
+/** The volumes a CT backup includes (rootfs, and volume mount points with backup=1), with log lines. */
+const backedUpVolumes = (conf: LxcConfig): { readonly bytes: number; readonly lines: ReadonlyArray<string> } => {
+  let bytes = 0
+  const lines: Array<string> = []
+  for (const key of Object.keys(conf).filter((k) => k === "rootfs" || /^mp\d+$/.test(k)).sort((a, b) => (a === "rootfs" ? -1 : b === "rootfs" ? 1 : Number(a.slice(2)) - Number(b.slice(2))))) {
+    const mp = Either.getOrUndefined(parseMountPoint(key, String(conf[key])))
+    if (mp === undefined) continue
+    const at = key === "rootfs" ? "/" : (mp.props["mp"] ?? "?")
+    if (key !== "rootfs" && mp.type !== "volume") {
+      lines.push(`INFO: excluding ${mp.type} mount point ${key} ('${at}') from backup (not a volume)`)
+    } else if (key !== "rootfs" && mp.props["backup"] !== "1") {
+      lines.push(`INFO: excluding volume mount point ${key} ('${at}') from backup (disabled)`)
+    } else {
+      lines.push(`INFO: including mount point ${key} ('${at}') in backup`)
+      bytes += mp.size ?? 4 * 1024 ** 3
+    }
+  }
+  return { bytes, lines }
+}
+
+const tarCommand = (sink: string) =>
+  `set -o pipefail && lxc-usernsexec -m u:0:100000:65536 -m g:0:100000:65536 -- tar cpf - --totals --one-file-system -p --sparse --numeric-owner --acls --xattrs '--xattrs-include=user.*' '--xattrs-include=security.capability' '--warning=no-file-ignored' '--warning=no-xattr-write' --one-file-system '--warning=no-file-ignored' '--directory=/mnt/vzsnap0' ./etc/vzdump/pct.conf ./etc/vzdump/pct.fw '--directory=/mnt/vzsnap0' --no-anchored '--exclude=lost+found' --anchored '--exclude=./tmp/?*' '--exclude=./var/tmp/?*' '--exclude=./var/run/?*.pid' ./ ${sink}`
+
+/** How writing the archive breaks: the tool's stderr line(s) and its exit code [inf: texts of zstd/gzip/lzop/tar]. */
+const writeError = (tool: string | undefined, errno: "No space left on device" | "Input/output error") => {
+  if (tool === undefined) return { lines: [`tar: -: Cannot write: ${errno}`, "tar: Error is not recoverable: exiting now"], code: 2 }
+  if (tool.startsWith("zstd")) return { lines: [`zstd: error 70 : Write error : cannot write block : ${errno}`], code: 70 }
+  if (tool === "gzip") return { lines: [`gzip: stdout: ${errno}`], code: 1 }
+  return { lines: [`lzop: <stdout>: Write error : ${errno}`], code: 1 }
+}
+
 /** One guest; logs `ERROR: Backup of VM ... failed - ...` and returns false on failure. */
-const dumpGuest = (t: TaskCtx, node: string, vmid: number, storage: string, params: Params) =>
+const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, plan: JobPlan, keep: PruneKeep, remove: boolean) =>
   Effect.gen(function*() {
     const state = t.env.state
+    const params = plan.params
+    const storage = st.storage
+    const pbs = st.type === "pbs"
     const startMs = yield* t.now
     const startSec = Math.floor(startMs / 1000)
     const failed = (msg: string) =>
-      Effect.as(t.log(`ERROR: Backup of VM ${vmid} failed - ${msg}`), false)
+      Effect.zipRight(
+        t.log(`ERROR: Backup of VM ${vmid} failed - ${msg}`),
+        Effect.as(Effect.flatMap(t.now, (ms) => t.log(`INFO: Failed at ${logTimestamp(Math.floor(ms / 1000))}`)), false)
+      )
+    const g = findGuest(t.env, node, vmid)
+    if (g === undefined) return yield* failed(`unable to find VM '${vmid}'`)
+    // the limit checks run before the guest's backup starts (exec_backup_task)
+    const wantProtected = pBool(params, "protected")
+    const limit = backupLimit(keep)
+    if ((limit > 0 && !remove) || wantProtected) {
+      const mine = [...state.volumes.values()].filter((v) =>
+        v.storage === storage && v.content === "backup" && v.vmid === vmid && volumeOnLayer(st, v)
+      )
+      const unprotected = mine.filter((v) => v.protected !== true).length
+      if (wantProtected) {
+        const max = st["max-protected-backups"] ?? (plan.mayAllocate ? -1 : 5)
+        if (max > -1 && mine.length - unprotected >= max) {
+          return yield* failed(`The number of protected backups per guest is limited to ${max} on storage '${storage}'`)
+        }
+      } else if (unprotected >= limit) {
+        return yield* failed(
+          `There is a max backup limit of ${limit} enforced by the target storage or the vzdump parameters. Either increase the limit or delete old backups.`
+        )
+      }
+    }
     yield* t.log(`INFO: Starting Backup of VM ${vmid} (lxc)`)
     yield* t.log(`INFO: Backup started at ${logTimestamp(startSec)}`)
-    const g = findGuest(t.env, node, vmid)
-    if (g === undefined) return yield* failed(`Configuration file 'nodes/${node}/lxc/${vmid}.conf' does not exist`)
     const existingLock = g.config["lock"]
     if (typeof existingLock === "string") return yield* failed(`CT is locked (${existingLock})`)
     yield* Effect.sync(() => setLock(g, "backup"))
+    const unlock = Effect.sync(() => setLock(g, undefined))
     const running = g.status === "running"
     const requestedMode = pStr(params, "mode") ?? "snapshot"
     const mode = running ? requestedMode : "stop"
     yield* t.log(`INFO: status = ${running ? "running" : "stopped"}`)
     yield* t.log(`INFO: CT Name: ${String(g.config["hostname"] ?? `CT${vmid}`)}`)
-    yield* t.log("INFO: including mount point rootfs ('/') in backup")
+    const volumes = backedUpVolumes(g.config)
+    for (const line of volumes.lines) yield* t.log(line)
     yield* t.log(`INFO: backup mode: ${mode}`)
     yield* t.log("INFO: ionice priority: 7")
     if (mode === "snapshot") yield* t.log("INFO: create storage snapshot 'vzdump'")
-    const ext = COMPRESS_EXT[pStr(params, "compress") ?? "0"]
-    const volid = backupVolid(storage, vmid, startSec, ext === undefined ? "" : ext).replace(/\.$/, "")
-    const dumpdir = `${state.storages.get(storage)?.path ?? `/mnt/pve/${storage}`}/dump`
+
+    const comp = pbs ? undefined : COMPRESSORS[pStr(params, "compress") ?? "0"] ?? COMPRESSORS["0"]!
+    const written = Math.floor(volumes.bytes * usedFraction(vmid))
+    const size = comp === undefined ? written : Math.floor(written * comp.ratio)
+    const volid = pbs
+      ? pbsVolid(storage, vmid, startSec)
+      : backupVolid(storage, vmid, startSec, comp?.ext ?? "").replace(/\.$/, "")
+    const dumpdir = dumpDir(st)
     const file = volumeName(volid).slice("backup/".length)
-    yield* t.log(`INFO: creating vzdump archive '${dumpdir}/${file}'`)
+    // the archive is written as <name minus its last extension>.dat, renamed when complete
+    const tmpfile = `${dumpdir}/${file.replace(/\.[^.]+$/, ".dat")}`
+    const repository = `${st.username ?? "root@pam"}@${st.server ?? "localhost"}:${st.datastore ?? "store"}`
+    const clientCmd = `/usr/bin/proxmox-backup-client backup --crypt-mode=${st["encryption-key"] !== undefined ? "encrypt --keyfd=14" : "none"} pct.conf:/var/tmp/vzdumptmp${t.task.pid}_${vmid}/etc/vzdump/pct.conf root.pxar:/mnt/vzsnap0 --include-dev /mnt/vzsnap0/./ --skip-lost-and-found --exclude=/tmp/?* --exclude=/var/tmp/?* --exclude=/var/run/?*.pid --backup-type ct --backup-id ${vmid} --backup-time ${startSec} --entries-max 1048576 --repository ${repository}`
+    if (pbs) {
+      yield* t.log(`INFO: creating Proxmox Backup Server archive 'ct/${vmid}/${pbsTime(startSec)}'`)
+      yield* t.log(`INFO: run: ${clientCmd}`)
+      yield* t.log(`INFO: Starting backup: ct/${vmid}/${pbsTime(startSec)}`)
+      yield* t.log(`INFO: Client name: ${node}`)
+    } else {
+      yield* t.log(`INFO: creating vzdump archive '${dumpdir}/${file}'`)
+    }
+    // where the archive lands: the storage's own filesystem, or (dir, disk absent) the mount point directory
+    const layerAtStart = storageLayer(st)
+    const epochAtStart = st.epoch
+    const roomAtStart = storageAvail(state, st)
     yield* t.step(0.85)
     if (t.injectFailure) {
-      yield* Effect.sync(() => setLock(g, undefined))
-      return yield* failed(
-        `command 'set -o pipefail && lxc-usernsexec -m u:0:100000:65536 -m g:0:100000:65536 -- tar cpf - --totals --one-file-system -p --sparse --numeric-owner --acls --xattrs '--xattrs-include=user.*' '--xattrs-include=security.capability' '--warning=no-file-ignored' '--warning=no-xattr-write' --one-file-system '--warning=no-file-ignored' '--directory=/mnt/vzsnap0' ./etc/vzdump/pct.conf ./etc/vzdump/pct.fw '--directory=/mnt/vzsnap0' --no-anchored '--exclude=lost+found' --anchored '--exclude=./tmp/?*' '--exclude=./var/tmp/?*' '--exclude=./var/run/?*.pid' ./ | zstd '--threads=1' >${dumpdir}/${file}.dat' failed: exit code 2`
-      )
+      yield* unlock
+      return yield* failed(`command '${tarCommand(`| zstd '--threads=1' >${tmpfile}`)}' failed: exit code 2`)
     }
-    const rootSize = rootfsSize(g.config) ?? 4 * 1024 ** 3
-    const written = Math.floor(rootSize * (0.18 + ((vmid * 7919) % 97) / 1000))
-    const size = ext === undefined ? written : Math.floor(written * 0.42)
-    yield* t.log(`INFO: Total bytes written: ${written} (${(written / 1024 ** 3).toFixed(1)}GiB, 187MiB/s)`)
-    yield* t.log(`INFO: archive file size: ${(size / 1024 ** 2).toFixed(0)}MB`)
+    const pulled = st.epoch !== epochAtStart || storageLayer(st) !== layerAtStart
+    const full = roomAtStart < (pbs ? Math.floor(written * 0.42) : size)
+    if (pulled || full) {
+      yield* unlock
+      const errno = pulled ? "Input/output error" as const : "No space left on device" as const
+      if (pbs) {
+        // [inf] proxmox-backup-client's texts for a lost connection / a full datastore
+        yield* t.log(pulled
+          ? "INFO: Error: error sending data: connection closed before message completed"
+          : "INFO: Error: HTTP Error 400 Bad Request: inserting chunk failed: No space left on device (os error 28)")
+        return yield* failed(`command '${clientCmd}' failed: exit code 255`)
+      }
+      const e = writeError(comp?.tool, errno)
+      for (const line of e.lines) yield* t.log(`INFO: ${line}`)
+      const sink = comp?.tool === undefined ? `>${tmpfile}` : `| ${comp.tool} >${tmpfile}`
+      return yield* failed(`command '${tarCommand(sink)}' failed: exit code ${e.code}`)
+    }
+    if (pbs) {
+      const gib = (n: number) => `${(n / 1024 ** 3).toFixed(3)} GiB`
+      yield* t.log(`INFO: root.pxar: had to backup ${gib(written)} of ${gib(written)} (compressed ${gib(Math.floor(written * 0.42))}) in ${(state.durations.vzdump * 0.85 / 1000).toFixed(2)}s`)
+    } else {
+      yield* t.log(`INFO: Total bytes written: ${written} (${(written / 1024 ** 3).toFixed(1)}GiB, 187MiB/s)`)
+      yield* t.log(`INFO: archive file size: ${(size / 1024 ** 2).toFixed(0)}MB`)
+    }
     const notesTemplate = pStr(params, "notes-template")
     const notes = notesTemplate === undefined ? undefined : notesFrom(notesTemplate, g, node)
     if (notes !== undefined) yield* t.log("INFO: adding notes to backup")
-    if (pBool(params, "protected")) yield* t.log("INFO: marking backup as protected")
+    if (wantProtected) yield* t.log("INFO: marking backup as protected")
     yield* Effect.sync(() => {
+      // PBS chunks are compressed and deduplicated: a group's later snapshots store only what changed [inf: 5%]
+      const groupExists = pbs && [...state.volumes.values()].some((v) => v.storage === storage && v.vmid === vmid && v.content === "backup")
       state.volumes.set(volid, {
         volid,
         storage,
         content: "backup",
-        format: ext === undefined ? "tar" : `tar.${ext}`,
+        format: pbs ? "pbs-ct" : comp?.ext === undefined ? "tar" : `tar.${comp.ext}`,
         size,
         ctime: startSec,
         vmid,
         notes,
-        protected: pBool(params, "protected"),
-        archiveConfig: archiveSnapshot(g.config)
+        protected: wantProtected,
+        archiveConfig: archiveSnapshot(g.config),
+        services: g.services ?? "healthy",
+        ...(pbs ? { stored: Math.floor(written * (groupExists ? 0.05 : 0.42)) } : {}),
+        ...(layerAtStart === "underlying" ? { underlying: true } : {}),
+        ...(pbs && st["encryption-key"] !== undefined ? { encrypted: st["encryption-key"] } : {})
       })
     })
-    const remove = params["remove"] === undefined || pBool(params, "remove")
-    const retention = pStr(params, "prune-backups") ?? state.storages.get(storage)?.["prune-backups"]
-    const keep = keepLast(retention)
-    if (remove && keep !== undefined) {
-      yield* t.log(`INFO: prune older backups with retention: ${retention}`)
-      const pruned = yield* Effect.sync(() => prune(state, storage, vmid, keep))
+    if (remove) {
+      yield* t.log(`INFO: prune older backups with retention: ${describeKeep(keep)}`)
+      const pruned = yield* Effect.sync(() => prune(state, st, vmid, keep))
       for (const v of pruned) yield* t.log(`INFO: removing backup '${v}'`)
-      yield* t.log(`INFO: pruned ${pruned.length} backup(s) not covered by keep-retention policy`)
+      yield* t.log(`INFO: pruned ${pruned.length} backup(s)${pruned.length > 0 ? " not covered by keep-retention policy" : ""}`)
     }
     if (mode === "snapshot") yield* t.log("INFO: cleanup temporary 'vzdump' snapshot")
     yield* t.step(0.15)
-    yield* Effect.sync(() => setLock(g, undefined))
+    yield* unlock
     const endSec = Math.floor((yield* t.now) / 1000)
     yield* t.log(`INFO: Finished Backup of VM ${vmid} (${hms(endSec - startSec)})`)
     yield* t.log(`INFO: Backup finished at ${logTimestamp(endSec)}`)
     return true
   })
 
-const prune = (state: SimState, storage: string, vmid: number, keep: number): ReadonlyArray<string> => {
-  const backups = [...state.volumes.values()]
-    .filter((v) => v.storage === storage && v.content === "backup" && v.vmid === vmid)
-    .sort((a, b) => b.ctime - a.ctime)
-  const removed: Array<string> = []
-  let kept = 0
-  for (const v of backups) {
-    if (v.protected === true) continue
-    if (kept < keep) {
-      kept++
-      continue
-    }
-    state.volumes.delete(v.volid)
-    removed.push(v.volid)
-  }
+/** PVE::Storage::prune_backups for one guest's group on the storage; returns the removed volids. */
+const prune = (state: SimState, st: StorageState, vmid: number, keep: PruneKeep): ReadonlyArray<string> => {
+  const group = [...state.volumes.values()].filter((v) =>
+    v.storage === st.storage && v.content === "backup" && v.vmid === vmid && volumeOnLayer(st, v)
+  )
+  const marks = markPrune(group.map((v) => ({ id: v.volid, ctime: v.ctime, protected: v.protected === true })), keep)
+  const removed = group.filter((v) => marks.get(v.volid) === "remove").map((v) => v.volid).sort()
+  for (const id of removed) state.volumes.delete(id)
   return removed
 }
 
