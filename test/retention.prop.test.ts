@@ -5,10 +5,11 @@
  * yet marked and whose period no earlier option kept, take the N newest periods; keep the newest
  * archive of each and remove the rest of those periods; all else is removed.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, expectTypeOf, it } from "@effect/vitest"
 import { Either, FastCheck as fc } from "effect"
 import { parseTimeZone, type TimeZone } from "../src/programs/protection/calendar.js"
 import { type Archive, type KeepOptions, type KeepRule, keepsEverything, prune, shrinkage } from "../src/programs/protection/retention.js"
+import type { Retention } from "../src/schema/storage.js"
 
 const tzOf = (s: string): TimeZone => Either.getOrThrow(parseTimeZone(s))
 const UTC = tzOf("UTC")
@@ -122,6 +123,10 @@ describe("retention: rules", () => {
     ]
     const r = prune(list, { keep_last: 1 }, UTC)
     expect(r.kept.map((k) => [k.archive.id, k.rule])).toEqual([["newest", "protected"], ["second", "keep-last"]])
+  })
+
+  it("a decoded policy's retention is what prune takes", () => {
+    expectTypeOf<Retention>().toMatchTypeOf<KeepOptions>()
   })
 
   it("keep_all keeps everything whatever else is set", () => {
