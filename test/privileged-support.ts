@@ -21,7 +21,14 @@ import {
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { AgentConfig } from "../src/layers/Config.js"
-import { DEFAULT_COMMAND_PATHS, Privileged, PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.js"
+import {
+  DEFAULT_COMMAND_PATHS,
+  DEFAULT_HOST_PATHS,
+  Privileged,
+  privilegedLayerAt,
+  type PrivilegedHostPaths,
+  type PrivilegedShape
+} from "../src/layers/Privileged.js"
 import { AgentConfigFile, type PrivilegedCommand } from "../src/schema/config.js"
 import type { PrivilegedError } from "../src/schema/privileged.js"
 
@@ -65,6 +72,8 @@ export const makeBinDir = (label = "bin") => {
       "#!/bin/sh",
       `p=${shq(path)}`,
       `printf '%s\\0' "$0" "$@" > "$p.argv"`,
+      // every call too, one per line (a USB mount is three sudo calls)
+      `{ printf '%s\\037' "$@"; printf '\\n'; } >> "$p.calls"`,
       canned === undefined ? "" : [
         canned.stderr === undefined ? "" : `printf '%s' ${shq(canned.stderr)} >&2`,
         `exit ${canned.exit ?? 1}`
@@ -76,6 +85,27 @@ export const makeBinDir = (label = "bin") => {
     ].join("\n"))
     chmodSync(path, 0o755)
     return path
+  }
+  /**
+   * A fake that appends every call (argv without $0, fields separated by US, one call per line)
+   * to `<name>.calls`, then runs `script` (which sees the arguments as "$@").
+   */
+  const logged = (name: string, script = "exit 0") => {
+    const path = join(dir, name)
+    writeFileSync(path, [
+      "#!/bin/sh",
+      `{ printf '%s\\037' "$@"; printf '\\n'; } >> ${shq(`${path}.calls`)}`,
+      script,
+      ""
+    ].join("\n"))
+    chmodSync(path, 0o755)
+    return path
+  }
+  /** Every call a `logged` fake received, oldest first. */
+  const calls = (name: string): ReadonlyArray<ReadonlyArray<string>> => {
+    const file = join(dir, `${name}.calls`)
+    if (!existsSync(file)) return []
+    return readFileSync(file, "utf8").split("\n").slice(0, -1).map((l) => l.split("\x1f").slice(0, -1))
   }
   const argv = (name: string): ReadonlyArray<string> | undefined => {
     const file = join(dir, `${name}.argv`)
@@ -90,8 +120,19 @@ export const makeBinDir = (label = "bin") => {
       })
     )
   /** Every command that ran (sudo included): one `.argv` file each. */
-  const recorded = () => readdirSync(dir).filter((f) => f.endsWith(".argv"))
-  return { root, dir, fake, fakeSudo, argv, env, recorded, cleanup: () => rmSync(root, { recursive: true, force: true }) }
+  const recorded = () => readdirSync(dir).filter((f) => f.endsWith(".argv") || f.endsWith(".calls"))
+  return {
+    root,
+    dir,
+    fake,
+    fakeSudo,
+    logged,
+    calls,
+    argv,
+    env,
+    recorded,
+    cleanup: () => rmSync(root, { recursive: true, force: true })
+  }
 }
 
 export type Bin = ReturnType<typeof makeBinDir>
@@ -99,10 +140,14 @@ export type Bin = ReturnType<typeof makeBinDir>
 export const ALL: ReadonlyArray<PrivilegedCommand> = [
   "pct",
   "vzdump",
-  "systemd-mount",
-  "systemd-umount",
+  "felhom-mount-unit",
+  "systemctl",
   "smartctl",
-  "sensors"
+  "sensors",
+  "tar",
+  "zstd",
+  "gzip",
+  "lzop"
 ]
 
 export interface LayerOptions {
@@ -111,17 +156,23 @@ export interface LayerOptions {
   readonly sudo_path?: string
   readonly bootstrap_root?: string
   readonly state_dir?: string
+  readonly archive_storage_paths?: ReadonlyArray<string>
+  readonly archive_test_timeout_seconds?: number
+  /** Commands pointed elsewhere than `<bin dir>/<name>` (e.g. the real tar, the real helper). */
+  readonly commands?: Partial<Record<PrivilegedCommand, string>>
+  /** Host paths other than the production ones (scratch unit dir, mount root, mountinfo). */
+  readonly paths?: Partial<PrivilegedHostPaths>
 }
 
 /** Config pointing every command at `<dir>/<name>`. */
 export const layerFor = (bin: Bin, extra: LayerOptions = {}) => {
-  const commands = Object.fromEntries(ALL.map((c) => [c, join(bin.dir, c)]))
-  const { state_dir, ...privileged } = extra
+  const { state_dir, commands: overrides, paths, ...privileged } = extra
+  const commands = { ...Object.fromEntries(ALL.map((c) => [c, join(bin.dir, c)])), ...overrides }
   const file = Schema.decodeUnknownSync(AgentConfigFile)({
     ...(state_dir === undefined ? {} : { state_dir }),
     privileged: { mode: "direct", timeout_seconds: 10, commands, ...privileged }
   })
-  return PrivilegedLive.pipe(
+  return privilegedLayerAt({ ...DEFAULT_HOST_PATHS, ...paths }).pipe(
     Layer.provide(Layer.succeed(AgentConfig, { source: undefined, file })),
     Layer.provide(NodeContext.layer)
   )
@@ -182,6 +233,8 @@ export const makeTrustedTree = (...dirs: ReadonlyArray<string>) => {
 // The sudoers drop-in
 
 export const SUDOERS = join(__dirname, "..", "configs", "sudoers", "felhom-agent")
+/** The root helper that writes and removes USB mount units, as shipped. */
+export const MOUNT_UNIT_HELPER = join(__dirname, "..", "configs", "libexec", "felhom-mount-unit")
 export const hasVisudo = spawnSync("sh", ["-c", "command -v visudo"], { encoding: "utf8" }).status === 0
 
 /**
@@ -208,7 +261,7 @@ export function makeSudoSandbox() {
     "set -e",
     `d=${shq(dir)}`,
     `for f in sudoers passwd group; do mount --bind "$d/etc/$f" "/etc/$f"; done`,
-    `for b in /usr/bin /usr/sbin; do mount -t overlay overlay -o "lowerdir=$d/stubs$b:$b" "$b"; done`,
+    `for b in /usr/bin /usr/sbin /usr/local; do mkdir -p "$d/stubs$b"; mount -t overlay overlay -o "lowerdir=$d/stubs$b:$b" "$b"; done`,
     `exec sudo -l -U felhom-agent "$@"`
   ].join("\n")
   const allowsRaw = (argv: ReadonlyArray<string>) =>

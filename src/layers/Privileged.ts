@@ -14,15 +14,24 @@
  * - a timeout that terminates the process group (SIGTERM, then SIGKILL);
  * - bounded capture: the first STDOUT_CAP_BYTES of stdout, the last STDERR_TAIL_BYTES of stderr.
  * Log lines and errors name the command and the argument, never argument values.
+ *
+ * Two reads need no child at all and stay cheap enough to poll every second (the storage
+ * watchdog): a USB target's state from /dev/disk/by-uuid and /proc/self/mountinfo (usbState).
  */
 import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import type { PlatformError } from "@effect/platform/Error"
 import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
-import { lstat } from "node:fs/promises"
+import type { Stats } from "node:fs"
+import { lstat, readFile, realpath } from "node:fs/promises"
+import { posix } from "node:path"
 import type { PrivilegedCommand } from "../schema/config.js"
 import { StorageId, VmId, VolumeId } from "../schema/ids.js"
 import {
+  type ArchiveCheck,
+  type ArchiveCompression,
+  archivePathUnder,
+  archiveStorageOf,
   ARGUMENT_RULES,
   type ArgumentName,
   BlockDevice,
@@ -35,19 +44,39 @@ import {
   isStrictlyInside,
   MemoryMiB,
   MountPointIndex,
+  MOUNT_UNIT_MARKER,
+  mountUnitName,
+  parseMountInfo,
   PrivilegedError,
   RootfsGiB,
   type SensorKind,
   type SensorReading,
   type SmartFinding,
   type SmartReport,
+  SYSTEMD_UNIT_DIR,
   TemplateVolume,
   type UntrustedPathReason,
-  UsbMountPoint
+  USB_MOUNT_ROOT,
+  UsbFsType,
+  type UsbMountResult,
+  type UsbMountState,
+  type UsbState,
+  UsbTargetId,
+  type UsbUnmountResult,
+  vzdumpLxcCompression
 } from "../schema/privileged.js"
 import { AgentConfig } from "./Config.js"
 
-export { DEFAULT_BOOTSTRAP_ROOT, PrivilegedError, USB_MOUNT_ROOT } from "../schema/privileged.js"
+export {
+  type ArchiveCheck,
+  DEFAULT_BOOTSTRAP_ROOT,
+  PrivilegedError,
+  SYSTEMD_UNIT_DIR,
+  USB_MOUNT_ROOT,
+  type UsbMountResult,
+  type UsbState,
+  type UsbUnmountResult
+} from "../schema/privileged.js"
 
 // ---------------------------------------------------------------------------------------------
 // Execution constants
@@ -56,11 +85,40 @@ export { DEFAULT_BOOTSTRAP_ROOT, PrivilegedError, USB_MOUNT_ROOT } from "../sche
 export const DEFAULT_COMMAND_PATHS: { readonly [K in PrivilegedCommand]: string } = {
   pct: "/usr/sbin/pct",
   vzdump: "/usr/bin/vzdump",
-  "systemd-mount": "/usr/bin/systemd-mount",
-  "systemd-umount": "/usr/bin/systemd-umount",
+  "felhom-mount-unit": "/usr/local/libexec/felhom-agent/felhom-mount-unit",
+  systemctl: "/usr/bin/systemctl",
   smartctl: "/usr/sbin/smartctl",
-  sensors: "/usr/bin/sensors"
+  sensors: "/usr/bin/sensors",
+  tar: "/usr/bin/tar",
+  zstd: "/usr/bin/zstd",
+  gzip: "/usr/bin/gzip",
+  lzop: "/usr/bin/lzop"
 }
+
+/**
+ * Host locations the layer reads or hands to root commands. Production uses the defaults, which
+ * the sudoers rules name literally; tests point them at scratch directories.
+ */
+export interface PrivilegedHostPaths {
+  /** USB targets are mounted one level below it (root-owned, see USB_MOUNT_ROOT). */
+  readonly usbMountRoot: string
+  /** Where felhom-mount-unit writes the persistent mount units. */
+  readonly unitDir: string
+  /** udev's filesystem-UUID symlinks. */
+  readonly byUuidDir: string
+  /** The mount table of the agent's own mount namespace. */
+  readonly mountInfo: string
+}
+
+export const DEFAULT_HOST_PATHS: PrivilegedHostPaths = {
+  usbMountRoot: USB_MOUNT_ROOT,
+  unitDir: SYSTEMD_UNIT_DIR,
+  byUuidDir: "/dev/disk/by-uuid",
+  mountInfo: "/proc/self/mountinfo"
+}
+
+/** The longest excerpt of a failed archive test's stderr that is kept as its reason. */
+export const ARCHIVE_REASON_MAX = 300
 
 /** The whole child environment: nothing of the agent's own environment is inherited. */
 export const CHILD_ENV: Readonly<Record<string, string>> = {
@@ -98,10 +156,17 @@ export interface GoldenDumpSpec {
 }
 
 export interface UsbMountSpec {
-  /** The filesystem UUID as listed under /dev/disk/by-uuid. */
+  /** The target's id: its mount point is `<USB_MOUNT_ROOT>/<targetId>`. */
+  readonly targetId: string
+  /** The filesystem UUID exactly as listed under /dev/disk/by-uuid. */
   readonly uuid: string
-  /** `/mnt/felhom/<name>` (see USB_MOUNT_ROOT). */
-  readonly mountPoint: string
+  /** Default `auto` (mount(8) probes the filesystem). */
+  readonly fsType?: UsbFsType
+}
+
+export interface UsbStateSpec {
+  readonly targetId: string
+  readonly uuid: string
 }
 
 export interface GuestBindMountSpec {
@@ -142,15 +207,46 @@ export interface PrivilegedShape {
    */
   readonly destroyGoldenContainer: (vmid: VmId) => Effect.Effect<void, PrivilegedError>
   /**
-   * `systemd-mount --collect --options=nosuid,nodev,noexec /dev/disk/by-uuid/<uuid> <mountPoint>`.
-   * Why not the API: PVE has no API for mounting an arbitrary host block device; creating a
-   * storage on it presumes it is already mounted. systemd-mount makes a transient unit, so the
-   * mount is visible to and managed by systemd, and `--collect` unloads the unit if it fails.
-   * Runs without `--no-block`, so the exit status reports whether the mount actually happened.
+   * Mounts a USB target by filesystem UUID through a persistent systemd mount unit
+   * `<escaped mount point>.mount` in /etc/systemd/system: `felhom-mount-unit write` (root helper:
+   * builds the unit from validated arguments, writes it atomically, leaves an identical file
+   * alone), `systemctl daemon-reload` only when the file changed or systemd still holds an older
+   * version, then `systemctl enable --now <unit>`. The unit mounts `What=/dev/disk/by-uuid/<uuid>`
+   * at `Where=<USB_MOUNT_ROOT>/<targetId>` with nofail,noatime,nosuid,nodev,noexec, is wanted by
+   * multi-user.target and by the disk's device unit (so a replugged disk is mounted again), and
+   * gives an absent disk 30 s. Why not the API: PVE has no API for mounting a host block device;
+   * a directory storage on it presumes it is mounted. Why not `systemd-mount`: its units are
+   * transient and gone after a reboot. Before anything runs, the mount root and an existing mount
+   * directory must be root-owned, only root-writable and no symlink (UntrustedPath). Fails with
+   * NonZeroExit when the disk does not show up (the unit stays, and mounts it when it does).
    */
-  readonly mountUsbByUuid: (spec: UsbMountSpec) => Effect.Effect<void, PrivilegedError>
-  /** `systemd-umount <mountPoint>` for a mount point below USB_MOUNT_ROOT. Same reason as mounting. */
-  readonly unmount: (mountPoint: string) => Effect.Effect<void, PrivilegedError>
+  readonly mountUsb: (spec: UsbMountSpec) => Effect.Effect<UsbMountResult, PrivilegedError>
+  /**
+   * Detaches a USB target: `systemctl disable --now <unit>` (unmounts; fails, changing nothing
+   * on disk, while the filesystem is busy), `felhom-mount-unit remove`, `systemctl daemon-reload`.
+   * Idempotent: no unit file means nothing to do. Whether a detach is allowed (a target holding
+   * data is destructive, signed) is the gate's decision; this only performs the step.
+   */
+  readonly unmountUsb: (targetId: string) => Effect.Effect<UsbUnmountResult, PrivilegedError>
+  /**
+   * A USB target's state without any child process or sudo: lstat/realpath of
+   * /dev/disk/by-uuid/<uuid> and one read of /proc/self/mountinfo, cheap enough for the storage
+   * watchdog to poll every second. Reads the agent's own mount namespace, which sees the host's
+   * mounts (systemd propagates them into a ProtectSystem= sandbox).
+   */
+  readonly usbState: (spec: UsbStateSpec) => Effect.Effect<UsbState, PrivilegedError>
+  /**
+   * A read-only integrity test of a vzdump container archive on a directory storage:
+   * `zstd -q -t` / `gzip -t` / `lzop -q -t` (the compression's checksums and framing), then
+   * `tar --force-local [--zstd|--gzip|--lzop] -t -f` (the whole tar stream, headers and length).
+   * Why root: archives are root's files on root-owned storage. The path must be
+   * `<storage>/dump/vzdump-lxc-<vmid>-<date>.tar[.zst|.gz|.lzo]` below a configured storage path
+   * or a USB target, and still be after symlinks are resolved; the resolved path is what runs,
+   * and every directory on it must be root-owned and only root-writable (UntrustedPath), so that
+   * no one else can swap it in the meantime. Nothing is written anywhere; stdout is drained and
+   * dropped. Bounded by `privileged.archive_test_timeout_seconds` per command.
+   */
+  readonly verifyArchive: (path: string) => Effect.Effect<ArchiveCheck, PrivilegedError>
   /**
    * `pct set <vmid> --mp<N> <hostPath>,mp=<guestPath>,ro=<0|1>,backup=0`: a host directory bind
    * mounted into a guest (the read-only bootstrap config mount, SPEC §12). Why not the API: PVE
@@ -207,6 +303,8 @@ const UNTRUSTED_TEXT: { readonly [K in UntrustedPathReason]: string } = {
   NotRootOwned: "is not owned by root",
   GroupOrOtherWritable: "is writable by its group or by others",
   NotADirectory: "is not a directory",
+  NotARegularFile: "is not a regular file",
+  NotManagedByAgent: "was not written by felhom-agent (no marker line); it is left alone",
   Missing: "does not exist",
   Uninspectable: "cannot be inspected (it must be traversable by the service user)"
 }
@@ -317,12 +415,14 @@ const stderrText = (c: Captured) => (c.stderrTruncated ? "…" : "") + decodeUtf
 const spawnReason = (e: PlatformError): string =>
   e._tag === "SystemError" ? `${e.reason}${e.syscall === undefined ? "" : ` (${e.syscall})`}` : "bad argument"
 
-const make = Effect.gen(function*() {
+const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   const executor = yield* CommandExecutor.CommandExecutor
   const config = (yield* AgentConfig).file.privileged
   const timeout = Duration.seconds(config.timeout_seconds)
+  const archiveTimeout = Duration.seconds(config.archive_test_timeout_seconds)
   const BootstrapHostPath = bootstrapHostPathUnder(config.bootstrap_root)
   const trustedBootstrapPath = trustedTree("pct", "hostPath", config.bootstrap_root)
+  const ArchivePath = archivePathUnder(config.archive_storage_paths, paths.usbMountRoot)
 
   const binaryOf = (name: PrivilegedCommand): string => config.commands[name] ?? DEFAULT_COMMAND_PATHS[name]
 
@@ -346,7 +446,11 @@ const make = Effect.gen(function*() {
    * Runs argv, returns the exit code and the bounded output. Fails only for spawn failures,
    * signals, lost pipes and the timeout; the exit code is the caller's to judge.
    */
-  const run = (name: PrivilegedCommand, args: ReadonlyArray<string>): Effect.Effect<Completed, PrivilegedError> => {
+  const run = (
+    name: PrivilegedCommand,
+    args: ReadonlyArray<string>,
+    limit: Duration.Duration = timeout
+  ): Effect.Effect<Completed, PrivilegedError> => {
     const binary = binaryOf(name)
     const [exe, argv] = config.mode === "sudo"
       ? [config.sudo_path, ["-n", binary, ...args]] as const
@@ -382,11 +486,11 @@ const make = Effect.gen(function*() {
             Effect.mapError(() => fail("SpawnFailed", "lost the output pipes of the process")),
             Effect.onInterrupt(() => Effect.flatMap(terminate(proc), (alive) => Ref.set(stuck, alive)))
           )
-          const outcome = yield* Effect.timeoutOption(finished, timeout)
+          const outcome = yield* Effect.timeoutOption(finished, limit)
           const c = yield* Ref.get(captured)
           if (Option.isNone(outcome)) {
             const fate = (yield* Ref.get(stuck)) ? "survived SIGKILL" : "was terminated"
-            return yield* fail("Timeout", `timed out after ${config.timeout_seconds} s and ${fate}`, c)
+            return yield* fail("Timeout", `timed out after ${Duration.toSeconds(limit)} s and ${fate}`, c)
           }
           if (Option.isNone(outcome.value)) return yield* fail("NonZeroExit", "terminated by a signal", c)
           return {
@@ -418,8 +522,12 @@ const make = Effect.gen(function*() {
   const runOk = (name: PrivilegedCommand, args: ReadonlyArray<string>) =>
     Effect.flatMap(run(name, args), (r) => (r.exitCode === 0 ? Effect.succeed(r) : Effect.fail(nonZero(name, r))))
 
+  /** In sudo mode, exit 1 with this text is sudo's own refusal, not the command's verdict. */
+  const sudoRefused = (r: Completed) =>
+    config.mode === "sudo" && r.exitCode === 1 && r.stderrTail.includes("a password is required")
+
   const nonZero = (name: PrivilegedCommand, r: Completed) => {
-    const hint = config.mode === "sudo" && r.exitCode === 1 && r.stderrTail.includes("a password is required")
+    const hint = sudoRefused(r)
       ? " (sudo refused: the argv is not allowed by the sudoers drop-in, see configs/sudoers/felhom-agent)"
       : ""
     return new PrivilegedError({
@@ -465,17 +573,232 @@ const make = Effect.gen(function*() {
     yield* runOk("pct", ["destroy", String(id)])
   })
 
-  const mountUsbByUuid = Effect.fn("Privileged.mountUsbByUuid")(function*(spec: UsbMountSpec) {
-    const uuid = yield* check("systemd-mount", "uuid", FsUuid)(spec.uuid)
-    const mountPoint = yield* check("systemd-mount", "mountPoint", UsbMountPoint)(spec.mountPoint)
-    yield* runOk("systemd-mount", [
-      "--collect", "--options=nosuid,nodev,noexec", `/dev/disk/by-uuid/${uuid}`, mountPoint
-    ])
+  // -------------------------------------------------------------------------------------------
+  // USB targets
+
+  /** The target's mount point and unit name; the name must fit systemd's limit (InvalidArgument). */
+  const usbTarget = (command: PrivilegedCommand | "mount-state", targetId: unknown) =>
+    Effect.gen(function*() {
+      const id = yield* Schema.decodeUnknown(UsbTargetId)(targetId).pipe(
+        Effect.mapError(() =>
+          new PrivilegedError({ reason: "InvalidArgument", command, argument: "targetId", message: ARGUMENT_RULES.targetId })
+        )
+      )
+      const mountPoint = `${paths.usbMountRoot}/${id}`
+      const unit = mountUnitName(mountPoint)
+      if (unit === undefined) {
+        return yield* new PrivilegedError({
+          reason: "InvalidArgument",
+          command,
+          argument: "targetId",
+          message: `${ARGUMENT_RULES.targetId}; its escaped unit name must fit systemd's 255 characters`
+        })
+      }
+      return { id, mountPoint, unit }
+    })
+
+  /**
+   * systemd creates a missing mount directory itself; one that exists must be a directory only
+   * root controls, since mount(8) would follow a symlink there (onto /etc, say).
+   */
+  const trustedMountPoint = (mountPoint: string) =>
+    Effect.gen(function*() {
+      yield* trustedTree("felhom-mount-unit", "targetId", paths.usbMountRoot)(paths.usbMountRoot)
+      const why = yield* inspect(mountPoint, paths.usbMountRoot)
+      if (why === undefined || why === "Missing") return
+      return yield* new PrivilegedError({
+        reason: "UntrustedPath",
+        command: "felhom-mount-unit",
+        argument: "targetId",
+        component: mountPoint,
+        untrusted: why,
+        message: `felhom-mount-unit: refusing targetId: the mount point ${mountPoint} ${UNTRUSTED_TEXT[why]}; ` +
+          "it must be absent or a root-owned directory that only root can write, and no symlink"
+      })
+    })
+
+  /** `<written|unchanged|removed|absent> <unit>`: what the helper did, checked against our own name. */
+  const helperVerdict = <V extends string>(r: Completed, verdicts: ReadonlyArray<V>, unit: string) => {
+    const line = r.stdout.trim()
+    const verdict = verdicts.find((v) => line === `${v} ${unit}`)
+    return verdict === undefined
+      ? Effect.fail(decodeError("felhom-mount-unit", "unexpected output (a different unit name or verdict)", r))
+      : Effect.succeed(verdict)
+  }
+
+  /**
+   * Whether the target's unit file exists and is ours. The helper refuses a foreign file too; this
+   * check also keeps `systemctl disable --now` away from a unit someone else wrote.
+   */
+  const unitFile = (unit: string) =>
+    Effect.gen(function*() {
+      const path = `${paths.unitDir}/${unit}`
+      const cannot = (e: { readonly error: unknown }) =>
+        new PrivilegedError({
+          reason: "HostRead",
+          command: "felhom-mount-unit",
+          message: `felhom-mount-unit: cannot inspect ${paths.unitDir}: ${errnoOf(e.error)}`
+        })
+      const st = yield* Effect.tryPromise(() => lstat(path)).pipe(
+        Effect.map(Option.some),
+        Effect.catchAll((e) =>
+          errnoOf(e.error) === "ENOENT" ? Effect.succeed(Option.none<Stats>()) : Effect.fail(cannot(e))
+        )
+      )
+      if (Option.isNone(st)) return "absent" as const
+      const first = st.value.isFile()
+        ? (yield* Effect.tryPromise(() => readFile(path, "utf8")).pipe(Effect.mapError(cannot))).split("\n", 1)[0]
+        : undefined
+      if (first === MOUNT_UNIT_MARKER) return "ours" as const
+      return yield* new PrivilegedError({
+        reason: "UntrustedPath",
+        command: "felhom-mount-unit",
+        argument: "targetId",
+        component: path,
+        untrusted: "NotManagedByAgent",
+        message: `felhom-mount-unit: refusing targetId: ${path} ${UNTRUSTED_TEXT.NotManagedByAgent}`
+      })
+    })
+
+  const mountUsb = Effect.fn("Privileged.mountUsb")(function*(spec: UsbMountSpec) {
+    const { id, mountPoint, unit } = yield* usbTarget("felhom-mount-unit", spec.targetId)
+    const uuid = yield* check("felhom-mount-unit", "uuid", FsUuid)(spec.uuid)
+    const fsType = yield* check("felhom-mount-unit", "fsType", UsbFsType)(spec.fsType ?? "auto")
+    yield* trustedMountPoint(mountPoint)
+    yield* unitFile(unit)
+    const written = yield* runOk("felhom-mount-unit", [
+      "write", paths.unitDir, paths.usbMountRoot, id, uuid, fsType
+    ]).pipe(Effect.flatMap((r) => helperVerdict(r, ["written", "unchanged"], unit)))
+    // An unchanged file may still be newer than what systemd loaded (a reload that failed last time).
+    const stale = written === "unchanged" &&
+      (yield* runOk("systemctl", ["show", "--property=NeedDaemonReload", "--value", unit])).stdout.trim() === "yes"
+    if (written === "written" || stale) yield* runOk("systemctl", ["daemon-reload"])
+    yield* runOk("systemctl", ["enable", "--now", unit])
+    return { unit, mountPoint, changed: written === "written" } satisfies UsbMountResult
   })
 
-  const unmount = Effect.fn("Privileged.unmount")(function*(mountPoint: string) {
-    const mp = yield* check("systemd-umount", "mountPoint", UsbMountPoint)(mountPoint)
-    yield* runOk("systemd-umount", [mp])
+  const unmountUsb = Effect.fn("Privileged.unmountUsb")(function*(targetId: string) {
+    const { id, unit } = yield* usbTarget("felhom-mount-unit", targetId)
+    if ((yield* unitFile(unit)) === "absent") return { unit, removed: false } satisfies UsbUnmountResult
+    // disable reads the unit's [Install] section, so it runs while the file is still there.
+    yield* runOk("systemctl", ["disable", "--now", unit])
+    const removed = yield* runOk("felhom-mount-unit", ["remove", paths.unitDir, paths.usbMountRoot, id]).pipe(
+      Effect.flatMap((r) => helperVerdict(r, ["removed", "absent"], unit))
+    )
+    yield* runOk("systemctl", ["daemon-reload"])
+    return { unit, removed: removed === "removed" } satisfies UsbUnmountResult
+  })
+
+  const usbState = Effect.fn("Privileged.usbState")(function*(spec: UsbStateSpec) {
+    const { mountPoint } = yield* usbTarget("mount-state", spec.targetId)
+    const uuid = yield* Schema.decodeUnknown(FsUuid)(spec.uuid).pipe(
+      Effect.mapError(() =>
+        new PrivilegedError({ reason: "InvalidArgument", command: "mount-state", argument: "uuid", message: ARGUMENT_RULES.uuid })
+      )
+    )
+    const hostRead = (what: string) => (e: { readonly error: unknown }) =>
+      new PrivilegedError({ reason: "HostRead", command: "mount-state", message: `cannot read ${what}: ${errnoOf(e.error)}` })
+    // A pulled disk's udev link goes away; a dangling one (device node gone first) counts as absent.
+    const device = yield* Effect.tryPromise(() => realpath(`${paths.byUuidDir}/${uuid}`)).pipe(
+      Effect.map(Option.some),
+      Effect.catchAll((e) => {
+        const code = (e.error as { code?: unknown } | undefined)?.code
+        return code === "ENOENT" || code === "ENOTDIR" ? Effect.succeed(Option.none<string>()) : Effect.fail(hostRead(paths.byUuidDir)(e))
+      })
+    )
+    const table = yield* Effect.tryPromise(() => readFile(paths.mountInfo, "utf8")).pipe(
+      Effect.mapError(hostRead(paths.mountInfo))
+    )
+    // The last entry for a mount point is the one on top, the one a path lookup reaches.
+    const top = parseMountInfo(table).filter((m) => m.mountPoint === mountPoint).at(-1)
+    const state: UsbMountState = top === undefined
+      ? (Option.isSome(device) ? "unmounted" : "absent")
+      : Option.isNone(device)
+      ? "stale"
+      : top.source === device.value
+      ? "mounted"
+      : "foreign"
+    return {
+      state,
+      devicePresent: Option.isSome(device),
+      ...optionalField("device", device),
+      mountPoint,
+      mounted: top !== undefined,
+      ...(top === undefined ? {} : { mountSource: top.source, fsType: top.fsType, readOnly: top.readOnly })
+    } satisfies UsbState
+  })
+
+  // -------------------------------------------------------------------------------------------
+  // Archive integrity
+
+  const checkArchivePath = (command: PrivilegedCommand, value: unknown) => check(command, "archivePath", ArchivePath)(value)
+
+  /**
+   * The path that will run: symlinks resolved, the result valid by the same rule, every directory
+   * on it trusted (only root can swap anything between here and the root command), and a file.
+   */
+  const resolveArchive = (given: string) =>
+    Effect.gen(function*() {
+      const resolved = yield* Effect.tryPromise(() => realpath(given)).pipe(
+        Effect.catchAll((e) => {
+          const code = (e.error as { code?: unknown } | undefined)?.code
+          const why: UntrustedPathReason = code === "ENOENT" || code === "ENOTDIR" ? "Missing" : "Uninspectable"
+          return Effect.fail(
+            new PrivilegedError({
+              reason: "UntrustedPath",
+              command: "tar",
+              argument: "archivePath",
+              untrusted: why,
+              message: `tar: refusing archivePath: the archive ${UNTRUSTED_TEXT[why]}`
+            })
+          )
+        })
+      )
+      const archive = yield* checkArchivePath("tar", resolved).pipe(
+        Effect.mapError(() =>
+          new PrivilegedError({
+            reason: "InvalidArgument",
+            command: "tar",
+            argument: "archivePath",
+            message: `${ARGUMENT_RULES.archivePath} (this one resolves through a symlink to a path that is not)`
+          })
+        )
+      )
+      const storage = archiveStorageOf(archive) ?? archive
+      yield* trustedTree("tar", "archivePath", storage)(posix.dirname(archive))
+      const st = yield* Effect.tryPromise(() => lstat(archive)).pipe(Effect.option)
+      if (Option.isNone(st) || !st.value.isFile()) {
+        const why: UntrustedPathReason = Option.isNone(st) ? "Missing" : "NotARegularFile"
+        return yield* new PrivilegedError({
+          reason: "UntrustedPath",
+          command: "tar",
+          argument: "archivePath",
+          component: archive,
+          untrusted: why,
+          message: `tar: refusing archivePath: ${archive} ${UNTRUSTED_TEXT[why]}`
+        })
+      }
+      return archive
+    })
+
+  const verifyArchive = Effect.fn("Privileged.verifyArchive")(function*(path: string) {
+    const given = yield* checkArchivePath("tar", path)
+    const archive = yield* resolveArchive(given)
+    const compression = vzdumpLxcCompression(posix.basename(archive)) ?? "none"
+    const stages = archiveStages(compression, archive)
+    for (const [stage, name, args] of stages) {
+      const r = yield* run(name, args, archiveTimeout)
+      if (r.exitCode === 0) continue
+      if (sudoRefused(r)) return yield* nonZero(name, r)
+      return {
+        ok: false,
+        compression,
+        stage,
+        exitCode: r.exitCode,
+        reason: archiveReason(r.stderrTail, [archive, given])
+      } satisfies ArchiveCheck
+    }
+    return { ok: true, compression } satisfies ArchiveCheck
   })
 
   const bindMountIntoGuest = Effect.fn("Privileged.bindMountIntoGuest")(function*(spec: GuestBindMountSpec) {
@@ -510,18 +833,75 @@ const make = Effect.gen(function*() {
     createGoldenContainer,
     dumpGoldenArchive,
     destroyGoldenContainer,
-    mountUsbByUuid,
-    unmount,
+    mountUsb,
+    unmountUsb,
+    usbState,
+    verifyArchive,
     bindMountIntoGuest,
     smart,
     sensors
   })
 })
 
-/** The fence: this layer may need a process executor and config, never an HTTP client. */
-export const PrivilegedLive = Layer.effect(Privileged, make).pipe(
-  Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
-)
+/**
+ * The layer over explicit host paths (tests use scratch directories). The fence: it may need a
+ * process executor and config, never an HTTP client.
+ */
+export const privilegedLayerAt = (paths: PrivilegedHostPaths) =>
+  Layer.effect(Privileged, make(paths)).pipe(
+    Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+  )
+
+/** The production layer: the host paths the sudoers rules name. */
+export const PrivilegedLive = privilegedLayerAt(DEFAULT_HOST_PATHS)
+
+// ---------------------------------------------------------------------------------------------
+// Archive tests
+
+type ArchiveStage = readonly [stage: "compression" | "tar", command: PrivilegedCommand, args: ReadonlyArray<string>]
+
+/** The compression's own test first (it names a bad checksum precisely), then the tar listing. */
+const archiveStages = (compression: ArchiveCompression, archive: string): ReadonlyArray<ArchiveStage> => {
+  // --force-local: GNU tar would read a `host:path` archive name from a remote host over rsh.
+  const tar = (filter: ReadonlyArray<string>): ArchiveStage => ["tar", "tar", ["--force-local", ...filter, "-t", "-f", archive]]
+  switch (compression) {
+    case "zst":
+      return [["compression", "zstd", ["-q", "-t", "--", archive]], tar(["--zstd"])]
+    case "gz":
+      return [["compression", "gzip", ["-t", "--", archive]], tar(["--gzip"])]
+    case "lzo":
+      return [["compression", "lzop", ["-q", "-t", "--", archive]], tar(["--lzop"])]
+    case "none":
+      return [tar([])]
+  }
+}
+
+/**
+ * The last lines of a failed test's stderr, fit for a report: control characters dropped, the
+ * archive's own path and any other path (tar may name entries of the customer's filesystem)
+ * replaced, clipped to ARCHIVE_REASON_MAX.
+ */
+export const archiveReason = (stderr: string, archivePaths: ReadonlyArray<string>): string => {
+  let text = stderr
+  for (const p of archivePaths) text = text.split(p).join("<archive>")
+  const lines = text
+    .split("\n")
+    .map((l) =>
+      l.replace(/[\u0000-\u001f\u007f-\u009f]/g, " ")
+        .replace(/(^|[\s'"`(])\.{0,2}\/[^\s'"`):,]*/g, "$1<path>")
+        .replace(/\s+/g, " ")
+        .trim()
+    )
+    .filter((l) => l.length > 0 && l !== "…")
+  const tail = lines.slice(-3).join(" / ")
+  const reason = tail.length > 0 ? tail : "no error output"
+  return reason.length > ARCHIVE_REASON_MAX ? `${reason.slice(0, ARCHIVE_REASON_MAX - 1)}…` : reason
+}
+
+const errnoOf = (error: unknown): string => {
+  const code = (error as { code?: unknown } | undefined)?.code
+  return typeof code === "string" ? code : "unknown error"
+}
 
 // ---------------------------------------------------------------------------------------------
 // Output decoding

@@ -6,7 +6,13 @@
 import { Schema } from "effect"
 import { posix } from "node:path"
 import { NodeName } from "./ids.js"
-import { DEFAULT_BOOTSTRAP_ROOT, isSafeAbsolutePath, pathsOverlap, SAFE_PATH_RULE } from "./privileged.js"
+import {
+  DEFAULT_ARCHIVE_STORAGE_PATHS,
+  DEFAULT_BOOTSTRAP_ROOT,
+  isSafeAbsolutePath,
+  pathsOverlap,
+  SAFE_PATH_RULE
+} from "./privileged.js"
 
 /** ParseError text prints the offending input; the override keeps a mistyped secret out of it. */
 export const Secret = Schema.Redacted(
@@ -71,10 +77,14 @@ export class ProxmoxConfig extends Schema.Class<ProxmoxConfig>("ProxmoxConfig")(
 export const PrivilegedCommand = Schema.Literal(
   "pct",
   "vzdump",
-  "systemd-mount",
-  "systemd-umount",
+  "felhom-mount-unit",
+  "systemctl",
   "smartctl",
-  "sensors"
+  "sensors",
+  "tar",
+  "zstd",
+  "gzip",
+  "lzop"
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
@@ -102,7 +112,24 @@ export class PrivilegedConfig extends Schema.Class<PrivilegedConfig>("Privileged
   commands: Schema.optionalWith(Schema.partial(Schema.Record({ key: PrivilegedCommand, value: AbsolutePath })), {
     default: () => ({})
   }),
-  timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 86_400)), { default: () => 600 })
+  timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 86_400)), { default: () => 600 }),
+  /**
+   * Directory storages whose `dump/` archives the integrity test may read as root (USB targets
+   * are always included). Canonical, so the sudoers rules can name them literally.
+   */
+  archive_storage_paths: Schema.optionalWith(
+    Schema.Array(Schema.String.pipe(
+      Schema.filter((s) =>
+        isSafeAbsolutePath(s) ||
+        `expected ${SAFE_PATH_RULE}; the archive test rules in configs/sudoers/felhom-agent must name the same path`
+      )
+    )),
+    { default: () => [...DEFAULT_ARCHIVE_STORAGE_PATHS] }
+  ),
+  /** An archive test reads the whole archive twice; a large one on a slow disk takes hours. */
+  archive_test_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 86_400)), {
+    default: () => 14_400
+  })
 }) {}
 
 export class HubConfig extends Schema.Class<HubConfig>("HubConfig")({

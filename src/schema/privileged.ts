@@ -11,12 +11,29 @@ import type { PrivilegedCommand } from "./config.js"
 // Allowed roots
 
 /**
- * USB disks are mounted at exactly one directory level below this root (`/mnt/felhom/<name>`).
- * One level only: a deeper mount point would traverse a directory that may live on a previously
- * mounted, customer-controlled filesystem, where a symlink could redirect a root mount anywhere.
- * The root itself must be root-owned (the agent user must not be able to plant symlinks in it).
+ * USB targets are mounted at exactly one directory level below this root (`/mnt/felhom/<target>`),
+ * each by a persistent systemd mount unit. One level only: a deeper mount point would traverse a
+ * directory that may live on a previously mounted, customer-controlled filesystem, where a symlink
+ * could redirect a root mount anywhere. The root itself must be root-owned (checked before each
+ * mount: the agent user must not be able to plant symlinks in it).
  */
 export const USB_MOUNT_ROOT = "/mnt/felhom"
+
+/** Where the persistent mount units are written (root-owned; the sudoers rule names it). */
+export const SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+/**
+ * The first line of every mount unit the agent writes (configs/libexec/felhom-mount-unit prints
+ * the same text; a test compares them). A unit file without it is never rewritten or removed.
+ */
+export const MOUNT_UNIT_MARKER =
+  "# Managed by felhom-agent (felhom-mount-unit): rewritten or removed by the agent, do not edit."
+
+/**
+ * The default of `privileged.archive_storage_paths`: PVE's `local` directory storage. Archives
+ * live in `<storage path>/dump/`; every USB target's mount point is such a storage path too.
+ */
+export const DEFAULT_ARCHIVE_STORAGE_PATHS: ReadonlyArray<string> = ["/var/lib/vz"]
 
 /**
  * The default of `privileged.bootstrap_root`: host directories bind-mounted into guests (the
@@ -70,8 +87,13 @@ export const ARGUMENT_RULES = {
   memory: "memory must be an integer number of MiB in 16..4194304",
   cores: "cores must be an integer in 1..8192",
   rootfsGiB: "rootfsGiB must be an integer number of GiB in 1..65536",
-  uuid: "uuid must be a filesystem UUID (8-4-4-4-12 hex) or a vfat/exfat serial (XXXX-XXXX hex)",
-  mountPoint: `mountPoint must be one directory directly below ${USB_MOUNT_ROOT}/, made of ${SAFE_PATH_RULE}`,
+  uuid: "uuid must be a filesystem UUID as udev names it: lower-case 8-4-4-4-12 hex (ext4, xfs, btrfs) " +
+    "or an upper-case XXXX-XXXX vfat/exfat serial",
+  targetId: "targetId must be a USB target id: a letter, then up to 47 of [A-Za-z0-9._-]",
+  fsType: "fsType must be one of auto, ext4, xfs, btrfs, vfat, exfat",
+  archivePath: "archivePath must be <storage path>/dump/vzdump-lxc-<vmid>-YYYY_MM_DD-HH_MM_SS.tar[.zst|.gz|.lzo], " +
+    `where the storage path is one of privileged.archive_storage_paths or a USB target below ${USB_MOUNT_ROOT}, ` +
+    "both before and after resolving symlinks",
   hostPath: `hostPath must be strictly below privileged.bootstrap_root (default ${DEFAULT_BOOTSTRAP_ROOT}) and be ${SAFE_PATH_RULE}`,
   guestPath: `guestPath must be ${SAFE_PATH_RULE}, and not '/'`,
   mpIndex: "mpIndex must be an integer in 0..255",
@@ -87,17 +109,6 @@ export const GuestPath = Schema.String.pipe(
 )
 export type GuestPath = typeof GuestPath.Type
 
-/** `/mnt/felhom/<name>`: one component directly below USB_MOUNT_ROOT. */
-export const UsbMountPoint = Schema.String.pipe(
-  Schema.filter((p) => {
-    const ok = isSafeAbsolutePath(p) && p.startsWith(`${USB_MOUNT_ROOT}/`) &&
-      !p.slice(USB_MOUNT_ROOT.length + 1).includes("/")
-    return ok || ARGUMENT_RULES.mountPoint
-  }),
-  Schema.brand("UsbMountPoint")
-)
-export type UsbMountPoint = typeof UsbMountPoint.Type
-
 /**
  * A bind-mount source: a canonical host path strictly below `root` (the configured, root-owned
  * bootstrap tree). This is the string half of the check; the filesystem half (every component
@@ -112,18 +123,85 @@ export const bootstrapHostPathUnder = (root: string) =>
 export type BootstrapHostPath = Schema.Schema.Type<ReturnType<typeof bootstrapHostPathUnder>>
 
 /**
- * Filesystem UUIDs as they appear under /dev/disk/by-uuid: the RFC 4122 form (ext4, xfs, btrfs)
- * and the vfat/exfat volume serial `XXXX-XXXX`. Case is kept, because the symlink name is
- * case-sensitive (vfat serials are upper case, ext4 UUIDs lower case).
+ * Filesystem UUIDs exactly as udev names the /dev/disk/by-uuid symlinks: the RFC 4122 form in lower
+ * case (blkid prints ext4, xfs and btrfs UUIDs so) and the vfat/exfat volume serial `XXXX-XXXX` in
+ * upper case. The symlink name is case-sensitive, so any other spelling could never match a disk:
+ * it is refused here rather than left to time out as a unit that never mounts.
  */
 export const FsUuid = Schema.String.pipe(
-  Schema.pattern(
-    /^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4})$/,
-    { message: () => ARGUMENT_RULES.uuid }
-  ),
+  Schema.pattern(/^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9A-F]{4}-[0-9A-F]{4})$/, {
+    message: () => ARGUMENT_RULES.uuid
+  }),
   Schema.brand("FsUuid")
 )
 export type FsUuid = typeof FsUuid.Type
+
+/**
+ * A USB target's id, also its mount directory below USB_MOUNT_ROOT and (escaped) its unit name. A
+ * PVE storage id (a letter first), at most 48 characters so that even a fully escaped unit name
+ * (`-` becomes `\x2d`) stays below systemd's 255.
+ */
+export const UsbTargetId = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z][A-Za-z0-9._-]{0,47}$/, { message: () => ARGUMENT_RULES.targetId }),
+  Schema.brand("UsbTargetId")
+)
+export type UsbTargetId = typeof UsbTargetId.Type
+
+/** The filesystems a USB target may carry (`auto`: mount(8) probes). */
+export const UsbFsType = Schema.Literal("auto", "ext4", "xfs", "btrfs", "vfat", "exfat").annotations({
+  message: () => ARGUMENT_RULES.fsType
+})
+export type UsbFsType = typeof UsbFsType.Type
+
+// ---------------------------------------------------------------------------------------------
+// vzdump archives
+
+/** How a vzdump archive is compressed, from its name (`none`: a plain `.tar`). */
+export type ArchiveCompression = "zst" | "gz" | "lzo" | "none"
+
+/**
+ * A container backup as vzdump names it on a directory storage. The date fields are range-checked
+ * so that the name is one vzdump could have written, not just digits.
+ */
+const VZDUMP_LXC_NAME =
+  /^vzdump-lxc-[1-9][0-9]{2,8}-[0-9]{4}_(0[1-9]|1[0-2])_(0[1-9]|[12][0-9]|3[01])-([01][0-9]|2[0-3])_[0-5][0-9]_[0-5][0-9]\.tar(?<ext>\.zst|\.gz|\.lzo)?$/
+
+/** The compression of a vzdump container archive name, or undefined if it is not one. */
+export const vzdumpLxcCompression = (name: string): ArchiveCompression | undefined => {
+  const m = VZDUMP_LXC_NAME.exec(name)
+  if (m === null) return undefined
+  const ext = m.groups?.["ext"]
+  return ext === ".zst" ? "zst" : ext === ".gz" ? "gz" : ext === ".lzo" ? "lzo" : "none"
+}
+
+/** The storage path an archive path lies in (`<storage>/dump/<name>`), or undefined. */
+export const archiveStorageOf = (path: string): string | undefined => {
+  if (!isSafeAbsolutePath(path)) return undefined
+  const parts = path.split("/")
+  const name = parts[parts.length - 1] ?? ""
+  if (parts.length < 4 || parts[parts.length - 2] !== "dump" || vzdumpLxcCompression(name) === undefined) return undefined
+  return parts.slice(0, -2).join("/")
+}
+
+/**
+ * `<storage path>/dump/<vzdump-lxc name>` where the storage path is one of `storagePaths` or a
+ * USB target's mount point (one level below `usbMountRoot`). The string half of the check; the
+ * layer resolves symlinks, re-checks the result with this same schema and inspects the tree.
+ */
+export const archivePathUnder = (storagePaths: ReadonlyArray<string>, usbMountRoot: string) =>
+  Schema.String.pipe(
+    Schema.filter((p) => {
+      const storage = archiveStorageOf(p)
+      const ok = storage !== undefined && (
+        storagePaths.includes(storage) ||
+        (isStrictlyInside(usbMountRoot, storage) && !storage.slice(usbMountRoot.length + 1).includes("/") &&
+          Schema.is(UsbTargetId)(storage.slice(usbMountRoot.length + 1)))
+      )
+      return ok || ARGUMENT_RULES.archivePath
+    }),
+    Schema.brand("ArchivePath")
+  )
+export type ArchivePath = Schema.Schema.Type<ReturnType<typeof archivePathUnder>>
 
 /** A whole-disk kernel name: SATA/SAS/USB `sdX` or an NVMe namespace `nvmeXnY`. */
 export const BlockDevice = Schema.String.pipe(
@@ -170,6 +248,8 @@ export type PrivilegedErrorReason =
   | "NonZeroExit"
   | "Timeout"
   | "Decode"
+  /** A host file the layer reads itself (mountinfo, /dev/disk/by-uuid) could not be read. */
+  | "HostRead"
 
 /**
  * Why a component of a host path handed to a root command is not trusted (UntrustedPath). The
@@ -183,6 +263,10 @@ export type UntrustedPathReason =
   /** Group- or other-writable (a root-owned sticky directory above the trusted root excepted). */
   | "GroupOrOtherWritable"
   | "NotADirectory"
+  /** An archive that is not a regular file (a device, a FIFO, a directory). */
+  | "NotARegularFile"
+  /** A unit file at the target's unit name that the agent did not write (no marker line). */
+  | "NotManagedByAgent"
   | "Missing"
   /** lstat failed otherwise (e.g. EACCES: the tree must be traversable by the service user). */
   | "Uninspectable"
@@ -196,7 +280,8 @@ export type UntrustedPathReason =
  */
 export class PrivilegedError extends Data.TaggedError("PrivilegedError")<{
   readonly reason: PrivilegedErrorReason
-  readonly command: PrivilegedCommand
+  /** The command, or `mount-state` for the layer's own child-free reads. */
+  readonly command: PrivilegedCommand | "mount-state"
   readonly message: string
   readonly argument?: string
   readonly component?: string
@@ -263,3 +348,152 @@ export const SensorReading = Schema.Struct({
   alarm: Schema.optional(Schema.Boolean)
 })
 export type SensorReading = typeof SensorReading.Type
+
+// ---------------------------------------------------------------------------------------------
+// USB targets
+
+/**
+ * Where a USB target stands, from /dev/disk/by-uuid and /proc/self/mountinfo (no child process):
+ * - `mounted`: the disk is present and mounted at the target's mount point;
+ * - `unmounted`: the disk is present, nothing is mounted there;
+ * - `absent`: no disk with that UUID, nothing mounted (pulled, or never plugged in);
+ * - `stale`: something is still mounted there but the disk is gone (pulled while mounted; writes fail);
+ * - `foreign`: another device or filesystem is mounted there.
+ */
+export type UsbMountState = "mounted" | "unmounted" | "absent" | "stale" | "foreign"
+
+export interface UsbState {
+  readonly state: UsbMountState
+  readonly devicePresent: boolean
+  /** The block device the by-uuid link resolves to (`/dev/sdb1`), when present. */
+  readonly device?: string
+  readonly mountPoint: string
+  readonly mounted: boolean
+  /** Of the topmost mount at the mount point, when mounted. */
+  readonly mountSource?: string
+  readonly fsType?: string
+  /** Mounted read-only (per mount or per superblock, e.g. ext4 errors=remount-ro after I/O errors). */
+  readonly readOnly?: boolean
+}
+
+/** The outcome of writing a target's mount unit and starting it. */
+export interface UsbMountResult {
+  readonly unit: string
+  readonly mountPoint: string
+  /** The unit file was (re)written, so systemd was reloaded. */
+  readonly changed: boolean
+}
+
+export interface UsbUnmountResult {
+  readonly unit: string
+  /** False when there was no unit file to remove (already detached). */
+  readonly removed: boolean
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archive integrity
+
+/**
+ * A read-only archive test: the compression's own test (checksums and framing), then a full
+ * listing of the tar stream. `ok: false` means the archive is damaged; anything that says nothing
+ * about the archive (bad argument, untrusted path, sudo refusal, timeout) is a PrivilegedError.
+ * `reason` is a clipped excerpt of the tool's stderr with paths replaced, never its full output.
+ */
+export type ArchiveCheck =
+  | { readonly ok: true; readonly compression: ArchiveCompression }
+  | {
+    readonly ok: false
+    readonly compression: ArchiveCompression
+    readonly stage: "compression" | "tar"
+    readonly exitCode: number
+    readonly reason: string
+  }
+
+// ---------------------------------------------------------------------------------------------
+// systemd unit names
+
+const UNIT_NAME_MAX = 255
+const PATH_MAX = 4096
+const NAME_MAX = 255
+
+export type EscapePathError = "NotNormalized" | "TooLong"
+
+/**
+ * `systemd-escape --path <p>` (systemd 252, unit_name_path_escape): simplify the path (drop empty
+ * and `.` components and trailing slashes), refuse a `..` component or a path or component too
+ * long for Linux, map the root and the empty path to `-`, then escape: `/` becomes `-`, a leading
+ * `.` and every byte outside [A-Za-z0-9:_.] becomes `\xNN` (lower-case hex of each UTF-8 byte).
+ * test/privileged-escape.test.ts compares it with the real binary.
+ */
+export const escapeSystemdPath = (path: string): { readonly ok: true; readonly name: string } | {
+  readonly ok: false
+  readonly error: EscapePathError
+} => {
+  const absolute = path.startsWith("/")
+  const parts = path.split("/").filter((c) => c !== "" && c !== ".")
+  // A relative path made only of `.` components simplifies to `.`, which is not normalized.
+  if (parts.length === 0) {
+    return !absolute && path !== "" ? { ok: false, error: "NotNormalized" } : { ok: true, name: "-" }
+  }
+  if (parts.includes("..")) return { ok: false, error: "NotNormalized" }
+  const simplified = (absolute ? "/" : "") + parts.join("/")
+  if (parts.some((c) => Buffer.byteLength(c) > NAME_MAX) || Buffer.byteLength(simplified) >= PATH_MAX) {
+    return { ok: false, error: "TooLong" }
+  }
+  const bytes = Buffer.from(parts.join("/"), "utf8")
+  let out = ""
+  bytes.forEach((b, i) => {
+    const c = String.fromCharCode(b)
+    if (c === "/") out += "-"
+    else if ((i === 0 && c === ".") || !/^[A-Za-z0-9:_.]$/.test(c)) out += `\\x${b.toString(16).padStart(2, "0")}`
+    else out += c
+  })
+  return { ok: true, name: out }
+}
+
+/** The unit name systemd requires for a mount at `path` (`Where=` must match it), if valid. */
+export const mountUnitName = (path: string): string | undefined => {
+  const escaped = escapeSystemdPath(path)
+  if (!escaped.ok) return undefined
+  const name = `${escaped.name}.mount`
+  return name.length <= UNIT_NAME_MAX ? name : undefined
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc/self/mountinfo
+
+export interface MountInfoEntry {
+  readonly mountPoint: string
+  readonly source: string
+  readonly fsType: string
+  readonly readOnly: boolean
+}
+
+/** mountinfo escapes space, tab, newline and backslash as `\ooo` octal. */
+const unescapeMountField = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+
+/**
+ * Parses proc(5) mountinfo: `id parent major:minor root mountpoint options [optional...] - fstype
+ * source superoptions`. Lines that do not have that shape are skipped (the kernel writes none).
+ */
+export const parseMountInfo = (text: string): ReadonlyArray<MountInfoEntry> => {
+  const entries: Array<MountInfoEntry> = []
+  for (const line of text.split("\n")) {
+    const f = line.split(" ")
+    const sep = f.indexOf("-", 6)
+    if (sep < 0 || sep + 2 >= f.length) continue
+    const mountPoint = f[4]
+    const options = f[5]
+    const fsType = f[sep + 1]
+    const source = f[sep + 2]
+    const superOptions = f[sep + 3] ?? ""
+    if (mountPoint === undefined || options === undefined || fsType === undefined || source === undefined) continue
+    entries.push({
+      mountPoint: unescapeMountField(mountPoint),
+      source: unescapeMountField(source),
+      fsType,
+      readOnly: options.split(",").includes("ro") || superOptions.split(",").includes("ro")
+    })
+  }
+  return entries
+}
