@@ -154,6 +154,50 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       op_id TEXT NOT NULL,
       recorded_at_ms INTEGER NOT NULL
     ) STRICT`
+  }),
+  "0007_protection": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Data protection (issue 10), src/layers/ProtectionStore.ts. The newest attempt and success
+    // per (kind, guest, target): what schedules are computed from, so missed runs collapse.
+    yield* sql`CREATE TABLE protection_runs (
+      kind TEXT NOT NULL CHECK (kind IN ('backup', 'restore_test', 'verify')),
+      vmid INTEGER NOT NULL,
+      storage TEXT NOT NULL,
+      last_attempt_ms INTEGER NOT NULL,
+      last_success_ms INTEGER,
+      last_result TEXT NOT NULL CHECK (last_result IN ('ok', 'warnings', 'failed', 'skipped')),
+      detail TEXT NOT NULL,
+      PRIMARY KEY (kind, vmid, storage)
+    ) STRICT`
+    // Each self-restore-test, kept for the report.
+    yield* sql`CREATE TABLE restore_tests (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      op_id TEXT NOT NULL,
+      vmid INTEGER NOT NULL,
+      archive TEXT NOT NULL,
+      started_ms INTEGER NOT NULL,
+      ended_ms INTEGER NOT NULL,
+      result TEXT NOT NULL CHECK (result IN ('pass', 'fail', 'skipped')),
+      detail TEXT NOT NULL,
+      timings TEXT NOT NULL
+    ) STRICT`
+    // The retention policy in force per target, and what made it so: a policy that would delete
+    // more than this one needs an operator's signature before it replaces it.
+    yield* sql`CREATE TABLE retention_in_force (
+      storage TEXT PRIMARY KEY NOT NULL,
+      retention TEXT NOT NULL,
+      basis TEXT NOT NULL CHECK (basis IN ('manifest', 'signed')),
+      since_ms INTEGER NOT NULL
+    ) STRICT`
+    // Integrity verify results per archive (a failure raises that guest's restore-test priority).
+    yield* sql`CREATE TABLE archive_checks (
+      volid TEXT PRIMARY KEY NOT NULL,
+      storage TEXT NOT NULL,
+      vmid INTEGER NOT NULL,
+      checked_ms INTEGER NOT NULL,
+      ok INTEGER NOT NULL CHECK (ok IN (0, 1)),
+      detail TEXT NOT NULL
+    ) STRICT`
   })
 }
 

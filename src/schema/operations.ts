@@ -12,6 +12,14 @@ import { SnapshotName, StorageId, VmId, VolumeId } from "./ids.js"
 export const InstanceMarker = Schema.String.pipe(Schema.pattern(/^felhom-prov-[0-9a-f]{16}$/))
 export type InstanceMarker = typeof InstanceMarker.Type
 
+/**
+ * The tag a self-restore-test puts on its scratch guest (issue 10), recorded in the journal before
+ * the restore is requested: only a guest carrying exactly this tag, in the scratch vmid range,
+ * recorded as this op's scratch provenance, is ever torn down as scratch.
+ */
+export const ScratchMarker = Schema.String.pipe(Schema.pattern(/^felhom-scratch-[0-9a-f]{16}$/))
+export type ScratchMarker = typeof ScratchMarker.Type
+
 export const CreateSource = Schema.Struct({ archive: VolumeId, storage: StorageId })
 export type CreateSource = typeof CreateSource.Type
 
@@ -65,6 +73,37 @@ export const GoldenRegisterOperation = Schema.TaggedStruct("golden-register", {
   authorization: SignedAuthorization
 })
 
+/** A backup the agent decided on itself (its schedule, or the local API's due computation). */
+export const BackupOperation = Schema.TaggedStruct("backup", {
+  vmid: VmId,
+  storage: StorageId,
+  trigger: Schema.Literal("schedule", "api")
+})
+/**
+ * Retention pruning of archives the agent made, on one target for one guest: `archives` is fixed
+ * when the op begins (what the policy in force removes); recovery never resumes a deletion, the
+ * next pass recomputes from what is still listed. `basis` says what cleared it: the policy in
+ * force (unchanged since the archives were made, or grown), or an operator's signature (a policy
+ * that shrank).
+ */
+export const PruneOperation = Schema.TaggedStruct("prune", {
+  vmid: VmId,
+  storage: StorageId,
+  archives: Schema.Array(VolumeId),
+  basis: Schema.Literal("policy", "signed")
+})
+/**
+ * A self-restore-test: the newest backup of `source` restored into scratch guest `vmid` (in the
+ * agent's reserved range, link down, unique MAC), booted, health-checked and torn down.
+ */
+export const RestoreTestOperation = Schema.TaggedStruct("restore-test", {
+  vmid: VmId,
+  source: VmId,
+  archive: VolumeId,
+  storage: StorageId,
+  marker: ScratchMarker
+})
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -74,7 +113,10 @@ export const Operation = Schema.Union(
   StopOperation,
   SetConfigOperation,
   ResizeOperation,
-  GoldenRegisterOperation
+  GoldenRegisterOperation,
+  BackupOperation,
+  PruneOperation,
+  RestoreTestOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -93,7 +135,10 @@ export const STEPS = {
   stop: ["stop"],
   set_config: ["set_config"],
   resize: ["resize"],
-  "golden-register": ["register"]
+  "golden-register": ["register"],
+  backup: ["backup"],
+  prune: ["delete"],
+  "restore-test": ["restore", "start", "check", "stop", "destroy"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

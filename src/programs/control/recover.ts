@@ -121,6 +121,28 @@ const settleOther = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServ
     return { outcome: "failed", detail: "interrupted; left to the next reconcile" }
   })
 
+/**
+ * A prune is never resumed: the archives it was to delete were what the policy in force removed
+ * when it began, and the policy may have changed since. Its started deletions are settled; the
+ * next protection pass recomputes from what is still listed.
+ */
+const settlePrune = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
+  Effect.gen(function*() {
+    const ops = yield* OpLog
+    yield* settleStarted(op)
+    yield* ops.finish(op.id, "failed", "recovered: interrupted; not resumed (the next protection pass recomputes)")
+    return { outcome: "failed", detail: "interrupted; the next protection pass recomputes what to prune" }
+  })
+
+/**
+ * Until the restore-test's own teardown rule exists, an interrupted restore-test is held: its
+ * scratch guest is left for an operator rather than destroyed on a guess.
+ */
+const holdRestoreTest = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
+  Effect.flatMap(OpLog, (j) => j.finish(op.id, "needs_operator", "recovered: restore-test interrupted; scratch guest held for an operator")).pipe(
+    Effect.as({ outcome: "needs_operator" as const, detail: "restore-test interrupted; held for an operator" })
+  )
+
 /** The rule for each kind. Exhaustive: the `never` default stops compiling when a kind is added. */
 const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> => {
   switch (typed._tag) {
@@ -136,7 +158,12 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "set_config":
     case "resize":
     case "golden-register":
+    case "backup":
       return settleOther(op)
+    case "prune":
+      return settlePrune(op)
+    case "restore-test":
+      return holdRestoreTest(op)
     default: {
       const unreachable: never = typed
       return unreachable
