@@ -160,6 +160,38 @@ export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
   })
 }) {}
 
+/** The host's own IANA zone (Intl resolves TZ and /etc/localtime), for schedules and retention buckets. */
+const hostTimeZone = (): string => Intl.DateTimeFormat().resolvedOptions().timeZone
+
+/** Data protection on this host (issue 10). */
+export class ProtectionConfig extends Schema.Class<ProtectionConfig>("ProtectionConfig")({
+  /** Schedules and retention periods are evaluated in this zone (PVE buckets by local time). */
+  time_zone: Schema.optionalWith(
+    Schema.String.pipe(Schema.filter((tz) => {
+      try {
+        new Intl.DateTimeFormat("en-US", { timeZone: tz })
+        return true
+      } catch {
+        return "an IANA time zone such as Europe/Budapest or UTC"
+      }
+    })),
+    { default: hostTimeZone }
+  ),
+  /** Backups running at once on this host (each guest has at most one anyway). */
+  max_concurrent_backups: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 16)), { default: () => 2 }),
+  /**
+   * The vmids reserved for self-restore-test scratch guests, inclusive. No customer guest may live
+   * here: the agent refuses to plan or adopt one in this range, and tears down only guests here
+   * that carry its scratch marker.
+   */
+  scratch_vmid_min: Schema.optionalWith(Schema.Int.pipe(Schema.between(100, 999_999_999)), { default: () => 999_900 }),
+  scratch_vmid_max: Schema.optionalWith(Schema.Int.pipe(Schema.between(100, 999_999_999)), { default: () => 999_999 }),
+  /** How often the protection pass looks for due work (seconds). */
+  pass_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(10, 3600)), { default: () => 60 }),
+  /** How often the storage watchdog checks the targets (seconds): a drop is reported within this. */
+  watchdog_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 60)), { default: () => 2 })
+}) {}
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
   Schema.Struct({
     host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
@@ -167,12 +199,19 @@ export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigF
     proxmox: Schema.optional(ProxmoxConfig),
     privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
     hub: Schema.optional(HubConfig),
-    authz: Schema.optional(AuthzConfig)
+    authz: Schema.optional(AuthzConfig),
+    protection: Schema.optionalWith(ProtectionConfig, { default: () => ProtectionConfig.make({}) })
   }).pipe(
     // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
     // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,
     // finding 7). Compared component-wise on the normalized paths; a symlinked state_dir is
     // caught at run time instead, where every component of a source must be root-owned.
+    Schema.filter((c) =>
+      c.protection.scratch_vmid_min <= c.protection.scratch_vmid_max || {
+        path: ["protection", "scratch_vmid_max"],
+        message: "must not be below scratch_vmid_min"
+      }
+    ),
     Schema.filter((c) =>
       !pathsOverlap(posix.resolve(c.state_dir), c.privileged.bootstrap_root) || {
         path: ["privileged", "bootstrap_root"],
