@@ -14,6 +14,7 @@ export type IrreversibleRequest =
   | { readonly kind: "resize"; readonly vmid: number; readonly disk: string; readonly size: string }
   | { readonly kind: "config-volumes"; readonly vmid: number; readonly keys: ReadonlyArray<string> }
   | { readonly kind: "vzdump-may-prune"; readonly vmid: string; readonly remove: string | undefined }
+  | { readonly kind: "delete-backup"; readonly volume: string }
   /** a mutating call the suites do not know: counted as irreversible until someone looks */
   | { readonly kind: "unknown-mutation"; readonly method: string; readonly path: string }
 
@@ -52,10 +53,16 @@ export const classifyRequest = (r: SimRequestView): IrreversibleRequest | null =
     return truthy(p["force"]) ? { kind: "restore-overwrite", vmid: Number(p["vmid"]), archive: p["ostemplate"] ?? "" } : null
   }
   if (/^\/nodes\/[^/]+\/vzdump$/.test(path) && r.method === "POST") {
-    return p["remove"] === "0" && p["prune-backups"] === undefined
+    // remove=0 prunes nothing; keep-all=1 besides only lifts PVE's backup-count limit
+    return p["remove"] === "0" && (p["prune-backups"] === undefined || p["prune-backups"] === "keep-all=1")
       ? null
       : { kind: "vzdump-may-prune", vmid: p["vmid"] ?? "", remove: p["remove"] }
   }
+  if ((m = /^\/nodes\/[^/]+\/storage\/[^/]+\/content\/([^/]+)$/.exec(path)) !== null && r.method === "DELETE") {
+    return { kind: "delete-backup", volume: decodeURIComponent(m[1]!) }
+  }
+  // a new storage entry holds no data yet
+  if (path === "/storage" && r.method === "POST") return null
   if (/^\/nodes\/[^/]+\/lxc\/\d+\/status\/(start|stop|shutdown)$/.test(path) && r.method === "POST") return null
   if (/^\/nodes\/[^/]+\/lxc\/\d+\/snapshot$/.test(path) && r.method === "POST") return null
   return { kind: "unknown-mutation", method: r.method, path }
@@ -77,6 +84,8 @@ export const describeRequest = (c: IrreversibleRequest): string => {
       return `config-volumes:${c.vmid}:${c.keys.join(",")}`
     case "vzdump-may-prune":
       return `vzdump-may-prune:${c.vmid}:remove=${c.remove ?? "(unset)"}`
+    case "delete-backup":
+      return `delete-backup:${c.volume}`
     case "unknown-mutation":
       return `unknown-mutation:${c.method} ${c.path}`
   }

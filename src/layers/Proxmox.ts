@@ -13,9 +13,10 @@ import type { HttpClientResponse } from "@effect/platform"
 import { Clock, Context, Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import { type CallKind, type CallOf, Clearance, ClearanceRefused } from "../schema/clearance.js"
 import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
-import { NodeName as NodeNameSchema, type Upid, upidParts } from "../schema/ids.js"
+import { NodeName as NodeNameSchema, type Upid, upidParts, VmId as VmIdSchema } from "../schema/ids.js"
 import type { MissingPermission, ProxmoxError, WaitError } from "../schema/proxmox.js"
 import {
+  CreateStorageResponse,
   Envelope,
   ErrorBody,
   GuestConfig,
@@ -42,7 +43,7 @@ import {
   UpidOrOk,
   UpidResponse
 } from "../schema/proxmox.js"
-import { deepestCauseMessage, formatIssues, makeScrubber } from "../schema/text.js"
+import { deepestCauseMessage, formatIssues, makeScrubber, type Scrubber } from "../schema/text.js"
 import { ProxmoxSettings } from "./Config.js"
 import { REASON_HEADER } from "./PveTransport.js"
 
@@ -73,6 +74,89 @@ export interface RestoreOptions {
   /** ";"-joined PVE tags; the create path puts its instance marker here. */
   readonly tags?: string
   readonly start?: boolean
+  /**
+   * Replaces the backup's net0 (e.g. a restore-test's scratch guest: link down, fresh MAC).
+   * Refused together with `unique`: PVE would overwrite it with the backup's net0 and a new MAC.
+   */
+  readonly net0?: NetOverride
+}
+
+/** A `netN` value for a restore. Without `hwaddr`, PVE generates a fresh MAC. */
+export interface NetOverride {
+  /** interface name inside the guest, e.g. eth0 */
+  readonly name: string
+  readonly bridge: string
+  /** link_down=1: the NIC exists but is disconnected from the bridge */
+  readonly linkDown: boolean
+  readonly hwaddr?: string
+  /** "dhcp", "manual" or an IPv4 CIDR */
+  readonly ip?: string
+  readonly firewall?: boolean
+}
+
+export type StorageContentType = "backup" | "images" | "rootdir" | "vztmpl" | "iso" | "snippets" | "import"
+
+interface StorageCommon {
+  readonly storage: StorageId
+  readonly content: ReadonlyArray<StorageContentType>
+  readonly nodes?: ReadonlyArray<NodeName>
+  readonly disable?: boolean
+}
+
+/**
+ * A new PVE storage entry, per type. Every storage the agent creates gets
+ * `prune-backups=keep-all=1`: the agent prunes only its own archives, PVE never prunes. Secrets
+ * (passwords, a PBS key) are Redacted and never appear in errors.
+ */
+export type CreateStorageParams =
+  | StorageCommon & {
+    readonly type: "dir"
+    readonly path: string
+    /** PVE treats the storage as offline while nothing is mounted at `path` (a USB disk) */
+    readonly isMountpoint?: boolean
+    readonly createBasePath?: boolean
+    readonly createSubdirs?: boolean
+  }
+  | StorageCommon & {
+    readonly type: "nfs"
+    readonly server: string
+    readonly export: string
+    /** default /mnt/pve/<storage> */
+    readonly path?: string
+    readonly options?: string
+  }
+  | StorageCommon & {
+    readonly type: "cifs"
+    readonly server: string
+    readonly share: string
+    readonly subdir?: string
+    readonly username?: string
+    readonly password?: Redacted.Redacted<string>
+    readonly domain?: string
+    readonly smbversion?: "default" | "2.0" | "2.1" | "3" | "3.0" | "3.11"
+    readonly path?: string
+  }
+  | StorageCommon & {
+    readonly type: "pbs"
+    readonly server: string
+    readonly datastore: string
+    /** a PBS token id `user@realm!name` */
+    readonly username: string
+    /** the PBS token secret */
+    readonly password: Redacted.Redacted<string>
+    /** the PBS server certificate's SHA-256 fingerprint (needed unless it chains to a trusted CA) */
+    readonly fingerprint?: string
+    readonly namespace?: string
+    readonly port?: number
+    /** a key file's JSON, or "autogen" to let PVE make one (handed back once in CreatedStorage) */
+    readonly encryptionKey?: "autogen" | Redacted.Redacted<string>
+  }
+
+export interface CreatedStorage {
+  readonly storage: string
+  readonly type: string
+  /** The PBS key PVE generated or stored: the only time it is handed back; save it off-host. */
+  readonly encryptionKey: Option.Option<Redacted.Redacted<string>>
 }
 
 export interface VzdumpOptions {
@@ -180,6 +264,18 @@ export interface ProxmoxShape {
     opts: { readonly purge?: boolean; readonly force?: boolean },
     clearance: Clearance<"destroy">
   ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
+  /**
+   * Deletes a backup archive (a vzdump file or a PBS snapshot): an `imgdel` task. Irreversible;
+   * the clearance names the guest the archive backs up (read from the volume id). PVE refuses a
+   * protected backup in the task.
+   */
+  readonly deleteBackup: (
+    storage: StorageId,
+    volid: VolumeId,
+    clearance: Clearance<"delete-backup">
+  ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
+  /** Adds a storage entry (synchronous; PVE activates it once and refuses one it cannot reach). */
+  readonly createStorage: (params: CreateStorageParams) => Effect.Effect<CreatedStorage, ProxmoxError>
 
   /** Polls until the task stops; succeeds only on exitstatus "OK". */
   readonly waitTask: (upid: Upid, opts?: WaitOptions) => Effect.Effect<TaskStatus, WaitError>
@@ -337,7 +433,9 @@ export const make = Effect.gen(function*() {
     schema: Schema.Schema<A, I>,
     params: Params = {},
     /** reads retry transient failures unless the caller has its own fallback */
-    retryReads = true
+    retryReads = true,
+    /** decode errors quote PVE's values; off for answers that may carry a secret */
+    quoteActual = true
   ): Effect.Effect<A, ProxmoxError> => {
     const url = base + path
     const encoded = encodeParams(params)
@@ -364,7 +462,7 @@ export const make = Effect.gen(function*() {
         return Schema.decodeUnknown(Schema.parseJson(schema))(text).pipe(
           Effect.mapError((e) =>
             // Each issue quotes the offending PVE value ("actual"): scrubbed like any PVE text.
-            new PveDecodeError({ method, path, message: excerpt(`response does not match the schema: ${formatIssues(e, 4, 240, true)}`, 600) })
+            new PveDecodeError({ method, path, message: excerpt(`response does not match the schema: ${formatIssues(e, 4, 240, quoteActual)}`, 600) })
           )
         )
       })
@@ -611,8 +709,10 @@ export const make = Effect.gen(function*() {
     })
 
   const restoreCall = (o: RestoreOptions, force: boolean) =>
-    onNode((n) =>
-      post(`/nodes/${n}/lxc`, {
+    onNode((n) => {
+      const net0 = restoreNet0(o)
+      if (Either.isLeft(net0)) return Effect.fail(notSent("POST", `/nodes/${n}/lxc`, net0.left))
+      return post(`/nodes/${n}/lxc`, {
         vmid: o.vmid,
         ostemplate: o.archive,
         restore: true,
@@ -624,9 +724,68 @@ export const make = Effect.gen(function*() {
         memory: o.memoryMiB,
         swap: o.swapMiB,
         tags: o.tags,
-        start: o.start
+        start: o.start,
+        net0: net0.right
+      })
+    })
+
+  /** Refused before sending: nothing reached PVE. */
+  const notSent = (method: string, path: string, message: string) =>
+    new PveApiError({ method, path, status: 400, kind: "validation", message: excerpt(`not sent: ${message}`, 600) })
+
+  const restoreNet0 = (o: RestoreOptions): Either.Either<string | undefined, string> => {
+    if (o.net0 === undefined) return Either.right(undefined)
+    if (o.unique === true) return Either.left("net0 together with unique: PVE would replace net0 with the backup's")
+    return printNetOverride(o.net0)
+  }
+
+  /** Every secret of a createStorage call, in the forms PVE or a proxy could echo them. */
+  const storageSecrets = (p: CreateStorageParams): Scrubber => {
+    const values: Array<string> = [Redacted.value(pve.token_secret)]
+    if ((p.type === "cifs" || p.type === "pbs") && p.password !== undefined) values.push(Redacted.value(p.password))
+    if (p.type === "pbs" && p.encryptionKey !== undefined && p.encryptionKey !== "autogen") {
+      const key = Redacted.value(p.encryptionKey)
+      values.push(key, ...keyDataOf(key))
+    }
+    return makeScrubber(values)
+  }
+
+  const createStorage = (p: CreateStorageParams): Effect.Effect<CreatedStorage, ProxmoxError> => {
+    const path = "/storage"
+    const built = storageParams(p)
+    if (Either.isLeft(built)) return Effect.fail(notSent("POST", path, built.left))
+    const secrets = storageSecrets(p)
+    return request("POST", path, CreateStorageResponse, built.right, false, false).pipe(
+      // PVE text may quote what was sent: every error is scrubbed of this call's secrets too
+      Effect.mapError((e) => scrubError(e, secrets)),
+      Effect.map(({ data }): CreatedStorage => {
+        const key = data.config?.["encryption-key"]
+        return {
+          storage: data.storage,
+          type: data.type,
+          encryptionKey: typeof key === "string" && key.length > 0 ? Option.some(Redacted.make(key)) : Option.none()
+        }
       })
     )
+  }
+
+  const deleteBackup = (storage: StorageId, volid: VolumeId, clearance: Clearance<"delete-backup">) =>
+    Effect.suspend((): Effect.Effect<Upid, ProxmoxError | ClearanceRefused> => {
+      const owner = backupOwner(volid)
+      if (Option.isNone(owner) || !volid.startsWith(`${storage}:`)) {
+        return Effect.fail(new ClearanceRefused({ message: excerpt(`${volid} is not a guest backup on ${storage}: not deleted`, 400) }))
+      }
+      return cleared(
+        clearance,
+        { call: "delete-backup", vmid: owner.value, storage, volume: volid },
+        onNode((n) =>
+          Effect.map(
+            request("DELETE", `/nodes/${n}/storage/${storage}/content/${encodeURIComponent(volid)}`, UpidResponse),
+            (e) => e.data
+          )
+        )
+      )
+    })
 
   const configCall = (vmid: VmId, change: ConfigChange) =>
     onNode((n) =>
@@ -670,8 +829,11 @@ export const make = Effect.gen(function*() {
           storage: o.storage,
           mode: o.mode ?? "snapshot",
           compress: o.compress ?? "zstd",
-          // never let the storage's prune-backups rule delete older archives (finding 3)
+          // never let PVE prune (finding 3): remove=0, and keep-all so that a count-based
+          // retention on the storage is no backup limit either (with remove=0 PVE refuses a
+          // guest's backup once it has that many archives: "There is a max backup limit of N")
           remove: false,
+          "prune-backups": "keep-all=1",
           "notes-template": o.notesTemplate,
           protected: o.protected
         }).pipe(Effect.map((e) => (e.data === "OK" ? Option.none() : Option.some(e.data))))
@@ -718,10 +880,149 @@ export const make = Effect.gen(function*() {
         { call: "destroy", vmid },
         onNode((n) => Effect.map(request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force }), (e) => e.data))
       ),
+    deleteBackup,
+    createStorage,
     waitTask
   }
   return shape
 })
+
+// ---------------------------------------------------------------------------------------------
+// Backups and storages
+
+const DIR_BACKUP_RE = /^[A-Za-z][A-Za-z0-9\-_.]*:backup\/vzdump-(?:lxc|qemu|openvz)-(\d+)-\d{4}_\d{2}_\d{2}-\d{2}_\d{2}_\d{2}\.(?:tgz|tar(?:\.(?:zst|gz|lzo|bz2))?|vma(?:\.(?:zst|gz|lzo))?)$/
+const PBS_BACKUP_RE = /^[A-Za-z][A-Za-z0-9\-_.]*:backup\/(?:ct|vm)\/(\d+)\/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/
+
+/** The guest a backup volume id belongs to (vzdump file name or PBS group), if it is one. */
+export const backupOwner = (volid: string): Option.Option<VmId> => {
+  const m = DIR_BACKUP_RE.exec(volid) ?? PBS_BACKUP_RE.exec(volid)
+  if (m === null) return Option.none()
+  return Schema.decodeUnknownOption(VmIdSchema)(Number(m[1]))
+}
+
+/** The `data` field of a key file's JSON: the raw key, scrubbed on its own too. */
+const keyDataOf = (key: string): ReadonlyArray<string> => {
+  try {
+    const parsed: unknown = JSON.parse(key)
+    if (typeof parsed === "object" && parsed !== null && "data" in parsed && typeof parsed.data === "string") return [parsed.data]
+  } catch {
+    // not JSON: PVE refuses it, and the whole text is already scrubbed
+  }
+  return []
+}
+
+/** Applies a second scrubber to every PVE-originated text of an error. */
+const scrubError = (e: ProxmoxError, scrubber: Scrubber): ProxmoxError => {
+  const text = (t: string) => scrubber.scrub(t)
+  switch (e._tag) {
+    case "PveApiError": {
+      const paramErrors = e.paramErrors === undefined
+        ? undefined
+        : Object.fromEntries(Object.entries(e.paramErrors).map(([k, v]) => [text(k), text(v)]))
+      return new PveApiError({
+        method: e.method,
+        path: e.path,
+        status: e.status,
+        kind: e.kind,
+        message: text(e.message),
+        ...(e.permission === undefined ? {} : { permission: { aclPath: text(e.permission.aclPath), privileges: e.permission.privileges.map(text) } }),
+        ...(paramErrors === undefined ? {} : { paramErrors })
+      })
+    }
+    case "PveLocked":
+      return new PveLocked({ method: e.method, path: e.path, lock: text(e.lock), message: text(e.message) })
+    case "PveTransportError":
+      return new PveTransportError({ method: e.method, path: e.path, reason: e.reason, message: text(e.message) })
+    case "PveDecodeError":
+      return new PveDecodeError({ method: e.method, path: e.path, message: text(e.message) })
+  }
+}
+
+const NET_NAME_RE = /^[A-Za-z0-9][-_.A-Za-z0-9]{0,15}$/
+const MAC_RE = /^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$/
+const IPV4_CIDR_RE = /^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\/(?:3[0-2]|[12]?\d)$/
+
+/** `name=eth0,bridge=vmbr0,...,link_down=1`; Left says which field is unusable (without echoing it). */
+export const printNetOverride = (n: NetOverride): Either.Either<string, string> => {
+  if (!NET_NAME_RE.test(n.name)) return Either.left("net0.name: expected an interface name like eth0")
+  if (!NET_NAME_RE.test(n.bridge)) return Either.left("net0.bridge: expected a bridge name like vmbr0")
+  // a unicast address: the low bit of the first octet clear
+  if (n.hwaddr !== undefined && (!MAC_RE.test(n.hwaddr) || (parseInt(n.hwaddr.slice(0, 2), 16) & 1) === 1)) {
+    return Either.left("net0.hwaddr: expected a unicast MAC address")
+  }
+  if (n.ip !== undefined && n.ip !== "dhcp" && n.ip !== "manual" && !IPV4_CIDR_RE.test(n.ip)) {
+    return Either.left("net0.ip: expected dhcp, manual or an IPv4 CIDR")
+  }
+  const parts = [`name=${n.name}`, `bridge=${n.bridge}`]
+  if (n.firewall !== undefined) parts.push(`firewall=${n.firewall ? 1 : 0}`)
+  if (n.hwaddr !== undefined) parts.push(`hwaddr=${n.hwaddr.toUpperCase()}`)
+  if (n.ip !== undefined) parts.push(`ip=${n.ip}`)
+  if (n.linkDown) parts.push("link_down=1")
+  parts.push("type=veth")
+  return Either.right(parts.join(","))
+}
+
+/** A storage.cfg value: one line, no control characters (PVE refuses line feeds anyway). */
+const CFG_VALUE_RE = /^[^\x00-\x1f\x7f]+$/
+
+/** The form of a POST /storage; Left names the field that is unusable (never its value). */
+export const storageParams = (p: CreateStorageParams): Either.Either<Params, string> => {
+  const common: Record<string, Param> = {
+    storage: p.storage,
+    type: p.type,
+    content: p.content.join(","),
+    nodes: p.nodes === undefined || p.nodes.length === 0 ? undefined : p.nodes.join(","),
+    disable: p.disable,
+    "prune-backups": "keep-all=1"
+  }
+  let specific: Record<string, Param>
+  switch (p.type) {
+    case "dir":
+      specific = {
+        path: p.path,
+        is_mountpoint: p.isMountpoint === undefined ? undefined : p.isMountpoint ? "yes" : "no",
+        "create-base-path": p.createBasePath,
+        "create-subdirs": p.createSubdirs
+      }
+      break
+    case "nfs":
+      specific = { server: p.server, export: p.export, path: p.path, options: p.options }
+      break
+    case "cifs":
+      specific = {
+        server: p.server,
+        share: p.share,
+        subdir: p.subdir,
+        username: p.username,
+        password: p.password === undefined ? undefined : Redacted.value(p.password),
+        domain: p.domain,
+        smbversion: p.smbversion,
+        path: p.path
+      }
+      break
+    case "pbs":
+      specific = {
+        server: p.server,
+        datastore: p.datastore,
+        username: p.username,
+        password: Redacted.value(p.password),
+        fingerprint: p.fingerprint,
+        namespace: p.namespace,
+        port: p.port,
+        "encryption-key": p.encryptionKey === undefined ? undefined : p.encryptionKey === "autogen" ? "autogen" : Redacted.value(p.encryptionKey)
+      }
+      break
+  }
+  const out: Record<string, Param> = { ...common, ...specific }
+  for (const [k, v] of Object.entries(out)) {
+    // key JSON is multi-line when pretty-printed: PVE takes it as given, so only the others are checked
+    if (typeof v === "string" && k !== "encryption-key" && !CFG_VALUE_RE.test(v)) return Either.left(`${k}: empty or contains a control character`)
+  }
+  if (p.type === "pbs" && p.fingerprint !== undefined && !/^(?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$/.test(p.fingerprint)) {
+    return Either.left("fingerprint: expected 32 colon-separated hex pairs (SHA-256)")
+  }
+  return Either.right(out)
+}
 
 /** Config keys whose change never removes or detaches data (volumes are rootfs, mpN, unusedN). */
 export const DATA_SAFE_CONFIG_KEYS: ReadonlySet<string> = new Set([

@@ -2,7 +2,8 @@
  * Clearance: the only key to an irreversible PVE call (issue 8, "the gate is a type").
  *
  * Every Proxmox method that can destroy or irreversibly change customer data (destroy, restore
- * over an existing guest, rollback, delete snapshot, resize, config changes that touch volumes)
+ * over an existing guest, rollback, delete snapshot, resize, config changes that touch volumes,
+ * deleting a backup archive)
  * takes a `Clearance` for exactly that call. A Clearance has a private constructor and an
  * ECMAScript-private brand, so no module can build one (a test proves an object literal or a
  * missing argument fails to compile, and `redeem` refuses anything not minted here at run time).
@@ -13,7 +14,7 @@
  * what basis it was issued (for the audit), and can be redeemed once.
  */
 import { Data, Either } from "effect"
-import type { SnapshotName, VmId, VolumeId } from "./ids.js"
+import type { SnapshotName, StorageId, VmId, VolumeId } from "./ids.js"
 
 /** One irreversible PVE call, with every argument that decides what it destroys. */
 export type IrreversibleCall =
@@ -25,6 +26,8 @@ export type IrreversibleCall =
   | { readonly call: "resize"; readonly vmid: VmId; readonly disk: string; readonly size: string }
   /** A config change whose keys may detach or drop a volume (rootfs, mpN, unusedN, ...). */
   | { readonly call: "set-config-volumes"; readonly vmid: VmId; readonly keys: ReadonlyArray<string> }
+  /** Deleting a backup archive (vzdump file or PBS snapshot); `vmid` is the guest it backs up. */
+  | { readonly call: "delete-backup"; readonly vmid: VmId; readonly storage: StorageId; readonly volume: VolumeId }
 
 export type CallKind = IrreversibleCall["call"]
 export type CallOf<K extends CallKind> = Extract<IrreversibleCall, { readonly call: K }>
@@ -54,6 +57,8 @@ const describe = (c: IrreversibleCall): string => {
       return `resize ${c.disk} of ${c.vmid} to ${c.size}`
     case "set-config-volumes":
       return `config of ${c.vmid} touching ${[...c.keys].sort().join(",")}`
+    case "delete-backup":
+      return `delete backup ${c.volume} of ${c.vmid} on ${c.storage}`
   }
 }
 
@@ -73,6 +78,8 @@ const sameCall = (a: IrreversibleCall, b: IrreversibleCall): boolean => {
       const want = [...a.keys].sort().join(",")
       return want === [...(b as typeof a).keys].sort().join(",")
     }
+    case "delete-backup":
+      return a.storage === (b as typeof a).storage && a.volume === (b as typeof a).volume
   }
 }
 

@@ -152,7 +152,28 @@ export const StorageConfigEntry = Schema.Struct({
   shared: optFlag,
   disable: optFlag,
   nodes: optStr,
-  digest: optStr
+  digest: optStr,
+  "prune-backups": optStr,
+  "max-protected-backups": optNum,
+  /** dir: yes/no/1/0 or the mount path; offline when not mounted */
+  is_mountpoint: optStr,
+  /** nfs, cifs, pbs */
+  server: optStr,
+  /** nfs */
+  export: optStr,
+  /** cifs */
+  share: optStr,
+  subdir: optStr,
+  /** cifs, pbs (PVE never lists a password) */
+  username: optStr,
+  /** pbs */
+  datastore: optStr,
+  namespace: optStr,
+  port: optNum,
+  fingerprint: optStr,
+  /** pbs: the key's fingerprint (or "1"), never the key */
+  "encryption-key": optStr,
+  "master-pubkey": optFlag
 })
 export type StorageConfigEntry = typeof StorageConfigEntry.Type
 
@@ -180,9 +201,23 @@ export const StorageContentEntry = Schema.Struct({
   subtype: optStr,
   notes: optStr,
   protected: optFlag,
-  encrypted: optStr
+  /** PBS: the encryption key's fingerprint, or "1" */
+  encrypted: optStr,
+  /** PBS: the last verify job's verdict (absent: never verified) */
+  verification: Schema.optionalWith(Schema.Struct({ state: Schema.Literal("ok", "failed"), upid: optStr }), { nullable: true })
 })
 export type StorageContentEntry = typeof StorageContentEntry.Type
+
+/**
+ * POST /storage answers `{storage, type, config?}`; `config.encryption-key` is a PBS key PVE
+ * generated (or was given), handed back this once. Kept as unknown here: Proxmox.ts takes the
+ * key out into a Redacted value without ever formatting it.
+ */
+export const CreateStorageResponse = Envelope(Schema.Struct({
+  storage: Schema.String,
+  type: Schema.String,
+  config: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.Unknown }), { nullable: true })
+}))
 
 export const SnapshotEntry = Schema.Struct({
   name: Schema.String,
