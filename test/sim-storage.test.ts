@@ -67,6 +67,9 @@ const withServer = <A, E>(body: (s: SimPveServer) => Effect.Effect<A, E>, extra:
     return yield* body(s)
   }))
 
+/** `a=1&b=x` from a record of scalars */
+const qs = (query: Json): string => new URLSearchParams(Object.entries(query).map(([k, v]): [string, string] => [k, String(v)])).toString()
+
 const send = (s: SimPveServer, method: Method, path: string, opts: { readonly form?: Json; readonly json?: unknown; readonly auth?: string | null } = {}) =>
   Effect.async<Res, Error>((resume) => {
     const headers: Record<string, string> = {}
@@ -74,7 +77,7 @@ const send = (s: SimPveServer, method: Method, path: string, opts: { readonly fo
     if (auth !== null) headers["Authorization"] = auth
     let payload: string | undefined
     if (opts.form !== undefined) {
-      payload = new URLSearchParams(Object.entries(opts.form).map(([k, v]) => [k, String(v)])).toString()
+      payload = qs(opts.form)
       headers["Content-Type"] = "application/x-www-form-urlencoded"
     } else if (opts.json !== undefined) {
       payload = JSON.stringify(opts.json)
@@ -96,7 +99,7 @@ const api = (s: SimPveServer, method: Method, path: string, form?: Json) =>
   send(s, method, `/api2/json${path}`, form === undefined ? {} : method === "GET" || method === "DELETE" ? {} : { form })
 
 const get = (s: SimPveServer, path: string, query: Json = {}) =>
-  send(s, "GET", `/api2/json${path}${Object.keys(query).length === 0 ? "" : `?${new URLSearchParams(Object.entries(query).map(([k, v]) => [k, String(v)]))}`}`)
+  send(s, "GET", `/api2/json${path}${Object.keys(query).length === 0 ? "" : `?${qs(query)}`}`)
 
 const admin = (s: SimPveServer, method: Method, path: string, json?: unknown) =>
   send(s, method, `/sim-admin${path}`, { auth: `Bearer ${s.adminToken}`, ...(json === undefined ? {} : { json }) })
@@ -490,7 +493,7 @@ describe("sim storage: prune-backups as PVE prunes", () => {
   })
 
   const entryArb = fc.uniqueArray(
-    fc.record({ minutes: fc.integer({ min: 0, max: 3 * 366 * 24 * 60 }), protected: fc.boolean({ weight: 1 }) as fc.Arbitrary<boolean> }),
+    fc.record({ minutes: fc.integer({ min: 0, max: 3 * 366 * 24 * 60 }), protected: fc.integer({ min: 0, max: 5 }).map((n) => n === 0) }),
     { minLength: 0, maxLength: 40, selector: (e) => e.minutes }
   ).map((xs) => xs.map((x, i) => ({ id: `a${i}`, ctime: Date.parse("2024-01-01T00:00:00Z") / 1000 + x.minutes * 60 * (x.minutes % 7 === 0 ? 97 : 1), protected: x.protected })))
   const keepArb = fc.record(
@@ -569,7 +572,7 @@ describe("sim storage: DELETE .../content/{volume}", () => {
   const GOLDEN = "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"
   const NIGHTLY = "local:backup/vzdump-lxc-100-2026_01_14-03_00_02.tar.zst"
   const del = (s: SimPveServer, storage: string, volume: string, query: Json = {}) =>
-    send(s, "DELETE", `/api2/json/nodes/pve/storage/${storage}/content/${encodeURIComponent(volume)}${Object.keys(query).length === 0 ? "" : `?${new URLSearchParams(Object.entries(query).map(([k, v]) => [k, String(v)]))}`}`)
+    send(s, "DELETE", `/api2/json/nodes/pve/storage/${storage}/content/${encodeURIComponent(volume)}${Object.keys(query).length === 0 ? "" : `?${qs(query)}`}`)
 
   it.scoped("is an imgdel task with id <vmid>@<storage> that removes the archive and frees its space; a protected one is refused in the task", () =>
     withServer((s) =>
