@@ -688,6 +688,11 @@ describe("sim storage: POST /storage", () => {
         const text = JSON.stringify([...list.values()])
         for (const secret of ["cifs-secret-pw", "pbs-token-secret-0000", String(key["data"])]) expect(text).not.toContain(secret)
         expect(yield* nodeStorage(s, "nas2")).toMatchObject({ active: 1 })
+        // nor does the simulator's own request log keep them
+        const logged = (yield* admin(s, "GET", "/requests")).body["requests"] as Array<{ path: string; params: Json }>
+        const smb = logged.find((r) => r.path === "/storage" && r.params["storage"] === "smb2")!
+        expect(smb.params["password"]).toBe("<redacted>")
+        expect(JSON.stringify(logged)).not.toContain("cifs-secret-pw")
       })))
 
   it.scoped("validation as PVE: schema 400s, then check_config's 500s, then 'create storage failed: ...' inside the config lock", () =>

@@ -25,6 +25,9 @@ import { makeSimGuestApp, SIM_GUEST_PREFIX } from "./guestModel.js"
 
 export const API_PREFIX = "/api2/json"
 
+/** Body parameters PVE keeps out of storage.cfg (passwords, keys): never in the request log. */
+const SENSITIVE_PARAMS: ReadonlySet<string> = new Set(["password", "encryption-key", "master-pubkey", "keyring"])
+
 export const allRoutes: ReadonlyArray<RouteDef> = [
   ...readRoutes,
   ...guestRoutes,
@@ -212,7 +215,10 @@ const runRouteFor = (env: SimEnv, def: RouteDef, req: HttpServerRequest.HttpServ
     const rawStrings: Record<string, string> = {}
     for (const [k, v] of Object.entries(raw)) rawStrings[k] = String(v)
     sentBody = Object.entries(rawStrings).filter(([k]) => pathParams[k] === undefined).map(([k, v]) => `${k}=${v}`).join("&")
-    logged = logRequest(env.requests, { method: def.method, path: relPath(req.url), params: { ...rawStrings } })
+    // the log is read by tests and /sim-admin: storage passwords and keys stay out of it
+    const loggedParams: Record<string, string> = {}
+    for (const [k, v] of Object.entries(rawStrings)) loggedParams[k] = SENSITIVE_PARAMS.has(k) ? "<redacted>" : v
+    logged = logRequest(env.requests, { method: def.method, path: relPath(req.url), params: loggedParams })
     const ctxBase = { env, token: token.right, nowMs }
     if (faults.httpError !== undefined && !(faults.httpError === 596 && def.method !== "GET")) {
       return yield* Effect.fail(new PveApiError({ status: faults.httpError, message: `${FAULT_TEXT[faults.httpError]}\n` }))
