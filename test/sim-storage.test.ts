@@ -594,6 +594,12 @@ describe("sim storage: DELETE .../content/{volume}", () => {
         const again = yield* finish(s, upidOf(yield* del(s, "local", NIGHTLY)))
         expect(again.exitstatus).toBe("WARNINGS: 1")
         expect(again.log).toContain("WARN: disk image '/var/lib/vz/dump/vzdump-lxc-100-2026_01_14-03_00_02.tar.zst' does not exist")
+        // an injected failure leaves the archive where it was
+        yield* s.sim.setFaults({ task_failure_types: ["imgdel"] })
+        const tmpl = "local:vztmpl/debian-13-standard_13.1-2_amd64.tar.zst"
+        const broken = yield* finish(s, upidOf(yield* del(s, "local", tmpl)))
+        expect(broken.exitstatus).toBe("unlink '/var/lib/vz/template/cache/debian-13-standard_13.1-2_amd64.tar.zst' failed - Input/output error")
+        expect((yield* content(s, "local", { content: "vztmpl" })).map((e) => e["volid"])).toEqual([tmpl])
       })))
 
   it.scoped("permissions: a backup needs Datastore.AllocateSpace on the storage and VM.Backup on its guest (or Datastore.Allocate); anything else Datastore.Allocate", () =>

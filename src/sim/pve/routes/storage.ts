@@ -351,7 +351,11 @@ const parseVolname = (st: StorageState, volname: string): Either.Either<ParsedVo
 const volumePathOf = (st: StorageState, volname: string): string => {
   if (st.type === "pbs") return `/${st.datastore ?? "store"}/${volname.slice("backup/".length)}`
   if (volname.startsWith("backup/")) return `${dumpDir(st)}/${volname.slice("backup/".length)}`
-  return `${st.path ?? `/mnt/pve/${st.storage}`}/${volname}`
+  const base = st.path ?? `/mnt/pve/${st.storage}`
+  // Plugin.pm's vtype_subdirs
+  if (volname.startsWith("vztmpl/")) return `${base}/template/cache/${volname.slice("vztmpl/".length)}`
+  if (volname.startsWith("iso/")) return `${base}/template/iso/${volname.slice("iso/".length)}`
+  return `${base}/images/${volname}`
 }
 
 const deleteBody = (t: TaskCtx, st: StorageState, volid: string, volname: string): Effect.Effect<void, TaskFailure> =>
@@ -363,6 +367,14 @@ const deleteBody = (t: TaskCtx, st: StorageState, volid: string, volname: string
     if (activation !== undefined) return yield* Effect.fail(taskFailure(activation))
     const vol = state.volumes.get(volid)
     const present = vol !== undefined && volumeOnLayer(st, vol)
+    if (t.injectFailure) {
+      // [inf] a disk or server giving up during the delete
+      return yield* Effect.fail(taskFailure(
+        st.type === "pbs"
+          ? "proxmox-backup-client failed: Error: error trying to connect: tcp connect error: Connection refused (os error 111)"
+          : `unlink '${volumePathOf(st, volname)}' failed - Input/output error`
+      ))
+    }
     if (st.type === "pbs") {
       // free_image runs `proxmox-backup-client forget`: PBS refuses protected snapshots itself [inf: message composition]
       if (!present) {
