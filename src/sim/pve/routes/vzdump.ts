@@ -343,13 +343,16 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
     const layerAtStart = storageLayer(st)
     const epochAtStart = st.epoch
     const roomAtStart = storageAvail(state, st)
+    // PBS chunks are compressed and deduplicated: a group's later snapshots store only what changed [inf: 5%]
+    const groupExists = pbs && [...state.volumes.values()].some((v) => v.storage === storage && v.vmid === vmid && v.content === "backup")
+    const stored = pbs ? Math.floor(written * (groupExists ? 0.05 : 0.42)) : size
     yield* t.step(0.85)
     if (t.injectFailure) {
       yield* unlock
       return yield* failed(`command '${tarCommand(`| zstd '--threads=1' >${tmpfile}`)}' failed: exit code 2`)
     }
     const pulled = st.epoch !== epochAtStart || storageLayer(st) !== layerAtStart
-    const full = roomAtStart < (pbs ? Math.floor(written * 0.42) : size)
+    const full = roomAtStart < stored
     if (pulled || full) {
       yield* unlock
       const errno = pulled ? "Input/output error" as const : "No space left on device" as const
@@ -377,8 +380,6 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
     if (notes !== undefined) yield* t.log("INFO: adding notes to backup")
     if (wantProtected) yield* t.log("INFO: marking backup as protected")
     yield* Effect.sync(() => {
-      // PBS chunks are compressed and deduplicated: a group's later snapshots store only what changed [inf: 5%]
-      const groupExists = pbs && [...state.volumes.values()].some((v) => v.storage === storage && v.vmid === vmid && v.content === "backup")
       state.volumes.set(volid, {
         volid,
         storage,
@@ -391,7 +392,7 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
         protected: wantProtected,
         archiveConfig: archiveSnapshot(g.config),
         services: g.services ?? "healthy",
-        ...(pbs ? { stored: Math.floor(written * (groupExists ? 0.05 : 0.42)) } : {}),
+        ...(pbs ? { stored } : {}),
         ...(layerAtStart === "underlying" ? { underlying: true } : {}),
         ...(pbs && st["encryption-key"] !== undefined ? { encrypted: st["encryption-key"] } : {})
       })
