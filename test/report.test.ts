@@ -152,8 +152,8 @@ describe("collectReport: a full report from the default seed", () => {
       // used and avail follow the volumes the simulator holds; total is the seed's
       const space = { used: expect.any(Number), avail: expect.any(Number) }
       expect(report.storage).toEqual([
-        { storage: "local", type: "dir", active: true, total: 100861726720, ...space, state: "attached" },
-        { storage: "local-lvm", type: "lvmthin", active: true, total: 375809638400, ...space, state: "attached" }
+        { storage: "local", type: "dir", active: true, total: 100861726720, ...space, state: "attached", target: null },
+        { storage: "local-lvm", type: "lvmthin", active: true, total: 375809638400, ...space, state: "attached", target: null }
       ])
 
       // the golden (9000) and the newer nightly (100), from the storage's own listing

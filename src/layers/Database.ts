@@ -198,6 +198,24 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       ok INTEGER NOT NULL CHECK (ok IN (0, 1)),
       detail TEXT NOT NULL
     ) STRICT`
+  }),
+  "0008_storage_targets": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Storage targets the agent attached (issue 10), src/layers/StorageTargetStore.ts: what was
+    // fixed at attach (type, durable id, class), where the target stands (attached, detached by
+    // a signed job or as empty, decommissioned), and its creds as they arrived: sealed to this
+    // host's key (src/programs/protection/creds.ts), never in plain text.
+    yield* sql`CREATE TABLE storage_targets (
+      id TEXT PRIMARY KEY NOT NULL,
+      type TEXT NOT NULL CHECK (type IN ('local-dir', 'usb', 'nfs', 'cifs', 'pbs')),
+      durable_id TEXT NOT NULL,
+      class TEXT NOT NULL CHECK (class IN ('fast', 'slow')),
+      role TEXT NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('attached', 'detached', 'decommissioned')),
+      attached_ms INTEGER NOT NULL,
+      changed_ms INTEGER NOT NULL,
+      creds_sealed TEXT
+    ) STRICT`
   })
 }
 

@@ -23,7 +23,7 @@ import * as Command from "@effect/platform/Command"
 import type { PlatformError } from "@effect/platform/Error"
 import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
 import type { Stats } from "node:fs"
-import { lstat, readFile, realpath } from "node:fs/promises"
+import { lstat, readFile, realpath, stat } from "node:fs/promises"
 import { posix } from "node:path"
 import type { PrivilegedCommand } from "../schema/config.js"
 import { StorageId, VmId, VolumeId } from "../schema/ids.js"
@@ -45,6 +45,7 @@ import {
   MemoryMiB,
   MountPointIndex,
   MOUNT_UNIT_MARKER,
+  mountDevices,
   mountUnitName,
   parseMountInfo,
   PrivilegedError,
@@ -660,10 +661,45 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
       })
     })
 
+  /**
+   * A filesystem already mounted anywhere but at the target's own mount point is refused: a
+   * manifest naming the UUID of the host's root, /boot or a PVE storage would otherwise get a
+   * second, writable mount of it that the agent then treats as a removable target (sudoers cannot
+   * tell disks apart; this can). Same filesystem = the mount's device number equals the block
+   * device the by-uuid link resolves to, or its source resolves to that device. A disk that is
+   * not present is not mounted anywhere. Read without a child process, like usbState.
+   */
+  const notMountedElsewhere = (uuid: string, mountPoint: string) =>
+    Effect.gen(function*() {
+      const hostRead = (what: string) => (e: { readonly error: unknown }) =>
+        new PrivilegedError({ reason: "HostRead", command: "felhom-mount-unit", message: `cannot read ${what}: ${errnoOf(e.error)}` })
+      const device = yield* Effect.tryPromise(() => realpath(`${paths.byUuidDir}/${uuid}`)).pipe(Effect.option)
+      if (Option.isNone(device)) return
+      const st = yield* Effect.tryPromise(() => stat(device.value, { bigint: true })).pipe(Effect.option)
+      const number = Option.isSome(st) && st.value.isBlockDevice()
+        ? `${((st.value.rdev >> 8n) & 0xfffn) | ((st.value.rdev >> 32n) & ~0xfffn)}:${(st.value.rdev & 0xffn) | ((st.value.rdev >> 12n) & ~0xffn)}`
+        : undefined
+      const table = yield* Effect.tryPromise(() => readFile(paths.mountInfo, "utf8")).pipe(Effect.mapError(hostRead(paths.mountInfo)))
+      for (const m of mountDevices(table)) {
+        if (m.mountPoint === mountPoint) continue
+        const same = m.majorMinor === number ||
+          (m.source.startsWith("/") && (yield* Effect.tryPromise(() => realpath(m.source)).pipe(Effect.option)).pipe(Option.contains(device.value)))
+        if (!same) continue
+        return yield* new PrivilegedError({
+          reason: "InvalidArgument",
+          command: "felhom-mount-unit",
+          argument: "uuid",
+          message: `felhom-mount-unit: refusing uuid: that filesystem is already mounted at ${m.mountPoint.replace(/[^\x20-\x7e]/g, "?").slice(0, 200)} ` +
+            "on this host; a USB target is a disk of its own, never one of the host's filesystems"
+        })
+      }
+    })
+
   const mountUsb = Effect.fn("Privileged.mountUsb")(function*(spec: UsbMountSpec) {
     const { id, mountPoint, unit } = yield* usbTarget("felhom-mount-unit", spec.targetId)
     const uuid = yield* check("felhom-mount-unit", "uuid", FsUuid)(spec.uuid)
     const fsType = yield* check("felhom-mount-unit", "fsType", UsbFsType)(spec.fsType ?? "auto")
+    yield* notMountedElsewhere(uuid, mountPoint)
     yield* trustedMountPoint(mountPoint)
     yield* unitFile(unit)
     const written = yield* runOk("felhom-mount-unit", [

@@ -69,14 +69,50 @@ export const ReportGuest = Schema.Struct({
 })
 export type ReportGuest = typeof ReportGuest.Type
 
+/** A guest volume whose placement breaks the policy (issue 10), reported under the target it names. */
+export const ReportPlacementFinding = Schema.Struct({
+  vmid: ReportVmId,
+  /** rootfs or mpN */
+  volume: Schema.String,
+  kind: Schema.Literal("hot", "bulk"),
+  /**
+   * hot_not_fast: a hot volume on a target that is not fast; bulk_backed_up: a bulk mount point
+   * without backup=0 (vzdump would capture it); unprotected: a bulk volume with no backup
+   * decision; misplaced: the volume lives on another storage; missing: the guest has no such volume.
+   */
+  problem: Schema.Literal("hot_not_fast", "bulk_backed_up", "unprotected", "misplaced", "missing"),
+  detail: Schema.String
+})
+export type ReportPlacementFinding = typeof ReportPlacementFinding.Type
+
+/** What the storage manifest says about a target, with what the agent found (issue 10). */
+export const ReportStorageTarget = Schema.Struct({
+  type: Schema.Literal("local-dir", "usb", "nfs", "cifs", "pbs"),
+  role: Schema.Literal("primary", "vzdump-target", "pbs-offsite", "bulk-data"),
+  /** The class fixed at attach (a manifest that changes it is refused and says so in detail). */
+  class: Schema.Literal("fast", "slow"),
+  /** Why the target is in its state (what to plug in, what the operator must run or sign). */
+  detail: Schema.NullOr(Schema.String),
+  placement: Schema.Array(ReportPlacementFinding)
+})
+export type ReportStorageTarget = typeof ReportStorageTarget.Type
+
 export const ReportStorage = Schema.Struct({
+  /** The PVE storage id (= the manifest target's id). */
   storage: Schema.String,
+  /** The PVE storage type (dir, nfs, cifs, pbs, lvmthin, ...). */
   type: Schema.String,
   active: Schema.Boolean,
   total: NullableFinite,
   used: NullableFinite,
   avail: NullableFinite,
-  state: Schema.Literal("attached", "disconnected")
+  /**
+   * attached / disconnected: reachable or not (PVE's active flag, and for a USB disk its mount);
+   * decommissioned: retired; needs_operator: the agent cannot go on alone (detail says why).
+   */
+  state: Schema.Literal("attached", "disconnected", "decommissioned", "needs_operator"),
+  /** null: a PVE storage the manifest does not name. */
+  target: Schema.NullOr(ReportStorageTarget)
 })
 export type ReportStorage = typeof ReportStorage.Type
 

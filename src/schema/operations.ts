@@ -104,6 +104,17 @@ export const RestoreTestOperation = Schema.TaggedStruct("restore-test", {
   marker: ScratchMarker
 })
 
+/**
+ * A storage target detached (unmounted, kept as it is) or decommissioned (retired) on an
+ * operator's signature (src/programs/protection/detach.ts). Host-level; deletes nothing.
+ */
+export const StorageRemovalOperation = Schema.TaggedStruct("storage-removal", {
+  vmid: Schema.Null,
+  storage: StorageId,
+  mode: Schema.Literal("detach", "decommission"),
+  authorization: SignedAuthorization
+})
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -116,7 +127,8 @@ export const Operation = Schema.Union(
   GoldenRegisterOperation,
   BackupOperation,
   PruneOperation,
-  RestoreTestOperation
+  RestoreTestOperation,
+  StorageRemovalOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -138,7 +150,8 @@ export const STEPS = {
   "golden-register": ["register"],
   backup: ["backup"],
   prune: ["delete"],
-  "restore-test": ["restore", "start", "check", "stop", "destroy"]
+  "restore-test": ["restore", "start", "check", "stop", "destroy"],
+  "storage-removal": ["unmount", "record"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

@@ -497,3 +497,19 @@ export const parseMountInfo = (text: string): ReadonlyArray<MountInfoEntry> => {
   }
   return entries
 }
+
+/**
+ * The `major:minor` (st_dev) and mount point of every mount in a mountinfo text: what
+ * Privileged.mountUsb compares a USB target's device against, so that a filesystem already
+ * mounted elsewhere on the host (the root, /boot, a PVE storage) is never mounted again as a target.
+ */
+export const mountDevices = (text: string): ReadonlyArray<{ readonly majorMinor: string; readonly mountPoint: string; readonly source: string }> =>
+  text.split("\n").flatMap((line) => {
+    const f = line.split(" ")
+    const sep = f.indexOf("-", 6)
+    const majorMinor = f[2]
+    const mountPoint = f[4]
+    const source = f[sep + 2]
+    if (sep < 0 || majorMinor === undefined || !/^\d+:\d+$/.test(majorMinor) || mountPoint === undefined || source === undefined) return []
+    return [{ majorMinor, mountPoint: unescapeMountField(mountPoint), source: unescapeMountField(source) }]
+  })

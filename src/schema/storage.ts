@@ -7,6 +7,7 @@
 import { Either, ParseResult, Redacted, Schema } from "effect"
 import { parseCalendarEvent } from "../programs/protection/calendar.js"
 import { StorageId, VmId } from "./ids.js"
+import { FsUuid, UsbTargetId } from "./privileged.js"
 
 const overrideMessage = (message: string) => ({ message: () => ({ message, override: true }) })
 
@@ -123,7 +124,10 @@ export type PbsDurableId = typeof PbsDurableId.Type
 
 const DURABLE_ID_MESSAGE = "durable_id is a string (usb filesystem UUID, nfs/cifs 'server:export', local-dir path) or { repo, fingerprint } for pbs"
 
-const USB_UUID = /^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4})$/
+// A USB target's UUID and id are what Privileged mounts (src/schema/privileged.ts): a manifest that
+// decodes can always be mounted, never left to fail at the root helper.
+const isUsbUuid = Schema.is(FsUuid)
+const isUsbTargetId = Schema.is(UsbTargetId)
 const HOST = String.raw`(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]{2,45}\])`
 const NFS_ID = new RegExp(String.raw`^${HOST}:(/[A-Za-z0-9._~+@%/-]*)$`)
 const CIFS_ID = new RegExp(String.raw`^${HOST}:([A-Za-z0-9._$ -]{1,80}(?:/[A-Za-z0-9._ -]+)*)$`)
@@ -158,7 +162,9 @@ const durableIdIssue = (t: TargetFields): string | undefined => {
   if (typeof id !== "string") return `a ${t.type} target's durable_id is a string, not { repo, fingerprint }`
   switch (t.type) {
     case "usb":
-      return USB_UUID.test(id) ? undefined : "a usb target's durable_id is its filesystem UUID (8-4-4-4-12 hex, or XXXX-XXXX for vfat/exfat)"
+      return isUsbUuid(id)
+        ? undefined
+        : "a usb target's durable_id is its filesystem UUID as udev names it (lower-case 8-4-4-4-12 hex, or upper-case XXXX-XXXX for vfat/exfat)"
     case "nfs":
       return NFS_ID.test(id) && noDotDot(id) && id.length <= 512 ? undefined : "an nfs target's durable_id is 'server:/export' (an absolute export path without '..')"
     case "cifs":
@@ -170,6 +176,9 @@ const durableIdIssue = (t: TargetFields): string | undefined => {
 
 const targetIssues = (t: TargetFields): Array<Schema.FilterIssue> => {
   const issues: Array<Schema.FilterIssue> = []
+  if (t.type === "usb" && !isUsbTargetId(t.id)) {
+    issues.push({ path: ["id"], message: "a usb target's id is also its mount directory and unit name: a letter, then up to 47 of [A-Za-z0-9._-]" })
+  }
   const durable = durableIdIssue(t)
   if (durable !== undefined) {
     const onRepo = t.type === "pbs" && typeof t.durable_id !== "string"

@@ -68,7 +68,7 @@ const DATA_SAFE_CONFIG_KEYS = new Set(["cores", "memory", "swap", "hostname", "d
 const ALWAYS_BENIGN = new Set(["create", "start", "stop", "shutdown", "restart", "resize", "snapshot", "force-backup"])
 
 /** Ops that overwrite or remove data whatever their provenance. */
-const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-wipe", "break-glass-enable"])
+const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
 
 /** Ops that change no data now but decide what later changes are made from: signature only. */
 const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([

@@ -21,6 +21,7 @@ import type { JsonObject } from "../../schema/json.js"
 import type { RestoreSource, SignedAuthorization } from "../../schema/operations.js"
 import { dearmor } from "../../schema/sshsig.js"
 import { gate, type GatedAction, type GateResult } from "./gate.js"
+import { runStorageRemoval, type StorageRemovalFailed } from "../protection/detach.js"
 import { admissionOf, BadJob, decommission, forceBackup, registerGolden, restoreNow, type StepError } from "./steps.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
@@ -38,6 +39,7 @@ const RestoreFromSnapshot = Schema.Struct({ snapshot: SnapshotName })
 const RestoreFromBackup = Schema.Struct({ backup: VolumeId, storage: StorageId, backup_storage: StorageId })
 const ForceBackupParams = Schema.Struct({ storage: StorageId })
 const GoldenParams = Schema.Struct({ archive: VolumeId })
+const StorageRemovalParams = Schema.Struct({ storage: StorageId })
 
 export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
   const snap = Schema.decodeUnknownOption(RestoreFromSnapshot, strict)(params)
@@ -48,7 +50,7 @@ export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSo
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob, Proxmox | StoreServices> => {
+const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed, Proxmox | StoreServices> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -88,6 +90,16 @@ const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<voi
         return Effect.fail(new BadJob({ message: "golden-register is host-level (guest_id null) with params exactly {archive}" }))
       }
       return Either.isLeft(auth) ? Effect.fail(auth.left) : registerGolden(p.value.archive, approved.grant, auth.right, key)
+    }
+    case "storage-detach":
+    case "storage-decommission": {
+      const p = Schema.decodeUnknownOption(StorageRemovalParams, strict)(params)
+      const auth = signed()
+      if (vmid !== null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: `${job.op} is host-level (guest_id null) with params exactly {storage}` }))
+      }
+      const mode = job.op === "storage-detach" ? "detach" : "decommission"
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : runStorageRemoval(mode, p.value.storage, approved.grant, auth.right, key)
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))

@@ -160,6 +160,10 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "golden-register":
     case "backup":
       return settleOther(op)
+    case "storage-removal":
+      // an unmount has no task: interrupted → failed; the storage pass reads the target again
+      // and holds it for a new signature if it still should go
+      return settleOther(op)
     case "prune":
       return settlePrune(op)
     case "restore-test":

@@ -181,6 +181,37 @@ export const hubLoop = (state: Ref.Ref<DaemonState>, poke: Queue.Queue<void>) =>
   })
 
 /**
+ * A host report outside the cycle (the storage watchdog's "a target came or went"): collect and
+ * send only, no desired state, no jobs; adopts the hub's interval like a cycle. Never fails.
+ */
+export const reportOnly = (state: Ref.Ref<DaemonState>) =>
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const systemd = yield* Systemd
+    const { file } = yield* AgentConfig
+    const s = yield* Ref.get(state)
+    const report = yield* collectReport({
+      hostId: file.host_id ?? "unknown-host",
+      desiredGenerationApplied: s.appliedGeneration,
+      pendingSignatures: s.pending,
+      cloudflared: systemd.cloudflaredStatus,
+      stateStore: s.store
+    })
+    const env = yield* hub.report(report)
+    yield* Ref.update(state, (x) => ({ ...x, interval: Duration.seconds(clampPollInterval(env.poll_interval_seconds)) }))
+  }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("out-of-cycle host report failed", cause)))
+
+/** Serves report-now requests as they come, concurrently with the cycle (which may be busy for minutes). */
+export const reportNowLoop = (state: Ref.Ref<DaemonState>, requests: Queue.Queue<void>) =>
+  Effect.forever(
+    Effect.gen(function*() {
+      yield* Queue.take(requests)
+      yield* Queue.takeAll(requests) // requests arriving together make one report
+      yield* reportOnly(state)
+    })
+  )
+
+/**
  * Journal recovery; on success the daemon may mutate. A state store that fails (JournalError)
  * leaves `recovered` false and the store unhealthy: the loop heartbeats and tries again.
  */
@@ -198,7 +229,12 @@ const recoverInto = (state: Ref.Ref<DaemonState>) =>
   })
 
 /** Recovery first, READY=1, watchdog pings, then the loop until interrupted (SIGTERM). */
-export const runDaemon = (opts: { readonly poke: Queue.Queue<void>; readonly state: Ref.Ref<DaemonState> }) =>
+export const runDaemon = (opts: {
+  readonly poke: Queue.Queue<void>
+  readonly state: Ref.Ref<DaemonState>
+  /** Out-of-cycle report requests (the storage watchdog's ReportNow, reportNowFromQueue). */
+  readonly reportNow?: Queue.Queue<void>
+}) =>
   Effect.gen(function*() {
     const systemd = yield* Systemd
     yield* Effect.logInfo("felhom-agent daemon starting: recovering the journal before any mutation")
@@ -210,5 +246,6 @@ export const runDaemon = (opts: { readonly poke: Queue.Queue<void>; readonly sta
       onSome: (every) => Effect.map(Effect.forkScoped(Effect.repeat(systemd.watchdog, Schedule.spaced(every))), Option.some)
     })
     yield* Effect.logInfo(`ready${Option.isSome(watchdog) ? ", watchdog armed" : ""}`)
+    if (opts.reportNow !== undefined) yield* Effect.forkScoped(reportNowLoop(opts.state, opts.reportNow))
     return yield* hubLoop(opts.state, opts.poke)
   }).pipe(Effect.onInterrupt(() => Effect.flatMap(Systemd, (s) => Effect.zipRight(Effect.logInfo("stopping"), s.stopping))))

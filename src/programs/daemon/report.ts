@@ -36,6 +36,7 @@ import { StorageId } from "../../schema/ids.js"
 import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, StorageContentEntry } from "../../schema/proxmox.js"
 import { VERSION } from "../../version.js"
 import { normalizeActual } from "../control/plan.js"
+import { StorageStatus, withStorageTargets } from "../protection/status.js"
 
 // ---------------------------------------------------------------------------------------------
 
@@ -114,7 +115,9 @@ export const storageEntry = (s: NodeStorageEntry): ReportStorage => {
     avail: finite(s.avail),
     // Until the storage manifest (SPEC §13) exists, PVE's own view decides: an inactive storage
     // is one PVE cannot reach (unplugged USB, NFS server gone).
-    state: active ? "attached" : "disconnected"
+    state: active ? "attached" : "disconnected",
+    // a manifest target's part is merged in by withStorageTargets (src/programs/protection/status.ts)
+    target: null
   }
 }
 
@@ -280,5 +283,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       versions: { agent: VERSION, controllers: [] },
       pending_signatures: [...input.pendingSignatures]
     }
-    return report
+    // the storage manifest's view (issue 10), when the daemon runs the storage pass
+    const targets = yield* Effect.serviceOption(StorageStatus)
+    return Option.isSome(targets) ? withStorageTargets(report, yield* targets.value.snapshot) : report
   }).pipe(Effect.withSpan("collectReport"))
