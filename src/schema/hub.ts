@@ -142,6 +142,48 @@ export const ReportPbsSnapshot = Schema.Struct({
 })
 export type ReportPbsSnapshot = typeof ReportPbsSnapshot.Type
 
+/**
+ * A guest's data protection (issue 10): the newest restorable point per tier (snapshot, then
+ * vzdump, then PBS: also the restore-source order) and its age against the policy, per scheduled
+ * target the newest backup and the last attempt, and its bulk volumes' backup decisions. Agent
+ * backups are crash-consistent (`consistency`).
+ */
+export const ReportGuestProtection = Schema.Struct({
+  vmid: ReportVmId,
+  /** unprotected (a bulk volume without a decision), no_backup, overdue, or ok */
+  status: Schema.Literal("unprotected", "no_backup", "overdue", "ok"),
+  consistency: Schema.Literal("crash"),
+  tiers: Schema.Array(Schema.Struct({
+    tier: Schema.Literal("snapshot", "vzdump", "pbs"),
+    newest_at: Schema.NullOr(UtcTimestampString),
+    target: Schema.NullOr(Schema.String),
+    age_seconds: NullableFinite,
+    /** the shortest schedule interval among the tier's targets (null: no schedule) */
+    interval_seconds: NullableFinite,
+    overdue: Schema.Boolean
+  })),
+  targets: Schema.Array(Schema.Struct({
+    target: Schema.String,
+    tier: Schema.Literal("vzdump", "pbs"),
+    newest_at: Schema.NullOr(UtcTimestampString),
+    age_seconds: NullableFinite,
+    interval_seconds: NullableFinite,
+    overdue: Schema.Boolean,
+    /** the last backup attempt there: ok, warnings (the archive exists), failed, skipped */
+    last_result: Schema.NullOr(Schema.Literal("ok", "warnings", "failed", "skipped")),
+    last_detail: Schema.NullOr(Schema.String)
+  })),
+  bulk: Schema.Array(Schema.Struct({
+    volume: Schema.String,
+    target: Schema.String,
+    status: Schema.Literal("own_backup", "accepted_none", "unprotected"),
+    backup_target: Schema.NullOr(Schema.String),
+    /** the reason the customer accepted for no backup */
+    reason: Schema.NullOr(Schema.String)
+  }))
+})
+export type ReportGuestProtection = typeof ReportGuestProtection.Type
+
 export const ReportAuditEntry = Schema.Struct({
   seq: NonNegInt,
   at: UtcTimestampString,
@@ -188,6 +230,8 @@ export const HostReport = Schema.Struct({
   backups: Schema.Array(ReportBackup),
   restore_tests: Schema.Array(ReportRestoreTest),
   pbs_snapshots: Schema.Array(ReportPbsSnapshot),
+  /** Per desired guest (issue 10); empty while no storage manifest is in the desired state. */
+  protection: Schema.Array(ReportGuestProtection),
   audit_tail: Schema.Array(ReportAuditEntry),
   /** The newest audit entry; null while the audit log is empty. */
   audit_head: Schema.NullOr(ReportAuditHead),

@@ -7,6 +7,7 @@
 import { Schema } from "effect"
 import { DesiredGuest } from "./desired.js"
 import { SnapshotName, StorageId, VmId, VolumeId } from "./ids.js"
+import { Retention } from "./storage.js"
 
 /** A random tag the create path puts on the guest it restores: proof of the exact instance. */
 export const InstanceMarker = Schema.String.pipe(Schema.pattern(/^felhom-prov-[0-9a-f]{16}$/))
@@ -115,6 +116,17 @@ export const StorageRemovalOperation = Schema.TaggedStruct("storage-removal", {
   authorization: SignedAuthorization
 })
 
+/**
+ * An operator-signed retention policy for one target becomes the policy in force (a policy that
+ * would delete existing archives is never adopted unsigned). Host-level; touches no PVE object.
+ */
+export const RetentionChangeOperation = Schema.TaggedStruct("retention-change", {
+  vmid: Schema.Null,
+  storage: StorageId,
+  retention: Retention,
+  authorization: SignedAuthorization
+})
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -128,6 +140,7 @@ export const Operation = Schema.Union(
   BackupOperation,
   PruneOperation,
   RestoreTestOperation,
+  RetentionChangeOperation,
   StorageRemovalOperation
 )
 export type Operation = typeof Operation.Type
@@ -151,6 +164,7 @@ export const STEPS = {
   backup: ["backup"],
   prune: ["delete"],
   "restore-test": ["restore", "start", "check", "stop", "destroy"],
+  "retention-change": ["adopt"],
   "storage-removal": ["unmount", "record"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 

@@ -7,6 +7,7 @@ import { type AuthzShape, make as makeAuthz, parseSigners } from "../../layers/A
 import * as AgentConfigLayer from "../../layers/Config.js"
 import { DatabaseLive, layerAt } from "../../layers/Database.js"
 import { JournalLive } from "../../layers/Journal.js"
+import { ProtectionStoreLive } from "../../layers/ProtectionStore.js"
 import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { decodeDesiredState } from "../../schema/desired.js"
@@ -59,13 +60,13 @@ export const plan = (o: {
         )
       )
     }
-    const report = yield* planReport(desired, offered, authz)
+    const report = yield* planReport(desired, offered, authz, file.protection.time_zone)
     yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderPlan(report))
   })).pipe(
     Effect.provide(
       Layer.mergeAll(
         ProxmoxWithoutClient.pipe(Layer.provide(PveHttpClientLive), Layer.provide(AgentConfigLayer.ProxmoxSettingsLive)),
-        JournalLive.pipe(Layer.provide(DatabaseLive))
+        Layer.merge(JournalLive, ProtectionStoreLive).pipe(Layer.provide(DatabaseLive))
       ).pipe(Layer.provideMerge(AgentConfigLayer.layer({ path: o.config, mode: "selftest" })))
     ),
     Effect.mapError((e) => toCliFailure(e))

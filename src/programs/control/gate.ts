@@ -36,6 +36,10 @@ import { decodeOperation } from "../../schema/operations.js"
 import { PveLocked, type ProxmoxError } from "../../schema/proxmox.js"
 import { lockRetry } from "./schedules.js"
 import { normalizeTags } from "./plan.js"
+import type { StorageId } from "../../schema/ids.js"
+import type { TimeZone } from "../protection/calendar.js"
+import { removals, retentionInForce } from "../protection/policy.js"
+import { byGuest, listedArchives, newestOf, oursOf, ownership } from "../protection/provenance.js"
 
 // Taken at load: a second taker anywhere in the process crashes at start (see clearance.ts).
 const mint = takeIssuer()
@@ -72,7 +76,8 @@ const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-de
 
 /** Ops that change no data now but decide what later changes are made from: signature only. */
 const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
-  ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"]
+  ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"],
+  ["retention-change", "a retention policy that would delete existing backups: only an operator may make it the policy in force"]
 ])
 
 /** Ops a recovery key may sign: rotation only (SPEC §5). */
@@ -376,3 +381,57 @@ export const clearForConsole = <K extends CallKind>(call: CallOf<K>, reason: str
 
 /** A grant on the console basis for one action (same callers as clearForConsole). */
 export const consoleGrant = (action: GatedAction, reason: string): Grant => grantFor(action, { basis: "console", reason })
+
+/**
+ * A retention deletion (issue 10): a `delete-backup` clearance for `volid` (guest `vmid`, on
+ * `storage`) for the prune saga `opId`. The gate re-proves everything itself, from the journal and
+ * a fresh listing, never from what the saga says; it mints only if ALL hold:
+ *   1. `opId` is an in-flight `prune` of exactly this guest and storage whose archive list, fixed
+ *      when it began, names `volid`;
+ *   2. PVE lists `volid` now, as a backup of `vmid` on `storage`;
+ *   3. the archive is ours: its notes name a backup op the journal knows for this guest and
+ *      storage (src/programs/protection/provenance.ts);
+ *   4. it is neither the newest archive of this guest on this target nor our newest there;
+ *   5. the retention in force on `storage` (ProtectionStore; none keeps everything) removes it.
+ * Every decision is audited. `tz` is the host's configured zone (periods are local days).
+ */
+export const clearPrune = (opId: string, vmid: VmId, storage: StorageId, volid: VolumeId, tz: TimeZone) =>
+  Effect.gen(function*() {
+    const auditLog = yield* AuditLog
+    const ops = yield* OpLog
+    const pve = yield* Proxmox
+    const refuse = (why: string) =>
+      Effect.zipRight(
+        auditLog.audit({ actor: "gate", action: "delete-backup", target: String(vmid), decision: "refused:prune", detail: { op: opId, storage, volid, reason: why } }),
+        Effect.fail(new ClearanceRefused({ message: `deleting ${volid} refused: ${why}` }))
+      )
+    const op = yield* ops.get(opId)
+    if (Option.isNone(op) || op.value.status !== "in_flight") return yield* refuse(`op ${opId} is not in flight`)
+    const typed = decodeOperation(op.value.payload)
+    if (Either.isLeft(typed) || typed.right._tag !== "prune" || op.value.kind !== "prune" || typed.right.vmid !== vmid || typed.right.storage !== storage) {
+      return yield* refuse(`op ${opId} is not a prune of guest ${vmid} on ${storage}`)
+    }
+    if (!typed.right.archives.includes(volid)) return yield* refuse(`op ${opId} did not list this archive when it began`)
+    const listed = yield* pve.storageContent(storage, { content: "backup", vmid }).pipe(
+      Effect.map((entries) => byGuest(listedArchives(storage, entries)).get(vmid) ?? []),
+      Effect.catchAll((e) => refuse(`the storage could not be listed (${e._tag})`))
+    )
+    const archive = listed.find((a) => a.id === volid)
+    if (archive === undefined) return yield* refuse(`PVE does not list it as a backup of guest ${vmid} on ${storage}`)
+    const owned = yield* ownership(listed)
+    const own = owned.get(volid)
+    if (own === undefined || !own.ours) return yield* refuse(`not made by the agent: ${own !== undefined && !own.ours ? own.reason : "unknown"}`)
+    const ours = oursOf(listed, owned)
+    if (newestOf(listed)?.id === volid || newestOf(ours)?.id === volid) return yield* refuse("it is the newest backup of the guest on this target")
+    const policy = yield* retentionInForce(storage)
+    if (Option.isNone(policy)) return yield* refuse("no retention is in force on this target: everything is kept")
+    if (!removals(ours, listed, policy, tz).some((a) => a.id === volid)) return yield* refuse("the retention in force keeps it")
+    yield* auditLog.audit({
+      actor: "gate",
+      action: "delete-backup",
+      target: String(vmid),
+      decision: "allowed",
+      detail: { op: opId, storage, volid, reason: `retention in force removes it (archive of op ${own.opId})`, retention: policy.value }
+    })
+    return mint({ call: "delete-backup", vmid, storage, volume: volid }, { basis: "provenance", opId })
+  })

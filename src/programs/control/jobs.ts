@@ -23,6 +23,8 @@ import { dearmor } from "../../schema/sshsig.js"
 import { gate, type GatedAction, type GateResult } from "./gate.js"
 import { runStorageRemoval, type StorageRemovalFailed } from "../protection/detach.js"
 import { admissionOf, BadJob, decommission, forceBackup, registerGolden, restoreNow, type StepError } from "./steps.js"
+import { Retention } from "../../schema/storage.js"
+import { adoptSignedRetention } from "../protection/prune.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -39,6 +41,7 @@ const RestoreFromSnapshot = Schema.Struct({ snapshot: SnapshotName })
 const RestoreFromBackup = Schema.Struct({ backup: VolumeId, storage: StorageId, backup_storage: StorageId })
 const ForceBackupParams = Schema.Struct({ storage: StorageId })
 const GoldenParams = Schema.Struct({ archive: VolumeId })
+const RetentionChangeParams = Schema.Struct({ storage: StorageId, retention: Retention })
 const StorageRemovalParams = Schema.Struct({ storage: StorageId })
 
 export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
@@ -90,6 +93,15 @@ const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<voi
         return Effect.fail(new BadJob({ message: "golden-register is host-level (guest_id null) with params exactly {archive}" }))
       }
       return Either.isLeft(auth) ? Effect.fail(auth.left) : registerGolden(p.value.archive, approved.grant, auth.right, key)
+    }
+    case "retention-change": {
+      // strict all the way down: an extra key in the retention is a refusal, never ignored
+      const p = Schema.decodeUnknownOption(RetentionChangeParams, strict)(params)
+      const auth = signed()
+      if (vmid !== null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "retention-change is host-level (guest_id null) with params exactly {storage, retention}" }))
+      }
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : adoptSignedRetention(p.value.storage, p.value.retention, approved.grant, auth.right, key)
     }
     case "storage-detach":
     case "storage-decommission": {

@@ -3,13 +3,15 @@
  * gate verdict. A preview: it audits nothing and consumes no nonce (offered signatures are
  * checked against a throwaway in-memory nonce store).
  */
-import { Effect, Option } from "effect"
+import { Effect, Either, Option } from "effect"
 import type { AuthzShape } from "../../layers/Authz.js"
 import type { DesiredState } from "../../schema/desired.js"
 import type { SignedOp } from "./gate.js"
 import { currentProvenance, judge } from "./gate.js"
 import { gatedActionOf, observeContext, observePve, signatureKey } from "./apply.js"
 import { type Action, plan } from "./plan.js"
+import { parseTimeZone, UTC } from "../protection/calendar.js"
+import { type ProtectionPreview, protectionPreview, renderProtection } from "../protection/view.js"
 
 export interface PlannedAction {
   readonly vmid: number
@@ -23,6 +25,12 @@ export interface PlanReport {
   readonly generation: number
   readonly actions: ReadonlyArray<PlannedAction>
   readonly notes: ReadonlyArray<{ readonly vmid: number; readonly reason: string; readonly message: string }>
+  /**
+   * Data protection (issue 10), when the desired state has a storage manifest: per-guest status,
+   * and per target the retention change with the archives a shrinking policy would delete and
+   * the verdict on an offered `retention-change` signature.
+   */
+  readonly protection: (ProtectionPreview & { readonly retention_verdicts: ReadonlyArray<{ readonly storage: string; readonly verdict: PlannedAction["verdict"]; readonly reason: string }> }) | null
 }
 
 const detailOf = (a: Action): Record<string, unknown> => {
@@ -41,7 +49,7 @@ const detailOf = (a: Action): Record<string, unknown> => {
 }
 
 /** `offered` maps signatureKey(op, vmid) → signed op; `authz` checks them without side effects. */
-export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, SignedOp>, authz: Option.Option<AuthzShape>) =>
+export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, SignedOp>, authz: Option.Option<AuthzShape>, timeZone = "UTC") =>
   Effect.gen(function*() {
     const obs = yield* observePve
     const p = plan(obs.actual, desired, yield* observeContext(obs, desired, { record: false }))
@@ -52,10 +60,21 @@ export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, S
         const reason = d.verdict === "rejected" ? `${d.reason}: ${d.message}` : d.reason
         return { vmid: a.vmid, action: a.kind, detail: detailOf(a), verdict: d.verdict, reason } satisfies PlannedAction
       }))
+    const protection = desired.storage === undefined ? null : yield* Effect.gen(function*() {
+      const preview = yield* protectionPreview(desired, Either.getOrElse(parseTimeZone(timeZone), () => UTC))
+      const retention_verdicts = yield* Effect.forEach(preview.retention.filter((r) => r.signature_params !== null), (r) =>
+        Effect.gen(function*() {
+          const action = { op: "retention-change", vmid: null, params: r.signature_params! }
+          const d = yield* judge(action, Option.none(), Option.fromNullable(offered.get(signatureKey("retention-change", null))), authz)
+          return { storage: r.storage, verdict: d.verdict, reason: d.verdict === "rejected" ? `${d.reason}: ${d.message}` : d.reason }
+        }))
+      return { ...preview, retention_verdicts }
+    })
     const report: PlanReport = {
       generation: p.generation,
       actions,
-      notes: p.notes.map((n) => ({ vmid: n.vmid, reason: n.reason, message: n.message }))
+      notes: p.notes.map((n) => ({ vmid: n.vmid, reason: n.reason, message: n.message })),
+      protection
     }
     return report
   })
@@ -68,5 +87,9 @@ export const renderPlan = (r: PlanReport): string => {
     lines.push(`         ${a.reason}`)
   }
   for (const n of r.notes) lines.push(`  note ${n.vmid}: ${n.reason}: ${n.message}`)
+  if (r.protection !== null) {
+    lines.push(...renderProtection(r.protection))
+    for (const v of r.protection.retention_verdicts) lines.push(`  retention-change ${v.storage}: ${v.verdict.toUpperCase()} (${v.reason})`)
+  }
   return lines.join("\n")
 }

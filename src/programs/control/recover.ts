@@ -160,6 +160,9 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "golden-register":
     case "backup":
       return settleOther(op)
+    case "retention-change":
+      // not resumed: an interrupted adoption leaves the previous policy in force (keeps more)
+      return settleOther(op)
     case "storage-removal":
       // an unmount has no task: interrupted → failed; the storage pass reads the target again
       // and holds it for a new signature if it still should go

@@ -31,6 +31,7 @@ import {
 } from "../../schema/operations.js"
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearCompensation, type Grant } from "./gate.js"
+import { notesFor } from "../protection/provenance.js"
 
 export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused | JournalError
 
@@ -143,8 +144,9 @@ export const existing = (vmid: VmId) =>
     Effect.catchIf(notFound, () => Effect.succeedNone)
   )
 
-const vzdumpUpid = (vmid: VmId, storage: StorageId) =>
-  Effect.flatMap(Proxmox, (p) => p.vzdump({ vmid, storage, mode: "snapshot" })).pipe(
+/** `opId`'s notes on the archive are how retention later knows the agent made it (protection/provenance.ts). */
+const vzdumpUpid = (vmid: VmId, storage: StorageId, opId: string) =>
+  Effect.flatMap(Proxmox, (p) => p.vzdump({ vmid, storage, mode: "snapshot", notesTemplate: notesFor(opId) })).pipe(
     Effect.flatMap(Option.match({
       onNone: () => Effect.fail(new GuestNotOnNode({ message: `vzdump of ${vmid} started nothing: the guest is not on this node` })),
       onSome: (u: Upid) => Effect.succeed(u)
@@ -174,7 +176,7 @@ export const resizeRootfs = (vmid: VmId, sizeGib: number, grant: Grant) =>
     }))
 
 export const forceBackup = (vmid: VmId, storage: StorageId, admission: Admission = noAdmission) =>
-  runOperation({ _tag: "force-backup", vmid, storage }, (s) => s.task("backup", vzdumpUpid(vmid, storage)), admission)
+  runOperation({ _tag: "force-backup", vmid, storage }, (s) => s.task("backup", vzdumpUpid(vmid, storage, s.id)), admission)
 
 // ---------------------------------------------------------------------------------------------
 // Create: restore the golden archive as one saga with compensation
@@ -404,7 +406,7 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
         yield* s.task("rollback", pve.rollback(vmid, source.snapshot, { start: wasRunning }, clearance))
         return
       }
-      yield* s.task("safety_backup", vzdumpUpid(vmid, source.backupStorage))
+      yield* s.task("safety_backup", vzdumpUpid(vmid, source.backupStorage, s.id))
       if (wasRunning) yield* s.task("stop", pve.stop(vmid))
       const clearance = yield* grant.clear({ call: "restore-overwrite", vmid, archive: source.backup })
       yield* s.task("restore", pve.restoreOverwrite({ vmid, archive: source.backup, storage: source.storage }, clearance)).pipe(

@@ -36,6 +36,7 @@ import { StorageId } from "../../schema/ids.js"
 import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, StorageContentEntry } from "../../schema/proxmox.js"
 import { VERSION } from "../../version.js"
 import { normalizeActual } from "../control/plan.js"
+import { ProtectionBoard } from "../protection/view.js"
 import { StorageStatus, withStorageTargets } from "../protection/status.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +216,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
         { concurrency: STORAGE_CONTENT_CONCURRENCY }
       )
       return {
+        contents,
         storage: list.map(storageEntry),
         backups: contents.flatMap((c) => lastBackups(c.storage.storage, c.entries)),
         pbs: contents.filter((c) => c.storage.type === "pbs").flatMap((c) => pbsSnapshots(c.storage.storage, c.entries))
@@ -255,6 +257,12 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       { concurrency: "unbounded" }
     )
 
+    // data protection (issue 10), when the daemon runs the backup scheduler: per-guest status from
+    // the listings above, and retention changes waiting for a signature
+    const board = yield* Effect.serviceOption(ProtectionBoard)
+    const protection = Option.isSome(board) ? yield* board.value.forReport(storage.contents) : []
+    const protectionPending = Option.isSome(board) ? yield* board.value.pendingSignatures : []
+
     const report: HostReport = {
       host_id: input.hostId,
       agent_version: VERSION,
@@ -273,6 +281,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       backups: storage.backups,
       restore_tests: [],
       pbs_snapshots: storage.pbs,
+      protection: [...protection],
       audit_tail: auditLog.tail,
       audit_head: auditLog.head,
       state_epoch: rfc3339(stateEpochMs),
@@ -281,7 +290,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
         ? { healthy: false, detail: auditLog.problem }
         : input.stateStore ?? { healthy: true, detail: null },
       versions: { agent: VERSION, controllers: [] },
-      pending_signatures: [...input.pendingSignatures]
+      pending_signatures: [...input.pendingSignatures, ...protectionPending]
     }
     // the storage manifest's view (issue 10), when the daemon runs the storage pass
     const targets = yield* Effect.serviceOption(StorageStatus)
