@@ -19,13 +19,15 @@ import { Journal } from "../src/layers/Journal.js"
 import { Proxmox } from "../src/layers/Proxmox.js"
 import { StorageTargetStore } from "../src/layers/StorageTargetStore.js"
 import { runSignedJob } from "../src/programs/control/jobs.js"
+import { recover } from "../src/programs/control/recover.js"
+import { beginOperation } from "../src/programs/control/steps.js"
 import { collectReport } from "../src/programs/daemon/report.js"
 import { CREDS_KEY_FILE, CREDS_PUB_FILE, makeVault, openSealed, sealCreds } from "../src/programs/protection/creds.js"
 import { createParams, entryMismatch, operatorCommand, parseVolume, pbsParts, storageReconcilePass, type StorageInput } from "../src/programs/protection/storage.js"
 import { type StorageSnapshot, StorageStatus, type TargetStatus, withStorageTargets } from "../src/programs/protection/status.js"
 import { decodeDesiredState } from "../src/schema/desired.js"
 import { HostReport, type SignedJob } from "../src/schema/hub.js"
-import { StorageManifest } from "../src/schema/storage.js"
+import { StorageManifest, type StorageTarget } from "../src/schema/storage.js"
 import { Schema } from "effect"
 import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { b64, dbFile, signedOp } from "./engine-support.js"
@@ -393,6 +395,36 @@ describe("hostile hub", () => {
           // extra params are refused before anything runs
           const extra = signedOp({ op: "storage-decommission", guest_id: null, params: { storage: "usb-1", wipe: true } })
           expect((yield* runSignedJob({ ...job("j4", { storage: "usb-1", wipe: true }, extra), op: "storage-decommission" })).status).toBe("failed")
+        }),
+      withBackupOnUsb
+    ))
+
+  it.scoped("a crash inside the signed detach (after the unmount, before the record): recovery ends the op failed, the target is held again, nothing deleted", () =>
+    withStorage(
+      ({ sim, world }) =>
+        Effect.gen(function*() {
+          world.present.add(USB_UUID)
+          world.mounted.set("usb-1", USB_UUID)
+          yield* pass(input([usb]))
+          // the op as a crash leaves it: admitted, unmount started and done, record never started
+          const saga = yield* beginOperation<"storage-removal">({
+            _tag: "storage-removal",
+            vmid: null,
+            storage: "usb-1" as StorageTarget["id"],
+            mode: "detach",
+            authorization: { basis: "signed", signer: "alice", fingerprint: "SHA256:x", nonce: "n".repeat(22), job: "j9" }
+          })
+          yield* saga.started("unmount")
+          world.mounted.delete("usb-1")
+          yield* saga.done("unmount")
+          const recovered = yield* recover
+          expect(recovered.map((r) => `${r.kind}:${r.outcome}`)).toEqual(["storage-removal:failed"])
+          const rows = yield* Effect.flatMap(StorageTargetStore, (st) => st.records)
+          expect(rows.find((r) => r.id === "usb-1")?.state).toBe("attached")
+          // the manifest that dropped it: held for a (new) signature again, never deleted
+          const snap = yield* pass(input([]))
+          expect(snap.pending.map((p) => p.op)).toEqual(["storage-detach"])
+          expect((yield* mutations(sim)).filter((m) => m.startsWith("DELETE"))).toEqual([])
         }),
       withBackupOnUsb
     ))

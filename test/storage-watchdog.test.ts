@@ -9,14 +9,14 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Queue, Ref, Schema, TestClock } from "effect"
+import { Duration, Effect, Layer, Option, Queue, Ref, Schema, TestClock } from "effect"
 import { HubSettingsLive, layerFrom } from "../src/layers/Config.js"
 import { HubWithoutClient } from "../src/layers/Hub.js"
 import { makeSystemdLayer } from "../src/layers/Systemd.js"
 import { type DaemonState, initialState, runDaemon } from "../src/programs/daemon/loop.js"
 import { sealCreds } from "../src/programs/protection/creds.js"
 import { reportNowFromQueue, StorageStatus } from "../src/programs/protection/status.js"
-import { storageReconcilePass } from "../src/programs/protection/storage.js"
+import { storageReconcileLoop, storageReconcilePass } from "../src/programs/protection/storage.js"
 import { storageWatchdog, storageWatchdogCheck } from "../src/programs/protection/watchdog.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import { decodeDesiredState } from "../src/schema/desired.js"
@@ -118,7 +118,8 @@ describe("storage watchdog (TestClock)", () => {
     Effect.gen(function*() {
       const t = yield* setup
       yield* Effect.gen(function*() {
-        yield* storageReconcilePass(t.storage)
+        // the pass on its schedule (first run now), as the daemon runs it
+        yield* Effect.forkScoped(storageReconcileLoop(Effect.succeed(Option.some(t.storage)), Duration.seconds(t.file.protection.pass_interval_seconds)))
         const state = yield* Ref.make<DaemonState>(initialState)
         const poke = yield* Queue.sliding<void>(1)
         yield* Effect.forkScoped(runDaemon({ poke, state, reportNow: t.reportNow }))

@@ -143,6 +143,23 @@ const holdRestoreTest = (op: JournalOp): Effect.Effect<Outcome, StepError, Store
     Effect.as({ outcome: "needs_operator" as const, detail: "restore-test interrupted; held for an operator" })
   )
 
+/**
+ * A signed storage detach/decommission has no PVE task: done only if its last step (recording
+ * the target's new state) was; otherwise failed, never resumed (the unmount is harmless to have
+ * happened; the storage pass reads the target again and asks for a new signature if it should
+ * still go).
+ */
+const settleStorageRemoval = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
+  Effect.gen(function*() {
+    const ops = yield* OpLog
+    if (op.steps.some((s) => s.name === "record" && s.status === "done")) {
+      yield* ops.finish(op.id, "done", "recovered: the target's new state had been recorded")
+      return { outcome: "done", detail: "the removal had completed" }
+    }
+    yield* ops.finish(op.id, "failed", "recovered: interrupted; not resumed (the storage pass asks for a new signature)")
+    return { outcome: "failed", detail: "interrupted; not resumed" }
+  })
+
 /** The rule for each kind. Exhaustive: the `never` default stops compiling when a kind is added. */
 const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> => {
   switch (typed._tag) {
@@ -164,9 +181,7 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
       // not resumed: an interrupted adoption leaves the previous policy in force (keeps more)
       return settleOther(op)
     case "storage-removal":
-      // an unmount has no task: interrupted → failed; the storage pass reads the target again
-      // and holds it for a new signature if it still should go
-      return settleOther(op)
+      return settleStorageRemoval(op)
     case "prune":
       return settlePrune(op)
     case "restore-test":

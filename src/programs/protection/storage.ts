@@ -24,13 +24,13 @@
  * Creds are opened (creds.ts) only to build the createStorage call and compare with those the
  * target was created with; no text built here contains one.
  */
-import { Clock, Effect, Either, Option, Redacted } from "effect"
+import { Clock, type Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { AuditLog } from "../../layers/AuditLog.js"
 import type { JournalError } from "../../layers/Journal.js"
 import { Privileged } from "../../layers/Privileged.js"
 import { ProtectionStore } from "../../layers/ProtectionStore.js"
 import { type CreateStorageParams, Proxmox, type StorageContentType } from "../../layers/Proxmox.js"
-import { durableIdText, StorageTargetStore, type TargetRecord } from "../../layers/StorageTargetStore.js"
+import { durableIdText, StorageTargetStore, StorageTargetStoreLive, type TargetRecord } from "../../layers/StorageTargetStore.js"
 import type { ReportPendingSignature, ReportPlacementFinding } from "../../schema/hub.js"
 import type { VmId } from "../../schema/ids.js"
 import { USB_MOUNT_ROOT } from "../../schema/privileged.js"
@@ -44,8 +44,9 @@ import {
   type TargetRole,
   type TargetType
 } from "../../schema/storage.js"
-import { CredsVault, sameSecret, type StorageSecret } from "./creds.js"
-import { type StorageSnapshot, StorageStatus, type TargetProbe, type TargetStatus, type TargetVerdict } from "./status.js"
+import { CredsVault, CredsVaultLive, sameSecret, type StorageSecret } from "./creds.js"
+import { StorageRemoverLive } from "./detach.js"
+import { type StorageSnapshot, StorageStatus, StorageStatusLive, type TargetProbe, type TargetStatus, type TargetVerdict } from "./status.js"
 
 export interface StorageInput {
   /** undefined: the desired state has no manifest (nothing is decided, recorded targets are watched). */
@@ -654,3 +655,33 @@ export const storageReconcilePass = (input: StorageInput) =>
     yield* status.replace(snapshot)
     return snapshot
   }).pipe(Effect.withSpan("storageReconcilePass"))
+
+// ---------------------------------------------------------------------------------------------
+// For the daemon
+
+/**
+ * The pass on a schedule: now, then every `every` (protection.pass_interval_seconds), over the
+ * desired state `current` yields at that moment (None: nothing published yet, no pass). A failed
+ * pass is logged and the loop goes on; the last statuses stay in StorageStatus meanwhile.
+ */
+export const storageReconcileLoop = <R>(current: Effect.Effect<Option.Option<StorageInput>, never, R>, every: Duration.DurationInput) =>
+  Effect.repeat(
+    Effect.flatMap(current, Option.match({
+      onNone: () => Effect.void,
+      onSome: (i) =>
+        storageReconcilePass(i).pipe(
+          Effect.asVoid,
+          Effect.catchAllCause((cause) => Effect.logWarning("storage pass failed; the previous target states stand", cause))
+        )
+    })),
+    Schedule.spaced(every)
+  ).pipe(Effect.asVoid)
+
+/**
+ * The storage services the pass, the watchdog, the report hook and the signed storage jobs share
+ * (one StorageStatus for all of them). Needs Privileged, the state database and AgentConfig (the
+ * creds key lives in state_dir); ReportNow comes from the daemon (reportNowFromQueue).
+ */
+export const StorageServicesLive = Layer.mergeAll(StorageStatusLive, CredsVaultLive, StorageRemoverLive).pipe(
+  Layer.provideMerge(StorageTargetStoreLive)
+)
