@@ -137,6 +137,10 @@ export const KILL_GRACE = Duration.seconds(5)
 // ---------------------------------------------------------------------------------------------
 // The service
 
+/** What `systemctl is-system-running` prints (systemd(1)); anything else is an error. */
+export const GUEST_SYSTEM_STATES = ["initializing", "starting", "running", "degraded", "maintenance", "stopping", "offline", "unknown"] as const
+export type GuestSystemState = (typeof GUEST_SYSTEM_STATES)[number]
+
 export interface GoldenContainerSpec {
   readonly vmid: VmId
   /** A `<storage>:vztmpl/<file>` template volume. */
@@ -248,6 +252,17 @@ export interface PrivilegedShape {
    * dropped. Bounded by `privileged.archive_test_timeout_seconds` per command.
    */
   readonly verifyArchive: (path: string) => Effect.Effect<ArchiveCheck, PrivilegedError>
+  /**
+   * `pct exec <vmid> -- systemctl is-system-running`: systemd's own summary of a restore-test's
+   * scratch guest after boot (`running`; `degraded` when a unit failed; `starting` while it boots).
+   * Why not the API: PVE has no API to ask inside a container, and the scratch guest's only NIC is
+   * link-down, so nothing can reach it over the network. Read-only; the fixed argv runs the
+   * guest's own systemctl inside the container's namespaces. Its exit status is systemd's
+   * verdict (non-zero for anything but `running`), so the state is read from stdout; output that
+   * is none of systemd's states (the container is not running, sudo refused) is a NonZeroExit.
+   * Which guests the agent asks is its own rule (only its scratch range), not this layer's.
+   */
+  readonly guestSystemState: (vmid: VmId) => Effect.Effect<GuestSystemState, PrivilegedError>
   /**
    * `pct set <vmid> --mp<N> <hostPath>,mp=<guestPath>,ro=<0|1>,backup=0`: a host directory bind
    * mounted into a guest (the read-only bootstrap config mount, SPEC §12). Why not the API: PVE
@@ -837,6 +852,15 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     return { ok: true, compression } satisfies ArchiveCheck
   })
 
+  const guestSystemState = Effect.fn("Privileged.guestSystemState")(function*(vmid: VmId) {
+    const id = yield* check("pct", "vmid", VmId)(vmid)
+    const r = yield* run("pct", ["exec", String(id), "--", "systemctl", "is-system-running"])
+    const state = r.stdout.split("\n")[0]?.trim() ?? ""
+    const known = GUEST_SYSTEM_STATES.find((s) => s === state)
+    if (known === undefined || sudoRefused(r)) return yield* nonZero("pct", r)
+    return known
+  })
+
   const bindMountIntoGuest = Effect.fn("Privileged.bindMountIntoGuest")(function*(spec: GuestBindMountSpec) {
     const vmid = yield* check("pct", "vmid", VmId)(spec.vmid)
     const index = yield* check("pct", "mpIndex", MountPointIndex)(spec.mpIndex)
@@ -873,6 +897,7 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     unmountUsb,
     usbState,
     verifyArchive,
+    guestSystemState,
     bindMountIntoGuest,
     smart,
     sensors

@@ -32,10 +32,11 @@ import {
 } from "../../schema/clearance.js"
 import { SnapshotName, VolumeId, type VmId } from "../../schema/ids.js"
 import { jsonEqual, type JsonObject } from "../../schema/json.js"
-import { decodeOperation } from "../../schema/operations.js"
+import { decodeOperation, type ScratchMarker } from "../../schema/operations.js"
 import { PveLocked, type ProxmoxError } from "../../schema/proxmox.js"
 import { lockRetry } from "./schedules.js"
 import { normalizeTags } from "./plan.js"
+import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
 import type { StorageId } from "../../schema/ids.js"
 import type { TimeZone } from "../protection/calendar.js"
 import { removals, retentionInForce } from "../protection/policy.js"
@@ -435,3 +436,88 @@ export const clearPrune = (opId: string, vmid: VmId, storage: StorageId, volid: 
     })
     return mint({ call: "delete-backup", vmid, storage, volume: volid }, { basis: "provenance", opId })
   })
+
+// ---------------------------------------------------------------------------------------------
+// Self-restore-test scratch guests (issue 10)
+
+export type ScratchVerdict =
+  /** Nothing at that vmid: nothing to tear down. */
+  | { readonly _tag: "absent" }
+  /** Proven to be exactly the scratch guest of that op; `status` as PVE reports it now. */
+  | { readonly _tag: "ours"; readonly status: "running" | "stopped"; readonly marker: ScratchMarker }
+  /** Not proven: never stopped, reconfigured or destroyed; the caller holds it for an operator. */
+  | { readonly _tag: "refused"; readonly reason: string }
+
+/**
+ * Whether the guest at `vmid` is provably the scratch guest restore-test `opId` made. All of:
+ * the op is in flight, is a restore-test, and its payload names exactly this vmid; the vmid lies
+ * in the configured scratch range; the journal's provenance for the vmid is `scratch`, recorded by
+ * this op with this op's marker; the vmid is no guest the journal knows as customer data (created,
+ * adopted or lost); and the guest in PVE carries exactly one tag, the marker (read once any
+ * create/restore lock is gone, since PVE writes the tags at the end of the restore). A copied tag
+ * without the journal, a journal entry of another op, a vmid outside the range, or a guest whose
+ * tags differ is refused. Reads only; audits nothing (the minting callers do).
+ */
+export const scratchVerdict = (opId: string, vmid: VmId) =>
+  Effect.gen(function*() {
+    const ops = yield* OpLog
+    const guests = yield* GuestRecords
+    const settings = yield* RestoreTestSettings
+    const pve = yield* Proxmox
+    const refused = (reason: string) => ({ _tag: "refused", reason }) as ScratchVerdict
+    const op = yield* ops.get(opId)
+    if (Option.isNone(op) || op.value.status !== "in_flight") return refused(`op ${opId} is not in flight`)
+    const typed = decodeOperation(op.value.payload)
+    if (Either.isLeft(typed) || typed.right._tag !== "restore-test" || typed.right.vmid !== vmid || op.value.vmid !== vmid) {
+      return refused(`op ${opId} is not a restore-test of scratch guest ${vmid}`)
+    }
+    const marker = typed.right.marker
+    if (!inScratchRange(settings, vmid)) {
+      return refused(`${vmid} is outside the scratch range ${settings.scratchMin}..${settings.scratchMax}`)
+    }
+    const p = yield* guests.provenanceOf(vmid)
+    if (Option.isNone(p) || p.value.kind !== "scratch" || p.value.opId !== opId || p.value.marker !== marker) {
+      return refused(`the journal does not record ${vmid} as scratch of op ${opId} with its marker`)
+    }
+    if ((yield* guests.guestRecords).some((r) => r.vmid === vmid)) return refused(`${vmid} is recorded as a customer guest`)
+    const config = yield* settledConfig(vmid)
+    if (Option.isNone(config)) return { _tag: "absent" } as ScratchVerdict
+    const tags = normalizeTags(config.value.tags)
+    if (tags.length !== 1 || tags[0] !== marker) return refused(`the guest at ${vmid} does not carry exactly the scratch marker of op ${opId}`)
+    const status = yield* pve.guestStatus(vmid)
+    return { _tag: "ours", status: status.status, marker } as ScratchVerdict
+  })
+
+/** Proves the scratch guest and audits the decision; fails (refused) unless it is `ours`. */
+const proveScratch = (opId: string, vmid: VmId, action: CallKind, what: string) =>
+  Effect.gen(function*() {
+    const auditLog = yield* AuditLog
+    const verdict = yield* scratchVerdict(opId, vmid)
+    const audit = (decision: string, reason: string) =>
+      auditLog.audit({ actor: "gate", action, target: String(vmid), decision, detail: { op: opId, reason } })
+    if (verdict._tag === "ours") {
+      return yield* audit("allowed", `${what} of restore-test ${opId}'s scratch guest (scratch provenance, marker ${verdict.marker})`)
+    }
+    const why = verdict._tag === "absent" ? "no guest at that vmid" : verdict.reason
+    yield* audit("refused:scratch", why)
+    return yield* new ClearanceRefused({ message: `${what} of ${vmid} refused: ${why}` })
+  })
+
+/**
+ * The only clearance that tears a scratch guest down: a `destroy` of `vmid`, minted when
+ * `scratchVerdict` proves it is exactly restore-test `opId`'s scratch guest. Otherwise refused
+ * (audited): the guest is held for an operator, never destroyed.
+ */
+export const clearScratchTeardown = (opId: string, vmid: VmId) =>
+  // minted only after the proof succeeded (map, not as: `as` would build it up front)
+  Effect.map(proveScratch(opId, vmid, "destroy", "teardown"), () => mint({ call: "destroy", vmid }, { basis: "provenance", opId }))
+
+/**
+ * Cutting a proven scratch guest off the network before its first start: removing NICs other
+ * than net0 (which the restore put link-down). Only `netN` keys, N ≥ 1; never a volume key.
+ */
+export const clearScratchIsolation = (opId: string, vmid: VmId, keys: ReadonlyArray<string>) =>
+  keys.length === 0 || keys.some((k) => !/^net[1-9][0-9]*$/.test(k))
+    ? Effect.fail(new ClearanceRefused({ message: `isolating ${vmid}: only extra NICs (net1..) may be removed` }))
+    : Effect.map(proveScratch(opId, vmid, "set-config-volumes", "isolation"), () =>
+      mint({ call: "set-config-volumes", vmid, keys }, { basis: "provenance", opId }))

@@ -11,6 +11,8 @@
  *   the journal's record of that signature).
  * - restore-now: recorded tasks settled; never resumed (the operator re-signs). A guest gone
  *   after an interrupted overwrite is recorded lost.
+ * - restore-test: recorded tasks settled; the scratch guest torn down through the gate's
+ *   scratch clearance, or held for an operator when it cannot be proven (never resumed).
  * - the rest: recorded UPIDs are waited; all steps OK → done, otherwise failed (reconcile plans
  *   again from the actual state).
  * An op whose payload does not decode is held for an operator.
@@ -24,6 +26,8 @@ import type { Upid } from "../../schema/ids.js"
 import { decodeOperation, type Operation, type OperationOf } from "../../schema/operations.js"
 import { clearResume } from "./gate.js"
 import { decommissionSteps, existing, rollBackCreate, sagaOf, type StepError } from "./steps.js"
+import { recordInterrupted, tearDown } from "../protection/restoreTest.js"
+import { RestoreTestSettings } from "../protection/scratch.js"
 
 export interface RecoveredOp {
   readonly id: string
@@ -135,13 +139,36 @@ const settlePrune = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServ
   })
 
 /**
- * Until the restore-test's own teardown rule exists, an interrupted restore-test is held: its
- * scratch guest is left for an operator rather than destroyed on a guess.
+ * An interrupted restore-test: its recorded tasks are settled, then its scratch guest is torn down
+ * through the gate (exactly this op's scratch guest: in range, journal provenance of this op with
+ * its marker, exactly the marker tag) and the op ends failed; a scratch guest that cannot be
+ * proven is held for an operator, never destroyed on a guess. A PVE failure leaves the op in
+ * flight for the next recovery. Without the restore-test settings in the graph: held.
  */
-const holdRestoreTest = (op: JournalOp): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
-  Effect.flatMap(OpLog, (j) => j.finish(op.id, "needs_operator", "recovered: restore-test interrupted; scratch guest held for an operator")).pipe(
-    Effect.as({ outcome: "needs_operator" as const, detail: "restore-test interrupted; held for an operator" })
-  )
+const recoverRestoreTest = (op: JournalOp, typed: OperationOf<"restore-test">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
+  Effect.gen(function*() {
+    const ops = yield* OpLog
+    const hold = (why: string) =>
+      Effect.as(ops.finish(op.id, "needs_operator", `recovered: restore-test interrupted; ${why}; scratch guest ${typed.vmid} held for an operator`), {
+        outcome: "needs_operator" as const,
+        detail: `restore-test interrupted; ${why}; held for an operator`
+      })
+    const settings = yield* Effect.serviceOption(RestoreTestSettings)
+    if (Option.isNone(settings)) return yield* hold("the scratch range is not configured in this process")
+    yield* settleStarted(op)
+    const down = yield* Effect.either(tearDown(sagaOf(op.id, typed)).pipe(Effect.provideService(RestoreTestSettings, settings.value)))
+    if (Either.isLeft(down)) {
+      if (down.left._tag === "ClearanceRefused") {
+        yield* recordInterrupted(op, typed, `interrupted; scratch guest held for an operator (${down.left.message})`)
+        return yield* hold(down.left.message)
+      }
+      return yield* Effect.fail(down.left)
+    }
+    const what = down.right === "destroyed" ? "scratch torn down" : "no scratch guest was left"
+    yield* recordInterrupted(op, typed, `interrupted by an agent restart; ${what}`)
+    yield* ops.finish(op.id, "failed", `recovered: interrupted; ${what}`)
+    return { outcome: "failed", detail: `restore-test interrupted; ${what}` }
+  })
 
 /**
  * A signed storage detach/decommission has no PVE task: done only if its last step (recording
@@ -185,7 +212,7 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "prune":
       return settlePrune(op)
     case "restore-test":
-      return holdRestoreTest(op)
+      return recoverRestoreTest(op, typed)
     default: {
       const unreachable: never = typed
       return unreachable
