@@ -261,7 +261,8 @@ describe("collectReport: failure rules", () => {
     Effect.gen(function*() {
       const storages = [
         ...((defaultSeedJson as Json)["storages"] as Array<Json>),
-        { storage: "usb-backup", type: "dir", path: "/mnt/felhom/usb1", content: ["backup"], total: 1000, used: 10, active: false }
+        // is_mountpoint: without it PVE keeps an absent disk's storage active on the root filesystem
+        { storage: "usb-backup", type: "dir", path: "/mnt/felhom/usb1", is_mountpoint: "yes", content: ["backup"], total: 1000, used: 10, active: false }
       ]
       const sim = yield* makeSimPve(yield* seedWith({ storages }))
       const contentReads: Array<string> = []
