@@ -12,7 +12,10 @@
  * - the production health probe (Privileged `pct exec <vmid> -- systemctl is-system-running`).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, Fiber, Layer, Option, Schema, TestClock } from "effect"
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { Effect, Either, Exit, Fiber, Layer, Logger, Option, Schema, TestClock } from "effect"
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestHealth, GuestHealthLive, guestHealthFromSim } from "../src/layers/GuestHealth.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
@@ -29,6 +32,10 @@ import { beginOperation, forceBackup } from "../src/programs/control/steps.js"
 import { UTC } from "../src/programs/protection/calendar.js"
 import { chooseRestoreTests, type RestoreTestOutcome, restoreTestPass } from "../src/programs/protection/restoreTest.js"
 import { restoreTestSettings } from "../src/programs/protection/scratch.js"
+import { selfTestsForReport } from "../src/programs/protection/selfTestReport.js"
+import { HostReport, ReportArchiveCheck, ReportRestoreTest } from "../src/schema/hub.js"
+import { makeAppHttpClient } from "../src/sim/appClient.js"
+import { makeDevHub } from "../src/sim/hub/index.js"
 import { archivePathOf, verifyPass } from "../src/programs/protection/verify.js"
 import { DesiredState } from "../src/schema/desired.js"
 import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
@@ -757,4 +764,60 @@ describe("health probe: pct exec <vmid> -- systemctl is-system-running", () => {
     }
     sandbox!.cleanup()
   })
+})
+
+// ---------------------------------------------------------------------------------------------
+// The host report and the dev hub
+
+describe("restore-tests in the host report and the dev hub", () => {
+  it.scoped("the report carries each test (result, archive, op, phase timings; skipped without an op) and the newest integrity check per guest and target; the dev hub shows each once, a failure as a warning", () =>
+    Effect.gen(function*() {
+      const sim = yield* makeSimPve(yield* seedWith({ backups: [...base.backups, backup101] }))
+      const layer = Layer.merge(
+        agentLayer(sim, dbFile()),
+        fakePrivileged(new Set(["/var/lib/vz/dump/vzdump-lxc-101-2026_01_14-03_10_00.tar.zst"]), new Set(), [])
+      )
+      const two = desiredOf([guest(100, "cust-alpha"), guest(101, "cust-beta")])
+      yield* sim.setArchive(BACKUP_101, { corrupt: "health" })
+      yield* run(verifyPass(two)).pipe(Effect.provide(layer))
+      tested(yield* run(restoreTestPass(two)).pipe(Effect.provide(layer))) // 101: damaged, first; fails
+      yield* sim.setStorage("local-lvm", { total: 30 * GiB, used: 0 })
+      expect((yield* run(restoreTestPass(two)).pipe(Effect.provide(layer)))._tag).toBe("skipped") // 100
+      const self = yield* selfTestsForReport.pipe(Effect.provide(layer))
+
+      expect(self.restoreTests.map((t) => [t.vmid, t.result, t.archive])).toEqual([[100, "skipped", BACKUP_100], [101, "fail", BACKUP_101]])
+      const [skipped, failed] = self.restoreTests
+      expect(skipped).toMatchObject({ op_id: null, timings_ms: { restore: null, start: null, check: null, teardown: null } })
+      expect(failed!.op_id).toMatch(/^[0-9a-f-]{36}$/)
+      for (const k of ["restore", "start", "check", "teardown"] as const) expect(failed!.timings_ms[k], k).toBeGreaterThan(0)
+      expect(self.archiveChecks.map((c) => [c.vmid, c.storage, c.ok])).toEqual([[100, "local", true], [101, "local", false]])
+      for (const t of self.restoreTests) Schema.decodeUnknownSync(ReportRestoreTest, { onExcessProperty: "error" })(t)
+      for (const c of self.archiveChecks) Schema.decodeUnknownSync(ReportArchiveCheck, { onExcessProperty: "error" })(c)
+
+      // the dev hub: the same tests reported twice are shown once
+      const golden = JSON.parse(readFileSync(join(__dirname, "fixtures", "hub", "host-report.golden.json"), "utf8")) as Json
+      const report = Schema.encodeSync(HostReport)({
+        ...Schema.decodeUnknownSync(HostReport)(golden),
+        restore_tests: self.restoreTests,
+        archive_checks: self.archiveChecks
+      })
+      const hub = yield* makeDevHub({ apiKeys: { "k-0123456789abcdef": "pve-hel1-07" } })
+      const http = makeAppHttpClient(hub.app).pipe(HttpClient.mapRequest(HttpClientRequest.bearerToken("k-0123456789abcdef")))
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => lines.push(`${logLevel.label} ${String(message)}`))
+      for (let i = 0; i < 2; i++) {
+        const status = yield* http.execute(HttpClientRequest.post("https://hub.invalid/api/v1/host-report").pipe(HttpClientRequest.bodyUnsafeJson(report))).pipe(
+          Effect.map((r) => r.status),
+          Effect.orDie,
+          Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+        )
+        expect(status).toBe(200)
+      }
+      const view = yield* hub.view("pve-hel1-07")
+      expect(view.restore_tests.map((t) => [t.vmid, t.result])).toEqual([[100, "skipped"], [101, "fail"]])
+      const shown = lines.filter((l) => l.includes("restore-test of guest"))
+      expect(shown).toHaveLength(2)
+      expect(shown[0]).toMatch(/^WARN host pve-hel1-07: restore-test of guest 101 from local:backup\/vzdump-lxc-101-.*: FAIL \(restore [\d.]+ s, start [\d.]+ s, check [\d.]+ s, teardown [\d.]+ s\): booted, but services failing/)
+      expect(shown[1]).toMatch(/^INFO host pve-hel1-07: restore-test of guest 100 .*: SKIPPED \(restore -, start -, check -, teardown -\): local-lvm has/)
+    }))
 })

@@ -126,13 +126,37 @@ export const ReportBackup = Schema.Struct({
 })
 export type ReportBackup = typeof ReportBackup.Type
 
+/**
+ * One self-restore-test (issue 10): guest `vmid`'s `archive` restored into a scratch guest, booted
+ * off the network, its services asked, torn down. `skipped`: not run (the restore target lacked
+ * room, no scratch vmid was free; `detail` says). Milliseconds per phase; null for a phase not
+ * reached. `op_id` is the journal op (null when skipped): a held scratch guest names it too.
+ */
 export const ReportRestoreTest = Schema.Struct({
   vmid: ReportVmId,
   at: UtcTimestampString,
-  result: Schema.Literal("pass", "fail"),
-  detail: Schema.String
+  result: Schema.Literal("pass", "fail", "skipped"),
+  detail: Schema.String,
+  archive: Schema.String,
+  op_id: Schema.NullOr(Schema.String),
+  timings_ms: Schema.Struct({ restore: NullableFinite, start: NullableFinite, check: NullableFinite, teardown: NullableFinite })
 })
 export type ReportRestoreTest = typeof ReportRestoreTest.Type
+
+/**
+ * The newest integrity verify per guest and backup target (issue 10): PBS's verification state or
+ * the read-only archive test. `ok: false` means the archive is damaged (that guest's restore-test
+ * is then due at once).
+ */
+export const ReportArchiveCheck = Schema.Struct({
+  storage: Schema.String,
+  vmid: ReportVmId,
+  volid: Schema.String,
+  at: UtcTimestampString,
+  ok: Schema.Boolean,
+  detail: Schema.String
+})
+export type ReportArchiveCheck = typeof ReportArchiveCheck.Type
 
 export const ReportPbsSnapshot = Schema.Struct({
   storage: Schema.String,
@@ -229,6 +253,7 @@ export const HostReport = Schema.Struct({
   storage: Schema.Array(ReportStorage),
   backups: Schema.Array(ReportBackup),
   restore_tests: Schema.Array(ReportRestoreTest),
+  archive_checks: Schema.Array(ReportArchiveCheck),
   pbs_snapshots: Schema.Array(ReportPbsSnapshot),
   /** Per desired guest (issue 10); empty while no storage manifest is in the desired state. */
   protection: Schema.Array(ReportGuestProtection),

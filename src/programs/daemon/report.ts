@@ -37,6 +37,7 @@ import type { GuestConfig, GuestSummary, NodeStorageEntry, ProxmoxError, Storage
 import { VERSION } from "../../version.js"
 import { normalizeActual } from "../control/plan.js"
 import { ProtectionBoard } from "../protection/view.js"
+import { selfTestsForReport } from "../protection/selfTestReport.js"
 import { StorageStatus, withStorageTargets } from "../protection/status.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -263,6 +264,9 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
     const protection = Option.isSome(board) ? yield* board.value.forReport(storage.contents) : []
     const protectionPending = Option.isSome(board) ? yield* board.value.pendingSignatures : []
 
+    // self-restore-tests and integrity checks (issue 10), when the daemon has a ProtectionStore
+    const selfTests = yield* selfTestsForReport
+
     const report: HostReport = {
       host_id: input.hostId,
       agent_version: VERSION,
@@ -279,7 +283,8 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       cloudflared: { status: cloudflared },
       storage: storage.storage,
       backups: storage.backups,
-      restore_tests: [],
+      restore_tests: [...selfTests.restoreTests],
+      archive_checks: [...selfTests.archiveChecks],
       pbs_snapshots: storage.pbs,
       protection: [...protection],
       audit_tail: auditLog.tail,

@@ -20,6 +20,7 @@ import {
   HostReport,
   type JobResult,
   JobResultsRequest,
+  type ReportRestoreTest,
   SignedJob,
   type SignedJobsResponse
 } from "../../schema/hub.js"
@@ -66,6 +67,8 @@ export interface DevHubHostView {
   readonly state_epoch: string | null
   /** Signs of a reset or rewritten agent state, oldest first. */
   readonly state_alerts: ReadonlyArray<StateAlert>
+  /** Every self-restore-test the host reported, newest first (the last 200). */
+  readonly restore_tests: ReadonlyArray<ReportRestoreTest>
 }
 
 /** What the dev hub concluded from a report's audit head and state epoch. */
@@ -111,6 +114,7 @@ interface HostState {
   readonly auditHead: HostReport["audit_head"]
   readonly stateEpoch: string | null
   readonly alerts: ReadonlyArray<StateAlert>
+  readonly restoreTests: ReadonlyArray<ReportRestoreTest>
 }
 
 /** Compares a report's audit head and state epoch with the last ones seen. */
@@ -135,6 +139,23 @@ export const stateAlerts = (
 
 const MAX_ALERTS = 100
 
+/** Restore-tests a report carries that the hub has not seen yet (a report repeats the recent ones). */
+export const newRestoreTests = (seen: ReadonlyArray<ReportRestoreTest>, r: HostReport): ReadonlyArray<ReportRestoreTest> => {
+  const key = (t: ReportRestoreTest) => `${t.vmid} ${t.at} ${t.archive} ${t.result}`
+  const known = new Set(seen.map(key))
+  return r.restore_tests.filter((t) => !known.has(key(t)))
+}
+
+const seconds = (ms: number | null) => (ms === null ? "-" : `${(ms / 1000).toFixed(1)} s`)
+
+/** One line per restore-test, as the dev hub logs it. */
+export const describeRestoreTest = (host: string, t: ReportRestoreTest): string =>
+  `host ${host}: restore-test of guest ${t.vmid} from ${t.archive}: ${t.result.toUpperCase()} ` +
+  `(restore ${seconds(t.timings_ms.restore)}, start ${seconds(t.timings_ms.start)}, check ${seconds(t.timings_ms.check)}, ` +
+  `teardown ${seconds(t.timings_ms.teardown)}): ${t.detail}`
+
+const MAX_RESTORE_TESTS = 200
+
 const emptyHost: HostState = {
   lastSeen: Option.none(),
   blocked: false,
@@ -146,7 +167,8 @@ const emptyHost: HostState = {
   results: [],
   auditHead: null,
   stateEpoch: null,
-  alerts: []
+  alerts: [],
+  restoreTests: []
 }
 
 const MAX_REPORTS = 100
@@ -252,7 +274,8 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
           job_results: s.results.map((r) => r.result),
           audit_head: s.auditHead,
           state_epoch: s.stateEpoch,
-          state_alerts: s.alerts
+          state_alerts: s.alerts,
+          restore_tests: s.restoreTests
         } satisfies DevHubHostView
       })
 
@@ -315,20 +338,24 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
         return yield* new HttpFailure({ status: 403, message: `this api key belongs to host '${host}', the report names another host` })
       }
       const now = yield* Clock.currentTimeMillis
-      const [s, alerts] = yield* modifyHost(host, (s) => {
+      const [s, alerts, tests] = yield* modifyHost(host, (s) => {
         const alerts = stateAlerts(s, r, iso(now))
+        const tests = newRestoreTests(s.restoreTests, r)
         const next: HostState = {
           ...s,
+          restoreTests: [...tests, ...s.restoreTests].slice(0, MAX_RESTORE_TESTS),
           lastSeen: Option.some(now),
           reports: [...s.reports, { receivedAt: now, report: r }].slice(-MAX_REPORTS),
           auditHead: r.audit_head,
           stateEpoch: r.state_epoch,
           alerts: [...s.alerts, ...alerts].slice(-MAX_ALERTS)
         }
-        return [[next, alerts], next] as const
+        return [[next, alerts, tests], next] as const
       })
       yield* note(`report from ${host}: ${r.guests.length} guest(s), applied generation ${r.desired_generation_applied ?? "none"}`)
       for (const a of alerts) yield* Effect.logWarning(`host ${host}: ${a.kind}: ${a.message}`)
+      // restore-tests are shown as they arrive: a failure as a warning
+      for (const t of [...tests].reverse()) yield* (t.result === "fail" ? Effect.logWarning : Effect.logInfo)(describeRestoreTest(host, t))
       return yield* json(200, envelopeOf(s))
     })
 
