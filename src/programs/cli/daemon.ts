@@ -2,6 +2,8 @@
 import * as NodeCommandExecutor from "@effect/platform-node/NodeCommandExecutor"
 import { Effect, Logger, type Option, Queue, Ref } from "effect"
 import { initialState, runDaemon } from "../daemon/loop.js"
+import { startProtection } from "../daemon/protection.js"
+import { reportNowFromQueue } from "../protection/status.js"
 import { daemonLayer } from "../daemon/root.js"
 import { toCliFailure } from "./failure.js"
 
@@ -18,7 +20,11 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
       }),
       (onUsr1) => Effect.sync(() => void process.off("SIGUSR1", onUsr1))
     )
-    return yield* runDaemon({ poke, state })
+    // the storage watchdog's out-of-cycle reports
+    const reportNow = yield* Queue.sliding<void>(1)
+    return yield* runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(
+      Effect.provide(reportNowFromQueue(reportNow))
+    )
   })).pipe(
     Effect.provide(daemonLayer(o.config)),
     // journald: one structured logfmt line per event (runMain installs the pretty logger; swap it)

@@ -16,7 +16,10 @@ import type { SignedJob } from "../../schema/hub.js"
 import { serveDevHub } from "../../sim/hub/index.js"
 import { decodeSeed, defaultSeedJson, serveSimPve } from "../../sim/pve/index.js"
 import { type DaemonState, initialState, runDaemon } from "./loop.js"
-import { servicesLayer } from "./root.js"
+import { protectionBoardLayer, protectionLayerWith, servicesLayer } from "./root.js"
+import { startProtection } from "./protection.js"
+import { protectionEnvLayer } from "../protection/env.js"
+import { reportNowFromQueue } from "../protection/status.js"
 import { newOp, signOp } from "../cli/op.js"
 
 export class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
@@ -60,7 +63,12 @@ export const runDemo = Effect.scoped(
     const seed = yield* decodeSeed(
       {
         ...(defaultSeedJson as object),
-        task_durations_ms: { vzrestore: 2500, vzstart: 800, vzstop: 800, vzshutdown: 800, resize: 800, vzdestroy: 800, vzdump: 1500 }
+        task_durations_ms: { vzrestore: 2500, vzstart: 800, vzstop: 800, vzshutdown: 800, resize: 800, vzdestroy: 800, vzdump: 1500, imgdel: 300 },
+        storages: [
+          ...((defaultSeedJson as { storages: ReadonlyArray<unknown> }).storages),
+          // an NFS share the watchdog watches (no server behind it: the simulator answers for it)
+          { storage: "nas", type: "nfs", server: "nas.lan", export: "/export/felhom", path: "/mnt/pve/nas", content: ["backup"], total: 2_000_000_000_000, used: 0 }
+        ]
       },
       "demo"
     )
@@ -80,13 +88,25 @@ export const runDemo = Effect.scoped(
       state_dir: `${dir}/state`,
       proxmox: { url: pve.url, token_id: pve.tokenId, token_secret: pve.tokenSecret, tls: { fingerprint_sha256: pve.fingerprint256 } },
       hub: { url: hubServer.url, api_key: API_KEY, ca_file: `${dir}/hub-ca.pem` },
-      authz: { signers: [`role=operational,key-id=demo-operator ${pub}`] }
+      authz: { signers: [`role=operational,key-id=demo-operator ${pub}`] },
+      protection: { time_zone: "UTC", pass_interval_seconds: 10, watchdog_interval_seconds: 2 }
     }).pipe(Effect.mapError((e) => new DemoFailed({ message: `demo config: ${e.message}` })))
 
     const poke = yield* Queue.sliding<void>(1)
     const state = yield* Ref.make<DaemonState>(initialState)
+    const reportNow = yield* Queue.sliding<void>(1)
+    // the daemon's own graph, with the protection sweep every 10 s instead of hourly (so retention
+    // shows within the demo) and the storage watchdog's out-of-cycle reports
+    const agentLayer = protectionBoardLayer.pipe(
+      Layer.provideMerge(Layer.mergeAll(
+        servicesLayer,
+        protectionLayerWith(protectionEnvLayer({ timeZone: "UTC", maxConcurrentBackups: 2, passIntervalSeconds: 10, sweepIntervalSeconds: 10 })),
+        reportNowFromQueue(reportNow)
+      )),
+      Layer.provideMerge(layerFrom(file))
+    )
     const startAgent = Effect.forkScoped(
-      runDaemon({ poke, state }).pipe(Effect.provide(servicesLayer.pipe(Layer.provideMerge(layerFrom(file)))))
+      runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(Effect.provide(agentLayer))
     )
     const lastReport = Effect.map(hub.reports(HOST), (rs) => Option.fromNullable(rs.at(-1)?.report))
     const guest = (vmid: number) => pve.sim.guest(vmid)
@@ -166,6 +186,46 @@ export const runDemo = Effect.scoped(
       `recovery rolled the half-built guest back, then reconcile built it again: 110 is ${built.status} ` +
         `with features ${String(built.config["features"])}; create ops in the journal: ${creates.join(", ")}`
     )
+    // 7. data protection: the hub publishes a storage manifest with a backup policy
+    const manifest = {
+      storage: [
+        { id: "local", type: "local-dir", durable_id: "/var/lib/vz", class: "slow", role: "vzdump-target", policy: { schedule: "daily", retention: { keep_last: 2 } }, state: "attached" },
+        { id: "nas", type: "nfs", durable_id: "nas.lan:/export/felhom", class: "slow", role: "vzdump-target", state: "attached" }
+      ]
+    }
+    const gen4 = yield* hub.setDesired(HOST, Schema.decodeUnknownSync(DesiredState)({ ...Schema.encodeSync(DesiredState)(desiredOf([g100, g102, g110])), ...manifest }))
+    yield* say(`hub publishes generation ${gen4}: targets 'local' (daily backups, keep-last 2) and 'nas' (NFS)`)
+    const ours = (vmid: number) =>
+      Effect.map(pve.sim.storageContent("local"), (vs) =>
+        vs.filter((v) => v["content"] === "backup" && v["vmid"] === vmid).map((v) => ({ volid: String(v["volid"]), notes: v["notes"] })))
+    const scheduled = yield* waitFor("the scheduled backups", poke, Effect.map(lastReport, Option.filter((r) =>
+      [100, 102, 110].every((vmid) => r.protection.some((p) => p.vmid === vmid && p.status === "ok")))), 90)
+    const p100 = scheduled.protection.find((p) => p.vmid === 100)
+    yield* say(`scheduled backups ran (never backed up: due at once): 100 ${p100?.status}, newest vzdump ${p100?.tiers.find((t) => t.tier === "vzdump")?.newest_at ?? "?"}, crash-consistent`)
+    const before = (yield* ours(100)).map((v) => v.volid)
+    yield* say(`guest 100 on 'local': ${before.length} archives (one is the operator's 'cust-alpha nightly', not the agent's)`)
+
+    // two more backups of 100 (unsigned force-backup jobs: benign), then the policy's retention
+    for (const id of ["fb-100-a", "fb-100-b"]) {
+      yield* hub.enqueueJob(HOST, { id, op: "force-backup", guest_id: VmId.make(100), params: { storage: "local" } })
+      yield* waitFor(`${id} result`, poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === id))))
+      yield* Effect.sleep("1100 millis") // archives are named by the second
+    }
+    const grown = (yield* ours(100)).length
+    const pruned = yield* waitFor("retention pruning", poke, Effect.map(ours(100), (vs) => (vs.length < grown ? Option.some(vs) : Option.none())), 60)
+    yield* say(
+      `retention keep-last 2 pruned ${grown - pruned.length} of the agent's archives of 100 (${grown} -> ${pruned.length}); ` +
+        `the operator's archive is kept: ${pruned.some((v) => before.includes(v.volid) && v.notes === "cust-alpha nightly")}`
+    )
+
+    // 8. the NFS server goes away: the watchdog reports it out of cycle
+    const noPoke = yield* Queue.sliding<void>(1) // no poke: the report must come from the watchdog
+    const dropAt = Date.now()
+    yield* pve.sim.setStorage("nas", { online: false })
+    yield* say("the NFS server behind 'nas' stops answering")
+    const dropped = yield* waitFor("'nas' reported disconnected", noPoke, Effect.map(lastReport, Option.filter((r) =>
+      r.storage.some((st) => st.storage === "nas" && st.state === "disconnected"))), 30)
+    yield* say(`the hub has it ${((Date.now() - dropAt) / 1000).toFixed(1)} s later (out of cycle, the poll interval is 60 s): 'nas' ${dropped.storage.find((st) => st.storage === "nas")?.state}`)
     yield* Fiber.interrupt(agent)
 
     const reports = (yield* hub.reports(HOST)).length

@@ -229,11 +229,13 @@ const recoverInto = (state: Ref.Ref<DaemonState>) =>
   })
 
 /** Recovery first, READY=1, watchdog pings, then the loop until interrupted (SIGTERM). */
-export const runDaemon = (opts: {
+export const runDaemon = <R = never>(opts: {
   readonly poke: Queue.Queue<void>
   readonly state: Ref.Ref<DaemonState>
   /** Out-of-cycle report requests (the storage watchdog's ReportNow, reportNowFromQueue). */
   readonly reportNow?: Queue.Queue<void>
+  /** Started once recovery has run and READY=1 is sent (the data-protection fibers, forked scoped). */
+  readonly alongside?: Effect.Effect<void, never, R>
 }) =>
   Effect.gen(function*() {
     const systemd = yield* Systemd
@@ -247,5 +249,11 @@ export const runDaemon = (opts: {
     })
     yield* Effect.logInfo(`ready${Option.isSome(watchdog) ? ", watchdog armed" : ""}`)
     if (opts.reportNow !== undefined) yield* Effect.forkScoped(reportNowLoop(opts.state, opts.reportNow))
+    if (opts.alongside !== undefined) yield* opts.alongside
     return yield* hubLoop(opts.state, opts.poke)
-  }).pipe(Effect.onInterrupt(() => Effect.flatMap(Systemd, (s) => Effect.zipRight(Effect.logInfo("stopping"), s.stopping))))
+  }).pipe(
+    // the fibers forked above (watchdog pings, report-now, data protection) end with the daemon,
+    // not with whatever scope its caller runs in (the demo restarts the daemon in one process)
+    Effect.scoped,
+    Effect.onInterrupt(() => Effect.flatMap(Systemd, (s) => Effect.zipRight(Effect.logInfo("stopping"), s.stopping)))
+  )

@@ -17,6 +17,11 @@ import { JournalLive } from "../../layers/Journal.js"
 import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
+import { PrivilegedLive } from "../../layers/Privileged.js"
+import { ProtectionStoreLive } from "../../layers/ProtectionStore.js"
+import { type ProtectionEnv, ProtectionEnvLive } from "../protection/env.js"
+import { StorageServicesLive } from "../protection/storage.js"
+import { ProtectionBoard } from "../protection/view.js"
 
 /** The Proxmox client from AgentConfig: the client itself sees only the proxmox block. */
 export const ProxmoxFromConfig = ProxmoxWithoutClient.pipe(
@@ -43,6 +48,26 @@ export const servicesLayer = Layer.mergeAll(
   SystemdLive
 ).pipe(Layer.provide(DatabaseLive))
 
+/**
+ * Data protection's services (issue 10), over the daemon's: the protection store and settings,
+ * the board the host report reads, the storage status, creds vault and target store, and the
+ * privileged runner (USB mounts, the watchdog's mount reads). ReportNow comes from the daemon.
+ */
+export const protectionLayerWith = <E, R>(env: Layer.Layer<ProtectionEnv, E, R>) =>
+  Layer.mergeAll(ProtectionStoreLive, env, StorageServicesLive).pipe(
+    Layer.provideMerge(PrivilegedLive),
+    Layer.provideMerge(DatabaseLive)
+  )
+
+/** With the settings of the config file's `protection` block. */
+export const protectionLayer = protectionLayerWith(ProtectionEnvLive)
+
+/** The board reads PVE and the protection store; it is built over both. */
+export const protectionBoardLayer = ProtectionBoard.layer
+
 /** The daemon graph from a config file (validated for the daemon mode). */
 export const daemonLayer = (path: Option.Option<string>) =>
-  servicesLayer.pipe(Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "daemon" })))
+  protectionBoardLayer.pipe(
+    Layer.provideMerge(Layer.merge(servicesLayer, protectionLayer)),
+    Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "daemon" }))
+  )
