@@ -532,6 +532,19 @@ describe("restore-test: confusion attempts", () => {
       expect((yield* sim.requests).filter((r) => r.method !== "GET" && r.path.includes("/999900"))).toEqual([])
     }))
 
+  it.scoped("reconcile plans nothing in the scratch range: a hub cannot create, adopt, reconfigure or remove a guest there", () =>
+    Effect.gen(function*() {
+      const sim = yield* makeSimPve(yield* seedWith({ guests: [...base.guests, lookalike(999_900, "customer", "running"), lookalike(999_901, "customer")] }))
+      const hostile = desiredOf([guest(100, "cust-alpha"), guest(999_900, "take-over"), guest(999_950, "squatter")])
+      const [p, records] = yield* Effect.zip(planNow(hostile), Effect.flatMap(GuestRecords, (g) => g.guestRecords)).pipe(
+        Effect.provide(agentLayer(sim, dbFile()))
+      )
+      expect(p.actions.filter((a) => inRange(a.vmid))).toEqual([])
+      expect(p.notes.filter((n) => inRange(n.vmid)).map((n) => [n.vmid, n.reason])).toEqual([[999_900, "held"], [999_901, "held"], [999_950, "held"]])
+      expect(p.notes.find((n) => n.vmid === 999_950)?.message).toContain("reserved restore-test scratch range")
+      expect(records.map((r) => r.vmid)).toEqual([100])
+    }))
+
   it.scoped("a hub desired state that lists the scratch vmid: reconcile holds it while the test runs (no action, no adoption); the test still tears its guest down", () =>
     Effect.gen(function*() {
       const sim = yield* makeSimPve(yield* seedWith({}))

@@ -24,6 +24,7 @@ import {
 } from "./steps.js"
 import { gate, type GatedAction, type GateResult, type SignedOp } from "./gate.js"
 import { type Action, normalizeActual, normalizeDesired, type Plan, plan, type PlanContext } from "./plan.js"
+import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
 
 const GiB = 1024 * 1024 * 1024
 
@@ -77,6 +78,16 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
     }
     for (const op of yield* ops.inFlight) {
       if (op.vmid !== null && !held.has(VmId.make(op.vmid))) held.set(VmId.make(op.vmid), `${op.kind} ${op.id} is in flight`)
+    }
+    // The restore-test scratch range is the agent's own: no customer guest is planned, adopted or
+    // removed there, whatever the hub lists (src/programs/protection/restoreTest.ts).
+    const scratch = yield* Effect.serviceOption(RestoreTestSettings)
+    if (Option.isSome(scratch)) {
+      for (const vmid of [...present, ...desired.guests.map((g) => g.vmid)]) {
+        if (inScratchRange(scratch.value, vmid) && !held.has(VmId.make(vmid))) {
+          held.set(VmId.make(vmid), `in the reserved restore-test scratch range ${scratch.value.scratchMin}..${scratch.value.scratchMax}`)
+        }
+      }
     }
     // Adoption: a desired guest that exists holds customer data from now on. Never a held one: a
     // create left in flight is not the customer's until its saga sealed it.
