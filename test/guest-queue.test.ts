@@ -272,3 +272,42 @@ describe("GuestQueue", () => {
     { fastCheck: { numRuns: 75 } }
   )
 })
+
+describe("GuestQueue.whenIdle (journal recovery beside the data-protection fibers)", () => {
+  it.scoped("runs only while no key is held, and holds back submissions until it ends", () =>
+    Effect.gen(function*() {
+      const q = yield* make(4)
+      const log: Array<string> = []
+      // idle: it runs
+      expect(yield* q.whenIdle(Effect.sync(() => log.push("recover 1")))).toEqual(Option.some(1))
+
+      // a task holds key 101: nothing runs, None
+      const busy = yield* Effect.fork(q.serialize(101)(Effect.zipRight(Effect.sleep("10 seconds"), Effect.sync(() => log.push("task 101 done")))))
+      yield* Effect.yieldNow()
+      expect(yield* q.whenIdle(Effect.sync(() => log.push("recover 2")))).toEqual(Option.none())
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.join(busy)
+
+      // idle again: recovery runs for 5 s; a submission meanwhile waits for it
+      const recovering = yield* Effect.fork(q.whenIdle(Effect.zipRight(Effect.sleep("5 seconds"), Effect.sync(() => log.push("recover 3")))))
+      yield* Effect.yieldNow()
+      const late = yield* Effect.fork(q.serialize(102)(Effect.sync(() => log.push("task 102"))))
+      yield* Effect.yieldNow()
+      yield* TestClock.adjust("1 second")
+      expect(log).not.toContain("task 102")
+      yield* TestClock.adjust("4 seconds")
+      yield* Fiber.join(recovering)
+      yield* Fiber.join(late)
+      expect(log).toEqual(["recover 1", "task 101 done", "recover 3", "task 102"])
+      // and a waiter interrupted while held back leaves nothing behind
+      const gate = yield* Effect.fork(q.whenIdle(Effect.sleep("5 seconds")))
+      yield* Effect.yieldNow()
+      const waiter = yield* Effect.fork(q.serialize(103)(Effect.sync(() => log.push("task 103"))))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(waiter)
+      yield* TestClock.adjust("5 seconds")
+      yield* Fiber.join(gate)
+      expect(yield* q.stats).toEqual({ activeKeys: 0, waiting: 0 })
+      expect(log).not.toContain("task 103")
+    }))
+})

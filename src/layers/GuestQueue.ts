@@ -13,13 +13,21 @@
  *
  * "host" is an ordinary key of its own (host-level mutations, e.g. storage): it does not
  * exclude guest keys.
+ *
+ * `whenIdle` runs an effect only while no key is held, and holds back every new submission
+ * until it ends: journal recovery uses it, because an op in flight in the journal is orphaned
+ * (left by a crash or a failed store) only when nothing of ours runs. The hub cycle is no longer
+ * the only mutator (the data-protection fibers run their sagas beside it), so "between cycles" no
+ * longer means "nothing runs".
  */
-import { Context, Deferred, Effect, Exit, FiberId, Layer } from "effect"
+import { Context, Deferred, Effect, Exit, FiberId, Layer, Option } from "effect"
 
 export type QueueKey = number | "host"
 
 export interface GuestQueueShape {
   readonly serialize: (key: QueueKey) => <A, E, R>(task: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** `effect` now if no key is held (Some), else nothing (None); submissions wait while it runs. */
+  readonly whenIdle: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<Option.Option<A>, E, R>
 }
 
 /** What the queue holds right now (tests, diagnostics). */
@@ -43,6 +51,8 @@ export const make = (maxConcurrent: number) =>
     const global = yield* Effect.makeSemaphore(maxConcurrent)
     const keys = new Map<QueueKey, KeyState>()
     let closed = false
+    // set while a whenIdle effect runs: new submissions wait for it
+    let exclusive: Deferred.Deferred<void> | null = null
 
     // All state changes below are synchronous, so each is atomic with respect to other fibers.
     // Ownership of a key is "not in the waiters list any more": release() removes the head and
@@ -77,9 +87,11 @@ export const make = (maxConcurrent: number) =>
     }
 
     const serialize = (key: QueueKey) => <A, E, R>(task: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-      Effect.uninterruptibleMask((restore) =>
+      Effect.uninterruptibleMask((restore): Effect.Effect<A, E, R> =>
         Effect.suspend(() => {
           if (closed) return Effect.interrupt
+          // behind a whenIdle effect: wait for it, then submit afresh
+          if (exclusive !== null) return Effect.zipRight(restore(Deferred.await(exclusive)), serialize(key)(task))
           const turn = enqueue(key)
           const acquired = turn === null
             ? Effect.void
@@ -87,6 +99,22 @@ export const make = (maxConcurrent: number) =>
           return Effect.zipRight(
             acquired,
             restore(global.withPermits(1)(task)).pipe(Effect.ensuring(Effect.sync(() => release(key))))
+          )
+        })
+      )
+
+    const whenIdle = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Option.Option<A>, E, R> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.suspend(() => {
+          if (closed || keys.size > 0 || exclusive !== null) return Effect.succeed(Option.none<A>())
+          const gate = Deferred.unsafeMake<void>(FiberId.none)
+          exclusive = gate
+          return restore(effect).pipe(
+            Effect.map(Option.some),
+            Effect.ensuring(Effect.sync(() => {
+              exclusive = null
+              Deferred.unsafeDone(gate, Exit.void)
+            }))
           )
         })
       )
@@ -100,11 +128,11 @@ export const make = (maxConcurrent: number) =>
     // after shutdown no new mutation may start; running ones are interrupted by their owners
     yield* Effect.addFinalizer(() => Effect.sync(() => { closed = true }))
 
-    return { serialize, stats } as const
+    return { serialize, whenIdle, stats } as const
   })
 
 export class GuestQueue extends Context.Tag("felhom/GuestQueue")<GuestQueue, GuestQueueShape>() {
   /** The serializer for the daemon's lifetime; submissions after its scope closes are interrupted. */
   static readonly layer = (maxConcurrent: number): Layer.Layer<GuestQueue> =>
-    Layer.scoped(GuestQueue, Effect.map(make(maxConcurrent), ({ serialize }): GuestQueueShape => ({ serialize })))
+    Layer.scoped(GuestQueue, Effect.map(make(maxConcurrent), ({ serialize, whenIdle }): GuestQueueShape => ({ serialize, whenIdle })))
 }

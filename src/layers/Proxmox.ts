@@ -79,6 +79,11 @@ export interface RestoreOptions {
    * Refused together with `unique`: PVE would overwrite it with the backup's net0 and a new MAC.
    */
   readonly net0?: NetOverride
+  /**
+   * Overrides the backup's `protection` flag (a restore-test's scratch guest: false, or it could
+   * not be torn down when the backed-up guest was protected). VM.Config.Options.
+   */
+  readonly protection?: boolean
 }
 
 /** A `netN` value for a restore. Without `hwaddr`, PVE generates a fresh MAC. */
@@ -725,7 +730,8 @@ export const make = Effect.gen(function*() {
         swap: o.swapMiB,
         tags: o.tags,
         start: o.start,
-        net0: net0.right
+        net0: net0.right,
+        protection: o.protection
       })
     })
 

@@ -257,7 +257,7 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
     const d = want.get(vmid)
     const held = ctx.held.get(vmid)
     if (held !== undefined) {
-      note(vmid, "held", `held for an operator: ${held}; no action`)
+      note(vmid, "held", `not touched: ${held}; no action`)
       continue
     }
     if (a === undefined) {

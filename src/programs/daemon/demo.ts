@@ -20,6 +20,7 @@ import { protectionBoardLayer, protectionLayerWith, servicesLayer } from "./root
 import { startProtection } from "./protection.js"
 import { protectionEnvLayer } from "../protection/env.js"
 import { reportNowFromQueue } from "../protection/status.js"
+import { guestHealthFromSim } from "../../layers/GuestHealth.js"
 import { newOp, signOp } from "../cli/op.js"
 
 export class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
@@ -100,7 +101,11 @@ export const runDemo = Effect.scoped(
     const agentLayer = protectionBoardLayer.pipe(
       Layer.provideMerge(Layer.mergeAll(
         servicesLayer,
-        protectionLayerWith(protectionEnvLayer({ timeZone: "UTC", maxConcurrentBackups: 2, passIntervalSeconds: 10, sweepIntervalSeconds: 10 })),
+        protectionLayerWith(
+          protectionEnvLayer({ timeZone: "UTC", maxConcurrentBackups: 2, passIntervalSeconds: 10, sweepIntervalSeconds: 10 }),
+          // the simulator's guest model answers for a restored guest's services (no real guest to exec into)
+          guestHealthFromSim(pve.sim)
+        ),
         reportNowFromQueue(reportNow)
       )),
       Layer.provideMerge(layerFrom(file))
@@ -202,6 +207,10 @@ export const runDemo = Effect.scoped(
       [100, 102, 110].every((vmid) => r.protection.some((p) => p.vmid === vmid && p.status === "ok")))), 90)
     const p100 = scheduled.protection.find((p) => p.vmid === 100)
     yield* say(`scheduled backups ran (never backed up: due at once): 100 ${p100?.status}, newest vzdump ${p100?.tiers.find((t) => t.tier === "vzdump")?.newest_at ?? "?"}, crash-consistent`)
+    // the newest archive of 102 is damaged (it restores, but its services do not come up)
+    const newest102 = (yield* ours(102)).map((v) => v.volid).sort().at(-1)
+    if (newest102 !== undefined) yield* pve.sim.setArchive(newest102, { corrupt: "health" })
+    yield* say(`${newest102 ?? "no archive of 102"} is damaged on disk (the simulator's guest model will fail its health check)`)
     const before = (yield* ours(100)).map((v) => v.volid)
     yield* say(`guest 100 on 'local': ${before.length} archives (one is the operator's 'cust-alpha nightly', not the agent's)`)
 
@@ -217,6 +226,21 @@ export const runDemo = Effect.scoped(
       `retention keep-last 2 pruned ${grown - pruned.length} of the agent's archives of 100 (${grown} -> ${pruned.length}); ` +
         `the operator's archive is kept: ${pruned.some((v) => before.includes(v.volid) && v.notes === "cust-alpha nightly")}`
     )
+
+    // self-restore-tests: each guest's newest backup restored into a scratch guest, booted, checked, torn down
+    const tested = yield* waitFor("restore-tests of 100 and 102", poke, Effect.map(lastReport, Option.filter((r) =>
+      r.restore_tests.some((t) => t.vmid === 100 && t.result === "pass") && r.restore_tests.some((t) => t.vmid === 102 && t.result === "fail"))), 120)
+    for (const vmid of [100, 102]) {
+      const t = tested.restore_tests.find((x) => x.vmid === vmid && x.result !== "skipped")
+      if (t !== undefined) {
+        yield* say(
+          `restore-test of ${vmid}: ${t.result} (${t.detail}); restore ${t.timings_ms.restore ?? "-"} ms, start ${t.timings_ms.start ?? "-"} ms, ` +
+            `check ${t.timings_ms.check ?? "-"} ms, teardown ${t.timings_ms.teardown ?? "-"} ms`
+        )
+      }
+    }
+    const scratchLeft = (yield* pve.sim.tasks).length >= 0 ? (yield* Effect.forEach([999900, 999901, 999902], (v) => guest(v))).filter(Option.isSome).length : 0
+    yield* say(`scratch guests left behind: ${scratchLeft}`)
 
     // 8. the NFS server goes away: the watchdog reports it out of cycle
     const noPoke = yield* Queue.sliding<void>(1) // no poke: the report must come from the watchdog

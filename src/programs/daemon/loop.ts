@@ -8,6 +8,7 @@
 import { OpLog } from "../../layers/OpLog.js"
 import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
+import { GuestQueue } from "../../layers/GuestQueue.js"
 import { Hub } from "../../layers/Hub.js"
 import { } from "../../layers/Journal.js"
 import { Systemd } from "../../layers/Systemd.js"
@@ -90,9 +91,13 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       store: Either.isLeft(probed) ? { healthy: false, detail: probed.left.message } : { healthy: true, detail: null }
     }))
     if (Either.isLeft(probed)) yield* Effect.logWarning(`state store unhealthy: ${probed.left.message}; no change this cycle`)
-    // Between cycles no op of ours runs, so anything in flight now was left by a crash or by a
-    // recovery that PVE cut short: recover it (one SELECT when there is nothing).
-    if (Either.isRight(probed)) yield* recoverInto(state)
+    // An op in flight while nothing of ours runs (the guest queue idle: no cycle action, job or
+    // data-protection saga) was left by a crash, a failed store or a recovery PVE cut short:
+    // recover it (one SELECT when there is nothing). While something runs, the next cycle does.
+    if (Either.isRight(probed)) {
+      const queue = yield* GuestQueue
+      yield* queue.whenIdle(recoverInto(state))
+    }
     const s = yield* Ref.get(state)
     const mayMutate = s.store.healthy && s.recovered
 

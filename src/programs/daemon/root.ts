@@ -18,6 +18,8 @@ import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
 import { PrivilegedLive } from "../../layers/Privileged.js"
+import { type GuestHealth, GuestHealthLive } from "../../layers/GuestHealth.js"
+import { RestoreTestSettingsLive } from "../protection/scratch.js"
 import { ProtectionStoreLive } from "../../layers/ProtectionStore.js"
 import { type ProtectionEnv, ProtectionEnvLive } from "../protection/env.js"
 import { StorageServicesLive } from "../protection/storage.js"
@@ -50,17 +52,18 @@ export const servicesLayer = Layer.mergeAll(
 
 /**
  * Data protection's services (issue 10), over the daemon's: the protection store and settings,
- * the board the host report reads, the storage status, creds vault and target store, and the
- * privileged runner (USB mounts, the watchdog's mount reads). ReportNow comes from the daemon.
+ * the board the host report reads, the storage status, creds vault and target store, the
+ * restore-test settings and guest health probe, and the privileged runner (USB mounts, the
+ * watchdog's mount reads, archive tests, health probes). ReportNow comes from the daemon.
  */
-export const protectionLayerWith = <E, R>(env: Layer.Layer<ProtectionEnv, E, R>) =>
-  Layer.mergeAll(ProtectionStoreLive, env, StorageServicesLive).pipe(
+export const protectionLayerWith = <E, R, E2, R2>(env: Layer.Layer<ProtectionEnv, E, R>, health: Layer.Layer<GuestHealth, E2, R2>) =>
+  Layer.mergeAll(ProtectionStoreLive, env, StorageServicesLive, RestoreTestSettingsLive, health).pipe(
     Layer.provideMerge(PrivilegedLive),
     Layer.provideMerge(DatabaseLive)
   )
 
 /** With the settings of the config file's `protection` block. */
-export const protectionLayer = protectionLayerWith(ProtectionEnvLive)
+export const protectionLayer = protectionLayerWith(ProtectionEnvLive, GuestHealthLive)
 
 /** The board reads PVE and the protection store; it is built over both. */
 export const protectionBoardLayer = ProtectionBoard.layer

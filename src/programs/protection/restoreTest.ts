@@ -283,6 +283,8 @@ const testBody = (s: Saga<"restore-test">, sourceConfig: Option.Option<GuestConf
       memoryMiB: SCRATCH_MEMORY_MIB,
       swapMiB: 0,
       tags: marker,
+      // the backed-up guest may be protected; its scratch copy must be removable
+      protection: false,
       // never on the customer LAN: link down, no hwaddr (PVE generates a fresh MAC); extra NICs go below
       net0: { name: "eth0", bridge: bridgeOf(Option.getOrUndefined(sourceConfig)?.["net0"]), linkDown: true, ip: "manual" }
     }))
