@@ -126,7 +126,7 @@ describe("Privileged: exact argv per operation (direct mode)", () => {
     const bin = makeBinDir()
     const vzdump = bin.fake("vzdump", {
       stderr: [
-        "INFO: starting new backup job: vzdump 9000 --storage local --mode stop --compress zstd --remove 0",
+        "INFO: starting new backup job: vzdump 9000 --storage local --mode stop --compress zstd --remove 0 --prune-backups keep-all=1",
         "INFO: Starting Backup of VM 9000 (lxc)",
         "INFO: creating vzdump archive '/var/lib/vz/dump/vzdump-lxc-9000-2026_01_01-00_00_00.tar.zst'",
         "INFO: Backup job finished successfully",
@@ -140,7 +140,7 @@ describe("Privileged: exact argv per operation (direct mode)", () => {
           volumeId: "local:backup/vzdump-lxc-9000-2026_01_01-00_00_00.tar.zst"
         })
         expect(bin.argv("vzdump")).toEqual([
-          vzdump, "9000", "--storage", "local", "--mode", "stop", "--compress", "zstd", "--remove", "0"
+          vzdump, "9000", "--storage", "local", "--mode", "stop", "--compress", "zstd", "--remove", "0", "--prune-backups", "keep-all=1"
         ])
       }),
       Effect.ensuring(Effect.sync(bin.cleanup))

@@ -197,12 +197,13 @@ export interface PrivilegedShape {
    */
   readonly createGoldenContainer: (spec: GoldenContainerSpec) => Effect.Effect<void, PrivilegedError>
   /**
-   * `vzdump <vmid> --storage <s> --mode stop --compress zstd --remove 0`: the golden archive.
+   * `vzdump <vmid> --storage <s> --mode stop --compress zstd --remove 0 --prune-backups keep-all=1`: the golden archive.
    * Why here: strictly, the API could run this vzdump (VM.Backup on the build vmid). It sits on
    * the root path so the golden build (create → dump → destroy) does not depend on the token's
    * ACL covering a container the token did not create; moving it to the Proxmox layer is an
    * option. `--remove 0` keeps the storage's prune policy from deleting the previous golden
-   * archive before the new one has been proven by a restore.
+   * archive before the new one has been proven by a restore; `keep-all=1` beside it, because with
+   * `--remove 0` alone PVE turns a count-based retention into a hard backup limit (issue 10).
    */
   readonly dumpGoldenArchive: (spec: GoldenDumpSpec) => Effect.Effect<GoldenArchive, PrivilegedError>
   /**
@@ -579,7 +580,7 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     const vmid = yield* check("vzdump", "vmid", VmId)(spec.vmid)
     const storage = yield* check("vzdump", "storage", StorageId)(spec.storage)
     const r = yield* runOk("vzdump", [
-      String(vmid), "--storage", storage, "--mode", "stop", "--compress", "zstd", "--remove", "0"
+      String(vmid), "--storage", storage, "--mode", "stop", "--compress", "zstd", "--remove", "0", "--prune-backups", "keep-all=1"
     ])
     return archiveOf(storage, `${r.stdout}\n${r.stderrTail}`)
   })
