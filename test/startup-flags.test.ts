@@ -22,7 +22,7 @@ const shebangFlags = (): Array<string> => {
 
 describe("the daemon's node flags", () => {
   it("the bin carries a small semi-space and memory-favouring heap sizing", () => {
-    expect(shebangFlags()).toEqual(["--max-semi-space-size=1", "--optimize-for-size"])
+    expect(shebangFlags()).toEqual(["--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1"])
   })
 
   it("the unit's ExecStart runs the bin under node with exactly the bin's flags", () => {

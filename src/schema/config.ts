@@ -3,8 +3,10 @@
  * documented in configs/agent.example.json. Secrets decode straight into `Redacted` and carry a
  * message override so a value that fails to decode is never echoed in the error.
  */
-import { Schema } from "effect"
+import { Either, Schema } from "effect"
+import { readFileSync, readlinkSync } from "node:fs"
 import { posix } from "node:path"
+import { parseTimeZone } from "../programs/protection/calendar.js"
 import { NodeName } from "./ids.js"
 import {
   DEFAULT_ARCHIVE_STORAGE_PATHS,
@@ -160,21 +162,41 @@ export class AuthzConfig extends Schema.Class<AuthzConfig>("AuthzConfig")({
   })
 }) {}
 
-/** The host's own IANA zone (Intl resolves TZ and /etc/localtime), for schedules and retention buckets. */
-const hostTimeZone = (): string => Intl.DateTimeFormat().resolvedOptions().timeZone
+/**
+ * The host's own IANA zone, found as ICU finds it (TZ, then the /etc/localtime link, then
+ * /etc/timezone) but without loading ICU's zone data at start-up (issue 9: idle RSS); UTC when
+ * none names a zone.
+ */
+const hostTimeZone = (): string => {
+  const named = (s: string | undefined): string | undefined => {
+    const z = s?.trim().replace(/^:/, "")
+    return z !== undefined && z.length > 0 && Either.isRight(parseTimeZone(z)) ? z : undefined
+  }
+  const fromLink = (): string | undefined => {
+    try {
+      const m = /\/zoneinfo\/(.+)$/.exec(readlinkSync("/etc/localtime"))
+      return m === null ? undefined : m[1]
+    } catch {
+      return undefined
+    }
+  }
+  const fromFile = (): string | undefined => {
+    try {
+      return readFileSync("/etc/timezone", "utf8")
+    } catch {
+      return undefined
+    }
+  }
+  return named(process.env["TZ"]) ?? named(fromLink()) ?? named(fromFile()) ?? "UTC"
+}
 
 /** Data protection on this host (issue 10). */
 export class ProtectionConfig extends Schema.Class<ProtectionConfig>("ProtectionConfig")({
   /** Schedules and retention periods are evaluated in this zone (PVE buckets by local time). */
   time_zone: Schema.optionalWith(
-    Schema.String.pipe(Schema.filter((tz) => {
-      try {
-        new Intl.DateTimeFormat("en-US", { timeZone: tz })
-        return true
-      } catch {
-        return "an IANA time zone such as Europe/Budapest or UTC"
-      }
-    })),
+    Schema.String.pipe(Schema.filter((tz) =>
+      Either.isRight(parseTimeZone(tz)) || "an IANA time zone the host knows, such as Europe/Budapest or UTC"
+    )),
     { default: hostTimeZone }
   ),
   /** Backups running at once on this host (each guest has at most one anyway). */
