@@ -5,6 +5,7 @@
 import { Effect } from "effect"
 import { authzBench } from "./authz.js"
 import { convergeBench } from "./converge.js"
+import { protectionBench } from "./protection.js"
 import { reportBench } from "./report.js"
 import { sshsigBench } from "./sshsig-verify.js"
 import { startupBench, startupRows } from "./startup.js"
@@ -19,6 +20,8 @@ const main = async () => {
   rows.push(...startupRows(await startupBench()))
   step("converge")
   rows.push(...(await Effect.runPromise(convergeBench)))
+  step("protection: a week of backups for 200 guests (a few minutes)")
+  rows.push(...(await Effect.runPromise(protectionBench)))
   step("waitTask")
   rows.push(...(await Effect.runPromise(waitTaskBench)))
   step("sshsig")

@@ -20,6 +20,11 @@ export interface SchedulerMemory {
   readonly pending: Map<string, { readonly key: string; readonly pending: unknown }>
   /** Finished journal ops by id (immutable once finished): provenance reads each at most once. */
   readonly finishedOps: Map<string, JournalOp>
+  /**
+   * Per guest and target, the first slot after its last success (`nextRun(schedule, last)`, fixed
+   * until the next success): a pass finds "not yet" without evaluating the calendar again.
+   */
+  readonly nextSlot: Map<string, { readonly schedule: string; readonly last: number; readonly slot: number }>
 }
 
 export interface ProtectionEnvShape {
@@ -68,7 +73,7 @@ export const makeProtectionEnv = (o: ProtectionEnvOptions) =>
       passInterval: Duration.seconds(o.passIntervalSeconds),
       failedRetryAfter: Duration.seconds(o.failedRetryAfterSeconds ?? DEFAULT_FAILED_RETRY_SECONDS),
       sweepInterval: Duration.seconds(o.sweepIntervalSeconds ?? DEFAULT_SWEEP_SECONDS),
-      memory: { sweptAt: new Map(), pending: new Map(), finishedOps: new Map() }
+      memory: { sweptAt: new Map(), pending: new Map(), finishedOps: new Map(), nextSlot: new Map() }
     }
     return shape
   })

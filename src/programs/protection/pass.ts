@@ -72,24 +72,28 @@ const policyTargets = (manifest: ReadonlyArray<StorageTarget>): ReadonlyArray<Po
 
 const runKey = (vmid: number, storage: string) => `${vmid}\u0000${storage}`
 
-/** One guest's backup then its prune on that target, in one queue turn under the global cap. */
+/**
+ * One guest's backup (a slot of the global cap, then the guest's queue turn), then its prune on
+ * that target in a turn of its own: the slot is not held while archives are deleted, so the next
+ * guest's vzdump starts at once. The prune lists again inside its turn only if the backup's
+ * listing is missing; the gate lists afresh before every deletion anyway.
+ */
 const backupThenPrune = (vmid: VmId, storage: StorageId) =>
   Effect.gen(function*() {
     const env = yield* ProtectionEnv
     const queue = yield* GuestQueue
     const store = yield* ProtectionStore
-    return yield* env.backupSlots.withPermits(1)(queue.serialize(vmid)(
+    const outcome = yield* env.backupSlots.withPermits(1)(queue.serialize(vmid)(
       Effect.gen(function*() {
-        const outcome = yield* backupSaga(vmid, storage, "schedule")
-        yield* store.recordRun({ kind: "backup", vmid, storage, result: outcome.result, detail: outcome.detail })
-        if (outcome.result === "failed") {
-          yield* Effect.logWarning(outcome.detail)
-          return { backup: outcome, prune: Option.none<PruneOutcome>() }
-        }
-        const pruned = yield* pruneInTurn(vmid, storage, outcome.listing, env.timeZone)
-        return { backup: outcome, prune: Option.some(pruned) }
+        const o = yield* backupSaga(vmid, storage, "schedule")
+        yield* store.recordRun({ kind: "backup", vmid, storage, result: o.result, detail: o.detail })
+        if (o.result === "failed") yield* Effect.logWarning(o.detail)
+        return o
       })
     ))
+    if (outcome.result === "failed") return { backup: outcome, prune: Option.none<PruneOutcome>() }
+    const pruned = yield* queue.serialize(vmid)(pruneInTurn(vmid, storage, outcome.listing, env.timeZone, env.memory.finishedOps))
+    return { backup: outcome, prune: Option.some(pruned) }
   })
 
 /** One pass; see the module comment. Fails only when the state store fails (JournalError). */
@@ -126,7 +130,18 @@ export const protectionPass = (desired: DesiredState) =>
       const list: Array<{ vmid: VmId; reason: DueReason }> = []
       for (const vmid of candidates) {
         const run = runs.get(runKey(vmid, t.id))
-        const due = backupDueOnTarget({ target: t.id, schedule: t.policy.schedule }, run?.lastSuccessMs ?? undefined, atMs, tz)
+        const last = run?.lastSuccessMs ?? undefined
+        // "not yet" from the slot remembered for this last success: the same answer backupDue
+        // gives (its next slot after `last` is still ahead), without the calendar every pass
+        const known = memory.nextSlot.get(runKey(vmid, t.id))
+        if (last !== undefined && last <= atMs && known !== undefined && known.last === last && known.schedule === t.policy.schedule && known.slot > atMs) {
+          decisions.push({ vmid, storage: t.id, due: false, reason: "not_yet" })
+          continue
+        }
+        const due = backupDueOnTarget({ target: t.id, schedule: t.policy.schedule }, last, atMs, tz)
+        if (last !== undefined && due.reason === "not_yet" && due.next_at !== null) {
+          memory.nextSlot.set(runKey(vmid, t.id), { schedule: t.policy.schedule, last, slot: due.next_at })
+        }
         const backoff = due.due && run !== undefined && run.lastResult === "failed" && atMs - run.lastAttemptMs < retryMs
         if (due.due && !backoff) list.push({ vmid, reason: due.reason })
         else decisions.push({ vmid, storage: t.id, due: false, reason: backoff ? "retry_later" : due.reason })
@@ -228,8 +243,8 @@ export interface ProtectionLoopOptions<R1, R2> {
   readonly desired: Effect.Effect<Option.Option<DesiredState>, never, R1>
   /** Whether mutation is allowed now (journal recovered, state store healthy). */
   readonly mayMutate?: Effect.Effect<boolean, never, R1>
-  /** Gets every pass's report (pending signatures for the host report, logs). */
-  readonly publish?: (r: PassReport) => Effect.Effect<void, never, R2>
+  /** Gets every pass's report and the desired state it ran on (ProtectionBoard.publish). */
+  readonly publish?: (r: PassReport, desired: DesiredState) => Effect.Effect<void, never, R2>
 }
 
 /**
@@ -247,7 +262,7 @@ export const protectionLoop = <R1 = never, R2 = never>(opts: ProtectionLoopOptio
       for (const b of report.backups) yield* Effect.logInfo(`backup ${b.vmid} → ${b.storage}: ${b.result}: ${b.detail}`)
       for (const p of report.prunes) yield* Effect.logInfo(`prune ${p.vmid} on ${p.storage}: ${p.result}: ${p.detail}`)
       for (const s of report.skipped) yield* Effect.logWarning(`protection skipped ${s.storage}${s.vmid === null ? "" : ` for ${s.vmid}`}: ${s.reason}`)
-      if (opts.publish !== undefined) yield* opts.publish(report)
+      if (opts.publish !== undefined) yield* opts.publish(report, desired.value)
     }).pipe(Effect.catchAllCause((cause) => Effect.logError("protection pass failed", cause)))
     return yield* Effect.repeat(once, Schedule.spaced(env.passInterval))
   }).pipe(Effect.asVoid)
