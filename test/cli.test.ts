@@ -282,7 +282,7 @@ describe("felhom-agent CLI", () => {
   })
 
   it("npm run demo's scenario runs end to end and exits 0", async () => {
-    const r = await run(["demo"], {}, 120_000)
+    const r = await run(["demo"], {}, 300_000)
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0)
     for (const line of [
       "converged: 100 stopped, local-lvm:vm-100-disk-0,size=20G; 101 running, 2048 MiB",
@@ -291,10 +291,19 @@ describe("felhom-agent CLI", () => {
       "guest 101 exists: false",
       "replayed as job-2: rejected (Replay)",
       "agent killed while the restore of 110 runs",
-      "create ops in the journal: done, rolled_back"
+      "create ops in the journal: done, rolled_back",
+      // data protection (issue 10)
+      "scheduled backups ran (never backed up: due at once): 100 ok",
+      "the operator's archive is kept: true",
+      "scratch guests left behind: 0",
+      "'usb-backup' disconnected (the disk was pulled while mounted)",
+      "'nas' disconnected"
     ]) expect(r.stdout, line).toContain(line)
+    expect(r.stdout).toMatch(/retention keep-last 2 pruned [1-9]\d* of the agent's archives of 100/)
+    expect(r.stdout).toMatch(/restore-test of 100: pass /)
+    expect(r.stdout).toMatch(/restore-test of 102: fail \(booted, but services failing/)
     expect(r.stdout).toMatch(/overdue hosts: 0/)
-  }, 120_000)
+  }, 300_000)
 
   it("an unknown command is a usage error (exit 2)", async () => {
     expect((await run(["frobnicate"])).status).toBe(2)

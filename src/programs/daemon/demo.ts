@@ -21,6 +21,7 @@ import { startProtection } from "./protection.js"
 import { protectionEnvLayer } from "../protection/env.js"
 import { reportNowFromQueue } from "../protection/status.js"
 import { guestHealthFromSim } from "../../layers/GuestHealth.js"
+import { DEFAULT_HOST_PATHS, privilegedLayerAt } from "../../layers/Privileged.js"
 import { newOp, signOp } from "../cli/op.js"
 
 export class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
@@ -68,7 +69,9 @@ export const runDemo = Effect.scoped(
         storages: [
           ...((defaultSeedJson as { storages: ReadonlyArray<unknown> }).storages),
           // an NFS share the watchdog watches (no server behind it: the simulator answers for it)
-          { storage: "nas", type: "nfs", server: "nas.lan", export: "/export/felhom", path: "/mnt/pve/nas", content: ["backup"], total: 2_000_000_000_000, used: 0 }
+          { storage: "nas", type: "nfs", server: "nas.lan", export: "/export/felhom", path: "/mnt/pve/nas", content: ["backup"], total: 2_000_000_000_000, used: 0 },
+          // a USB disk's directory storage, where the agent mounts it (is_mountpoint: offline when pulled)
+          { storage: "usb-backup", type: "dir", path: "/mnt/felhom/usb-backup", is_mountpoint: "yes", content: ["backup"], total: 1_000_000_000_000, used: 0 }
         ]
       },
       "demo"
@@ -95,6 +98,14 @@ export const runDemo = Effect.scoped(
 
     const poke = yield* Queue.sliding<void>(1)
     const state = yield* Ref.make<DaemonState>(initialState)
+    // the host's USB disk as the real Privileged layer reads it (udev's by-uuid link and the mount
+    // table), in a scratch tree: plugged in and mounted where the agent mounts it
+    const USB_UUID = "6c1f0e2a-9b3d-4e5f-8a7b-1c2d3e4f5a60"
+    const host = `${dir}/host`
+    yield* fs.makeDirectory(`${host}/by-uuid`, { recursive: true })
+    yield* fs.writeFileString(`${host}/sdz1`, "")
+    yield* fs.symlink(`${host}/sdz1`, `${host}/by-uuid/${USB_UUID}`)
+    yield* fs.writeFileString(`${host}/mountinfo`, `100 1 8:33 / /mnt/felhom/usb-backup rw,noatime shared:1 - ext4 ${host}/sdz1 rw\n`)
     const reportNow = yield* Queue.sliding<void>(1)
     // the daemon's own graph, with the protection sweep every 10 s instead of hourly (so retention
     // shows within the demo) and the storage watchdog's out-of-cycle reports
@@ -104,7 +115,8 @@ export const runDemo = Effect.scoped(
         protectionLayerWith(
           protectionEnvLayer({ timeZone: "UTC", maxConcurrentBackups: 2, passIntervalSeconds: 10, sweepIntervalSeconds: 10 }),
           // the simulator's guest model answers for a restored guest's services (no real guest to exec into)
-          guestHealthFromSim(pve.sim)
+          guestHealthFromSim(pve.sim),
+          privilegedLayerAt({ ...DEFAULT_HOST_PATHS, byUuidDir: `${host}/by-uuid`, mountInfo: `${host}/mountinfo` })
         ),
         reportNowFromQueue(reportNow)
       )),
@@ -195,11 +207,12 @@ export const runDemo = Effect.scoped(
     const manifest = {
       storage: [
         { id: "local", type: "local-dir", durable_id: "/var/lib/vz", class: "slow", role: "vzdump-target", policy: { schedule: "daily", retention: { keep_last: 2 } }, state: "attached" },
-        { id: "nas", type: "nfs", durable_id: "nas.lan:/export/felhom", class: "slow", role: "vzdump-target", state: "attached" }
+        { id: "nas", type: "nfs", durable_id: "nas.lan:/export/felhom", class: "slow", role: "vzdump-target", state: "attached" },
+        { id: "usb-backup", type: "usb", durable_id: USB_UUID, class: "slow", role: "vzdump-target", state: "attached" }
       ]
     }
     const gen4 = yield* hub.setDesired(HOST, Schema.decodeUnknownSync(DesiredState)({ ...Schema.encodeSync(DesiredState)(desiredOf([g100, g102, g110])), ...manifest }))
-    yield* say(`hub publishes generation ${gen4}: targets 'local' (daily backups, keep-last 2) and 'nas' (NFS)`)
+    yield* say(`hub publishes generation ${gen4}: targets 'local' (daily backups, keep-last 2), 'nas' (NFS) and 'usb-backup' (a USB disk)`)
     const ours = (vmid: number) =>
       Effect.map(pve.sim.storageContent("local"), (vs) =>
         vs.filter((v) => v["content"] === "backup" && v["vmid"] === vmid).map((v) => ({ volid: String(v["volid"]), notes: v["notes"] })))
@@ -242,14 +255,22 @@ export const runDemo = Effect.scoped(
     const scratchLeft = (yield* pve.sim.tasks).length >= 0 ? (yield* Effect.forEach([999900, 999901, 999902], (v) => guest(v))).filter(Option.isSome).length : 0
     yield* say(`scratch guests left behind: ${scratchLeft}`)
 
-    // 8. the NFS server goes away: the watchdog reports it out of cycle
-    const noPoke = yield* Queue.sliding<void>(1) // no poke: the report must come from the watchdog
-    const dropAt = Date.now()
-    yield* pve.sim.setStorage("nas", { online: false })
-    yield* say("the NFS server behind 'nas' stops answering")
-    const dropped = yield* waitFor("'nas' reported disconnected", noPoke, Effect.map(lastReport, Option.filter((r) =>
-      r.storage.some((st) => st.storage === "nas" && st.state === "disconnected"))), 30)
-    yield* say(`the hub has it ${((Date.now() - dropAt) / 1000).toFixed(1)} s later (out of cycle, the poll interval is 60 s): 'nas' ${dropped.storage.find((st) => st.storage === "nas")?.state}`)
+    // 8. the USB disk is pulled, then the NFS server goes away: the watchdog reports each out of cycle
+    const noPoke = yield* Queue.sliding<void>(1) // no poke: the reports must come from the watchdog
+    yield* waitFor("'usb-backup' attached", poke, Effect.map(lastReport, Option.filter((r) =>
+      r.storage.some((st) => st.storage === "usb-backup" && st.state === "attached"))), 30)
+    for (const [target, what, pull] of [
+      ["usb-backup", "the USB disk behind 'usb-backup' is pulled", Effect.zipRight(fs.remove(`${host}/by-uuid/${USB_UUID}`), pve.sim.setStorage("usb-backup", { online: false }))],
+      ["nas", "the NFS server behind 'nas' stops answering", pve.sim.setStorage("nas", { online: false })]
+    ] as const) {
+      const dropAt = Date.now()
+      yield* pull
+      yield* say(what)
+      const dropped = yield* waitFor(`'${target}' reported disconnected`, noPoke, Effect.map(lastReport, Option.filter((r) =>
+        r.storage.some((st) => st.storage === target && st.state === "disconnected"))), 30)
+      const st = dropped.storage.find((x) => x.storage === target)
+      yield* say(`the hub has it ${((Date.now() - dropAt) / 1000).toFixed(1)} s later (out of cycle; the poll interval is 60 s): '${target}' ${st?.state}${st?.target?.detail ? ` (${st.target.detail})` : ""}`)
+    }
     yield* Fiber.interrupt(agent)
 
     const reports = (yield* hub.reports(HOST)).length

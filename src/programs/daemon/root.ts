@@ -17,7 +17,7 @@ import { JournalLive } from "../../layers/Journal.js"
 import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
-import { PrivilegedLive } from "../../layers/Privileged.js"
+import { type Privileged, PrivilegedLive } from "../../layers/Privileged.js"
 import { type GuestHealth, GuestHealthLive } from "../../layers/GuestHealth.js"
 import { RestoreTestSettingsLive } from "../protection/scratch.js"
 import { ProtectionStoreLive } from "../../layers/ProtectionStore.js"
@@ -56,14 +56,18 @@ export const servicesLayer = Layer.mergeAll(
  * restore-test settings and guest health probe, and the privileged runner (USB mounts, the
  * watchdog's mount reads, archive tests, health probes). ReportNow comes from the daemon.
  */
-export const protectionLayerWith = <E, R, E2, R2>(env: Layer.Layer<ProtectionEnv, E, R>, health: Layer.Layer<GuestHealth, E2, R2>) =>
+export const protectionLayerWith = <E, R, E2, R2, E3, R3>(
+  env: Layer.Layer<ProtectionEnv, E, R>,
+  health: Layer.Layer<GuestHealth, E2, R2>,
+  privileged: Layer.Layer<Privileged, E3, R3>
+) =>
   Layer.mergeAll(ProtectionStoreLive, env, StorageServicesLive, RestoreTestSettingsLive, health).pipe(
-    Layer.provideMerge(PrivilegedLive),
+    Layer.provideMerge(privileged),
     Layer.provideMerge(DatabaseLive)
   )
 
 /** With the settings of the config file's `protection` block. */
-export const protectionLayer = protectionLayerWith(ProtectionEnvLive, GuestHealthLive)
+export const protectionLayer = protectionLayerWith(ProtectionEnvLive, GuestHealthLive, PrivilegedLive)
 
 /** The board reads PVE and the protection store; it is built over both. */
 export const protectionBoardLayer = ProtectionBoard.layer
