@@ -199,8 +199,8 @@ export class ProtectionConfig extends Schema.Class<ProtectionConfig>("Protection
     )),
     { default: hostTimeZone }
   ),
-  /** Backups running at once on this host (each guest has at most one anyway). */
-  max_concurrent_backups: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 16)), { default: () => 2 }),
+  /** Backups running at once on this host. 1: PVE runs one vzdump per node anyway (a second waits for its lock, and is polled meanwhile). */
+  max_concurrent_backups: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 16)), { default: () => 1 }),
   /**
    * The vmids reserved for self-restore-test scratch guests, inclusive. No customer guest may live
    * here: the agent refuses to plan or adopt one in this range, and tears down only guests here
