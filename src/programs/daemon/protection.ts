@@ -27,7 +27,8 @@ export const startProtection = (state: Ref.Ref<DaemonState>) =>
     yield* Effect.forkScoped(protectionLoop({
       desired,
       mayMutate,
-      publish: (report) => Effect.flatMap(desired, Option.match({ onNone: () => Effect.void, onSome: (d) => board.publish(d, report) }))
+      // the desired state the pass ran on (it may have changed since)
+      publish: (report, ranOn) => board.publish(ranOn, report)
     }))
     yield* Effect.forkScoped(restoreTestLoop(desired))
     yield* Effect.forkScoped(verifyLoop(desired))
