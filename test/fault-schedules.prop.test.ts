@@ -134,7 +134,7 @@ const desiredOf = (m: DesiredModel): DesiredState =>
 // ---------------------------------------------------------------------------------------------
 // Fault schedules
 
-type Faults = Omit<SimPveFaults, "echo_headers">
+type Faults = Omit<SimPveFaults, "echo_headers" | "task_warning_types">
 
 const NO_FAULTS: Faults = {
   seed: 1,

@@ -7,7 +7,6 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Layer, Option, TestClock } from "effect"
 import { Journal } from "../src/layers/Journal.js"
 import { ProtectionStore } from "../src/layers/ProtectionStore.js"
-import { Proxmox } from "../src/layers/Proxmox.js"
 import { protectionLoop, protectionPass } from "../src/programs/protection/pass.js"
 import { claimedOp, notesFor, ownership } from "../src/programs/protection/provenance.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
@@ -25,7 +24,6 @@ import {
   USB,
   volids
 } from "./protection-support.js"
-import { inProcessProxmox } from "./support.js"
 
 const daily = { schedule: "02:00", retention: { keep_daily: 7 } }
 
@@ -129,22 +127,8 @@ describe("results", () => {
   it.scoped("WARNINGS: N is success with warnings: recorded as such, the archive is ours, not retried", () =>
     Effect.scoped(Effect.gen(function*() {
       yield* TestClock.setTime(T0)
-      const sim = yield* makeSimPve(yield* protectionSeed())
-      // PVE finishes a vzdump with a warning (e.g. a file vanished while it was read): the
-      // simulator does not model that, so the client's view of the task is made to say so
-      const warningProxmox = Layer.effect(
-        Proxmox,
-        Effect.map(Proxmox, (real) => ({
-          ...real,
-          waitTask: (upid, opts) =>
-            upid.includes(":vzdump:")
-              ? Effect.flatMap(real.waitTask(upid, opts), (st) =>
-                opts?.acceptWarnings === true
-                  ? Effect.succeed({ ...st, exitstatus: "WARNINGS: 1" })
-                  : Effect.dieMessage("a vzdump waited without accepting warnings"))
-              : real.waitTask(upid, opts)
-        }))
-      ).pipe(Layer.provide(inProcessProxmox(sim, { node: "pve" })))
+      // PVE finishes a vzdump with a warning (a file changed while tar read it): the simulator's fault
+      const sim = yield* makeSimPve(yield* protectionSeed(), { faults: { task_warning_types: ["vzdump"] } })
       yield* Effect.gen(function*() {
         const desired = desiredWith(daily)
         const first = yield* runFor(protectionPass(desired))
@@ -158,7 +142,7 @@ describe("results", () => {
         expect(yield* vzdumps(sim)).toHaveLength(2)
         const owned = yield* ownership(yield* listed(sim, USB))
         expect([...owned.values()].every((o) => o.ours)).toBe(true)
-      }).pipe(Effect.provide(protectionLayer(sim, dbFile(), { proxmox: warningProxmox })))
+      }).pipe(Effect.provide(protectionLayer(sim, dbFile())))
     })))
 
   it.scoped("USB pulled mid-backup: a clear failure, nothing deleted, reported; skipped while gone, retried once back", () =>

@@ -249,7 +249,13 @@ export const startTask = (
       )
     const run = args.body(ctx).pipe(
       Effect.matchEffect({
-        onSuccess: () => finish({ ok: true }),
+        onSuccess: () =>
+          Effect.zipRight(
+            env.state.faults.task_warning_types.includes(args.type) && warnings === 0
+              ? ctx.warn("tar: ./var/log/syslog: file changed as we read it")
+              : Effect.void,
+            finish({ ok: true })
+          ),
         onFailure: (e) => finish({ ok: false, message: e.message })
       }),
       Effect.onInterrupt(() =>

@@ -255,6 +255,11 @@ export const SimPveFaultsSeed = Schema.Struct({
   task_failure_rate: Schema.optionalWith(Rate, { default: () => 0 }),
   /** task types that always end in TASK ERROR (e.g. ["vzrestore"]), on top of the rate */
   task_failure_types: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /**
+   * task types that succeed with one warning (`WARNINGS: 1`), as vzdump does when a file changes
+   * while tar reads it: the archive exists [inf: the warning text is tar's, as vzdump logs it]
+   */
+  task_warning_types: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   /** share of mutating calls on a guest refused with a lock conflict */
   lock_conflict_rate: Schema.optionalWith(Rate, { default: () => 0 }),
   /**
