@@ -125,20 +125,9 @@ export class Procs {
   }
 }
 
-/** `export NAME='value'` lines (shell single quoting, as the simulators print them). */
-export const exportsOf = (lines: ReadonlyArray<string>): Record<string, string> => {
-  const out: Record<string, string> = {}
-  for (const line of lines) {
-    const m = /^export (FELHOM_AGENT_[A-Z0-9_]+)='(.*)'$/.exec(line.trim())
-    if (m) out[m[1]!] = m[2]!.replace(/'\\''/g, "'")
-  }
-  return out
-}
-
-export const having = (names: ReadonlyArray<string>) => (lines: ReadonlyArray<string>) => {
-  const found = exportsOf(lines)
-  return names.every((n) => found[n] !== undefined) ? found : undefined
-}
+// the simulators' `export NAME='value'` lines, parsed as the kill -9 test parses them
+export { exportsOf, having } from "../test/kill9-support.js"
+import { having } from "../test/kill9-support.js"
 
 export const PVE_EXPORTS = [
   "FELHOM_AGENT_PROXMOX_URL",

@@ -44,7 +44,7 @@ import { clearScratchIsolation, clearScratchTeardown, scratchVerdict } from "../
 import { lockRetry } from "../control/schedules.js"
 import { beginOperation, existing, type Saga } from "../control/steps.js"
 import { dueRuns, parseCalendarEvent, type TimeZone } from "./calendar.js"
-import { inScratchRange, RestoreTestSettings } from "./scratch.js"
+import { inScratchRange, RestoreTestSettings, settingsPassLoop } from "./scratch.js"
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -569,14 +569,7 @@ export const restoreTestPass = (desired: DesiredState) =>
  * A failing pass is logged and the loop goes on; only a journal failure ends a pass early.
  */
 export const restoreTestLoop = <E, R>(current: Effect.Effect<Option.Option<DesiredState>, E, R>) =>
-  Effect.gen(function*() {
-    const settings = yield* RestoreTestSettings
-    const pass = Effect.flatMap(current, Option.match({
-      onNone: () => Effect.void,
-      onSome: (d) => Effect.asVoid(restoreTestPass(d))
-    })).pipe(Effect.catchAllCause((cause) => Effect.logWarning("restore-test pass failed", cause)))
-    return yield* Effect.repeat(pass, Schedule.spaced(Duration.seconds(settings.passIntervalSeconds)))
-  })
+  settingsPassLoop("restore-test", current, restoreTestPass)
 
 /** What the recovery rule and tests need without the pass. */
 export type RestoreTestServices = Proxmox | StoreServices | GuestQueue | GuestHealth | ProtectionStore | RestoreTestSettings

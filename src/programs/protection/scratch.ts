@@ -4,7 +4,7 @@
  * AgentConfig in the daemon's root, so the gate can check the range without the whole config and
  * tests can provide it directly.
  */
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
 import { parseTimeZone, type TimeZone, UTC } from "./calendar.js"
 
@@ -35,3 +35,21 @@ export const RestoreTestSettingsLive: Layer.Layer<RestoreTestSettings, never, Ag
 )
 
 export const restoreTestSettings = (s: RestoreTestSettingsShape): Layer.Layer<RestoreTestSettings> => Layer.succeed(RestoreTestSettings, s)
+
+/**
+ * A pass every `pass_interval_seconds` of Clock time over the desired state `current` yields at
+ * that moment (None: nothing published, or the daemon may not mutate now: nothing runs). A failing
+ * pass is logged as `what` and the loop goes on. The restore-test and verify loops.
+ */
+export const settingsPassLoop = <D, E, R, E2, R2>(
+  what: string,
+  current: Effect.Effect<Option.Option<D>, E, R>,
+  pass: (desired: D) => Effect.Effect<unknown, E2, R2>
+) =>
+  Effect.gen(function*() {
+    const settings = yield* RestoreTestSettings
+    const once = Effect.flatMap(current, Option.match({ onNone: () => Effect.void, onSome: (d) => Effect.asVoid(pass(d)) })).pipe(
+      Effect.catchAllCause((cause) => Effect.logWarning(`${what} pass failed`, cause))
+    )
+    return yield* Effect.repeat(once, Schedule.spaced(Duration.seconds(settings.passIntervalSeconds)))
+  })

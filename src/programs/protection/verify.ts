@@ -11,7 +11,7 @@
  * run; a damaged archive is logged, reported, and makes that guest's restore-test due at once
  * (restoreTest.ts reads the checks). A check that could not be made is never a verdict.
  */
-import { Clock, Duration, Effect, Either, Option, Schedule } from "effect"
+import { Clock, Effect, Either, Option } from "effect"
 import { Privileged } from "../../layers/Privileged.js"
 import { ProtectionStore } from "../../layers/ProtectionStore.js"
 import { Proxmox } from "../../layers/Proxmox.js"
@@ -20,7 +20,7 @@ import type { StorageId } from "../../schema/ids.js"
 import type { StorageConfigEntry, StorageContentEntry } from "../../schema/proxmox.js"
 import { dueRuns, parseCalendarEvent } from "./calendar.js"
 import { listTargets, newestArchives } from "./restoreTest.js"
-import { inScratchRange, RestoreTestSettings } from "./scratch.js"
+import { inScratchRange, RestoreTestSettings, settingsPassLoop } from "./scratch.js"
 
 export interface VerifyOutcome {
   readonly vmid: number
@@ -104,11 +104,4 @@ export const verifyPass = (desired: DesiredState) =>
 
 /** The verify loop: a pass every `pass_interval_seconds` over the current desired state (as restoreTestLoop). */
 export const verifyLoop = <E, R>(current: Effect.Effect<Option.Option<DesiredState>, E, R>) =>
-  Effect.gen(function*() {
-    const settings = yield* RestoreTestSettings
-    const pass = Effect.flatMap(current, Option.match({
-      onNone: () => Effect.void,
-      onSome: (d) => Effect.asVoid(verifyPass(d))
-    })).pipe(Effect.catchAllCause((cause) => Effect.logWarning("integrity verify pass failed", cause)))
-    return yield* Effect.repeat(pass, Schedule.spaced(Duration.seconds(settings.passIntervalSeconds)))
-  })
+  settingsPassLoop("integrity verify", current, verifyPass)
