@@ -93,7 +93,8 @@ export const DEFAULT_COMMAND_PATHS: { readonly [K in PrivilegedCommand]: string 
   tar: "/usr/bin/tar",
   zstd: "/usr/bin/zstd",
   gzip: "/usr/bin/gzip",
-  lzop: "/usr/bin/lzop"
+  lzop: "/usr/bin/lzop",
+  "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap"
 }
 
 /**

@@ -6,6 +6,7 @@
 import { Either, Schema } from "effect"
 import { readFileSync, readlinkSync } from "node:fs"
 import { posix } from "node:path"
+import { isIP } from "node:net"
 import { parseTimeZone } from "../programs/protection/calendar.js"
 import { NodeName } from "./ids.js"
 import {
@@ -86,7 +87,8 @@ export const PrivilegedCommand = Schema.Literal(
   "tar",
   "zstd",
   "gzip",
-  "lzop"
+  "lzop",
+  "felhom-bootstrap"
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
@@ -214,6 +216,55 @@ export class ProtectionConfig extends Schema.Class<ProtectionConfig>("Protection
   watchdog_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 60)), { default: () => 2 })
 }) {}
 
+/**
+ * The local API for controllers (issue 11, SPEC §11): HTTPS on the host's bridge address. Anything
+ * on the LAN can reach it, so its bearer tokens are the only gate; these limits bound what an
+ * unauthenticated or hostile client can cost.
+ */
+export class LocalApiConfig extends Schema.Class<LocalApiConfig>("LocalApiConfig")({
+  /** The address to bind: the bridge the guests are on (e.g. 10.10.0.1); an IP literal. */
+  listen: Schema.String.pipe(Schema.filter((s) => isIP(s) !== 0 || "an IPv4 or IPv6 address literal (the guests' bridge address)")),
+  port: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 65535)), { default: () => 7443 }),
+  /** What guests are told to connect to; default https://<listen>:<port>. */
+  advertise_url: Schema.optional(HttpsUrl),
+  /** Request bodies above this are refused with 413 before they are read further. */
+  max_body_bytes: Schema.optionalWith(Schema.Int.pipe(Schema.between(256, 1024 * 1024)), { default: () => 16 * 1024 }),
+  /** Connections held at once; more are closed on accept. */
+  max_connections: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 65536)), { default: () => 512 }),
+  /** Requests per token per minute (a token bucket of `rate_burst`), then 429 with Retry-After. */
+  rate_per_minute: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1_000_000)), { default: () => 120 }),
+  rate_burst: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1_000_000)), { default: () => 30 }),
+  /** A client must finish sending its headers within this (slowloris). */
+  header_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 120)), { default: () => 10 }),
+  /** A whole request (headers and body) within this. */
+  request_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 600)), { default: () => 30 }),
+  /** An idle keep-alive connection is closed after this. */
+  idle_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 30 })
+}) {}
+
+/** How controllers are deployed, updated and healed (issue 11, SPEC §12). */
+export class ControllersConfig extends Schema.Class<ControllersConfig>("ControllersConfig")({
+  /** Registry pull credentials written into each guest's bootstrap (read-only, narrow as the registry allows). */
+  registry: Schema.optional(Schema.Struct({ server: Schema.String, username: Schema.String, password: Secret })),
+  /**
+   * Image repositories (`registry/path`, no tag) the hub may deploy and update to on policy; an
+   * image anywhere else is never deployed, and an update to it needs an operator's signature.
+   */
+  repositories: Schema.optionalWith(Schema.Array(Schema.String.pipe(Schema.filter((s) =>
+    /^[a-z0-9][a-z0-9._\-/:]*[a-z0-9]$/.test(s) && !s.includes("@") || "a repository is registry/path without tag or digest"
+  ))), { default: () => [] }),
+  /** A controller update must report healthy with the new image within this, or it is rolled back. */
+  health_deadline_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(10, 3600)), { default: () => 300 }),
+  /** A running guest's controller silent for this long is restarted (heal). */
+  contact_window_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(30, 86_400)), { default: () => 600 }),
+  /** At most one heal restart per controller in this window; still silent after it: reported. */
+  heal_window_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(60, 7 * 86_400)), { default: () => 3600 }),
+  /** `ctl-` snapshots a controller may keep; a `POST /snapshot` beyond this is refused (409). */
+  max_snapshots: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 50)), { default: () => 5 }),
+  /** How often the heal loop looks (seconds). */
+  heal_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 30 })
+}) {}
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
   Schema.Struct({
     host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
@@ -222,7 +273,10 @@ export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigF
     privileged: Schema.optionalWith(PrivilegedConfig, { default: () => PrivilegedConfig.make({}) }),
     hub: Schema.optional(HubConfig),
     authz: Schema.optional(AuthzConfig),
-    protection: Schema.optionalWith(ProtectionConfig, { default: () => ProtectionConfig.make({}) })
+    protection: Schema.optionalWith(ProtectionConfig, { default: () => ProtectionConfig.make({}) }),
+    /** Absent: no local API is served (no controllers can be deployed on this host). */
+    local_api: Schema.optional(LocalApiConfig),
+    controllers: Schema.optionalWith(ControllersConfig, { default: () => ControllersConfig.make({}) })
   }).pipe(
     // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
     // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,

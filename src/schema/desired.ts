@@ -5,6 +5,7 @@
  * it made.
  */
 import { Either, ParseResult, Schema } from "effect"
+import { ImageRef } from "./bootstrap.js"
 import { StorageId, VmId, VolumeId } from "./ids.js"
 import { ProtectionPolicies, protectionIssues, redactCredsIn, StorageManifest } from "./storage.js"
 
@@ -48,7 +49,13 @@ export const DesiredGuest = Schema.Struct({
   description: Schema.String.pipe(
     Schema.filter((s) => s.length <= 8192, { message: () => "a description is at most 8192 characters" })
   ),
-  tags: Schema.Array(PveTag)
+  tags: Schema.Array(PveTag),
+  /**
+   * The controller this guest runs (issue 11): deployed after the create (the back half), updated
+   * when the image changes. Only images in `controllers.repositories` of the agent's config are
+   * deployed or updated on the hub's word; anything else needs an operator's signature.
+   */
+  controller: Schema.optional(Schema.Struct({ image: ImageRef }).annotations({ message: () => "controller is an object { image }" }))
 }).annotations({ message: () => "a guest is an object" })
 export type DesiredGuest = typeof DesiredGuest.Type
 

@@ -127,6 +127,51 @@ export const RetentionChangeOperation = Schema.TaggedStruct("retention-change", 
   authorization: SignedAuthorization
 })
 
+/**
+ * The provisioning back half (issue 11, src/programs/controller/deploy.ts): a local-API token
+ * minted (its id journaled first), the bootstrap files written, the directory bind-mounted at
+ * /etc/felhom-bootstrap, the deploy recorded. Until `commit`, a failure or crash is compensated
+ * (unmount, remove the files, revoke the token), so token and files are both in place or both
+ * gone. `replacesToken`: a redeploy's previous token, revoked only after the commit.
+ */
+export const ControllerDeployOperation = Schema.TaggedStruct("controller-deploy", {
+  vmid: VmId,
+  tokenId: Schema.String,
+  image: Schema.String,
+  generation: Schema.Int,
+  mpIndex: Schema.Int,
+  replacesToken: Schema.NullOr(Schema.String)
+})
+
+/**
+ * A controller update (src/programs/controller/update.ts): pre-update snapshot → publish the new
+ * image → the guest's unit restarts the controller → a healthy heartbeat with the new image
+ * within the deadline → commit; otherwise roll back to the snapshot and republish the old image.
+ * A crash before `commit` rolls back; after it, done.
+ */
+export const ControllerUpdateOperation = Schema.TaggedStruct("controller-update", {
+  vmid: VmId,
+  fromImage: Schema.String,
+  toImage: Schema.String,
+  snapshot: SnapshotName,
+  fromGeneration: Schema.Int,
+  deadlineSeconds: Schema.Int,
+  basis: Schema.Literal("policy", "signed"),
+  authorization: Schema.NullOr(SignedAuthorization)
+})
+
+/** Heal: a silent controller's bootstrap republished with a restart request (once per window). */
+export const ControllerRestartOperation = Schema.TaggedStruct("controller-restart", {
+  vmid: VmId,
+  generation: Schema.Int,
+  reason: Schema.String
+})
+
+/** `POST /snapshot` from the guest's controller: a `ctl-` snapshot, provenance recorded first. */
+export const ApiSnapshotOperation = Schema.TaggedStruct("api-snapshot", { vmid: VmId, snapshot: SnapshotName })
+/** `POST /rollback` from the guest's controller, to a snapshot it may name (gate: clearControllerRollback). */
+export const ApiRollbackOperation = Schema.TaggedStruct("api-rollback", { vmid: VmId, snapshot: SnapshotName })
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -141,7 +186,12 @@ export const Operation = Schema.Union(
   PruneOperation,
   RestoreTestOperation,
   RetentionChangeOperation,
-  StorageRemovalOperation
+  StorageRemovalOperation,
+  ControllerDeployOperation,
+  ControllerUpdateOperation,
+  ControllerRestartOperation,
+  ApiSnapshotOperation,
+  ApiRollbackOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -165,7 +215,12 @@ export const STEPS = {
   prune: ["delete"],
   "restore-test": ["restore", "start", "check", "stop", "destroy"],
   "retention-change": ["adopt"],
-  "storage-removal": ["unmount", "record"]
+  "storage-removal": ["unmount", "record"],
+  "controller-deploy": ["mint", "write", "mount", "commit", "revoke_previous", "compensate_unmount", "compensate_remove", "compensate_revoke"],
+  "controller-update": ["snapshot", "publish", "health", "commit", "rollback", "republish"],
+  "controller-restart": ["publish"],
+  "api-snapshot": ["snapshot"],
+  "api-rollback": ["rollback"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

@@ -37,12 +37,13 @@ export interface RecoveredOp {
   readonly detail: string
 }
 
-type Outcome = { readonly outcome: RecoveredOp["outcome"]; readonly detail: string }
+/** What a kind's recovery rule decided (kinds' own rules live beside their sagas and return this). */
+export type Outcome = { readonly outcome: RecoveredOp["outcome"]; readonly detail: string }
 
 const isUpid = (u: string | null): u is Upid => u !== null && u.startsWith("UPID:")
 
 /** Waits every started step's recorded task; true when all of them ended OK. */
-const settleStarted = (op: JournalOp) =>
+export const settleStarted = (op: JournalOp) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const ops = yield* OpLog
@@ -60,7 +61,7 @@ const settleStarted = (op: JournalOp) =>
     return allOk
   })
 
-const reread = (op: JournalOp) => Effect.map(Effect.flatMap(OpLog, (j) => j.get(op.id)), Option.getOrElse(() => op))
+export const reread = (op: JournalOp) => Effect.map(Effect.flatMap(OpLog, (j) => j.get(op.id)), Option.getOrElse(() => op))
 
 const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
