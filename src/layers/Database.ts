@@ -216,6 +216,60 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       changed_ms INTEGER NOT NULL,
       creds_sealed TEXT
     ) STRICT`
+  }),
+  "0009_local_tokens": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // The local API's per-guest bearer tokens (issue 11), src/layers/LocalTokens.ts: only the
+    // SHA-256 of each token's secret is kept; the id is the token's public lookup key.
+    yield* sql`CREATE TABLE local_tokens (
+      id TEXT PRIMARY KEY NOT NULL,
+      vmid INTEGER NOT NULL,
+      secret_sha256 BLOB NOT NULL CHECK (length(secret_sha256) = 32),
+      created_ms INTEGER NOT NULL,
+      revoked_ms INTEGER
+    ) STRICT`
+    yield* sql`CREATE INDEX local_tokens_vmid ON local_tokens (vmid)`
+  }),
+  "0010_controllers": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Each guest's controller (issue 11), src/layers/ControllerStore.ts: its deploy, what it last
+    // reported, heal restarts; the snapshots a controller may roll back to; local-API backup jobs.
+    yield* sql`CREATE TABLE controllers (
+      vmid INTEGER PRIMARY KEY NOT NULL,
+      image TEXT NOT NULL,
+      generation INTEGER NOT NULL,
+      token_id TEXT NOT NULL,
+      mp_index INTEGER NOT NULL,
+      pins TEXT NOT NULL,
+      deployed_ms INTEGER NOT NULL,
+      last_contact_ms INTEGER,
+      version TEXT,
+      reported_image TEXT,
+      health TEXT NOT NULL CHECK (health IN ('unknown', 'healthy', 'unhealthy')),
+      health_detail TEXT,
+      last_restart_ms INTEGER,
+      unresponsive_since_ms INTEGER
+    ) STRICT`
+    yield* sql`CREATE TABLE controller_snapshots (
+      vmid INTEGER NOT NULL,
+      name TEXT NOT NULL,
+      origin TEXT NOT NULL CHECK (origin IN ('controller', 'pre-update')),
+      op_id TEXT NOT NULL,
+      taken_ms INTEGER NOT NULL,
+      PRIMARY KEY (vmid, name)
+    ) STRICT`
+    yield* sql`CREATE TABLE api_jobs (
+      id TEXT PRIMARY KEY NOT NULL,
+      vmid INTEGER NOT NULL,
+      kind TEXT NOT NULL CHECK (kind IN ('backup')),
+      state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+      requested_ms INTEGER NOT NULL,
+      ended_ms INTEGER,
+      op_id TEXT,
+      result TEXT,
+      error TEXT
+    ) STRICT`
+    yield* sql`CREATE INDEX api_jobs_vmid ON api_jobs (vmid, requested_ms)`
   })
 }
 
