@@ -181,7 +181,7 @@ const driftedArb = desiredStateArb.chain((d) =>
 // ---------------------------------------------------------------------------------------------
 // Helpers for the properties
 
-const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, start: 3, stop: 3 }
+const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, start: 3, stop: 3, deploy_controller: 4, update_controller: 4 }
 
 /** Actions grouped by vmid ascending, per guest in execution order. */
 const wellOrdered = (p: Plan): boolean =>
@@ -357,6 +357,61 @@ describe("plan", () => {
   const actualOf = (g: Record<string, unknown>, over: Partial<ActualGuest> = {}): ActualGuest => ({
     ...actualFromDesiredGuest(desired([g]).guests[0]!),
     ...over
+  })
+
+  // issue 11: the controller's back half and updates, decided from the agent's config only
+  describe("controllers", () => {
+    const REPO = "registry.felhom.eu/felhom/controller"
+    const img = (tag: string, repo = REPO) => `${repo}:${tag}`
+    const withCtl = (deployed: ReadonlyMap<VmId, string> = new Map()): PlanContext => ({
+      ...unboundedContext,
+      controllers: { deployed, repositories: [REPO] }
+    })
+
+    it("a new guest with a controller: create, then the deploy, in one guest's turn", () => {
+      const p = plan([], desired([guest({ controller: { image: img("1.0.0") } })]), withCtl())
+      expect(p.actions.map((a) => a.kind)).toEqual(["create", "deploy_controller"])
+      expect(p.actions[1]).toStrictEqual({ kind: "deploy_controller", vmid: 101, image: img("1.0.0") })
+    })
+
+    it("an existing guest without a controller gets the deploy; a deployed one with the same image nothing", () => {
+      const a = actualOf(guest())
+      const d = desired([guest({ controller: { image: img("1.0.0") } })])
+      expect(plan([a], d, withCtl()).actions).toStrictEqual([{ kind: "deploy_controller", vmid: 101, image: img("1.0.0") }])
+      expect(plan([a], d, withCtl(new Map([[VmId.make(101), img("1.0.0")]]))).actions).toEqual([])
+    })
+
+    it("an image outside the operator's repositories is never deployed; an update to it needs a signature", () => {
+      const a = actualOf(guest())
+      const evil = img("1.0.0", "evil.example/felhom/controller")
+      const p = plan([a], desired([guest({ controller: { image: evil } })]), withCtl())
+      expect(p.actions).toEqual([])
+      expect(p.notes).toMatchObject([{ vmid: 101, reason: "controller_refused" }])
+      // a look-alike repository (prefix, or the allowed one as a path component) is not the repository
+      for (const near of [`${REPO}-x:1`, `${REPO}/sub:1`, `evil.example/${REPO}:1`]) {
+        expect(plan([a], desired([guest({ controller: { image: near } })]), withCtl()).notes.map((n) => n.reason), near).toEqual(["controller_refused"])
+      }
+      const deployed = withCtl(new Map([[VmId.make(101), img("1.0.0")]]))
+      expect(plan([a], desired([guest({ controller: { image: evil } })]), deployed).actions).toStrictEqual([
+        { kind: "update_controller", vmid: 101, from: img("1.0.0"), to: evil, basis: "signed" }
+      ])
+      expect(plan([a], desired([guest({ controller: { image: img("1.1.0") } })]), deployed).actions).toStrictEqual([
+        { kind: "update_controller", vmid: 101, from: img("1.0.0"), to: img("1.1.0"), basis: "policy" }
+      ])
+    })
+
+    it("no local API on this host: a note, no controller action; held and lost guests get none either", () => {
+      const a = actualOf(guest())
+      const d = desired([guest({ controller: { image: img("1.0.0") } })])
+      const none = plan([a], d, { ...unboundedContext, controllers: null })
+      expect(none.actions).toEqual([])
+      expect(none.notes.map((n) => n.reason)).toEqual(["no_local_api"])
+      const held = plan([a], d, { ...withCtl(), held: new Map([[VmId.make(101), "in flight"]]) })
+      expect(held.actions).toEqual([])
+      const lost = plan([], d, { ...withCtl(), customer: new Set([VmId.make(101)]) })
+      expect(lost.actions).toEqual([])
+      expect(lost.notes.map((n) => n.reason)).toEqual(["lost"])
+    })
   })
 
   it("puts only the changed keys into set_config, then resize, then power", () => {

@@ -25,6 +25,7 @@ import {
 import { gate, type GatedAction, type GateResult, type SignedOp } from "./gate.js"
 import { type Action, normalizeActual, normalizeDesired, type Plan, plan, type PlanContext } from "./plan.js"
 import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
+import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "../controller/ops.js"
 
 const GiB = 1024 * 1024 * 1024
 
@@ -96,7 +97,12 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
     const customer = new Set<VmId>((yield* guests.guestRecords).map((r) => VmId.make(r.vmid)))
     // a preview records nothing, so count what this pass would adopt as recorded already
     if (!opts.record) for (const g of adoptable) customer.add(g.vmid)
+    const controllerOps = yield* Effect.serviceOption(ControllerOps)
+    const controllers = Option.isNone(controllerOps)
+      ? null
+      : yield* controllerOps.value.view.pipe(Effect.orElseSucceed(() => ({ deployed: new Map<VmId, string>(), repositories: [] as ReadonlyArray<string> })))
     const ctx: PlanContext = {
+      controllers,
       held,
       customer,
       hostMemoryMiB: obs.hostMemoryMiB,
@@ -133,8 +139,18 @@ export const gatedActionOf = (a: Action): GatedAction => {
       return { op: "start", vmid: a.vmid, params: {} }
     case "stop":
       return { op: "stop", vmid: a.vmid, params: {} }
+    case "deploy_controller":
+      return { op: "controller-deploy", vmid: a.vmid, params: { image: a.image } }
+    case "update_controller":
+      // the plan chose the basis from the agent's config, never from the hub
+      return { op: a.basis === "policy" ? "controller-update-policy" : "controller-update", vmid: a.vmid, params: { image: a.to } }
   }
 }
+
+/** The controller service, or a BadJob: a graph without it plans no controller work. */
+const withControllers = <A>(f: (c: ControllerOpsShape) => Effect.Effect<A, ControllerOpFailed>): Effect.Effect<A, ControllerOpFailed | BadJob> =>
+  Effect.flatMap(Effect.serviceOption(ControllerOps), (c) =>
+    Option.isSome(c) ? f(c.value) : Effect.fail<ControllerOpFailed | BadJob>(new BadJob({ message: "this host serves no local API: no controller can be deployed or updated" })))
 
 export interface ActionOutcome {
   readonly vmid: number
@@ -150,7 +166,7 @@ export const signatureKey = (op: string, vmid: VmId | null) => `${op}:${vmid ?? 
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError | NoProvisioning | BadJob, Proxmox | StoreServices> => {
+const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError | NoProvisioning | BadJob | ControllerOpFailed, Proxmox | StoreServices> => {
   switch (a.kind) {
     case "create":
       return a.source === null
@@ -176,6 +192,19 @@ const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError |
       return startGuest(a.vmid)
     case "stop":
       return stopGuest(a.vmid)
+    case "deploy_controller":
+      return withControllers((c) => c.deploy(a.vmid, a.image))
+    case "update_controller": {
+      const d = approved.decision
+      if (a.basis === "policy") return withControllers((c) => c.update(a.vmid, a.to, { basis: "policy" }, null))
+      return d.verdict === "signed_ok"
+        ? withControllers((c) =>
+          c.update(a.vmid, a.to, {
+            basis: "signed",
+            authorization: { basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: null }
+          }, null))
+        : Effect.fail(new BadJob({ message: "a controller image outside the operator's repositories runs only with an operator signature" }))
+    }
   }
 }
 

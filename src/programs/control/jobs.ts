@@ -25,6 +25,8 @@ import { runStorageRemoval, type StorageRemovalFailed } from "../protection/deta
 import { admissionOf, BadJob, decommission, forceBackup, registerGolden, restoreNow, type StepError } from "./steps.js"
 import { Retention } from "../../schema/storage.js"
 import { adoptSignedRetention } from "../protection/prune.js"
+import { ImageRef } from "../../schema/bootstrap.js"
+import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -43,6 +45,7 @@ const ForceBackupParams = Schema.Struct({ storage: StorageId })
 const GoldenParams = Schema.Struct({ archive: VolumeId })
 const RetentionChangeParams = Schema.Struct({ storage: StorageId, retention: Retention })
 const StorageRemovalParams = Schema.Struct({ storage: StorageId })
+const ControllerUpdateParams = Schema.Struct({ image: ImageRef })
 
 export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
   const snap = Schema.decodeUnknownOption(RestoreFromSnapshot, strict)(params)
@@ -53,7 +56,11 @@ export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSo
 
 type Approved = Extract<GateResult, { grant: object }>
 
-const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed, Proxmox | StoreServices> => {
+const run = (
+  job: SignedJob,
+  approved: Approved,
+  key: string
+): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed | ControllerOpFailed, Proxmox | StoreServices> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -112,6 +119,21 @@ const run = (job: SignedJob, approved: Approved, key: string): Effect.Effect<voi
       }
       const mode = job.op === "storage-detach" ? "detach" : "decommission"
       return Either.isLeft(auth) ? Effect.fail(auth.left) : runStorageRemoval(mode, p.value.storage, approved.grant, auth.right, key)
+    }
+    case "controller-update": {
+      // an operator vouches for an image (e.g. one outside controllers.repositories); the policy
+      // path ("controller-update-policy") is the plan's own and never runs as a hub job
+      const p = Schema.decodeUnknownOption(ControllerUpdateParams, strict)(params)
+      const auth = signed()
+      if (vmid === null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "controller-update needs guest_id and params exactly {image}" }))
+      }
+      if (Either.isLeft(auth)) return Effect.fail(auth.left)
+      const image = p.value.image
+      return Effect.flatMap(Effect.serviceOption(ControllerOps), (c) =>
+        Option.isSome(c)
+          ? c.value.update(vmid, image, { basis: "signed", authorization: auth.right }, key)
+          : Effect.fail<BadJob | ControllerOpFailed>(new BadJob({ message: "this host serves no local API: no controller can be updated" })))
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))

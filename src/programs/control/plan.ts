@@ -137,6 +137,14 @@ export type Action =
   | { readonly kind: "resize"; readonly vmid: VmId; readonly disk: "rootfs"; readonly sizeGib: number }
   | { readonly kind: "start"; readonly vmid: VmId }
   | { readonly kind: "stop"; readonly vmid: VmId }
+  /** The provisioning back half (issue 11): token, bootstrap files, the read-only mount. */
+  | { readonly kind: "deploy_controller"; readonly vmid: VmId; readonly image: string }
+  /**
+   * A new controller image. `basis` is the plan's, from the agent's own config: "policy" when
+   * the image is in `controllers.repositories` (health-checked, rolled back on failure), else
+   * "signed" (an operator vouches for it).
+   */
+  | { readonly kind: "update_controller"; readonly vmid: VmId; readonly from: string; readonly to: string; readonly basis: "policy" | "signed" }
 
 export type NoteReason =
   | "shrink_refused"
@@ -149,6 +157,8 @@ export type NoteReason =
   | "resize_refused"
   | "memory_refused"
   | "golden_unverified"
+  | "controller_refused"
+  | "no_local_api"
 
 /** Something the plan cannot converge this pass; reported, never silently dropped. */
 export interface Note {
@@ -212,6 +222,47 @@ export interface PlanContext {
   readonly goldenArchives: ReadonlySet<string> | null
   /** Free GiB on the storage holding a guest's rootfs (bounds a grow); undefined when unknown. */
   readonly rootfsFreeGib: (vmid: VmId) => number | undefined
+  /**
+   * Controllers (issue 11): null when this host serves no local API (no controller is deployed).
+   * `deployed`: each guest's deployed image; `repositories`: the operator's allowed repositories.
+   */
+  readonly controllers?: {
+    readonly deployed: ReadonlyMap<VmId, string>
+    readonly repositories: ReadonlyArray<string>
+  } | null
+}
+
+/** The repository of an image reference (`registry/path`, without tag or digest). */
+export const repositoryOf = (image: string): string => {
+  const noDigest = image.split("@")[0] ?? image
+  const slash = noDigest.lastIndexOf("/")
+  const colon = noDigest.lastIndexOf(":")
+  return colon > slash ? noDigest.slice(0, colon) : noDigest
+}
+
+/** Whether the operator's config lets the hub deploy or update to this image on its word. */
+export const imageAllowed = (image: string, repositories: ReadonlyArray<string>): boolean =>
+  repositories.includes(repositoryOf(image))
+
+/** The controller actions of a desired guest that exists (or is being created in this plan). */
+const controllerActions = (vmid: VmId, d: DesiredGuest, ctx: PlanContext, note: (vmid: VmId, reason: NoteReason, message: string) => void): Array<Action> => {
+  if (d.controller === undefined) return []
+  const c = ctx.controllers
+  if (c === undefined || c === null) {
+    note(vmid, "no_local_api", "a controller is desired but this host serves no local API (config local_api); not deployed")
+    return []
+  }
+  const want = d.controller.image
+  const have = c.deployed.get(vmid)
+  if (have === undefined) {
+    if (!imageAllowed(want, c.repositories)) {
+      note(vmid, "controller_refused", `controller image ${want} is not in the agent's controllers.repositories; not deployed`)
+      return []
+    }
+    return [{ kind: "deploy_controller", vmid, image: want }]
+  }
+  if (have === want) return []
+  return [{ kind: "update_controller", vmid, from: have, to: want, basis: imageAllowed(want, c.repositories) ? "policy" : "signed" }]
 }
 
 /** Nothing known: a grow is refused (free space unknown), nothing is held. */
@@ -281,6 +332,8 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
       }
       actions.push({ kind: "create", vmid, spec: d, source })
       if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
+      // the back half follows the create in the same turn of the guest's queue (not run if it fails)
+      else actions.push(...controllerActions(vmid, d, ctx, note))
       continue
     }
     if (a.lock !== null) {
@@ -321,6 +374,7 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
       }
     }
     actions.push(...powerAction(vmid, a.status, w.power))
+    actions.push(...controllerActions(vmid, d, ctx, note))
   }
   return { generation: desired.generation, actions, notes }
 }

@@ -1,0 +1,27 @@
+/**
+ * What reconcile and the job runner may ask of controllers (issue 11), as one service so their
+ * own requirements stay narrow: the deploy, update and undeploy sagas need the privileged runner,
+ * the token store, the controller store and the bootstrap context, which only a host that serves
+ * a local API has. A graph without this service plans no controller work (the plan notes it) and
+ * a job that asks for it fails as a bad job.
+ *
+ * Callers hold the guest's queue turn; none of these serializes itself.
+ */
+import { Context, Data, type Effect } from "effect"
+import type { VmId } from "../../schema/ids.js"
+import type { SignedAuthorization } from "../../schema/operations.js"
+
+export class ControllerOpFailed extends Data.TaggedError("ControllerOpFailed")<{ readonly message: string }> {}
+
+export type UpdateBasis = { readonly basis: "policy" } | { readonly basis: "signed"; readonly authorization: SignedAuthorization }
+
+export interface ControllerOpsShape {
+  /** The deployed image per guest (the plan's view), and the operator's allowed repositories. */
+  readonly view: Effect.Effect<{ readonly deployed: ReadonlyMap<VmId, string>; readonly repositories: ReadonlyArray<string> }, ControllerOpFailed>
+  readonly deploy: (vmid: VmId, image: string) => Effect.Effect<void, ControllerOpFailed>
+  readonly update: (vmid: VmId, image: string, basis: UpdateBasis, key: string | null) => Effect.Effect<void, ControllerOpFailed>
+  /** Before a guest is destroyed: its tokens revoked (durably, first), its bootstrap files removed. */
+  readonly undeploy: (vmid: VmId) => Effect.Effect<void, ControllerOpFailed>
+}
+
+export class ControllerOps extends Context.Tag("felhom/ControllerOps")<ControllerOps, ControllerOpsShape>() {}
