@@ -249,7 +249,8 @@ describe("Privileged: sudo mode", () => {
       tar: "/usr/bin/tar",
       zstd: "/usr/bin/zstd",
       gzip: "/usr/bin/gzip",
-      lzop: "/usr/bin/lzop"
+      lzop: "/usr/bin/lzop",
+      "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap"
     })
     for (const path of Object.values(DEFAULT_COMMAND_PATHS)) expect(sudoers).toContain(`    ${path} ^`)
     return Effect.void
@@ -783,6 +784,104 @@ describe("configs/sudoers/felhom-agent", () => {
     expect(mp).toHaveLength(1)
     expect(mp[0]).toContain(` ${DEFAULT_BOOTSTRAP_ROOT}(/[A-Za-z0-9_][A-Za-z0-9._-]*)+,mp=`)
     expect(rules.join("\n")).not.toContain("/var/lib/felhom-agent/")
+  })
+  afterAll(() => sandbox?.cleanup())
+})
+
+// ---------------------------------------------------------------------------------------------
+// Controller bootstrap files (issue 11): the helper's and the unplug's argv, golden and sudoers
+
+describe("Privileged: bootstrap files and unplug, exact argv (issue 11)", () => {
+  /** A fake felhom-bootstrap answering like the real one (`written <name>` / `removed <vmid>`). */
+  const fakeBootstrap = (bin: Bin) =>
+    bin.fake("felhom-bootstrap", {
+      script: `cat >/dev/null; if [ "$1" = write ]; then printf 'written %s\\n' "$4"; else printf 'removed %s\\n' "$3"; fi`
+    })
+
+  it.live.skipIf(!isRoot)("writeBootstrap: one `write <root> <vmid> <name>` per file; removeBootstrap: `remove <root> <vmid>` (needs root)", () => {
+    const bin = makeBinDir()
+    const helper = fakeBootstrap(bin)
+    return Effect.gen(function*() {
+      expectValue(yield* withPriv(bin, (p) =>
+        p.writeBootstrap({ vmid: VmId.make(101), files: [{ name: "controller.json", content: "{}" }, { name: "local-token", content: "t" }] }), {
+        commands: { "felhom-bootstrap": helper }
+      }))
+      expect(bin.argv("felhom-bootstrap")).toEqual([helper, "write", BOOT, "101", "local-token"])
+      expect(expectValue(yield* withPriv(bin, (p) => p.removeBootstrap(VmId.make(101)), { commands: { "felhom-bootstrap": helper } })))
+        .toEqual({ removed: true })
+      expect(bin.argv("felhom-bootstrap")).toEqual([helper, "remove", BOOT, "101"])
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live.skipIf(!isRoot)("a helper answering for another name or vmid is a Decode error (needs root)", () => {
+    const bin = makeBinDir()
+    const helper = bin.fake("felhom-bootstrap", { stdout: "written controller.json\n" })
+    return Effect.gen(function*() {
+      const e = expectError(yield* withPriv(bin, (p) =>
+        p.writeBootstrap({ vmid: VmId.make(101), files: [{ name: "local-token", content: "t" }] }), { commands: { "felhom-bootstrap": helper } }))
+      expect(e.reason).toBe("Decode")
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
+  })
+
+  it.live("unbindFromGuest runs pct set <vmid> --delete mp<N>", () => {
+    const bin = makeBinDir()
+    const pct = bin.fake("pct")
+    return withPriv(bin, (p) => p.unbindFromGuest({ vmid: VmId.make(101), mpIndex: 255 })).pipe(
+      Effect.map((r) => {
+        expectValue(r)
+        expect(bin.argv("pct")).toEqual([pct, "set", "101", "--delete", "mp255"])
+      }),
+      Effect.ensuring(Effect.sync(bin.cleanup))
+    )
+  })
+
+  const sandbox = makeSudoSandbox()
+  it.live.skipIf(sandbox === undefined || !isRoot)("sudoers allows exactly the argv the layer produces for them (needs root + unshare)", () => {
+    if (sandbox === undefined) return Effect.void
+    const bin = makeBinDir()
+    const helper = fakeBootstrap(bin)
+    bin.fake("pct")
+    const sudo = bin.fakeSudo()
+    const ops: ReadonlyArray<readonly [PrivilegedCommand, (p: PrivilegedShape) => Effect.Effect<unknown, PrivilegedError>]> = [
+      ["felhom-bootstrap", (p) => p.writeBootstrap({ vmid: VmId.make(101), files: [{ name: "controller.json", content: "{}" }] })],
+      ["felhom-bootstrap", (p) => p.writeBootstrap({ vmid: VmId.make(101), files: [{ name: "local-token", content: "t" }] })],
+      ["felhom-bootstrap", (p) => p.writeBootstrap({ vmid: VmId.make(101), files: [{ name: "registry-password", content: "p" }] })],
+      ["felhom-bootstrap", (p) => p.removeBootstrap(VmId.make(999999999))],
+      ["pct", (p) => p.unbindFromGuest({ vmid: VmId.make(101), mpIndex: 0 })],
+      ["pct", (p) => p.unbindFromGuest({ vmid: VmId.make(100), mpIndex: 255 })]
+    ]
+    return Effect.gen(function*() {
+      for (const [name, op] of ops) {
+        rmSync(join(bin.dir, "sudo.argv"), { force: true })
+        expectValue(yield* withPriv(bin, op, { mode: "sudo", sudo_path: sudo, commands: { "felhom-bootstrap": helper } }))
+        const argv = bin.argv("sudo") ?? []
+        const args = argv.slice(3).map((a) => (a === BOOT ? DEFAULT_BOOTSTRAP_ROOT : a))
+        expect(argv[2]).toBe(join(bin.dir, name))
+        expect(sandbox.allows([DEFAULT_COMMAND_PATHS[name], ...args]), args.join(" ")).toBe(true)
+      }
+      const helperPath = DEFAULT_COMMAND_PATHS["felhom-bootstrap"]
+      for (
+        const denied of [
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "101", "../../etc/shadow"],
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "101", "other"],
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "101", "local-token", "extra"],
+          [helperPath, "write", "/var/lib/felhom-agent/bootstrap", "101", "local-token"],
+          [helperPath, "write", "/etc", "101", "local-token"],
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "99", "local-token"],
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "101/../..", "local-token"],
+          [helperPath, "remove", DEFAULT_BOOTSTRAP_ROOT, "101", "controller.json"],
+          [helperPath, "remove", "/", "101"],
+          [helperPath, "write", DEFAULT_BOOTSTRAP_ROOT, "101", "local-token SECRET"],
+          ["/usr/sbin/pct", "set", "101", "--delete", "rootfs"],
+          ["/usr/sbin/pct", "set", "101", "--delete", "mp256"],
+          ["/usr/sbin/pct", "set", "101", "--delete", "mp0,mp1"],
+          ["/usr/sbin/pct", "set", "101", "--delete", "mp0", "--mp1", "/etc,mp=/x,ro=0,backup=0"],
+          ["/usr/sbin/pct", "set", "101", "--delete", "net0"]
+        ]
+      ) {
+        expect(sandbox.allows(denied), denied.join(" ")).toBe(false)
+      }
+    }).pipe(Effect.ensuring(Effect.sync(bin.cleanup)))
   })
   afterAll(() => sandbox?.cleanup())
 })

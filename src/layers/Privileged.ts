@@ -10,7 +10,9 @@
  *   write, never a symlink (typed UntrustedPath naming the component and why), see trustedTree;
  * - argv only, never a shell; binaries by absolute path (DEFAULT_COMMAND_PATHS, overridable by
  *   `privileged.commands`); `sudo -n <binary> <args>` in sudo mode, `<binary> <args>` in direct;
- * - a cleared environment (CHILD_ENV), stdin at EOF;
+ * - a cleared environment (CHILD_ENV), stdin at EOF, except for felhom-bootstrap write, whose
+ *   stdin is the file's content (secrets never go in argv, which /proc shows to every user), capped
+ *   at BOOTSTRAP_FILE_MAX_BYTES and never logged;
  * - a timeout that terminates the process group (SIGTERM, then SIGKILL);
  * - bounded capture: the first STDOUT_CAP_BYTES of stdout, the last STDERR_TAIL_BYTES of stderr.
  * Log lines and errors name the command and the argument, never argument values.
@@ -21,7 +23,7 @@
 import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import type { PlatformError } from "@effect/platform/Error"
-import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, Scope, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema, Scope, Stream } from "effect"
 import type { Stats } from "node:fs"
 import { lstat, readFile, realpath, stat } from "node:fs/promises"
 import { posix } from "node:path"
@@ -35,12 +37,15 @@ import {
   ARGUMENT_RULES,
   type ArgumentName,
   BlockDevice,
+  BOOTSTRAP_FILE_MAX_BYTES,
+  BootstrapFileName,
   bootstrapHostPathUnder,
   Cores,
   FsUuid,
   type GoldenArchive,
   GuestPath,
   Hostname,
+  isSafeAbsolutePath,
   isStrictlyInside,
   MemoryMiB,
   MountPointIndex,
@@ -189,6 +194,28 @@ export interface GuestBindMountSpec {
   readonly readOnly: boolean
 }
 
+/** One file of a guest's bootstrap directory; secrets stay Redacted until they are piped to the helper. */
+export interface BootstrapFile {
+  readonly name: BootstrapFileName
+  readonly content: Redacted.Redacted<string> | string
+}
+
+export interface BootstrapWriteSpec {
+  readonly vmid: VmId
+  readonly files: ReadonlyArray<BootstrapFile>
+}
+
+export interface GuestUnbindSpec {
+  readonly vmid: VmId
+  /** N in `mpN`, 0..255. */
+  readonly mpIndex: number
+}
+
+/** What `felhom-bootstrap remove` found: the directory removed, or none there. */
+export interface BootstrapRemoveResult {
+  readonly removed: boolean
+}
+
 export interface PrivilegedShape {
   /**
    * `pct create <vmid> <template> --features keyctl=1,nesting=1 --unprivileged 1 ...`: the golden
@@ -273,6 +300,32 @@ export interface PrivilegedShape {
    * bootstrap tree on disk too (UntrustedPath): root resolves it now and at every guest start.
    */
   readonly bindMountIntoGuest: (spec: GuestBindMountSpec) => Effect.Effect<void, PrivilegedError>
+  /**
+   * `pct set <vmid> --delete mp<N>`: hot-unplugs a mount point (the compensation of
+   * bindMountIntoGuest). Why not the API: deleting a bind mount point is root@pam only, like
+   * adding one. sudoers cannot tell a bind mount from a volume one (deleting a volume mount point
+   * detaches the volume as `unusedN`, it does not destroy it); callers check the key in the
+   * guest's config names their bootstrap directory before asking.
+   */
+  readonly unbindFromGuest: (spec: GuestUnbindSpec) => Effect.Effect<void, PrivilegedError>
+  /**
+   * Writes a guest's bootstrap files into `<bootstrap_root>/<vmid>/`, one
+   * `felhom-bootstrap write <root> <vmid> <name>` per file with the content on stdin (never in
+   * argv). The root helper creates the directory root-owned 0755 (guest root, uid 100000 on the
+   * host, must traverse it), writes a temp file beside the target, owns it 100000:100000 mode 0600
+   * (guest root under the unprivileged id map; anything else reads as nobody in the guest), syncs
+   * it and renames it over the name, so a reader sees the old file or the new one. It refuses a
+   * directory or file that is a symlink or not what it should be. Why root: the files must be
+   * owned by 100000 in a tree only root can write (issue 8, finding 7). Before running, the
+   * bootstrap root and an existing guest directory must be trusted on disk (UntrustedPath).
+   */
+  readonly writeBootstrap: (spec: BootstrapWriteSpec) => Effect.Effect<void, PrivilegedError>
+  /**
+   * `felhom-bootstrap remove <root> <vmid>`: removes the guest's bootstrap files (only the names
+   * the helper writes, and its leftover temp files) and then the directory. Idempotent. Fails
+   * (NonZeroExit) if the directory holds anything else, which it then leaves in place.
+   */
+  readonly removeBootstrap: (vmid: VmId) => Effect.Effect<BootstrapRemoveResult, PrivilegedError>
   /**
    * `smartctl --json=c -a /dev/<device>`. Why not the API: PVE's `GET /nodes/{node}/disks/smart`
    * (Sys.Audit) gives a health string plus an ATA attribute table, or unparsed text for NVMe, and
@@ -467,15 +520,17 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   const run = (
     name: PrivilegedCommand,
     args: ReadonlyArray<string>,
-    limit: Duration.Duration = timeout
+    limit: Duration.Duration = timeout,
+    input?: Uint8Array
   ): Effect.Effect<Completed, PrivilegedError> => {
     const binary = binaryOf(name)
     const [exe, argv] = config.mode === "sudo"
       ? [config.sudo_path, ["-n", binary, ...args]] as const
       : [binary, args] as const
+    // stdin is a pipe closed after `input` (the one command fed a file's content), else at EOF
     const command = Command.make(exe, ...argv).pipe(
       Command.env(CHILD_ENV, { extendEnv: false }),
-      Command.stdin(Stream.empty)
+      Command.stdin(input === undefined ? Stream.empty : Stream.make(input))
     )
     const fail = (reason: "SpawnFailed" | "NonZeroExit" | "Timeout", message: string, c?: Captured) =>
       new PrivilegedError({
@@ -537,8 +592,8 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   }
 
   /** Exit 0 or a NonZeroExit carrying the exit code and stderr tail. */
-  const runOk = (name: PrivilegedCommand, args: ReadonlyArray<string>) =>
-    Effect.flatMap(run(name, args), (r) => (r.exitCode === 0 ? Effect.succeed(r) : Effect.fail(nonZero(name, r))))
+  const runOk = (name: PrivilegedCommand, args: ReadonlyArray<string>, input?: Uint8Array) =>
+    Effect.flatMap(run(name, args, timeout, input), (r) => (r.exitCode === 0 ? Effect.succeed(r) : Effect.fail(nonZero(name, r))))
 
   /** In sudo mode, exit 1 with this text is sudo's own refusal, not the command's verdict. */
   const sudoRefused = (r: Completed) =>
@@ -875,6 +930,77 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     ])
   })
 
+  const unbindFromGuest = Effect.fn("Privileged.unbindFromGuest")(function*(spec: GuestUnbindSpec) {
+    const vmid = yield* check("pct", "vmid", VmId)(spec.vmid)
+    const index = yield* check("pct", "mpIndex", MountPointIndex)(spec.mpIndex)
+    yield* runOk("pct", ["set", String(vmid), "--delete", `mp${index}`])
+  })
+
+  // -------------------------------------------------------------------------------------------
+  // Bootstrap files
+
+  const BootstrapRoot = Schema.String.pipe(Schema.filter((p) => isSafeAbsolutePath(p)))
+
+  /**
+   * The root, and the guest's directory if it exists, must be trusted (root-owned, only root can
+   * write, no symlink) before the helper runs; the helper checks the directory and file again.
+   */
+  const bootstrapDir = (vmidIn: unknown) =>
+    Effect.gen(function*() {
+      const vmid = yield* check("felhom-bootstrap", "vmid", VmId)(vmidIn)
+      const root = yield* check("felhom-bootstrap", "bootstrapRoot", BootstrapRoot)(config.bootstrap_root)
+      yield* trustedTree("felhom-bootstrap", "bootstrapRoot", root)(root)
+      const dir = `${root}/${vmid}`
+      const why = yield* inspect(dir, root)
+      if (why !== undefined && why !== "Missing") {
+        return yield* new PrivilegedError({
+          reason: "UntrustedPath",
+          command: "felhom-bootstrap",
+          argument: "vmid",
+          component: dir,
+          untrusted: why,
+          message: `felhom-bootstrap: refusing vmid: the guest's bootstrap directory ${dir} ${UNTRUSTED_TEXT[why]}; ` +
+            "it must be absent or a root-owned directory that only root can write, and no symlink"
+        })
+      }
+      return { vmid, root }
+    })
+
+  /** The helper prints one line, `<verdict> <name>`; anything else is a Decode error. */
+  const bootstrapVerdict = <V extends string>(r: Completed, verdicts: ReadonlyArray<V>, what: string) => {
+    const line = r.stdout.trim()
+    const verdict = verdicts.find((v) => line === `${v} ${what}`)
+    return verdict === undefined
+      ? Effect.fail(decodeError("felhom-bootstrap", "unexpected output (a different name or verdict)", r))
+      : Effect.succeed(verdict)
+  }
+
+  const writeBootstrap = Effect.fn("Privileged.writeBootstrap")(function*(spec: BootstrapWriteSpec) {
+    yield* check("felhom-bootstrap", "vmid", VmId)(spec.vmid)
+    // every file is validated before the disk is inspected and the first is written
+    const files: Array<readonly [BootstrapFileName, Uint8Array]> = []
+    for (const f of spec.files) {
+      const name = yield* check("felhom-bootstrap", "bootstrapFile", BootstrapFileName)(f.name)
+      const text = Redacted.isRedacted(f.content) ? Redacted.value(f.content) : f.content
+      if (typeof text !== "string") return yield* invalid("felhom-bootstrap", "bootstrapContent")
+      const bytes = Buffer.from(text, "utf8")
+      if (bytes.length > BOOTSTRAP_FILE_MAX_BYTES) return yield* invalid("felhom-bootstrap", "bootstrapContent")
+      files.push([name, bytes])
+    }
+    const { root, vmid } = yield* bootstrapDir(spec.vmid)
+    for (const [name, bytes] of files) {
+      const r = yield* runOk("felhom-bootstrap", ["write", root, String(vmid), name], bytes)
+      yield* bootstrapVerdict(r, ["written"], name)
+    }
+  })
+
+  const removeBootstrap = Effect.fn("Privileged.removeBootstrap")(function*(vmidIn: VmId) {
+    const { root, vmid } = yield* bootstrapDir(vmidIn)
+    const r = yield* runOk("felhom-bootstrap", ["remove", root, String(vmid)])
+    const verdict = yield* bootstrapVerdict(r, ["removed", "absent"], String(vmid))
+    return { removed: verdict === "removed" } satisfies BootstrapRemoveResult
+  })
+
   const smart = Effect.fn("Privileged.smart")(function*(device: string) {
     const dev = yield* check("smartctl", "device", BlockDevice)(device)
     const r = yield* run("smartctl", ["--json=c", "-a", `/dev/${dev}`])
@@ -901,6 +1027,9 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     verifyArchive,
     guestSystemState,
     bindMountIntoGuest,
+    unbindFromGuest,
+    writeBootstrap,
+    removeBootstrap,
     smart,
     sensors
   })

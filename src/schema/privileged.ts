@@ -5,6 +5,7 @@
  * is the first line of defence, these are the second, and both must accept the same argv.
  */
 import { Data, Schema } from "effect"
+import { BOOTSTRAP_FILES } from "./bootstrap.js"
 import type { PrivilegedCommand } from "./config.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -98,6 +99,9 @@ export const ARGUMENT_RULES = {
   guestPath: `guestPath must be ${SAFE_PATH_RULE}, and not '/'`,
   mpIndex: "mpIndex must be an integer in 0..255",
   readOnly: "readOnly must be a boolean",
+  bootstrapFile: "a bootstrap file name must be one of controller.json, local-token, registry-password",
+  bootstrapContent: "a bootstrap file's content must be a string of at most 65536 bytes (UTF-8)",
+  bootstrapRoot: `bootstrapRoot is privileged.bootstrap_root (default ${DEFAULT_BOOTSTRAP_ROOT}): ${SAFE_PATH_RULE}`,
   device: "device must be a disk name like 'sda' or 'nvme0n1' (no '/dev/' prefix)"
 } as const
 export type ArgumentName = keyof typeof ARGUMENT_RULES
@@ -235,6 +239,20 @@ const intIn = (name: ArgumentName, min: number, max: number) =>
 export const MemoryMiB = intIn("memory", 16, 4_194_304)
 export const Cores = intIn("cores", 1, 8192)
 export const RootfsGiB = intIn("rootfsGiB", 1, 65_536)
+/**
+ * The files a controller's bootstrap directory may hold (src/schema/bootstrap.ts); the root helper
+ * configs/libexec/felhom-bootstrap accepts exactly these names and removes only these.
+ */
+export const BootstrapFileName = Schema.Literal(BOOTSTRAP_FILES.config, BOOTSTRAP_FILES.token, BOOTSTRAP_FILES.registryPassword)
+  .annotations({ message: () => ARGUMENT_RULES.bootstrapFile })
+export type BootstrapFileName = typeof BootstrapFileName.Type
+
+/**
+ * The most a bootstrap file may hold (the helper enforces the same cap on its stdin): the config
+ * is a few KiB, the secrets one line each.
+ */
+export const BOOTSTRAP_FILE_MAX_BYTES = 64 * 1024
+
 /** PVE 8 numbers container mount points mp0..mp255. */
 export const MountPointIndex = intIn("mpIndex", 0, 255)
 
