@@ -227,7 +227,18 @@ export type ReportAuditHead = typeof ReportAuditHead.Type
 
 export const ReportVersions = Schema.Struct({
   agent: Schema.String,
-  controllers: Schema.Array(Schema.Struct({ vmid: ReportVmId, version: Schema.String }))
+  /** Each deployed controller as it last reported itself through the local API (issue 11). */
+  controllers: Schema.Array(Schema.Struct({
+    vmid: ReportVmId,
+    /** What the controller said it is; null before its first heartbeat. */
+    version: Schema.NullOr(Schema.String),
+    /** The image the agent published to it. */
+    image: Schema.String,
+    /** ok; unhealthy (it says so); unresponsive (silent after a heal restart); silent (not heard from within its window yet). */
+    state: Schema.Literal("ok", "unhealthy", "unresponsive", "silent"),
+    last_contact_at: Schema.NullOr(UtcTimestampString),
+    detail: Schema.NullOr(Schema.String)
+  }))
 })
 export type ReportVersions = typeof ReportVersions.Type
 

@@ -203,7 +203,7 @@ export type OperationOf<K extends OperationKind> = Extract<Operation, { readonly
  */
 export const STEPS = {
   create: ["restore", "resize", "configure", "seal", "untag", "start", "compensate_stop", "compensate_destroy"],
-  decommission: ["stop", "destroy"],
+  decommission: ["revoke", "stop", "destroy"],
   "restore-now": ["rollback", "safety_backup", "stop", "restore", "start"],
   "force-backup": ["backup"],
   start: ["start"],

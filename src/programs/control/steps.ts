@@ -32,8 +32,9 @@ import {
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearCompensation, type Grant } from "./gate.js"
 import { notesFor } from "../protection/provenance.js"
+import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
 
-export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused | JournalError
+export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused | JournalError | ControllerOpFailed
 
 /** The desired state asks for a guest but names no golden archive to restore it from. */
 export class NoProvisioning extends Data.TaggedError("NoProvisioning")<{ readonly message: string }> {}
@@ -359,6 +360,14 @@ export const decommissionSteps = <R>(s: Saga<"decommission">, destroyClearance: 
     const pve = yield* Proxmox
     const guests = yield* GuestRecords
     const vmid = s.op.vmid
+    // First, durably: the guest's local-API tokens die before the guest does, so a token can
+    // never outlive its guest into a new one given the same vmid (issue 11).
+    const controllers = yield* Effect.serviceOption(ControllerOps)
+    if (Option.isSome(controllers)) {
+      yield* s.started("revoke")
+      yield* controllers.value.undeploy(vmid)
+      yield* s.done("revoke")
+    }
     const status = yield* existing(vmid)
     if (Option.isSome(status)) {
       if (status.value.status === "running") yield* s.task("stop", retryLocked(pve.stop(vmid)))

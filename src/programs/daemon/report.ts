@@ -39,6 +39,7 @@ import { normalizeActual } from "../control/plan.js"
 import { ProtectionBoard } from "../protection/view.js"
 import { selfTestsForReport } from "../protection/selfTestReport.js"
 import { StorageStatus, withStorageTargets } from "../protection/status.js"
+import { controllersForReport } from "../controller/report.js"
 
 // ---------------------------------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ export const collectReport = (input: CollectInput): Effect.Effect<HostReport, Re
       state_store: auditLog.problem !== null
         ? { healthy: false, detail: auditLog.problem }
         : input.stateStore ?? { healthy: true, detail: null },
-      versions: { agent: VERSION, controllers: [] },
+      versions: { agent: VERSION, controllers: yield* controllersForReport(Date.parse(reportedAt)) },
       pending_signatures: [...input.pendingSignatures, ...protectionPending]
     }
     // the storage manifest's view (issue 10), when the daemon runs the storage pass
