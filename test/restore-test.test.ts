@@ -640,6 +640,9 @@ const fakePrivileged = (damaged: ReadonlySet<string>, broken: ReadonlySet<string
     usbState: unsupported("usbState"),
     guestSystemState: unsupported("guestSystemState"),
     bindMountIntoGuest: unsupported("bindMountIntoGuest"),
+    unbindFromGuest: unsupported("unbindFromGuest"),
+    writeBootstrap: unsupported("writeBootstrap"),
+    removeBootstrap: unsupported("removeBootstrap"),
     smart: unsupported("smart"),
     sensors: unsupported("sensors"),
     verifyArchive: (path: string) =>
