@@ -48,7 +48,8 @@ const OVERLAY: ReadonlyArray<readonly [path: ReadonlyArray<string>, kind: "strin
   [["hub", "api_key"], "string"],
   [["hub", "ca_file"], "string"],
   [["authz", "clock_skew_seconds"], "int"],
-  [["authz", "max_validity_seconds"], "int"]
+  [["authz", "max_validity_seconds"], "int"],
+  [["controllers", "registry", "password"], "string"]
 ]
 
 export const envNameOf = (path: ReadonlyArray<string>) => ENV_PREFIX + path.join("_").toUpperCase()
