@@ -41,6 +41,8 @@ import type { StorageId } from "../../schema/ids.js"
 import type { TimeZone } from "../protection/calendar.js"
 import { removals, retentionInForce } from "../protection/policy.js"
 import { byGuest, listedArchives, newestOf, oursOf, ownership } from "../protection/provenance.js"
+import { ControllerStore, type SnapshotOrigin } from "../../layers/ControllerStore.js"
+import { CONTROLLER_SNAPSHOT_PREFIX, PRE_UPDATE_SNAPSHOT_PREFIX } from "../../schema/localApi.js"
 
 // Taken at load: a second taker anywhere in the process crashes at start (see clearance.ts).
 const mint = takeIssuer()
@@ -70,7 +72,21 @@ export type GateDecision =
 const DATA_SAFE_CONFIG_KEYS = new Set(["cores", "memory", "swap", "hostname", "description", "tags", "onboot", "cpulimit", "cpuunits"])
 
 /** Ops that never destroy data whatever their target (resize: grow-only and bounded by the plan). */
-const ALWAYS_BENIGN = new Set(["create", "start", "stop", "shutdown", "restart", "resize", "snapshot", "force-backup"])
+const ALWAYS_BENIGN = new Set([
+  "create",
+  "start",
+  "stop",
+  "shutdown",
+  "restart",
+  "resize",
+  "snapshot",
+  "force-backup",
+  // the back half: a token and read-only bootstrap files; nothing of the guest's data is touched
+  "controller-deploy",
+  // the plan names this op only for an image in the operator's controllers.repositories (the hub
+  // cannot: a hub job with it is refused by the job runner); health-checked and rolled back
+  "controller-update-policy"
+])
 
 /** Ops that overwrite or remove data whatever their provenance. */
 const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
@@ -78,7 +94,8 @@ const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-de
 /** Ops that change no data now but decide what later changes are made from: signature only. */
 const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
   ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"],
-  ["retention-change", "a retention policy that would delete existing backups: only an operator may make it the policy in force"]
+  ["retention-change", "a retention policy that would delete existing backups: only an operator may make it the policy in force"],
+  ["controller-update", "a controller image outside the operator's repositories runs as root in the customer's guest: only an operator vouches for it"]
 ])
 
 /** Ops a recovery key may sign: rotation only (SPEC §5). */
@@ -521,3 +538,66 @@ export const clearScratchIsolation = (opId: string, vmid: VmId, keys: ReadonlyAr
     ? Effect.fail(new ClearanceRefused({ message: `isolating ${vmid}: only extra NICs (net1..) may be removed` }))
     : Effect.map(proveScratch(opId, vmid, "set-config-volumes", "isolation"), () =>
       mint({ call: "set-config-volumes", vmid, keys }, { basis: "provenance", opId }))
+
+// ---------------------------------------------------------------------------------------------
+// A controller's rollback of its own guest (issue 11)
+
+/** The ops that may roll a guest back to a controller's or a pre-update snapshot. */
+const CONTROLLER_ROLLBACK_OPS: ReadonlySet<string> = new Set(["api-rollback", "controller-update"])
+
+/** Which recorded origin each snapshot-name prefix must carry. */
+const originOfName = (name: string): SnapshotOrigin | null =>
+  name.startsWith(CONTROLLER_SNAPSHOT_PREFIX) ? "controller" : name.startsWith(PRE_UPDATE_SNAPSHOT_PREFIX) ? "pre-update" : null
+
+/**
+ * A `rollback` clearance of guest `vmid` to `snapshot` for op `opId` (an api-rollback or a
+ * controller update's own rollback). Rolling back discards everything written since the snapshot,
+ * so a controller may do it only to a snapshot the agent itself recorded taking for THIS guest, on
+ * a controller's request (`ctl-`) or before a controller update (`felhom-preupd-`). Mints only if
+ * ALL hold, each re-proven here: `opId` is one of those ops, in flight, for exactly this guest; the
+ * name has one of the two prefixes; ControllerStore records it for this vmid with the origin that
+ * prefix means; PVE lists it now among this guest's snapshots. An operator's snapshot, PVE's
+ * `vzdump` one, another guest's, or one recorded but deleted since is refused. Audited.
+ */
+export const clearControllerRollback = (opId: string, vmid: VmId, snapshot: string) =>
+  Effect.gen(function*() {
+    const auditLog = yield* AuditLog
+    const ops = yield* OpLog
+    const controllers = yield* ControllerStore
+    const pve = yield* Proxmox
+    const refuse = (why: string) =>
+      Effect.zipRight(
+        auditLog.audit({ actor: "gate", action: "rollback", target: String(vmid), decision: "refused:controller-rollback", detail: { op: opId, snapshot, reason: why } }),
+        Effect.fail(new ClearanceRefused({ message: `rollback of ${vmid} to ${snapshot} refused: ${why}` }))
+      )
+    const op = yield* ops.get(opId)
+    if (Option.isNone(op) || op.value.status !== "in_flight") return yield* refuse(`op ${opId} is not in flight`)
+    if (!CONTROLLER_ROLLBACK_OPS.has(op.value.kind) || op.value.vmid !== vmid) {
+      return yield* refuse(`op ${opId} is not a controller rollback or update of guest ${vmid}`)
+    }
+    // an api-rollback is bound to the one snapshot its journal payload names
+    if (op.value.kind === "api-rollback") {
+      const typed = decodeOperation(op.value.payload)
+      if (Either.isLeft(typed) || typed.right._tag !== "api-rollback" || typed.right.vmid !== vmid || typed.right.snapshot !== snapshot) {
+        return yield* refuse(`op ${opId} does not roll back to this snapshot`)
+      }
+    }
+    const name = Schema.decodeUnknownOption(SnapshotName)(snapshot)
+    const wanted = originOfName(snapshot)
+    if (Option.isNone(name) || wanted === null) return yield* refuse("only ctl- and felhom-preupd- snapshots can be rolled back to by a controller")
+    const record = yield* controllers.snapshotOf(vmid, snapshot)
+    if (Option.isNone(record) || record.value.vmid !== vmid) return yield* refuse("the agent has no record of taking this snapshot for this guest")
+    if (record.value.origin !== wanted) return yield* refuse(`recorded as a ${record.value.origin} snapshot, which its name does not match`)
+    const listed = yield* pve.listSnapshots(vmid).pipe(
+      Effect.catchAll((e) => refuse(`the guest's snapshots could not be listed (${e._tag})`))
+    )
+    if (!listed.some((s) => s.name === snapshot)) return yield* refuse("PVE does not list it among the guest's snapshots (deleted since?)")
+    yield* auditLog.audit({
+      actor: "gate",
+      action: "rollback",
+      target: String(vmid),
+      decision: "allowed",
+      detail: { op: opId, snapshot, reason: `${record.value.origin} snapshot the agent took for this guest (op ${record.value.opId})` }
+    })
+    return mint({ call: "rollback", vmid, snapshot: name.value }, { basis: "provenance", opId })
+  })
