@@ -12,7 +12,7 @@
 import { Clock, Duration, Effect, Either, Option, type Redacted, SubscriptionRef, Stream } from "effect"
 import type { CertPin } from "../../schema/bootstrap.js"
 import { type Bootstrap, readBootstrap, readConfig } from "./bootstrapFiles.js"
-import { pinnedCall, type SimCallError, type SimCallResult } from "./pinnedHttps.js"
+import { pinnedCall, type SimCallError, type SimCallRequest, type SimCallResult } from "./pinnedHttps.js"
 
 export type ControllerFault = "healthy" | "unhealthy" | "crashloop" | "silent"
 
@@ -135,7 +135,12 @@ export interface SimControllerOptions {
   /** Between generation checks (default 2 s). */
   readonly poll?: Duration.DurationInput
   readonly requestTimeout?: Duration.DurationInput
+  /** How a call travels (default: pinned HTTPS); tests under TestClock hand the API in-process. */
+  readonly transport?: SimTransport
 }
+
+/** One call from a controller to the local API. */
+export type SimTransport = (req: SimCallRequest) => Effect.Effect<SimCallResult, SimCallError>
 
 const READS = ["/backup/due", "/storage", "/backup/status", "/restore-test/status"] as const
 
@@ -174,7 +179,7 @@ const round = (opts: SimControllerOptions, s: Session, status: "healthy" | "unhe
   Effect.gen(function*() {
     const call = (method: "GET" | "POST", path: string, body?: unknown) =>
       Effect.gen(function*() {
-        const r: Either.Either<SimCallResult, SimCallError> = yield* Effect.either(pinnedCall({
+        const r: Either.Either<SimCallResult, SimCallError> = yield* Effect.either((opts.transport ?? pinnedCall)({
           base: s.base,
           method,
           path,

@@ -16,7 +16,8 @@ import {
   makeBoard,
   runSimController,
   sessionOf,
-  type SimControllerView
+  type SimControllerView,
+  type SimTransport
 } from "./controller.js"
 import { pinnedCall, type SimCallError } from "./pinnedHttps.js"
 
@@ -26,6 +27,8 @@ export interface SimControllersOptions {
   readonly period?: Duration.DurationInput
   readonly poll?: Duration.DurationInput
   readonly requestTimeout?: Duration.DurationInput
+  /** How calls travel (default: pinned HTTPS to the bootstrap's local_api.url). */
+  readonly transport?: SimTransport
   /** Initial faults per guest (default healthy). */
   readonly faults?: Readonly<Record<number, ControllerFault>>
 }
@@ -108,7 +111,8 @@ export const simControllers = (sim: SimPve, opts: SimControllersOptions = {}): E
           fault: faultOf(vmid),
           ...(opts.period === undefined ? {} : { period: opts.period }),
           ...(opts.poll === undefined ? {} : { poll: opts.poll }),
-          ...(opts.requestTimeout === undefined ? {} : { requestTimeout: opts.requestTimeout })
+          ...(opts.requestTimeout === undefined ? {} : { requestTimeout: opts.requestTimeout }),
+          ...(opts.transport === undefined ? {} : { transport: opts.transport })
         }))
       }
       yield* Ref.set(dirs, want)
@@ -130,7 +134,7 @@ export const simControllers = (sim: SimPve, opts: SimControllersOptions = {}): E
     const probe = (vmid: number, req: ProbeRequest) =>
       Effect.flatMap(sessionFor(vmid), (s) =>
         Effect.map(
-          pinnedCall({
+          (opts.transport ?? pinnedCall)({
             base: s.base,
             method: req.method,
             path: req.path,

@@ -11,6 +11,7 @@ export {
   runSimController,
   type SimControllerOptions,
   type SimControllerView,
+  type SimTransport,
   versionOf
 } from "./controller.js"
 export { BootstrapUnreadable, readBootstrap, readConfig } from "./bootstrapFiles.js"
