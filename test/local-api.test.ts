@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, TestClock } from "effect"
-import { call, errorCode, mutationsOf, startApi } from "./local-api-support.js"
+import { call, errorCode, mutationsOf, startApi } from "./local-api-harness.js"
 
 const GETS = ["/storage", "/backup/due", "/backup/status", "/restore-test/status"] as const
 const POSTS = [
@@ -91,7 +91,7 @@ describe("LocalApi: self-scoped endpoints", () => {
       expect(health.json).toMatchObject({ status: "ok" })
       for (const path of [...GETS, ...POSTS.map(([p]) => p)]) {
         const method = GETS.includes(path as (typeof GETS)[number]) ? "GET" : "POST"
-        const r = yield* call(h, path, { method, body: method === "POST" ? "{}" : undefined })
+        const r = yield* call(h, path, method === "POST" ? { method, body: "{}" } : { method })
         expect(r.status, path).toBe(401)
         expect(r.headers["www-authenticate"]).toBe("Bearer")
       }

@@ -126,6 +126,14 @@ const ok = (status: number) => <A>(e: Effect.Effect<A, ApiFailure>) => Effect.ma
 
 const asUnknown = <A, I>(s: Schema.Schema<A, I>): Schema.Schema<unknown, unknown> => s as unknown as Schema.Schema<unknown, unknown>
 
+// BackupRequest is Struct({}), which admits any object; a field here would be a request for a
+// target or guest the controller may not choose, so anything but {} is refused by name
+const EmptyObject: Schema.Schema<unknown, unknown> = Schema.Unknown.pipe(
+  Schema.filter((u) => typeof u === "object" && u !== null && Object.keys(u).length === 0, {
+    message: () => "takes no fields: send {} (the agent picks the target from the guest's policy)"
+  })
+)
+
 const routes = (b: LocalApiBackendShape): ReadonlyMap<string, Route> =>
   new Map<string, Route>([
     ["/storage", { method: "GET", run: (vmid) => ok(200)(b.storage(vmid)) }],
@@ -141,7 +149,7 @@ const routes = (b: LocalApiBackendShape): ReadonlyMap<string, Route> =>
       mutation: "rollback",
       run: (vmid, body) => ok(200)(b.rollback(vmid, body as RollbackRequest))
     }],
-    ["/backup", { method: "POST", request: asUnknown(Schema.Struct({})), mutation: "backup", run: (vmid) => ok(202)(b.backup(vmid)) }],
+    ["/backup", { method: "POST", request: EmptyObject, mutation: "backup", run: (vmid) => ok(202)(b.backup(vmid)) }],
     ["/backup/due", { method: "GET", run: (vmid) => ok(200)(b.backupDue(vmid)) }],
     ["/backup/status", { method: "GET", run: (vmid) => ok(200)(b.backupStatus(vmid)) }],
     ["/restore-test/status", { method: "GET", run: (vmid) => ok(200)(b.restoreTestStatus(vmid)) }],
@@ -237,7 +245,8 @@ const failure = (status: number, code: string, message: string, headers: Record<
 
 const unauthorized = (message: string) => failure(401, "unauthorized", message, { "www-authenticate": "Bearer" })
 
-const BEARER = /^Bearer ([!-~]{1,200})$/
+// RFC 9110: the scheme is case-insensitive; one space; the token itself is matched exactly later
+const BEARER = /^bearer ([!-~]{1,200})$/i
 
 export interface LocalApiOptions {
   /** Failed authentications allowed per source address (a burst, refilled per minute). */
@@ -381,8 +390,20 @@ export const makeLocalApi = (options: LocalApiOptions = {}) =>
       }))
     })
 
+    // A body left unread (a GET's, or one a refusal never looked at) would be dumped by node
+    // while the keep-alive socket is reused, racing the next request: read it within the cap
+    // and drop it, or close the connection when it is over the cap.
+    const settled = Effect.flatMap(handle, (response) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const nodeReq = NodeHttpServerRequest.toIncomingMessage(request)
+        // a 413 already stopped reading and closes the connection
+        if (nodeReq.readableEnded || nodeReq.complete || response.headers["connection"] === "close") return Effect.succeed(response)
+        return Effect.map(readBody(nodeReq, settings.max_body_bytes), (r) =>
+          r._tag === "ok" ? response : HttpServerResponse.setHeader(response, "connection", "close"))
+      }))
+
     // A defect is a bug: logged (the cause never holds the request's headers) and answered 500.
-    const app = handle.pipe(
+    const app = settled.pipe(
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.failCause(cause)
