@@ -10,8 +10,11 @@ const root = process.env.FENCE_ROOT ?? resolve(dirname(new URL(import.meta.url).
 
 const RULES = [
   {
-    name: "Proxmox and the Hub client never shell out",
-    entries: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts"],
+    name: "Proxmox, the Hub client and the local API never shell out",
+    entries: [
+      "src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts",
+      "src/layers/LocalApi.ts", "src/layers/LocalCert.ts", "src/layers/LocalTokens.ts"
+    ],
     modules: [
       /^(node:)?child_process$/,
       /^@effect\/platform\/(Command|CommandExecutor)$/,
