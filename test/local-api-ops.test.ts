@@ -4,7 +4,7 @@
  * Journal and ControllerStore.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, FastCheck as fc, Fiber, Option, Schema, TestClock } from "effect"
+import { Effect, Either, FastCheck as fc, Fiber, type Layer, Option, Schema, type Scope, TestClock, type TestServices } from "effect"
 import { Proxmox } from "../src/layers/Proxmox.js"
 import { AuditLog } from "../src/layers/AuditLog.js"
 import { ControllerStore } from "../src/layers/ControllerStore.js"
@@ -16,18 +16,18 @@ import { SnapshotName } from "../src/schema/ids.js"
 import { decodeOperation, type OperationOf } from "../src/schema/operations.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { dbFile, runTimed, settle } from "./engine-support.js"
-import { apiLayer, recordSnap, seedWithSnapshots, snapNames, vm } from "./local-api-support.js"
+import { apiLayer, recordSnap, seedWithSnapshots, snapNames, vm } from "./local-api-backend-support.js"
 import { durations } from "./support.js"
 
 const withSim = <A, E>(
   snaps: Readonly<Record<number, ReadonlyArray<string>>>,
-  body: (sim: SimPve, path: string) => Effect.Effect<A, E, any>,
+  body: (sim: SimPve, path: string) => Effect.Effect<A, E, Layer.Layer.Success<ReturnType<typeof apiLayer>> | Scope.Scope | TestServices.TestServices>,
   extra: Record<string, unknown> = {}
 ) =>
   Effect.scoped(Effect.gen(function*() {
     const sim = yield* makeSimPve(yield* seedWithSnapshots(snaps, { ...durations(2000), ...extra }))
     const path = dbFile()
-    return yield* (body(sim, path) as Effect.Effect<A, E, never>).pipe(Effect.provide(apiLayer(sim, path)))
+    return yield* body(sim, path).pipe(Effect.provide(apiLayer(sim, path)))
   }))
 
 const rollbackOp = (vmid: number, snapshot: string) =>
@@ -112,3 +112,175 @@ describe("clearControllerRollback", () => {
         expect(issued).toBeGreaterThan(0)
       })))
 })
+
+// ---------------------------------------------------------------------------------------------
+// The sagas
+
+const code = <A>(e: Either.Either<A, { readonly _tag: string }>) =>
+  Either.isLeft(e) ? (e.left._tag === "ApiFailure" ? (e.left as unknown as { code: string }).code : e.left._tag) : "ok"
+
+const opsOf = (kind: string) => Effect.flatMap(OpLog, (o) => Effect.map(o.list({ limit: 100 }), (l) => l.filter((x) => x.kind === kind)))
+
+const tasksOf = (sim: SimPve, type: string) => Effect.map(sim.tasks, (ts) => ts.filter((t) => t.type === type))
+
+/** Runs `eff` until op `kind`'s step has its UPID recorded, then interrupts it (a crash mid-task). */
+const crashWhenUpid = <A, E, R>(eff: Effect.Effect<A, E, R>, kind: string) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(eff)
+    for (let i = 0; i < 400; i++) {
+      yield* settle
+      const flying = yield* Effect.flatMap(OpLog, (o) => o.inFlight)
+      if (flying.some((o) => o.kind === kind && o.steps.some((s) => s.upid !== null))) break
+      yield* TestClock.adjust("100 millis")
+    }
+    yield* Fiber.interrupt(fiber)
+    const [op] = (yield* Effect.flatMap(OpLog, (o) => o.inFlight)).filter((o) => o.kind === kind)
+    expect(op).toBeDefined()
+    return op!
+  })
+
+const typedOf = <K extends "api-snapshot" | "api-rollback">(payload: unknown, kind: K) => {
+  const d = decodeOperation(payload)
+  if (Either.isLeft(d) || d.right._tag !== kind) throw new Error("bad payload")
+  return d.right as OperationOf<K>
+}
+
+describe("api-snapshot", () => {
+  it.scoped("takes ctl-<name>, provenance recorded with its op; a taken name and the cap are 409", () =>
+    withSim({ 100: ["manual"] }, (sim) =>
+      Effect.gen(function*() {
+        const r = yield* runTimed(apiSnapshot(vm(100), { name: "one" }, 2))
+        expect(r.snapshot).toBe("ctl-one")
+        expect(yield* snapNames(sim, 100)).toEqual(["ctl-one", "manual"])
+        const [op] = yield* opsOf("api-snapshot")
+        expect(op?.status).toBe("done")
+        const rec = Option.getOrThrow(yield* Effect.flatMap(ControllerStore, (s) => s.snapshotOf(vm(100), "ctl-one")))
+        expect(rec).toMatchObject({ origin: "controller", opId: op!.id })
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "one" }, 2))))).toBe("conflict")
+        yield* runTimed(apiSnapshot(vm(100), { name: "two" }, 2))
+        // the operator's snapshot does not count against the controller's cap
+        const third = yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "three" }, 2)))
+        expect(code(third)).toBe("conflict")
+        expect(Either.isLeft(third) && third.left.message).toMatch(/2 ctl- snapshots/)
+        expect(yield* snapNames(sim, 100)).toEqual(["ctl-one", "ctl-two", "manual"])
+        expect((yield* opsOf("api-snapshot")).length).toBe(2) // the refusals journaled nothing
+        // another guest is not this one
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(999), { name: "x" }, 2))))).toBe("not_found")
+      })))
+
+  it.scoped("a failed snapshot task removes its provenance; a lock is 409; 5xx/596 are 503 with nothing half-done", () =>
+    withSim({}, (sim) =>
+      Effect.gen(function*() {
+        const store = yield* ControllerStore
+        yield* sim.setFaults({ task_failure_types: ["vzsnapshot"] })
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "a" }, 5))))).toBe("unprocessable")
+        expect(yield* snapNames(sim, 100)).toEqual([])
+        expect(yield* store.snapshots(vm(100))).toEqual([])
+        expect((yield* opsOf("api-snapshot"))[0]?.status).toBe("failed")
+
+        yield* sim.setFaults({ task_failure_types: [] })
+        yield* sim.setLock(100, "backup")
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "b" }, 5))))).toBe("conflict")
+        expect(yield* store.snapshots(vm(100))).toEqual([])
+        yield* sim.setLock(100, undefined)
+
+        for (const status of [500, 596] as const) {
+          yield* sim.setFaults({ http_error_rate: 1, http_error_statuses: [status] })
+          const r = yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "c" }, 5)))
+          expect(code(r)).toBe("unavailable")
+          expect(Either.isLeft(r) && r.left.message).not.toMatch(/PVEAPIToken|root@pam|secret/i)
+        }
+        yield* sim.setFaults({ http_error_rate: 0 })
+        expect(yield* snapNames(sim, 100)).toEqual([])
+        expect(yield* store.snapshots(vm(100))).toEqual([])
+        expect((yield* Effect.flatMap(OpLog, (o) => o.inFlight)).length).toBe(0)
+      })))
+
+  it.scoped("crash mid-snapshot: recovery settles the task and keeps the provenance; a crash before the request forgets it", () =>
+    withSim({}, (sim) =>
+      Effect.gen(function*() {
+        const store = yield* ControllerStore
+        const op = yield* crashWhenUpid(apiSnapshot(vm(100), { name: "mid" }, 5), "api-snapshot")
+        const out = yield* runTimed(recoverApiSnapshot(op, typedOf(op.payload, "api-snapshot")))
+        expect(out.outcome).toBe("done")
+        expect(yield* snapNames(sim, 100)).toEqual(["ctl-mid"])
+        expect(Option.isSome(yield* store.snapshotOf(vm(100), "ctl-mid"))).toBe(true)
+
+        // provenance recorded, the request never sent: recovery forgets only this op's record
+        const early = yield* beginOperation<"api-snapshot">({ _tag: "api-snapshot", vmid: vm(100), snapshot: SnapshotName.make("ctl-early") })
+        yield* store.recordSnapshot({ vmid: vm(100), name: "ctl-early", origin: "controller", opId: early.id, takenMs: 1 })
+        const early2 = Option.getOrThrow(yield* Effect.flatMap(OpLog, (o) => o.get(early.id)))
+        const out2 = yield* runTimed(recoverApiSnapshot(early2, typedOf(early2.payload, "api-snapshot")))
+        expect(out2.outcome).toBe("failed")
+        expect(Option.isNone(yield* store.snapshotOf(vm(100), "ctl-early"))).toBe(true)
+        expect(Option.isSome(yield* store.snapshotOf(vm(100), "ctl-mid"))).toBe(true)
+      })))
+})
+
+describe("api-rollback", () => {
+  it.scoped("rolls a running guest back to its own ctl- snapshot and starts it again", () =>
+    withSim({ 100: ["ctl-a"] }, (sim) =>
+      Effect.gen(function*() {
+        yield* recordSnap(100, "ctl-a", "controller")
+        const r = yield* runTimed(apiRollback(vm(100), "ctl-a"))
+        expect(r.snapshot).toBe("ctl-a")
+        const [task] = yield* tasksOf(sim, "vzrollback")
+        expect(task?.exitstatus).toBe("OK")
+        const post = (yield* sim.requests).find((q) => q.method === "POST" && q.path.endsWith("/rollback"))
+        expect(String(post?.params["start"])).toMatch(/^(1|true)$/)
+        expect((yield* opsOf("api-rollback"))[0]?.status).toBe("done")
+      })))
+
+  it.scoped("refuses an operator's snapshot, another guest's, one recorded for another vmid, a missing one, a stopped guest", () =>
+    withSim({ 100: ["manual", "ctl-b", "ctl-c"], 101: ["ctl-c"] }, (sim) =>
+      Effect.gen(function*() {
+        yield* recordSnap(101, "ctl-b", "controller") // guest 101's record; PVE lists ctl-b on 100 only
+        yield* recordSnap(101, "ctl-c", "controller")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "manual"))))).toBe("refused")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-b"))))).toBe("refused")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-c"))))).toBe("refused")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-nope"))))).toBe("not_found")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(101), "ctl-c"))))).toBe("unprocessable") // 101 is stopped
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(999), "ctl-c"))))).toBe("not_found")
+        expect(yield* tasksOf(sim, "vzrollback")).toEqual([])
+      })))
+
+  it.scoped("a guest with an op in flight or held for an operator is 409 for both mutations", () =>
+    withSim({ 100: ["ctl-a"] }, (sim) =>
+      Effect.gen(function*() {
+        yield* recordSnap(100, "ctl-a", "controller")
+        const flying = yield* beginOperation<"stop">({ _tag: "stop", vmid: vm(100) })
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a"))))).toBe("conflict")
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "x" }, 5))))).toBe("conflict")
+        yield* Effect.flatMap(OpLog, (o) => o.finish(flying.id, "needs_operator", "held"))
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a"))))).toBe("conflict")
+        expect(code(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "x" }, 5))))).toBe("conflict")
+        expect(yield* tasksOf(sim, "vzrollback")).toEqual([])
+        expect(yield* tasksOf(sim, "vzsnapshot")).toEqual([])
+      })))
+
+  it.scoped("a lock is 409 and a 596 is 503, nothing rolled back; crash mid-rollback settles, an unsent one is never resumed", () =>
+    withSim({ 100: ["ctl-a"] }, (sim) =>
+      Effect.gen(function*() {
+        yield* recordSnap(100, "ctl-a", "controller")
+        yield* sim.setLock(100, "backup")
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a"))))).toBe("conflict")
+        yield* sim.setLock(100, undefined)
+        yield* sim.setFaults({ http_error_rate: 1, http_error_statuses: [596] })
+        expect(code(yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a"))))).toBe("unavailable")
+        yield* sim.setFaults({ http_error_rate: 0 })
+        expect((yield* tasksOf(sim, "vzrollback")).filter((t) => t.exitstatus === "OK")).toEqual([])
+
+        const op = yield* crashWhenUpid(apiRollback(vm(100), "ctl-a"), "api-rollback")
+        const out = yield* runTimed(recoverApiRollback(op, typedOf(op.payload, "api-rollback")))
+        expect(out.outcome).toBe("done")
+
+        const unsent = yield* rollbackOp(100, "ctl-a")
+        const rec = Option.getOrThrow(yield* Effect.flatMap(OpLog, (o) => o.get(unsent.id)))
+        const before = (yield* tasksOf(sim, "vzrollback")).length
+        const out2 = yield* runTimed(recoverApiRollback(rec, typedOf(rec.payload, "api-rollback")))
+        expect(out2.outcome).toBe("failed")
+        expect((yield* tasksOf(sim, "vzrollback")).length).toBe(before)
+      })))
+})
+

@@ -48,6 +48,10 @@ export const pveFailure = (what: string, e: WaitError | ClearanceRefused): ApiFa
       if (e.kind === "validation" || e.kind === "not_implemented") return new ApiFailure({ code: "unprocessable", message: `${what}: PVE refused it` })
       return new ApiFailure({ code: "unavailable", message: `${what}: PVE is unavailable; try again later` })
     case "PveTaskFailed":
+      // a lock (or a name taken meanwhile) is a conflict the controller may retry; anything else PVE could not do
+      if (/is locked|can't lock file|already used|already exists/.test(e.exitstatus)) {
+        return new ApiFailure({ code: "conflict", message: `${what}: the guest is busy or locked; try again later` })
+      }
       return new ApiFailure({ code: "unprocessable", message: `${what}: the PVE task failed` })
     case "PveTaskTimeout":
       return new ApiFailure({ code: "unavailable", message: `${what}: the PVE task did not finish in time; its result is journaled` })
