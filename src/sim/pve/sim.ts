@@ -116,6 +116,13 @@ export interface SimPve {
   readonly revoke: (ugid: string, path: string, privs: ReadonlyArray<string>) => Effect.Effect<void>
   /** Sets or clears a guest's `lock` (e.g. the stale lock a crashed job leaves for `pct unlock`). */
   readonly setLock: (vmid: number, lock: string | undefined) => Effect.Effect<void>
+  /**
+   * What a root `pct set <vmid> --mpN <value>` (or `--delete mpN` for null) does to a guest's
+   * config: the API refuses bind mounts to a token, so the Privileged layer's simulator
+   * (privilegedSim.ts) calls this instead. Hot-plug: the guest may be running or stopped. Like pct,
+   * it refuses a locked guest and a value that is not a mount point; deleting an absent key is a no-op.
+   */
+  readonly setMountPoint: (vmid: number, key: string, value: string | null) => Effect.Effect<SetMountPointResult>
 
   // storage faults and the guest model (README: "Storage", "Guest model")
 
@@ -137,6 +144,9 @@ export interface SimPve {
   /** Guests started with a link-up NIC whose MAC another guest has, oldest first. */
   readonly macConflicts: Effect.Effect<ReadonlyArray<MacConflict>>
 }
+
+/** The outcome of SimPve.setMountPoint (pct's refusals, by kind). */
+export type SetMountPointResult = "ok" | "absent" | "locked" | "invalid"
 
 export type SimRequestView = Readonly<SimRequest>
 
@@ -355,6 +365,21 @@ export const makeSimPve = (
           if (g === undefined) return
           const { lock: _l, ...rest } = g.config
           g.config = lock === undefined ? rest : { ...rest, lock }
+        }),
+      setMountPoint: (vmid, key, value) =>
+        Effect.sync((): SetMountPointResult => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return "absent"
+          if (!/^mp(?:[0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])$/.test(key)) return "invalid"
+          if (typeof g.config["lock"] === "string") return "locked"
+          if (value === null) {
+            const { [key]: _gone, ...rest } = g.config
+            g.config = rest
+            return "ok"
+          }
+          if (Either.isLeft(parseMountPoint(key, value))) return "invalid"
+          g.config = { ...g.config, [key]: value }
+          return "ok"
         }),
       storages: Effect.sync(() => [...state.storages.values()].map((st) => storageView(state, st))),
       setStorage: (storage, runtime) =>

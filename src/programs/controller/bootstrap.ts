@@ -1,0 +1,100 @@
+/**
+ * A controller's bootstrap (issue 11, SPEC §12): the files the agent writes into the guest's
+ * root-owned bootstrap directory, which is bind-mounted read-only at /etc/felhom-bootstrap.
+ * `controller.json` is the controller's own config (src/schema/bootstrap.ts), with no secret in
+ * it; the local-API token and the registry password are files beside it, each one line, so the
+ * golden-baked unit can hand them to `docker login --password-stdin` and the controller without
+ * ever putting them in an environment or argv.
+ */
+import { Effect, Redacted, Schema } from "effect"
+import { randomBytes } from "node:crypto"
+import { type BootstrapFile, Privileged } from "../../layers/Privileged.js"
+import {
+  BOOTSTRAP_FILES,
+  BOOTSTRAP_FORMAT,
+  BOOTSTRAP_GUEST_PATH,
+  type CertPin,
+  ControllerBootstrap,
+  type IdentityDirective,
+  ImageRef
+} from "../../schema/bootstrap.js"
+import type { VmId } from "../../schema/ids.js"
+import type { PrivilegedError } from "../../schema/privileged.js"
+import { ControllerContext, type ControllerContextShape } from "./context.js"
+
+export interface BootstrapInput {
+  readonly vmid: VmId
+  readonly hostname: string
+  readonly image: ImageRef
+  readonly generation: number
+  readonly identity: IdentityDirective
+  /** The guest's local-API token (the secret goes only into the `local-token` file). */
+  readonly token: Redacted.Redacted<string>
+  /** The pins to publish (read once by the caller, so the files and the record agree). */
+  readonly pins: ReadonlyArray<CertPin>
+}
+
+export interface RenderedBootstrap {
+  readonly config: ControllerBootstrap
+  readonly files: ReadonlyArray<BootstrapFile>
+}
+
+/** A fresh first-boot directive for a provisioned guest: new machine-id and SSH host keys, once. */
+export const provisionDirective = Effect.sync((): IdentityDirective => ({
+  scenario: "provision",
+  reset: ["machine-id", "ssh-host-keys"],
+  directive_id: randomBytes(16).toString("hex")
+}))
+
+/** The hub channel a guest's controller uses: this host, this guest. */
+export const hubChannelOf = (hostId: string, vmid: VmId) => `${hostId}/${vmid}`
+
+/**
+ * The config and the files for one guest. The config is encoded through the schema, so what is
+ * written is exactly what a controller decodes; an image that is not an ImageRef is a defect of
+ * the caller (the desired state decodes it already).
+ */
+export const renderBootstrap = (ctx: ControllerContextShape, input: BootstrapInput): RenderedBootstrap => {
+  const config: ControllerBootstrap = {
+    format: BOOTSTRAP_FORMAT,
+    generation: input.generation,
+    host_id: ctx.hostId,
+    guest: { vmid: input.vmid, hostname: input.hostname },
+    identity: input.identity,
+    controller: { image: input.image },
+    registry: ctx.registry === null
+      ? null
+      : {
+        server: ctx.registry.server,
+        username: ctx.registry.username,
+        password_file: `${BOOTSTRAP_GUEST_PATH}/${BOOTSTRAP_FILES.registryPassword}`
+      },
+    hub: { url: ctx.hubUrl, channel: hubChannelOf(ctx.hostId, input.vmid) },
+    local_api: {
+      url: ctx.localApiUrl,
+      token_file: `${BOOTSTRAP_GUEST_PATH}/${BOOTSTRAP_FILES.token}`,
+      pins: input.pins
+    }
+  }
+  const json = `${JSON.stringify(Schema.encodeSync(ControllerBootstrap)(config), null, 2)}\n`
+  const files: Array<BootstrapFile> = [
+    // secrets first: the config that names them is written last, so a guest that sees a new
+    // controller.json (its path unit watches it) finds the files it points at already in place
+    { name: BOOTSTRAP_FILES.token, content: Redacted.make(`${Redacted.value(input.token)}\n`) },
+    ...(ctx.registry === null
+      ? []
+      : [{ name: BOOTSTRAP_FILES.registryPassword, content: Redacted.make(`${Redacted.value(ctx.registry.password)}\n`) }]),
+    { name: BOOTSTRAP_FILES.config, content: json }
+  ]
+  return { config, files }
+}
+
+/** Renders and writes a guest's bootstrap files through Privileged (the root helper). */
+export const publishBootstrap = (input: BootstrapInput): Effect.Effect<ControllerBootstrap, PrivilegedError, ControllerContext | Privileged> =>
+  Effect.gen(function*() {
+    const ctx = yield* ControllerContext
+    const privileged = yield* Privileged
+    const rendered = renderBootstrap(ctx, input)
+    yield* privileged.writeBootstrap({ vmid: input.vmid, files: rendered.files })
+    return rendered.config
+  })
