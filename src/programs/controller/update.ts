@@ -157,6 +157,9 @@ const undo = (s: Saga<"controller-update">, store: ControllerStoreShape, publish
     if (already.has("rollback")) {
       what = `rolled back to ${snapshot}`
     } else {
+      // a rollback sent before a crash (its UPID never recorded) may still run: let it end first,
+      // then roll back again (to the same snapshot: the guest ends in the same state)
+      yield* awaitUnlocked(vmid)
       const listed = yield* pve.listSnapshots(vmid)
       if (listed.some((e) => e.name === snapshot)) {
         // one clearance per attempt: a clearance is spent when the call is sent
@@ -181,6 +184,20 @@ const undo = (s: Saga<"controller-update">, store: ControllerStoreShape, publish
     yield* store.recordDeploy({ vmid, image: fromImage, generation: fromGeneration + 2, tokenId: rec.value.tokenId, mpIndex: rec.value.mpIndex, pins })
     yield* s.done("republish")
     return `${what}; ${fromImage} republished`
+  })
+
+class GuestStillLocked extends Data.TaggedError("GuestStillLocked")<{ readonly message: string }> {}
+
+/** Waits (on the Clock, at most 10 minutes) until the guest carries no lock. */
+const awaitUnlocked = (vmid: VmId) =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    for (let i = 0; i < 300; i++) {
+      const lock = (yield* pve.guestConfig(vmid)).lock
+      if (lock === undefined) return
+      yield* Effect.sleep(2000)
+    }
+    return yield* new GuestStillLocked({ message: `guest ${vmid} stayed locked for 10 minutes` })
   })
 
 /** Ends the op rolled_back, or needs_operator (audited) when the undo failed. */
