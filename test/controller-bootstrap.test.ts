@@ -8,7 +8,7 @@ import { Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { type BootstrapFile, Privileged, type PrivilegedShape } from "../src/layers/Privileged.js"
+import { type BootstrapFile, type BootstrapWriteSpec, Privileged, type PrivilegedShape } from "../src/layers/Privileged.js"
 import { hubChannelOf, provisionDirective, publishBootstrap, renderBootstrap } from "../src/programs/controller/bootstrap.js"
 import { ControllerContext, type ControllerContextShape } from "../src/programs/controller/context.js"
 import { BOOTSTRAP_FORMAT, ControllerBootstrap } from "../src/schema/bootstrap.js"
@@ -93,7 +93,7 @@ describe("renderBootstrap", () => {
     Effect.gen(function*() {
       const calls: Array<{ vmid: number; names: ReadonlyArray<string> }> = []
       const recording = Layer.succeed(Privileged, {
-        writeBootstrap: (spec) =>
+        writeBootstrap: (spec: BootstrapWriteSpec) =>
           Effect.sync(() => {
             calls.push({ vmid: spec.vmid, names: spec.files.map((f) => f.name) })
           })
