@@ -4,6 +4,7 @@
  */
 import { Effect } from "effect"
 import { authzBench } from "./authz.js"
+import { localApiBench } from "./localapi.js"
 import { convergeBench } from "./converge.js"
 import { protectionBench } from "./protection.js"
 import { reportBench } from "./report.js"
@@ -30,6 +31,8 @@ const main = async () => {
   rows.push(...(await Effect.runPromise(authzBench)))
   step("host report")
   rows.push(...(await Effect.runPromise(reportBench)))
+  step("local API: 50 keep-alive controllers against bare node:https (~20 s)")
+  rows.push(...(await Effect.runPromise(localApiBench)))
   printTable(`felhom-agent benchmarks (node ${process.version}, ${binFlagsNote()})`, rows)
 }
 void main()
