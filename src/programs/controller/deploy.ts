@@ -24,6 +24,19 @@
  * deploy's mpN, else the lowest mpN free in the guest's config. A mount point is only ever
  * removed when its value, read back from PVE, names exactly that directory: sudoers cannot tell a
  * bind mount from a customer volume, this check does.
+ *
+ * Threats (each has a test in test/controller-deploy.test.ts or test/privileged-bootstrap-files.test.ts):
+ * - hostile hub: it names an image and a guest; the image must be an ImageRef (refused before
+ *   anything is journaled) and only ever lands JSON-encoded in controller.json; paths, argv and
+ *   the mount are derived from the vmid and the configured root alone.
+ * - hostile controller (another guest): each guest sees only its own `<root>/<vmid>`, read-only;
+ *   it cannot plant a symlink there, and the helper refuses symlinked or foreign directories/files.
+ * - faulty PVE: a refused or locked `pct set` fails the mount step → compensated; a failing unplug
+ *   during compensation stops it before the files go (a guest whose bind source vanished no longer
+ *   starts) → held (saga) or left in flight (recovery), files still matching a live token.
+ * - a crash at any write: recovery finishes a committed deploy or compensates an uncommitted one.
+ * - a redeploy taken down whole also forgets the record's snapshot provenance (ControllerStore.forget);
+ *   the snapshots stay in PVE, only a controller's right to roll back to the older ones is lost.
  */
 import { Data, Effect, Either, Option, Schema } from "effect"
 import { createHash } from "node:crypto"
