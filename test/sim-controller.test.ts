@@ -9,8 +9,9 @@
  * - the fleet runs one per running guest with the bootstrap mount, stops it with the guest, and
  *   probes as a controller would.
  *
- * The server here is a tiny node:https server answering the contract's JSON with the PVE
- * simulator's (public, loopback-only) certificate: it stands in for the agent's LocalApi.
+ * Most cases use a tiny node:https server answering the contract's JSON with the PVE simulator's
+ * (public, loopback-only) certificate; the last block runs the controllers against the agent's
+ * real LocalApi layer (its certificate, its tokens; a recording backend).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { HttpClientRequest } from "@effect/platform"
@@ -35,6 +36,7 @@ import {
 } from "../src/sim/controller/index.js"
 import { hubCertPem } from "../src/sim/hub/tlsMaterial.js"
 import { defaultSeedJson, makeSimHttpClient, makeSimPve, type SimPve, simCertPem, simKeyPem } from "../src/sim/pve/index.js"
+import { startApi } from "./local-api-support.js"
 import { seedWith } from "./support.js"
 
 type Json = Record<string, unknown>
@@ -349,3 +351,58 @@ const setStatus = (sim: SimPve, vmid: number, status: "running" | "stopped") =>
     // the task runs on the Clock
     yield* TestClock.adjust("10 seconds")
   })
+
+describe("simulated controller against the real LocalApi", () => {
+  it.scoped("pinned to the API's certificate, it calls every endpoint as its own guest; a wrong pin sends nothing; another guest's snapshot is refused; a revoked token is 401", () =>
+    Effect.gen(function*() {
+      const h = yield* startApi({ rate_per_minute: 600, rate_burst: 100 })
+      const pins = yield* h.cert.pins
+      const url = `https://127.0.0.1:${h.api.port}`
+      const t100 = yield* h.mint(100)
+      const t101 = yield* h.mint(101)
+      const a = makeDir({ url, generation: 1, image: IMAGE, pins, vmid: 100 }, t100.token)
+      const b = makeDir({ url, generation: 1, image: IMAGE, pins, vmid: 101 }, t101.token)
+      const base = defaultSeedJson as { guests: ReadonlyArray<Json> }
+      const guests = base.guests.map((g) => {
+        const vmid = g["vmid"] as number
+        const dir = vmid === 100 ? a.dir : vmid === 101 ? b.dir : null
+        return dir === null ? g : { ...g, status: "running", config: { ...(g["config"] as Json), mp0: `${dir},mp=/etc/felhom-bootstrap,ro=1,backup=0` } }
+      })
+      const sim = yield* makeSimPve(yield* seedWith({ guests }))
+      const fleet = yield* simControllers(sim)
+      yield* waitReal(fleet.waitFor(100, (v) => v.reported === "healthy"))
+      yield* waitReal(fleet.waitFor(101, (v) => v.reported === "healthy"))
+      const of = (vmid: number) => h.backend.calls.filter((c) => c.vmid === vmid && c.method !== "contact").map((c) => c.method)
+      expect(of(100)).toEqual(["backupDue", "storage", "backupStatus", "restoreTestStatus", "heartbeat"])
+      expect(of(101)).toEqual(of(100))
+      expect(h.backend.calls.find((c) => c.method === "heartbeat" && c.vmid === 100)?.body).toEqual({ version: "1.4.2", image: IMAGE, status: "healthy" })
+
+      // 101's controller takes a snapshot; 100's names it: refused, nothing rolled back
+      const snap = yield* fleet.probe(101, { method: "POST", path: "/snapshot", body: { name: "mine" } })
+      expect(snap.status).toBe(201)
+      const cross = yield* fleet.probe(100, { method: "POST", path: "/rollback", body: { snapshot: "ctl-mine" } })
+      expect(cross.status).toBe(403)
+      expect(h.backend.calls.filter((c) => c.method === "rollback").map((c) => c.vmid)).toEqual([100])
+      const anon = yield* fleet.probe(100, { method: "GET", path: "/storage", auth: "none" })
+      expect(anon.status).toBe(401)
+
+      // a controller whose bootstrap pins another certificate talks to nobody
+      const before = h.backend.calls.length
+      const wrong = makeDir({ url, generation: 1, image: IMAGE, pins: [OTHER_PIN], vmid: 102 }, (yield* h.mint(102)).token)
+      const board = yield* makeBoard
+      yield* Effect.forkScoped(runSimController({ vmid: 102, bootstrapDir: wrong.dir, board, fault: Effect.succeed("healthy") }))
+      yield* waitReal(board.waitFor(102, (v) => v.state === "refused"))
+      expect(h.backend.calls.length).toBe(before)
+
+      // revoked: the next round is 401 everywhere, and no heartbeat is recorded for it
+      yield* h.tokens.revoke(t100.id)
+      const heartbeats = h.backend.calls.filter((c) => c.method === "heartbeat" && c.vmid === 100).length
+      yield* TestClock.adjust("30 seconds")
+      const v = yield* waitReal(fleet.waitFor(100, (v) => v.calls.filter((c) => c.status === 401).length === 5))
+      expect(v.calls.slice(-5).map((c) => c.status)).toEqual([401, 401, 401, 401, 401])
+      expect(h.backend.calls.filter((c) => c.method === "heartbeat" && c.vmid === 100).length).toBe(heartbeats)
+      // nothing the board keeps holds a token
+      const all = JSON.stringify(yield* fleet.views)
+      for (const t of [t100.token, t101.token]) expect(all).not.toContain(t.slice(22))
+    }))
+})
