@@ -5,6 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Fiber, Layer, Option, Ref, type Scope, TestClock, type TestServices } from "effect"
 import { ControllerStore } from "../src/layers/ControllerStore.js"
+import { JournalError } from "../src/layers/Journal.js"
 import { OpLog } from "../src/layers/OpLog.js"
 import { ProtectionStore } from "../src/layers/ProtectionStore.js"
 import { LocalApiBackend } from "../src/programs/localapi/backend.js"
@@ -217,3 +218,30 @@ describe("status, contact, mutations", () => {
         expect(code(yield* Effect.either(api.rollback(vm(100), { snapshot: "ctl-nope" })))).toBe("not_found")
       })))
 })
+
+describe("a failing state store", () => {
+  it.scoped("health is degraded, reads are 503 without the store's own words, contact never fails the request", () =>
+    Effect.scoped(Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      const sim = yield* makeSimPve(yield* seed())
+      const base = apiLayer(sim, dbFile())
+      const broken = new JournalError({ message: "disk I/O error at /var/lib/felhom-agent/state.db" })
+      const failing = Layer.effect(
+        ControllerStore,
+        Effect.map(ControllerStore, (s) => ({ ...s, records: Effect.fail(broken), jobs: () => Effect.fail(broken), recordContact: () => Effect.fail(broken) }))
+      ).pipe(Layer.provide(base))
+      const backend = LocalApiBackendLive({ desired: Effect.succeed(Option.some(desiredWith(daily))), maxSnapshots: 3 }).pipe(
+        Layer.provide(failing),
+        Layer.provideMerge(base)
+      )
+      yield* Effect.gen(function*() {
+        const api = yield* LocalApiBackend
+        expect((yield* api.health).status).toBe("degraded")
+        const r = yield* Effect.either(api.backupStatus(vm(100)))
+        expect(code(r)).toBe("unavailable")
+        expect(Either.isLeft(r) && r.left.message).not.toMatch(/disk I\/O|state\.db/)
+        yield* api.contact(vm(100))
+      }).pipe(Effect.provide(backend))
+    })))
+})
+
