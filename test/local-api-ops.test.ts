@@ -284,3 +284,23 @@ describe("api-rollback", () => {
       })))
 })
 
+describe("secrets", () => {
+  it.scoped("a PVE that echoes the token into errors and task logs leaks it into neither the answer nor the journal", () =>
+    withSim({ 100: ["ctl-a"] }, (sim) =>
+      Effect.gen(function*() {
+        yield* recordSnap(100, "ctl-a", "controller")
+        yield* sim.setFaults({ echo_headers: ["message", "reason", "params", "task", "body"], task_failure_types: ["vzsnapshot", "vzrollback"] })
+        const answers = [
+          yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "s" }, 5))),
+          yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a")))
+        ]
+        for (const a of answers) expect(Either.isLeft(a)).toBe(true)
+        yield* sim.setFaults({ echo_headers: [], task_failure_types: [], http_error_rate: 1, http_error_statuses: [500] })
+        answers.push(yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "t" }, 5))))
+        const ops = yield* Effect.flatMap(OpLog, (o) => o.list({ limit: 20 }))
+        const text = JSON.stringify(answers) + JSON.stringify(ops)
+        expect(ops.length).toBeGreaterThanOrEqual(2)
+        expect(text).not.toContain(sim.tokenSecret)
+      })))
+})
+
