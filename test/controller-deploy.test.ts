@@ -20,6 +20,7 @@ import { layerAt } from "../src/layers/Database.js"
 import { fromJournal, Journal, JournalError, JournalLive, type JournalShape } from "../src/layers/Journal.js"
 import { LocalTokens, LocalTokensLive, type LocalTokensShape } from "../src/layers/LocalTokens.js"
 import { Privileged, type PrivilegedShape } from "../src/layers/Privileged.js"
+import { republishConfig } from "../src/programs/controller/bootstrap.js"
 import { ControllerContext } from "../src/programs/controller/context.js"
 import { deployController, pickMpIndex, recoverControllerDeploy, undeployController } from "../src/programs/controller/deploy.js"
 import { ControllerBootstrap } from "../src/schema/bootstrap.js"
@@ -251,6 +252,29 @@ describe("deployController", () => {
         expect(readFileSync(join(root, "100", "registry-password"), "utf8")).toBe(`${REGISTRY_PASSWORD}\n`)
         expect(readFileSync(join(root, "100", "controller.json"), "utf8")).not.toContain(REGISTRY_PASSWORD)
         expect(readFileSync(join(root, "100", "local-token"), "utf8")).toMatch(/^fla1_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\n$/)
+      })
+    ))
+
+  it.effect("republishConfig rewrites only controller.json: new image and generation, same directive, token file untouched", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        const root = scratchRoot()
+        const layer = agent(sim, dbFile(), root, { writes: 0, crashAfter: Infinity })
+        yield* deployController(VMID, { image: IMAGE }).pipe(Effect.provide(layer))
+        const read = () => Schema.decodeUnknownSync(Schema.parseJson(ControllerBootstrap))(readFileSync(join(root, "100", "controller.json"), "utf8"))
+        const before = read()
+        const tokenFile = join(root, "100", "local-token")
+        const token = readFileSync(tokenFile, "utf8")
+        const pins = yield* republishConfig(VMID, { image: IMAGE2, generation: 2 }).pipe(Effect.provide(layer))
+        const after = read()
+        expect(pins).toEqual(PINS)
+        expect([after.controller.image, after.generation]).toEqual([IMAGE2, 2])
+        expect(after.identity).toEqual(before.identity)
+        expect(after.hub).toEqual(before.hub)
+        expect(readFileSync(tokenFile, "utf8")).toBe(token)
+        expect(consistency(yield* observe(sim, root).pipe(Effect.provide(layer)), root)).toBe("deployed")
+        const none = yield* Effect.either(republishConfig(VmId.make(101), { image: IMAGE2, generation: 2 }).pipe(Effect.provide(layer)))
+        expect(Either.isLeft(none) && none.left._tag === "NothingToRepublish").toBe(true)
       })
     ))
 

@@ -39,12 +39,11 @@
  *   the snapshots stay in PVE, only a controller's right to roll back to the older ones is lost.
  */
 import { Data, Effect, Either, Option, Schema } from "effect"
-import { createHash } from "node:crypto"
 import { AuditLog } from "../../layers/AuditLog.js"
 import { AgentConfig } from "../../layers/Config.js"
 import { type ControllerRecord, ControllerStore } from "../../layers/ControllerStore.js"
 import type { AdmissionRefused, JournalError, JournalOp, StoreServices } from "../../layers/Journal.js"
-import { LocalTokens, type TokenRecord } from "../../layers/LocalTokens.js"
+import { LocalTokens } from "../../layers/LocalTokens.js"
 import { OpLog } from "../../layers/OpLog.js"
 import { Privileged } from "../../layers/Privileged.js"
 import { Proxmox } from "../../layers/Proxmox.js"
@@ -55,7 +54,7 @@ import type { PrivilegedError } from "../../schema/privileged.js"
 import type { GuestConfig, ProxmoxError } from "../../schema/proxmox.js"
 import type { Outcome } from "../control/recover.js"
 import { beginOperation, existing, type Saga, type StepError } from "../control/steps.js"
-import { publishBootstrap } from "./bootstrap.js"
+import { provisionDirectiveFor, publishBootstrap } from "./bootstrap.js"
 import { ControllerContext } from "./context.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -128,28 +127,8 @@ export const pickMpIndex = (config: GuestConfig, hostPath: string, previous: num
 
 const hostPathOf = (root: string, vmid: VmId) => `${root}/${vmid}`
 
-// ---------------------------------------------------------------------------------------------
-// The identity directive
-
-/**
- * The provision directive of a guest: fresh machine-id and SSH host keys at first boot, once.
- * Its id is derived from the guest's oldest token (the first deploy's; revoked tokens keep their
- * records), so every later deploy or republish names the same directive and a running guest is
- * never reset again, while a new guest at a reused vmid (new token history) gets a new one.
- */
-export const provisionDirectiveFor = (hostId: string, vmid: VmId, tokens: ReadonlyArray<TokenRecord>, fallbackTokenId: string): IdentityDirective => {
-  const oldest = [...tokens].sort((a, b) => a.createdMs - b.createdMs || a.id.localeCompare(b.id))[0]?.id ?? fallbackTokenId
-  const id = createHash("sha256").update(`felhom-provision\0${hostId}\0${vmid}\0${oldest}`).digest("hex").slice(0, 32)
-  return { scenario: "provision", reset: ["machine-id", "ssh-host-keys"], directive_id: id }
-}
-
-/** The directive for a guest now (for republishers: the same one its deploy wrote). */
-export const identityFor = (vmid: VmId, fallbackTokenId: string) =>
-  Effect.gen(function*() {
-    const ctx = yield* ControllerContext
-    const tokens = yield* LocalTokens
-    return provisionDirectiveFor(ctx.hostId, vmid, yield* tokens.forGuest(vmid), fallbackTokenId)
-  })
+// The identity directive: bootstrap.ts (provisionDirectiveFor, identityFor), shared with republishing.
+export { identityFor, provisionDirectiveFor } from "./bootstrap.js"
 
 // ---------------------------------------------------------------------------------------------
 // Compensation
