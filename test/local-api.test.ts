@@ -4,7 +4,8 @@
  * fuzzer are in test/local-api-hostile.test.ts.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, TestClock } from "effect"
+import { Effect, Exit, FastCheck as fc, TestClock } from "effect"
+import { makeRateLimiter } from "../src/layers/LocalApi.js"
 import { call, errorCode, mutationsOf, startApi } from "./local-api-harness.js"
 
 const GETS = ["/storage", "/backup/due", "/backup/status", "/restore-test/status"] as const
@@ -186,4 +187,52 @@ describe("LocalApi: per-token rate limit on the TestClock", () => {
       // a limited call reached nothing (no contact, no backend)
       expect(h.backend.calls.filter((c) => c.vmid === 101 && c.method === "backupDue")).toHaveLength(4)
     }))
+})
+
+describe("LocalApi: the token bucket (unit, TestClock)", () => {
+  it.effect("burst, then one per 60/rate seconds; Retry-After is the whole seconds to the next token; keys are separate", () =>
+    Effect.gen(function*() {
+      const l = makeRateLimiter(30, 2)
+      expect((yield* l.take("a")).ok).toBe(true)
+      expect((yield* l.take("a")).ok).toBe(true)
+      expect(yield* l.take("a")).toEqual({ ok: false, retryAfterSeconds: 2 })
+      expect(yield* l.peek("a")).toEqual({ ok: false, retryAfterSeconds: 2 })
+      expect((yield* l.take("b")).ok).toBe(true)
+      yield* TestClock.adjust("1 second")
+      expect(yield* l.take("a")).toEqual({ ok: false, retryAfterSeconds: 1 })
+      yield* TestClock.adjust("1 second")
+      expect((yield* l.peek("a")).ok).toBe(true)
+      expect((yield* l.take("a")).ok).toBe(true)
+      expect((yield* l.take("a")).ok).toBe(false)
+      // refill never exceeds the burst
+      yield* TestClock.adjust("1 hour")
+      expect((yield* l.take("a")).ok).toBe(true)
+      expect((yield* l.take("a")).ok).toBe(true)
+      expect((yield* l.take("a")).ok).toBe(false)
+    }))
+
+  it.effect.prop(
+    "never grants more than burst + elapsed × rate, and a refusal's Retry-After is honest",
+    [fc.integer({ min: 1, max: 600 }), fc.integer({ min: 1, max: 50 }), fc.array(fc.integer({ min: 0, max: 5000 }), { maxLength: 200 })],
+    ([perMinute, burst, gaps]) =>
+      Effect.gen(function*() {
+        const l = makeRateLimiter(perMinute, burst)
+        let granted = 0
+        let elapsed = 0
+        for (const gap of gaps) {
+          yield* TestClock.adjust(gap)
+          elapsed += gap
+          const r = yield* l.take("k")
+          if (r.ok) granted++
+          else {
+            // waiting Retry-After seconds always earns a token
+            yield* TestClock.adjust(r.retryAfterSeconds * 1000)
+            elapsed += r.retryAfterSeconds * 1000
+            expect((yield* l.peek("k")).ok).toBe(true)
+          }
+          expect(granted).toBeLessThanOrEqual(burst + Math.floor((elapsed * perMinute) / 60_000) + 1e-9)
+        }
+      }),
+    { fastCheck: { numRuns: 100 } }
+  )
 })
