@@ -12,8 +12,10 @@ import { type StoreServices } from "../../layers/Journal.js"
 import type { DesiredState } from "../../schema/desired.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import {
+  admissionOf,
   BadJob,
   createGuest,
+  noAdmission,
   decommission,
   NoProvisioning,
   resizeRootfs,
@@ -196,13 +198,13 @@ const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError |
       return withControllers((c) => c.deploy(a.vmid, a.image))
     case "update_controller": {
       const d = approved.decision
-      if (a.basis === "policy") return withControllers((c) => c.update(a.vmid, a.to, { basis: "policy" }, null))
+      if (a.basis === "policy") return withControllers((c) => c.update(a.vmid, a.to, { basis: "policy" }, noAdmission))
       return d.verdict === "signed_ok"
         ? withControllers((c) =>
           c.update(a.vmid, a.to, {
             basis: "signed",
             authorization: { basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: null }
-          }, null))
+          }, admissionOf(approved.grant)))
         : Effect.fail(new BadJob({ message: "a controller image outside the operator's repositories runs only with an operator signature" }))
     }
   }

@@ -132,7 +132,7 @@ const run = (
       const image = p.value.image
       return Effect.flatMap(Effect.serviceOption(ControllerOps), (c) =>
         Option.isSome(c)
-          ? c.value.update(vmid, image, { basis: "signed", authorization: auth.right }, key)
+          ? c.value.update(vmid, image, { basis: "signed", authorization: auth.right }, admissionOf(approved.grant, key))
           : Effect.fail<BadJob | ControllerOpFailed>(new BadJob({ message: "this host serves no local API: no controller can be updated" })))
     }
     default:

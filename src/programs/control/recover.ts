@@ -28,6 +28,10 @@ import { clearResume } from "./gate.js"
 import { decommissionSteps, existing, rollBackCreate, sagaOf, type StepError } from "./steps.js"
 import { recordInterrupted, tearDown } from "../protection/restoreTest.js"
 import { RestoreTestSettings } from "../protection/scratch.js"
+import { recoverControllerDeploy } from "../controller/deploy.js"
+import { recoverControllerUpdate } from "../controller/update.js"
+import { recoverControllerRestart } from "../controller/heal.js"
+import { recoverApiRollback, recoverApiSnapshot } from "../localapi/ops.js"
 
 export interface RecoveredOp {
   readonly id: string
@@ -214,6 +218,19 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
       return settlePrune(op)
     case "restore-test":
       return recoverRestoreTest(op, typed)
+    case "controller-deploy":
+      // before its commit: compensated (token and files both gone); after: finished
+      return recoverControllerDeploy(op, typed)
+    case "controller-update":
+      // before its commit: rolled back to the pre-update snapshot, the old image republished
+      return recoverControllerUpdate(op, typed)
+    case "controller-restart":
+      return recoverControllerRestart(op, typed)
+    case "api-snapshot":
+      return recoverApiSnapshot(op, typed)
+    case "api-rollback":
+      // never resumed: the controller asks again
+      return recoverApiRollback(op, typed)
     default: {
       const unreachable: never = typed
       return unreachable

@@ -7,6 +7,10 @@ import { Effect, Layer } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
 import { LocalApi } from "../../layers/LocalApi.js"
 import { ControllerContext, type ControllerContextShape } from "./context.js"
+import { ControllerStore } from "../../layers/ControllerStore.js"
+import { deployController, undeployController } from "./deploy.js"
+import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "./ops.js"
+import { updateController } from "./update.js"
 
 /** `https://host:port`, with an IPv6 literal bracketed. */
 export const httpsUrl = (host: string, port: number): string => `https://${host.includes(":") ? `[${host}]` : host}:${port}`
@@ -27,3 +31,40 @@ export const ControllerContextLive: Layer.Layer<ControllerContext, never, AgentC
     } satisfies ControllerContextShape
   })
 )
+
+/**
+ * ControllerOps over the sagas: deploy (which revokes any stale token of the vmid once its own
+ * is committed), update (policy or signed; anything but a commit is a failure the caller
+ * reports), undeploy (tokens first). The caller holds the guest's queue turn.
+ */
+export const ControllerOpsLive = Layer.effect(
+  ControllerOps,
+  Effect.gen(function*() {
+    const context = yield* Effect.context<DeployServicesOf | UpdateServicesOf>()
+    const { file } = yield* AgentConfig
+    const store = yield* ControllerStore
+    const failed = (what: string) => (e: { readonly message: string }) => new ControllerOpFailed({ message: `${what}: ${e.message}` })
+    const settings = { healthDeadlineSeconds: file.controllers.health_deadline_seconds }
+    return {
+      view: store.records.pipe(
+        Effect.map((rs) => ({ deployed: new Map(rs.map((r) => [r.vmid, r.image] as const)), repositories: file.controllers.repositories })),
+        Effect.mapError(failed("the controller store cannot be read"))
+      ),
+      deploy: (vmid, image) =>
+        deployController(vmid, { image }).pipe(Effect.asVoid, Effect.mapError(failed(`controller deploy on ${vmid}`)), Effect.provide(context)),
+      update: (vmid, image, basis, admission) =>
+        updateController(vmid, image, basis, settings, admission).pipe(
+          Effect.mapError(failed(`controller update of ${vmid}`)),
+          Effect.flatMap((r) =>
+            r.outcome === "committed"
+              ? Effect.void
+              : Effect.fail(new ControllerOpFailed({ message: `controller update of ${vmid} to ${image}: ${r.outcome}${r.reason === null ? "" : ` (${r.reason})`}` }))),
+          Effect.provide(context)
+        ),
+      undeploy: (vmid) => undeployController(vmid).pipe(Effect.mapError(failed(`controller undeploy of ${vmid}`)), Effect.provide(context))
+    } satisfies ControllerOpsShape
+  })
+)
+
+type DeployServicesOf = Effect.Effect.Context<ReturnType<typeof deployController>>
+type UpdateServicesOf = Effect.Effect.Context<ReturnType<typeof updateController>>

@@ -10,6 +10,7 @@
 import { Context, Data, type Effect } from "effect"
 import type { VmId } from "../../schema/ids.js"
 import type { SignedAuthorization } from "../../schema/operations.js"
+import type { Admission } from "../control/steps.js"
 
 export class ControllerOpFailed extends Data.TaggedError("ControllerOpFailed")<{ readonly message: string }> {}
 
@@ -19,7 +20,8 @@ export interface ControllerOpsShape {
   /** The deployed image per guest (the plan's view), and the operator's allowed repositories. */
   readonly view: Effect.Effect<{ readonly deployed: ReadonlyMap<VmId, string>; readonly repositories: ReadonlyArray<string> }, ControllerOpFailed>
   readonly deploy: (vmid: VmId, image: string) => Effect.Effect<void, ControllerOpFailed>
-  readonly update: (vmid: VmId, image: string, basis: UpdateBasis, key: string | null) => Effect.Effect<void, ControllerOpFailed>
+  /** `admission`: a signed update's grant nonce (and job key), spent as its op is admitted. */
+  readonly update: (vmid: VmId, image: string, basis: UpdateBasis, admission: Admission) => Effect.Effect<void, ControllerOpFailed>
   /** Before a guest is destroyed: its tokens revoked (durably, first), its bootstrap files removed. */
   readonly undeploy: (vmid: VmId) => Effect.Effect<void, ControllerOpFailed>
 }
