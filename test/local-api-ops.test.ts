@@ -13,6 +13,7 @@ import { clearControllerRollback } from "../src/programs/control/gate.js"
 import { beginOperation } from "../src/programs/control/steps.js"
 import { apiRollback, apiSnapshot, recoverApiRollback, recoverApiSnapshot } from "../src/programs/localapi/ops.js"
 import { SnapshotName } from "../src/schema/ids.js"
+import type { ApiFailure } from "../src/schema/localApi.js"
 import { decodeOperation, type OperationOf } from "../src/schema/operations.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { dbFile, runTimed, settle } from "./engine-support.js"
@@ -290,7 +291,7 @@ describe("secrets", () => {
       Effect.gen(function*() {
         yield* recordSnap(100, "ctl-a", "controller")
         yield* sim.setFaults({ echo_headers: ["message", "reason", "params", "task", "body"], task_failure_types: ["vzsnapshot", "vzrollback"] })
-        const answers = [
+        const answers: Array<Either.Either<unknown, ApiFailure>> = [
           yield* Effect.either(runTimed(apiSnapshot(vm(100), { name: "s" }, 5))),
           yield* Effect.either(runTimed(apiRollback(vm(100), "ctl-a")))
         ]
