@@ -7,12 +7,27 @@
  *   roll back: the guest is at the op's own snapshot again, the old image republished at + 2;
  * - a hostile hub cannot steer the rollback: the only snapshot rolled back to is the op's own;
  * - a crash before or after every durable write → recovery leaves the old image published and
- *   running, or the new one committed; never held.
+ *   running, or the new one committed; never held;
+ * - the daemon's publisher rewrites controller.json only (token file and identity untouched).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Option } from "effect"
+import { Effect, Exit, Layer, Option, Redacted } from "effect"
+import { mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { ControllerStore, ControllerStoreLive } from "../src/layers/ControllerStore.js"
+import { layerAt } from "../src/layers/Database.js"
+import { JournalLive } from "../src/layers/Journal.js"
+import { LocalTokens, LocalTokensLive } from "../src/layers/LocalTokens.js"
+import { Privileged, type PrivilegedShape } from "../src/layers/Privileged.js"
+import { publishBootstrap } from "../src/programs/controller/bootstrap.js"
+import { ControllerContext, type ControllerContextShape } from "../src/programs/controller/context.js"
+import { identityFor } from "../src/programs/controller/deploy.js"
+import { makeSimPve } from "../src/sim/pve/index.js"
+import { privilegedSimLayer } from "../src/sim/pve/privilegedSim.js"
+import { inProcessProxmox, seedWith } from "./support.js"
 import { OpLog } from "../src/layers/OpLog.js"
-import { recoverControllerUpdate, updateControllerQueued, type UpdateResult } from "../src/programs/controller/update.js"
+import { ControllerPublisher, ControllerPublisherLive, recoverControllerUpdate, updateControllerQueued, type UpdateResult } from "../src/programs/controller/update.js"
 import { decodeOperation } from "../src/schema/operations.js"
 import {
   type Counter,
@@ -25,6 +40,7 @@ import {
   runToExit,
   until,
   V100,
+  V101,
   type World
 } from "./controller-lifecycle-support.js"
 
@@ -212,4 +228,47 @@ describe("controller update: a crash at every step", () => {
         if (image === IMAGE_B) expect(seen.has("done")).toBe(true)
       }), 600_000)
   }
+})
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's publisher: controller.json only, over the simulated Privileged bootstrap half
+
+describe("ControllerPublisherLive", () => {
+  it.scoped("rewrites controller.json with the new image and generation; token file, identity directive and hub channel stay as deployed", () =>
+    Effect.gen(function*() {
+      const sim = yield* makeSimPve(yield* seedWith({}))
+      const root = join(mkdtempSync(join(tmpdir(), "felhom-pub-")), "bootstrap")
+      const ctx: ControllerContextShape = {
+        hostId: "host-test",
+        hubUrl: null,
+        localApiUrl: "https://10.10.0.1:7443",
+        pins: Effect.succeed([{ spki_sha256: "c3BraQ==", cert_sha256: "ab".repeat(32) }]),
+        registry: null
+      }
+      const db = layerAt(join(mkdtempSync(join(tmpdir(), "felhom-pub-db-")), "state.db"))
+      const stores = Layer.mergeAll(LocalTokensLive, ControllerStoreLive).pipe(Layer.provideMerge(JournalLive), Layer.provideMerge(db))
+      const privileged = privilegedSimLayer(sim, root).pipe(Layer.provide(Layer.succeed(Privileged, {} as PrivilegedShape)))
+      const base = Layer.mergeAll(stores, privileged, Layer.succeed(ControllerContext, ctx), inProcessProxmox(sim, { node: "pve" }))
+      const layer = Layer.provideMerge(ControllerPublisherLive, base).pipe(Layer.orDie)
+      const out = yield* run(Effect.gen(function*() {
+        const tokens = yield* LocalTokens
+        const store = yield* ControllerStore
+        const id = yield* tokens.newId
+        const minted = yield* tokens.mint(V100, id)
+        const identity = yield* identityFor(V100, id)
+        // as the deploy wrote it
+        yield* publishBootstrap({ vmid: V100, hostname: "cust-alpha", image: IMAGE_A, generation: 1, identity, token: minted.token, pins: yield* ctx.pins })
+        yield* store.recordDeploy({ vmid: V100, image: IMAGE_A, generation: 1, tokenId: id, mpIndex: 0, pins: yield* ctx.pins })
+        const pins = yield* Effect.flatMap(ControllerPublisher, (p) => p.publish(V100, { image: IMAGE_B, generation: 2 }))
+        return { token: Redacted.value(minted.token), identity, pins }
+      }).pipe(Effect.provide(layer)))
+      const dir = join(root, "100")
+      const file = JSON.parse(readFileSync(join(dir, "controller.json"), "utf8")) as Record<string, unknown>
+      expect(file).toMatchObject({ generation: 2, controller: { image: IMAGE_B }, identity: out.identity, hub: { channel: "host-test/100" }, guest: { vmid: 100 } })
+      expect(readFileSync(join(dir, "local-token"), "utf8")).toBe(`${out.token}\n`)
+      expect(out.pins).toHaveLength(1)
+      // no controller record: nothing is written
+      const none = yield* runToExit(Effect.flatMap(ControllerPublisher, (p) => p.publish(V101, { image: IMAGE_B, generation: 2 })).pipe(Effect.provide(layer)))
+      expect(Exit.isFailure(none)).toBe(true)
+    }))
 })
