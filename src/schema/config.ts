@@ -6,7 +6,6 @@
 import { Either, Schema } from "effect"
 import { readFileSync, readlinkSync } from "node:fs"
 import { posix } from "node:path"
-import { isIP } from "node:net"
 import { parseTimeZone } from "../programs/protection/calendar.js"
 import { NodeName } from "./ids.js"
 import {
@@ -216,6 +215,17 @@ export class ProtectionConfig extends Schema.Class<ProtectionConfig>("Protection
   watchdog_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 60)), { default: () => 2 })
 }) {}
 
+/** An IPv4 dotted quad or an IPv6 literal (without brackets); no node:net here (the fence lint). */
+export const isIpLiteral = (s: string): boolean => {
+  if (/^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/.test(s)) return true
+  if (!/^[0-9A-Fa-f:.]+$/.test(s) || !s.includes(":")) return false
+  try {
+    return new URL(`https://[${s}]/`).hostname.length > 2
+  } catch {
+    return false
+  }
+}
+
 /**
  * The local API for controllers (issue 11, SPEC §11): HTTPS on the host's bridge address. Anything
  * on the LAN can reach it, so its bearer tokens are the only gate; these limits bound what an
@@ -223,7 +233,7 @@ export class ProtectionConfig extends Schema.Class<ProtectionConfig>("Protection
  */
 export class LocalApiConfig extends Schema.Class<LocalApiConfig>("LocalApiConfig")({
   /** The address to bind: the bridge the guests are on (e.g. 10.10.0.1); an IP literal. */
-  listen: Schema.String.pipe(Schema.filter((s) => isIP(s) !== 0 || "an IPv4 or IPv6 address literal (the guests' bridge address)")),
+  listen: Schema.String.pipe(Schema.filter((s) => isIpLiteral(s) || "an IPv4 or IPv6 address literal (the guests' bridge address)")),
   port: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 65535)), { default: () => 7443 }),
   /** What guests are told to connect to; default https://<listen>:<port>. */
   advertise_url: Schema.optional(HttpsUrl),

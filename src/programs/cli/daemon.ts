@@ -5,6 +5,8 @@ import { initialState, runDaemon } from "../daemon/loop.js"
 import { startProtection } from "../daemon/protection.js"
 import { reportNowFromQueue } from "../protection/status.js"
 import { daemonLayer } from "../daemon/root.js"
+import { controllersLayer, daemonGates, startControllers } from "../daemon/controllers.js"
+import { AgentConfig } from "../../layers/Config.js"
 import { toCliFailure } from "./failure.js"
 
 export const daemon = (o: { readonly config: Option.Option<string> }) =>
@@ -22,7 +24,16 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
     )
     // the storage watchdog's out-of-cycle reports
     const reportNow = yield* Queue.sliding<void>(1)
-    return yield* runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(
+    const { file } = yield* AgentConfig
+    if (file.local_api === undefined) {
+      return yield* runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(
+        Effect.provide(reportNowFromQueue(reportNow))
+      )
+    }
+    // the local API and the controllers (issue 11): services for recovery, reconcile and jobs,
+    // fibers once recovered
+    return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), startControllers) }).pipe(
+      Effect.provide(controllersLayer(daemonGates(state))),
       Effect.provide(reportNowFromQueue(reportNow))
     )
   })).pipe(
