@@ -176,6 +176,9 @@ export const call = (h: ApiHarness, path: string, o: CallOptions = {}): Effect.E
       if (o.authorization !== undefined) headers["authorization"] = o.authorization
       else if (o.token !== undefined) headers["authorization"] = `Bearer ${o.token}`
       if (o.body !== undefined && o.chunked !== true) headers["content-length"] = String(Buffer.byteLength(o.body))
+      // node's client frames chunks by default only for methods that expect a body: without the
+      // header, a DELETE's or OPTIONS's body would go out unframed and read as a next request
+      if (o.body !== undefined && o.chunked === true) headers["transfer-encoding"] = "chunked"
       if (o.body !== undefined) headers["content-type"] = "application/json"
       const req = request({
         host: h.api.host,

@@ -397,7 +397,11 @@ export const makeLocalApi = (options: LocalApiOptions = {}) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const nodeReq = NodeHttpServerRequest.toIncomingMessage(request)
         // a 413 already stopped reading and closes the connection
-        if (nodeReq.readableEnded || nodeReq.complete || response.headers["connection"] === "close") return Effect.succeed(response)
+        const hasBody = nodeReq.headers["content-length"] !== undefined || nodeReq.headers["transfer-encoding"] !== undefined
+        // `complete` only says the parser has it all; the bytes may still sit unread in the stream
+        if (!hasBody || nodeReq.readableEnded || response.headers["connection"] === "close") {
+          return Effect.succeed(response)
+        }
         return Effect.map(readBody(nodeReq, settings.max_body_bytes), (r) =>
           r._tag === "ok" ? response : HttpServerResponse.setHeader(response, "connection", "close"))
       }))
