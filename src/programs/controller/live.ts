@@ -10,8 +10,7 @@ import { ControllerContext, type ControllerContextShape } from "./context.js"
 import { ControllerStore } from "../../layers/ControllerStore.js"
 import { deployController, undeployController } from "./deploy.js"
 import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "./ops.js"
-import { ControllerPublisher, ControllerPublishFailed, type ControllerPublisherShape, updateController } from "./update.js"
-import { republishConfig } from "./bootstrap.js"
+import { updateController } from "./update.js"
 
 /** `https://host:port`, with an IPv6 literal bracketed. */
 export const httpsUrl = (host: string, port: number): string => `https://${host.includes(":") ? `[${host}]` : host}:${port}`
@@ -69,15 +68,3 @@ export const ControllerOpsLive = Layer.effect(
 
 type DeployServicesOf = Effect.Effect.Context<ReturnType<typeof deployController>>
 type UpdateServicesOf = Effect.Effect.Context<ReturnType<typeof updateController>>
-
-/** Update and heal republish controller.json only (token file and identity directive stay). */
-export const ControllerPublisherLive = Layer.effect(
-  ControllerPublisher,
-  Effect.map(Effect.context<Effect.Effect.Context<ReturnType<typeof republishConfig>>>(), (context): ControllerPublisherShape => ({
-    publish: (vmid, change) =>
-      republishConfig(vmid, change).pipe(
-        Effect.mapError((e) => new ControllerPublishFailed({ message: `republishing the bootstrap of ${vmid}: ${e.message}` })),
-        Effect.provide(context)
-      )
-  }))
-)

@@ -12,7 +12,7 @@
  * Callers hold the guest's queue turn (ControllerOps' contract); `updateControllerQueued` takes
  * one for callers that do not.
  */
-import { Clock, Context, Data, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { Clock, Context, Data, Effect, Either, Layer, Option, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { AuditLog } from "../../layers/AuditLog.js"
 import { ControllerStore, type ControllerStoreShape } from "../../layers/ControllerStore.js"
@@ -20,12 +20,11 @@ import { GuestQueue } from "../../layers/GuestQueue.js"
 import type { JournalError, JournalOp, StoreServices } from "../../layers/Journal.js"
 import { OpLog } from "../../layers/OpLog.js"
 import { Proxmox } from "../../layers/Proxmox.js"
-import { BOOTSTRAP_FILES, type CertPin, ImageRef } from "../../schema/bootstrap.js"
+import { type CertPin, ImageRef } from "../../schema/bootstrap.js"
 import { LocalTokens } from "../../layers/LocalTokens.js"
 import { Privileged } from "../../layers/Privileged.js"
-import { renderBootstrap } from "./bootstrap.js"
+import { republishConfig } from "./bootstrap.js"
 import { ControllerContext } from "./context.js"
-import { identityFor } from "./deploy.js"
 import type { SnapshotName, VmId } from "../../schema/ids.js"
 import { PRE_UPDATE_SNAPSHOT_PREFIX } from "../../schema/localApi.js"
 import type { OperationOf } from "../../schema/operations.js"
@@ -60,44 +59,13 @@ export class ControllerPublisher extends Context.Tag("felhom/ControllerPublisher
 export const ControllerPublisherLive: Layer.Layer<ControllerPublisher, never, ControllerContext | Privileged | ControllerStore | LocalTokens | Proxmox> =
   Layer.effect(
     ControllerPublisher,
-    Effect.gen(function*() {
-      const ctx = yield* ControllerContext
-      const privileged = yield* Privileged
-      const store = yield* ControllerStore
-      const tokens = yield* LocalTokens
-      const pve = yield* Proxmox
-      const failed = (what: string) => (e: { readonly message: string }) => new ControllerPublishFailed({ message: `${what}: ${e.message}` })
-      return {
-        publish: (vmid, change) =>
-          Effect.gen(function*() {
-            const rec = yield* store.get(vmid).pipe(Effect.mapError(failed("reading the controller record")))
-            if (Option.isNone(rec)) return yield* new ControllerPublishFailed({ message: `no controller is deployed on ${vmid}` })
-            const image = Schema.decodeUnknownOption(ImageRef)(change.image)
-            if (Option.isNone(image)) return yield* new ControllerPublishFailed({ message: "the image is not an image reference" })
-            const pins = yield* ctx.pins
-            const config = yield* pve.guestConfig(vmid).pipe(Effect.mapError(failed("reading the guest's config")))
-            const identity = yield* identityFor(vmid, rec.value.tokenId).pipe(
-              Effect.provideService(ControllerContext, ctx),
-              Effect.provideService(LocalTokens, tokens),
-              Effect.mapError(failed("reading the guest's tokens"))
-            )
-            const rendered = renderBootstrap(ctx, {
-              vmid,
-              hostname: config.hostname ?? `ct${vmid}`,
-              image: image.value,
-              generation: change.generation,
-              identity,
-              // never written: only controller.json is, and it holds no secret
-              token: Redacted.make(""),
-              pins
-            })
-            yield* privileged.writeBootstrap({ vmid, files: rendered.files.filter((f) => f.name === BOOTSTRAP_FILES.config) }).pipe(
-              Effect.mapError(failed("writing controller.json"))
-            )
-            return pins
-          })
-      }
-    })
+    Effect.map(Effect.context<ControllerContext | Privileged | ControllerStore | LocalTokens | Proxmox>(), (context): ControllerPublisherShape => ({
+      publish: (vmid, change) =>
+        republishConfig(vmid, change).pipe(
+          Effect.mapError((e) => new ControllerPublishFailed({ message: `republishing the bootstrap of ${vmid}: ${e.message}` })),
+          Effect.provide(context)
+        )
+    }))
   )
 
 // ---------------------------------------------------------------------------------------------

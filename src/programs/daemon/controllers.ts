@@ -17,8 +17,8 @@ import { LocalCert, LocalCertFromConfig, readyToPromote } from "../../layers/Loc
 import { LocalTokensLive } from "../../layers/LocalTokens.js"
 import type { DesiredState } from "../../schema/desired.js"
 import { healLoop, healSettingsOf } from "../controller/heal.js"
-import { ControllerContextLive, ControllerOpsLive, ControllerPublisherLive } from "../controller/live.js"
-import { ControllerPublisher } from "../controller/update.js"
+import { ControllerContextLive, ControllerOpsLive } from "../controller/live.js"
+import { ControllerPublisher, ControllerPublisherLive } from "../controller/update.js"
 import { LocalApiBackendLive } from "../localapi/backendLive.js"
 import { guardedBackend } from "../localapi/guard.js"
 
