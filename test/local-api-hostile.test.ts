@@ -180,6 +180,30 @@ describe("LocalApi hostile: connections (real time)", () => {
       expect(h.backend.calls).toHaveLength(0)
     }))
 
+  // Real time again: node's request timeout (2 s here) cuts a body that stops arriving; ≤ 3 s.
+  it.scoped("a client that starts a body and stops is cut off after the request timeout; nothing reaches the backend", () =>
+    Effect.gen(function*() {
+      const h = yield* startApi({ header_timeout_seconds: 1, request_timeout_seconds: 2 })
+      const a = yield* h.mint(101)
+      const s = yield* rawConnect(h.api.port)
+      const started = Date.now()
+      s.write(`POST /snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${a.token}\r\nContent-Length: 100\r\n\r\n{"name":`)
+      const outcome = yield* Effect.async<string>((resume) => {
+        const guard = setTimeout(() => resume(Effect.succeed("still open")), 3000)
+        let got = ""
+        s.on("data", (d: Buffer) => (got += d.toString()))
+        s.once("close", () => {
+          clearTimeout(guard)
+          resume(Effect.succeed(got))
+        })
+      })
+      const elapsed = Date.now() - started
+      expect(outcome).not.toBe("still open")
+      expect(outcome).not.toContain(a.token.slice(22))
+      expect(elapsed).toBeLessThan(3000)
+      expect(h.backend.calls.filter((c) => c.method === "snapshot")).toHaveLength(0)
+    }))
+
   it.scoped("connections beyond max_connections are closed on accept; a freed slot is usable again", () =>
     Effect.gen(function*() {
       const h = yield* startApi({ max_connections: 2 })
