@@ -400,6 +400,18 @@ describe("plan", () => {
       ])
     })
 
+    it("an update that was rolled back is not retried for the same image; a new image is", () => {
+      const a = actualOf(guest())
+      const ctx: PlanContext = {
+        ...unboundedContext,
+        controllers: { deployed: new Map([[VmId.make(101), img("1.0.0")]]), repositories: [REPO], failedUpdates: new Map([[VmId.make(101), img("2.0.0")]]) }
+      }
+      const same = plan([a], desired([guest({ controller: { image: img("2.0.0") } })]), ctx)
+      expect(same.actions).toEqual([])
+      expect(same.notes.map((n) => n.reason)).toEqual(["controller_update_failed"])
+      expect(plan([a], desired([guest({ controller: { image: img("2.0.1") } })]), ctx).actions.map((x) => x.kind)).toEqual(["update_controller"])
+    })
+
     it("no local API on this host: a note, no controller action; held and lost guests get none either", () => {
       const a = actualOf(guest())
       const d = desired([guest({ controller: { image: img("1.0.0") } })])

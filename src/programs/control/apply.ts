@@ -102,7 +102,10 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
     const controllerOps = yield* Effect.serviceOption(ControllerOps)
     const controllers = Option.isNone(controllerOps)
       ? null
-      : yield* controllerOps.value.view.pipe(Effect.orElseSucceed(() => ({ deployed: new Map<VmId, string>(), repositories: [] as ReadonlyArray<string> })))
+      : yield* controllerOps.value.view.pipe(
+        // an unreadable controller store plans no controller work this pass
+        Effect.orElseSucceed(() => ({ deployed: new Map<VmId, string>(), repositories: [] as ReadonlyArray<string>, failedUpdates: new Map<VmId, string>() }))
+      )
     const ctx: PlanContext = {
       controllers,
       held,

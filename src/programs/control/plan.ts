@@ -158,6 +158,7 @@ export type NoteReason =
   | "memory_refused"
   | "golden_unverified"
   | "controller_refused"
+  | "controller_update_failed"
   | "no_local_api"
 
 /** Something the plan cannot converge this pass; reported, never silently dropped. */
@@ -229,6 +230,8 @@ export interface PlanContext {
   readonly controllers?: {
     readonly deployed: ReadonlyMap<VmId, string>
     readonly repositories: ReadonlyArray<string>
+    /** The image of a guest's newest controller update when it was rolled back: not retried on the hub's word. */
+    readonly failedUpdates?: ReadonlyMap<VmId, string>
   } | null
 }
 
@@ -262,6 +265,12 @@ const controllerActions = (vmid: VmId, d: DesiredGuest, ctx: PlanContext, note: 
     return [{ kind: "deploy_controller", vmid, image: want }]
   }
   if (have === want) return []
+  if (c.failedUpdates?.get(vmid) === want) {
+    // retrying on every pass would roll the guest back each time: a new image, or an operator's
+    // signed controller-update job, tries again
+    note(vmid, "controller_update_failed", `the update to ${want} was rolled back; not retried until the desired image changes (or an operator signs controller-update)`)
+    return []
+  }
   return [{ kind: "update_controller", vmid, from: have, to: want, basis: imageAllowed(want, c.repositories) ? "policy" : "signed" }]
 }
 

@@ -3,7 +3,10 @@
  * ControllerContext (what every bootstrap carries: host id, hub, the local API's URL and pins,
  * registry credentials) and ControllerOps (deploy, update, undeploy for reconcile and jobs).
  */
-import { Effect, Layer } from "effect"
+import { Effect, Either, Layer } from "effect"
+import { OpLog } from "../../layers/OpLog.js"
+import type { VmId } from "../../schema/ids.js"
+import { decodeOperation } from "../../schema/operations.js"
 import { AgentConfig } from "../../layers/Config.js"
 import { LocalApi } from "../../layers/LocalApi.js"
 import { ControllerContext, type ControllerContextShape } from "./context.js"
@@ -43,13 +46,25 @@ export const ControllerOpsLive = Layer.effect(
     const context = yield* Effect.context<DeployServicesOf | UpdateServicesOf>()
     const { file } = yield* AgentConfig
     const store = yield* ControllerStore
+    const ops = yield* OpLog
     const failed = (what: string) => (e: { readonly message: string }) => new ControllerOpFailed({ message: `${what}: ${e.message}` })
     const settings = { healthDeadlineSeconds: file.controllers.health_deadline_seconds }
     return {
-      view: store.records.pipe(
-        Effect.map((rs) => ({ deployed: new Map(rs.map((r) => [r.vmid, r.image] as const)), repositories: file.controllers.repositories })),
-        Effect.mapError(failed("the controller store cannot be read"))
-      ),
+      view: Effect.gen(function*() {
+        const rs = yield* store.records
+        // the newest update per guest: a rolled-back one is not retried for the same image
+        const failedUpdates = new Map<VmId, string>()
+        const ended = [...(yield* ops.list({ status: "rolled_back", limit: 200 })), ...(yield* ops.list({ status: "done", limit: 200 }))]
+          .filter((o) => o.kind === "controller-update")
+          .sort((a, b) => a.createdAtMs - b.createdAtMs)
+        for (const o of ended) {
+          const typed = decodeOperation(o.payload)
+          if (Either.isLeft(typed) || typed.right._tag !== "controller-update") continue
+          if (o.status === "rolled_back") failedUpdates.set(typed.right.vmid, typed.right.toImage)
+          else failedUpdates.delete(typed.right.vmid)
+        }
+        return { deployed: new Map(rs.map((r) => [r.vmid, r.image] as const)), repositories: file.controllers.repositories, failedUpdates }
+      }).pipe(Effect.mapError(failed("the controller store cannot be read"))),
       deploy: (vmid, image) =>
         deployController(vmid, { image }).pipe(Effect.asVoid, Effect.mapError(failed(`controller deploy on ${vmid}`)), Effect.provide(context)),
       update: (vmid, image, basis, admission) =>

@@ -16,9 +16,17 @@ export class ControllerOpFailed extends Data.TaggedError("ControllerOpFailed")<{
 
 export type UpdateBasis = { readonly basis: "policy" } | { readonly basis: "signed"; readonly authorization: SignedAuthorization }
 
+export interface ControllerPlanView {
+  /** The deployed image per guest. */
+  readonly deployed: ReadonlyMap<VmId, string>
+  readonly repositories: ReadonlyArray<string>
+  /** Per guest, the image of its newest controller update if that one was rolled back or failed. */
+  readonly failedUpdates: ReadonlyMap<VmId, string>
+}
+
 export interface ControllerOpsShape {
   /** The deployed image per guest (the plan's view), and the operator's allowed repositories. */
-  readonly view: Effect.Effect<{ readonly deployed: ReadonlyMap<VmId, string>; readonly repositories: ReadonlyArray<string> }, ControllerOpFailed>
+  readonly view: Effect.Effect<ControllerPlanView, ControllerOpFailed>
   readonly deploy: (vmid: VmId, image: string) => Effect.Effect<void, ControllerOpFailed>
   /** `admission`: a signed update's grant nonce (and job key), spent as its op is admitted. */
   readonly update: (vmid: VmId, image: string, basis: UpdateBasis, admission: Admission) => Effect.Effect<void, ControllerOpFailed>
