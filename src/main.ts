@@ -101,9 +101,21 @@ const simHub = Command.make(
   (o) => lazy(() => import("./programs/cli/sim.js"), (m) => m.simHub(o))
 ).pipe(Command.withDescription("run the dev hub on loopback: host reports, desired state, signed-job queue, dead-man's switch"))
 
+const simStack = Command.make(
+  "stack",
+  {
+    info: fileOpt("info", "write every endpoint, the pins and (dev only) each guest's token here as JSON (0600)").pipe(Options.optional),
+    guests: Options.integer("guests").pipe(Options.withDefault(2), Options.withDescription("guests with a controller, 1 to 20 (vmids 200..)")),
+    localApiPort: Options.integer("local-api-port").pipe(Options.withDefault(0), Options.withDescription("the local API's port (0 = any free port)")),
+    pvePort: Options.integer("pve-port").pipe(Options.withDefault(0), Options.withDescription("the PVE simulator's port (0 = any free port)")),
+    hubPort: Options.integer("hub-port").pipe(Options.withDefault(0), Options.withDescription("the dev hub's port (0 = any free port)"))
+  },
+  (o) => lazy(() => import("./programs/cli/sim.js"), (m) => m.simStack(o))
+).pipe(Command.withDescription("the dev environment on loopback: PVE simulator, dev hub, the daemon with its local API, simulated controllers"))
+
 const sim = Command.make("sim").pipe(
   Command.withDescription("simulators of the outside world (loopback only)"),
-  Command.withSubcommands([simPve, simHub])
+  Command.withSubcommands([simPve, simHub, simStack])
 )
 
 const daemon = Command.make("daemon", { config: configOpt }, (o) =>
