@@ -6,7 +6,7 @@
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, statSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Either, Redacted, Schema } from "effect"
@@ -61,6 +61,17 @@ const until = async <A>(what: string, p: Proc, f: () => A | undefined, ms: numbe
 const withinMs = <A>(p: Promise<A>, ms: number) =>
   Promise.race([p, new Promise<"timeout">((r) => setTimeout(() => r("timeout"), ms))])
 
+/** A previous run's info file (its stack long gone). */
+const STALE: StackInfo = {
+  dev_only: true,
+  work_dir: "/tmp/felhom-stack-STALE0",
+  pve: { url: "https://127.0.0.1:1", token_id: "felhom@pve!agent", token_secret: "stale", fingerprint_sha256: "00" },
+  hub: { url: "https://127.0.0.1:2", api_key: "stale", host_id: "stack-host", ca_pem_file: "/tmp/felhom-stack-STALE0/hub-ca.pem" },
+  local_api: { url: "https://127.0.0.1:3", pins: [] },
+  guests: [],
+  operator: { key_file: "/tmp/felhom-stack-STALE0/operator", key_id: "stack-operator" }
+}
+
 const call = (info: StackInfo, token: string, pins = info.local_api.pins) =>
   Effect.runPromise(Effect.either(pinnedCall({
     base: new URL(info.local_api.url),
@@ -74,8 +85,13 @@ const call = (info: StackInfo, token: string, pins = info.local_api.pins) =>
 describe("sim stack", () => {
   it("comes up, writes the info file, serves the local API to each guest's token, and stops cleanly on SIGINT", async () => {
     const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+    // a previous stack's info file is there: it must be replaced, not read as this one's
+    writeFileSync(infoFile, JSON.stringify(STALE), { mode: 0o600 })
     const p = start(["sim", "stack", "--info", infoFile, "--guests", "2"])
-    const raw = await until("the info file", p, () => (existsSync(infoFile) ? readFileSync(infoFile, "utf8") : undefined), 50_000)
+    const raw = await until("the info file", p, () => {
+      const text = existsSync(infoFile) ? readFileSync(infoFile, "utf8") : ""
+      return text !== "" && !text.includes(STALE.work_dir) ? text : undefined
+    }, 50_000)
 
     // its shape, and only the owner may read it
     expect(statSync(infoFile).mode & 0o777).toBe(0o600)
@@ -125,7 +141,31 @@ describe("sim stack", () => {
     p.child.kill("SIGINT")
     expect(await withinMs(p.exited, 8_000)).toBe(0)
     expect(existsSync(info.work_dir)).toBe(false)
+    expect(existsSync(infoFile)).toBe(false)
   }, 75_000)
+
+  it("SIGTERM while the guests are being provisioned: exit 0, the work dir gone, no info file", async () => {
+    const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+    const p = start(["sim", "stack", "--info", infoFile, "--guests", "3"])
+    const workDir = await until("the work dir", p, () => /work dir (\S+)\)/.exec(p.out())?.[1], 30_000)
+    await until("the desired state", p, () => (p.out().includes("hub wants 3 guest(s)") ? true : undefined), 30_000)
+    expect(existsSync(workDir)).toBe(true)
+    p.child.kill("SIGTERM")
+    expect(await withinMs(p.exited, 8_000)).toBe(0)
+    expect(existsSync(workDir)).toBe(false)
+    expect(existsSync(infoFile)).toBe(false)
+    expect(p.out()).not.toContain("ready:")
+  }, 45_000)
+
+  it("never overwrites a file at --info that is not a stack's info file", async () => {
+    const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "notes.txt")
+    writeFileSync(infoFile, "my notes\n")
+    const p = start(["sim", "stack", "--info", infoFile])
+    expect(await withinMs(p.exited, 20_000)).toBe(2)
+    expect(p.out()).toContain("is not a sim stack info file")
+    expect(p.out()).not.toContain("[stack]")
+    expect(readFileSync(infoFile, "utf8")).toBe("my notes\n")
+  }, 30_000)
 
   it("refuses --guests outside 1..20 as a usage error before starting anything", async () => {
     for (const n of ["0", "21"]) {

@@ -3,7 +3,7 @@ import * as NodeCommandExecutor from "@effect/platform-node/NodeCommandExecutor"
 import { Effect, Option } from "effect"
 import { runDevHubCli } from "../../sim/hub/index.js"
 import { runSimPveCli } from "../../sim/pve/index.js"
-import { toCliFailure } from "./failure.js"
+import { toCliFailure, usage } from "./failure.js"
 import { intInRange, port } from "./input.js"
 
 export const simPve = (o: { readonly host: string; readonly port: number; readonly seed: Option.Option<string> }) =>
@@ -44,7 +44,7 @@ export const simStack = (o: {
     Effect.flatMap(([guests, localApiPort, pvePort, hubPort]) =>
       Effect.flatMap(Effect.promise(() => import("../daemon/stack.js")), (m) =>
         m.runStack({ guests, localApiPort, pvePort, hubPort, infoFile: Option.getOrUndefined(o.info) }).pipe(
-          Effect.mapError((e) => toCliFailure(e))
+          Effect.mapError((e) => (e._tag === "StackInfoRefused" ? usage(e.message) : toCliFailure(e)))
         ))
     ),
     Effect.provide(NodeCommandExecutor.layer)

@@ -14,7 +14,7 @@
  * printed summary names where they are instead of printing them.
  */
 import { Command, FileSystem } from "@effect/platform"
-import { Cause, Clock, Console, Data, Duration, Effect, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Schema } from "effect"
+import { Cause, Clock, Console, Data, Duration, Effect, Either, Exit, Fiber, Layer, Option, Queue, Redacted, Ref, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { layerFrom } from "../../layers/Config.js"
 import { guestHealthFromSim } from "../../layers/GuestHealth.js"
@@ -156,15 +156,36 @@ export const StackInfo = Schema.Struct({
 })
 export type StackInfo = typeof StackInfo.Type
 
-/** Written beside itself and renamed, so a reader never sees half of it; 0600 from the first byte. */
+/** `--info` names a file that is there and is not a stack's info file: never clobbered. */
+export class StackInfoRefused extends Data.TaggedError("StackInfoRefused")<{ readonly message: string }> {}
+
+/**
+ * The info file describes a running stack, so its presence means "ready": a previous stack's
+ * file is removed before anything starts (anything else at that path is refused, not
+ * overwritten: a mistyped --info must not eat a file), and this stack's is removed with it.
+ */
+const clearStaleInfo = (path: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const stat = yield* Effect.either(fs.stat(path))
+    if (Either.isLeft(stat)) return
+    const refused = new StackInfoRefused({ message: `--info ${path} exists and is not a sim stack info file: not overwriting it` })
+    if (stat.right.type !== "File" || stat.right.size > 1024 * 1024) return yield* refused
+    const text = yield* Effect.mapError(fs.readFileString(path), () => refused)
+    if (Either.isLeft(Schema.decodeUnknownEither(Schema.parseJson(StackInfo))(text))) return yield* refused
+    yield* fs.remove(path)
+  })
+
+/**
+ * Written beside itself (created exclusively, 0600 from the first byte: nothing planted at the
+ * temp name is followed) and renamed, so a reader never sees half of it.
+ */
 const writePrivate = (path: string, text: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const tmp = `${path}.${process.pid}.tmp`
-    yield* fs.remove(tmp).pipe(Effect.ignore)
-    yield* fs.writeFileString(tmp, text, { mode: 0o600 })
-    yield* fs.chmod(tmp, 0o600)
-    yield* fs.rename(tmp, path)
+    yield* fs.writeFileString(tmp, text, { mode: 0o600, flag: "wx" })
+    yield* fs.rename(tmp, path).pipe(Effect.tapError(() => fs.remove(tmp).pipe(Effect.ignore)))
   })
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +206,7 @@ const desiredGuest = (vmid: number) => ({
 export const runStack = (o: StackOptions) =>
   Effect.scoped(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
+    if (o.infoFile !== undefined) yield* clearStaleInfo(o.infoFile)
     const dir = yield* fs.makeTempDirectoryScoped({ prefix: "felhom-stack-" })
     const bootstrapRoot = `${dir}/bootstrap`
     yield* fs.makeDirectory(bootstrapRoot, { mode: 0o755 })
@@ -319,7 +341,16 @@ export const runStack = (o: StackOptions) =>
       })),
       operator: { key_file: key.keyFile, key_id: key.keyId }
     }
-    if (o.infoFile !== undefined) yield* writePrivate(o.infoFile, `${JSON.stringify(info, null, 2)}\n`)
+    if (o.infoFile !== undefined) {
+      const infoFile = o.infoFile
+      const text = `${JSON.stringify(info, null, 2)}\n`
+      // removed on the way out only while it is still this stack's (another stack may own the path now)
+      yield* Effect.acquireRelease(writePrivate(infoFile, text), () =>
+        fs.readFileString(infoFile).pipe(
+          Effect.flatMap((now) => (now === text ? fs.remove(infoFile) : Effect.void)),
+          Effect.ignore
+        ))
+    }
 
     const lines = [
       "ready: every controller reported healthy through the local API",
@@ -332,7 +363,7 @@ export const runStack = (o: StackOptions) =>
       o.infoFile === undefined
         ? "  secrets (dev only): each guest's token is the local-token file in its bootstrap dir"
         : `  secrets (dev only: tokens, keys) are in ${o.infoFile}`,
-      "Ctrl-C stops everything and removes the work dir"
+      `Ctrl-C stops everything and removes the work dir${o.infoFile === undefined ? "" : " and the info file"}`
     ]
     yield* Effect.forEach(lines, say, { discard: true })
 
