@@ -7,6 +7,7 @@
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Either, Redacted, Schema } from "effect"
@@ -156,6 +157,23 @@ describe("sim stack", () => {
     expect(existsSync(infoFile)).toBe(false)
     expect(p.out()).not.toContain("ready:")
   }, 45_000)
+
+  it("a local API port already taken: the agent's failure ends the stack (exit 1, the reason named, the work dir gone)", async () => {
+    const taken = createServer()
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", () => r()))
+    const port = (taken.address() as { port: number }).port
+    try {
+      const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+      const p = start(["sim", "stack", "--info", infoFile, "--guests", "1", "--local-api-port", String(port)])
+      const workDir = await until("the work dir", p, () => /work dir (\S+)\)/.exec(p.out())?.[1], 30_000)
+      expect(await withinMs(p.exited, 30_000)).toBe(1)
+      expect(p.out()).toContain(`cannot listen on 127.0.0.1:${port}`)
+      expect(existsSync(workDir)).toBe(false)
+      expect(existsSync(infoFile)).toBe(false)
+    } finally {
+      taken.close()
+    }
+  }, 60_000)
 
   it("never overwrites a file at --info that is not a stack's info file", async () => {
     const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "notes.txt")
