@@ -21,7 +21,7 @@ import { guestHealthFromSim } from "../../layers/GuestHealth.js"
 import { DEFAULT_HOST_PATHS, privilegedLayerAt } from "../../layers/Privileged.js"
 import { AgentConfigFile } from "../../schema/config.js"
 import { DesiredState } from "../../schema/desired.js"
-import type { SignedJob } from "../../schema/hub.js"
+import { SignedJob } from "../../schema/hub.js"
 import type { CertPin } from "../../schema/bootstrap.js"
 import { readBootstrap, simControllers } from "../../sim/controller/index.js"
 import { serveDevHub } from "../../sim/hub/index.js"
@@ -87,7 +87,7 @@ export const signedJob = (o: {
     const blob = yield* newOp({
       op: o.op,
       hostId: o.hostId,
-      guestId: o.guestId === null ? null : o.guestId,
+      guestId: o.guestId,
       params: JSON.stringify(o.params),
       expiresIn: Duration.minutes(10),
       notBefore: undefined,
@@ -96,7 +96,15 @@ export const signedJob = (o: {
     const blobPath = `${o.dir}/${o.id}.json`
     yield* fs.writeFile(blobPath, blob)
     const signature = yield* fs.readFileString(yield* signOp({ keyFile: o.key.keyFile, file: blobPath }))
-    return { id: o.id, op: o.op, guest_id: o.guestId, params: o.params, blob: Buffer.from(blob).toString("base64"), signature } as SignedJob
+    // decoded like any job off the hub's wire, so a bad id or op fails here, not in the agent
+    return yield* Schema.decodeUnknown(SignedJob)({
+      id: o.id,
+      op: o.op,
+      guest_id: o.guestId,
+      params: o.params,
+      blob: Buffer.from(blob).toString("base64"),
+      signature
+    }).pipe(Effect.mapError((e) => new StackFailed({ message: `job ${o.id}: ${e.message}` })))
   })
 
 /**
