@@ -6,7 +6,7 @@
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -16,16 +16,19 @@ import { parseLocalToken } from "../src/schema/localApi.js"
 import { pinnedCall } from "../src/sim/controller/pinnedHttps.js"
 
 const bin = join(__dirname, "..", "bin", "felhom-agent.cjs")
-const emptyConfig = join(mkdtempSync(join(tmpdir(), "felhom-stack-cfg-")), "empty.json")
-
-const env = () => {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_")))
-  return { ...clean, FELHOM_AGENT_CONFIG: emptyConfig } as NodeJS.ProcessEnv
-}
+/** `sim stack` reads no config file; nothing from the developer's FELHOM_AGENT_* reaches it either. */
+const env = () => Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_"))) as NodeJS.ProcessEnv
 
 const running = new Set<ChildProcess>()
+const scratch: Array<string> = []
+const infoDir = () => {
+  const d = mkdtempSync(join(tmpdir(), "felhom-stack-info-"))
+  scratch.push(d)
+  return d
+}
 afterAll(() => {
   for (const c of running) c.kill("SIGKILL")
+  for (const d of scratch) rmSync(d, { recursive: true, force: true })
 })
 
 interface Proc {
@@ -85,7 +88,7 @@ const call = (info: StackInfo, token: string, pins = info.local_api.pins) =>
 
 describe("sim stack", () => {
   it("comes up, writes the info file, serves the local API to each guest's token, and stops cleanly on SIGINT", async () => {
-    const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+    const infoFile = join(infoDir(), "stack.json")
     // a previous stack's info file is there: it must be replaced, not read as this one's
     writeFileSync(infoFile, JSON.stringify(STALE), { mode: 0o600 })
     const p = start(["sim", "stack", "--info", infoFile, "--guests", "2"])
@@ -146,7 +149,7 @@ describe("sim stack", () => {
   }, 75_000)
 
   it("SIGTERM while the guests are being provisioned: exit 0, the work dir gone, no info file", async () => {
-    const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+    const infoFile = join(infoDir(), "stack.json")
     const p = start(["sim", "stack", "--info", infoFile, "--guests", "3"])
     const workDir = await until("the work dir", p, () => /work dir (\S+)\)/.exec(p.out())?.[1], 30_000)
     await until("the desired state", p, () => (p.out().includes("hub wants 3 guest(s)") ? true : undefined), 30_000)
@@ -163,7 +166,7 @@ describe("sim stack", () => {
     await new Promise<void>((r) => taken.listen(0, "127.0.0.1", () => r()))
     const port = (taken.address() as { port: number }).port
     try {
-      const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "stack.json")
+      const infoFile = join(infoDir(), "stack.json")
       const p = start(["sim", "stack", "--info", infoFile, "--guests", "1", "--local-api-port", String(port)])
       const workDir = await until("the work dir", p, () => /work dir (\S+)\)/.exec(p.out())?.[1], 30_000)
       expect(await withinMs(p.exited, 30_000)).toBe(1)
@@ -176,7 +179,7 @@ describe("sim stack", () => {
   }, 60_000)
 
   it("never overwrites a file at --info that is not a stack's info file", async () => {
-    const infoFile = join(mkdtempSync(join(tmpdir(), "felhom-stack-info-")), "notes.txt")
+    const infoFile = join(infoDir(), "notes.txt")
     writeFileSync(infoFile, "my notes\n")
     const p = start(["sim", "stack", "--info", infoFile])
     expect(await withinMs(p.exited, 20_000)).toBe(2)
