@@ -292,6 +292,17 @@ describe("felhom-agent CLI", () => {
       "replayed as job-2: rejected (Replay)",
       "agent killed while the restore of 110 runs",
       "create ops in the journal: done, rolled_back",
+      // controllers (issue 11): provisioned end to end, pinned, self-scoped, a failed update rolled back
+      "controller of 110 up (registry.felhom.dev/felhom/controller:1.0.0",
+      "GET /backup/due 200, GET /backup/status 200, GET /restore-test/status 200, GET /storage 200, POST /heartbeat 200",
+      "111's controller takes a snapshot: POST /snapshot 201",
+      "110's controller asks to roll back to 111's ctl-before-import: 403",
+      "a call without a token: 401",
+      "host report versions.controllers: 110 1.0.0 ok, 111 1.0.0 ok",
+      "update of 110 to 2.0.0-broken: rolled_back",
+      "its controller runs registry.felhom.dev/felhom/controller:1.0.0 again, healthy",
+      "job-ctl-110 (signed controller-update 110 to 1.1.0): done",
+      "update of 110 to 1.1.0: done; its controller runs registry.felhom.dev/felhom/controller:1.1.0, healthy",
       // data protection (issue 10)
       "scheduled backups ran (never backed up: due at once): 100 ok",
       "the operator's archive is kept: true",

@@ -404,12 +404,20 @@ describe("plan", () => {
       const a = actualOf(guest())
       const ctx: PlanContext = {
         ...unboundedContext,
-        controllers: { deployed: new Map([[VmId.make(101), img("1.0.0")]]), repositories: [REPO], failedUpdates: new Map([[VmId.make(101), img("2.0.0")]]) }
+        controllers: { deployed: new Map([[VmId.make(101), img("1.0.0")]]), repositories: [REPO], failedUpdates: new Map([[VmId.make(101), { image: img("2.0.0"), recent: false }]]) }
       }
       const same = plan([a], desired([guest({ controller: { image: img("2.0.0") } })]), ctx)
       expect(same.actions).toEqual([])
       expect(same.notes.map((n) => n.reason)).toEqual(["controller_update_failed"])
       expect(plan([a], desired([guest({ controller: { image: img("2.0.1") } })]), ctx).actions.map((x) => x.kind)).toEqual(["update_controller"])
+      // within the cool-down a hub alternating images gets no policy update at all; a signed one still plans
+      const recent: PlanContext = {
+        ...ctx,
+        controllers: { ...ctx.controllers!, failedUpdates: new Map([[VmId.make(101), { image: img("2.0.0"), recent: true }]]) }
+      }
+      expect(plan([a], desired([guest({ controller: { image: img("2.0.1") } })]), recent).notes.map((n) => n.reason)).toEqual(["controller_update_failed"])
+      const outside = "other.example/ctl:9"
+      expect(plan([a], desired([guest({ controller: { image: outside } })]), recent).actions).toMatchObject([{ kind: "update_controller", basis: "signed" }])
     })
 
     it("no local API on this host: a note, no controller action; held and lost guests get none either", () => {

@@ -95,6 +95,8 @@ export interface ControllerStoreShape {
   /** Snapshot provenance: recorded before the snapshot is requested (by the op that takes it). */
   readonly recordSnapshot: (s: SnapshotRecord) => Effect.Effect<void, JournalError>
   readonly snapshotOf: (vmid: VmId, name: string) => Effect.Effect<Option.Option<SnapshotRecord>, JournalError>
+  /** Whether a snapshot of this name is recorded for a guest other than `vmid` (the local API's 403). */
+  readonly snapshotOfOther: (vmid: VmId, name: string) => Effect.Effect<boolean, JournalError>
   readonly snapshots: (vmid: VmId) => Effect.Effect<ReadonlyArray<SnapshotRecord>, JournalError>
   readonly forgetSnapshot: (vmid: VmId, name: string) => Effect.Effect<void, JournalError>
 
@@ -271,6 +273,13 @@ export const make = Effect.gen(function*() {
       Effect.mapError(storeError(`reading snapshot ${name} of ${vmid}`))
     )
 
+  const snapshotOfOther: ControllerStoreShape["snapshotOfOther"] = (vmid, name) =>
+    sql`SELECT vmid, name, origin, op_id, taken_ms FROM controller_snapshots WHERE vmid <> ${vmid} AND name = ${name} LIMIT 1`.pipe(
+      Effect.flatMap(decodeSnapshots),
+      Effect.map((rows) => rows.length > 0),
+      Effect.mapError(storeError(`looking up snapshot ${name}`))
+    )
+
   const snapshots: ControllerStoreShape["snapshots"] = (vmid) =>
     sql`SELECT vmid, name, origin, op_id, taken_ms FROM controller_snapshots WHERE vmid = ${vmid} ORDER BY taken_ms, name`.pipe(
       Effect.flatMap(decodeSnapshots),
@@ -330,6 +339,7 @@ export const make = Effect.gen(function*() {
     markUnresponsive,
     recordSnapshot,
     snapshotOf,
+    snapshotOfOther,
     snapshots,
     forgetSnapshot,
     createJob,

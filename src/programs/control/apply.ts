@@ -104,7 +104,7 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
       ? null
       : yield* controllerOps.value.view.pipe(
         // an unreadable controller store plans no controller work this pass
-        Effect.orElseSucceed(() => ({ deployed: new Map<VmId, string>(), repositories: [] as ReadonlyArray<string>, failedUpdates: new Map<VmId, string>() }))
+        Effect.orElseSucceed(() => ({ deployed: new Map<VmId, string>(), repositories: [] as ReadonlyArray<string>, failedUpdates: new Map<VmId, { readonly image: string; readonly recent: boolean }>() }))
       )
     const ctx: PlanContext = {
       controllers,

@@ -575,12 +575,14 @@ export const clearControllerRollback = (opId: string, vmid: VmId, snapshot: stri
     if (!CONTROLLER_ROLLBACK_OPS.has(op.value.kind) || op.value.vmid !== vmid) {
       return yield* refuse(`op ${opId} is not a controller rollback or update of guest ${vmid}`)
     }
-    // an api-rollback is bound to the one snapshot its journal payload names
-    if (op.value.kind === "api-rollback") {
-      const typed = decodeOperation(op.value.payload)
-      if (Either.isLeft(typed) || typed.right._tag !== "api-rollback" || typed.right.vmid !== vmid || typed.right.snapshot !== snapshot) {
-        return yield* refuse(`op ${opId} does not roll back to this snapshot`)
-      }
+    // each op is bound to the one snapshot its journal payload names: an api-rollback's target, a
+    // controller update's own pre-update snapshot (never another one, whoever asks)
+    const typed = decodeOperation(op.value.payload)
+    if (
+      Either.isLeft(typed) || (typed.right._tag !== "api-rollback" && typed.right._tag !== "controller-update") ||
+      typed.right.vmid !== vmid || typed.right.snapshot !== snapshot
+    ) {
+      return yield* refuse(`op ${opId} does not roll back to this snapshot`)
     }
     const name = Schema.decodeUnknownOption(SnapshotName)(snapshot)
     const wanted = originOfName(snapshot)

@@ -230,8 +230,12 @@ export interface PlanContext {
   readonly controllers?: {
     readonly deployed: ReadonlyMap<VmId, string>
     readonly repositories: ReadonlyArray<string>
-    /** The image of a guest's newest controller update when it was rolled back: not retried on the hub's word. */
-    readonly failedUpdates?: ReadonlyMap<VmId, string>
+    /**
+     * A guest whose newest controller update was rolled back: that image is not retried on the
+     * hub's word, and while `recent` no other policy update runs either (each rollback discards
+     * what the guest wrote since its snapshot; a hub alternating images must not repeat that).
+     */
+    readonly failedUpdates?: ReadonlyMap<VmId, { readonly image: string; readonly recent: boolean }>
   } | null
 }
 
@@ -265,13 +269,20 @@ const controllerActions = (vmid: VmId, d: DesiredGuest, ctx: PlanContext, note: 
     return [{ kind: "deploy_controller", vmid, image: want }]
   }
   if (have === want) return []
-  if (c.failedUpdates?.get(vmid) === want) {
-    // retrying on every pass would roll the guest back each time: a new image, or an operator's
-    // signed controller-update job, tries again
-    note(vmid, "controller_update_failed", `the update to ${want} was rolled back; not retried until the desired image changes (or an operator signs controller-update)`)
+  const basis = imageAllowed(want, c.repositories) ? "policy" as const : "signed" as const
+  const failed = c.failedUpdates?.get(vmid)
+  if (failed !== undefined && basis === "policy" && (failed.image === want || failed.recent)) {
+    // retrying on every pass would roll the guest back each time: a later (or signed) one tries again
+    note(
+      vmid,
+      "controller_update_failed",
+      failed.image === want
+        ? `the update to ${want} was rolled back; not retried until the desired image changes (or an operator signs controller-update)`
+        : `the update to ${failed.image} was rolled back recently; no other policy update of this controller until the cool-down ends (an operator may sign controller-update)`
+    )
     return []
   }
-  return [{ kind: "update_controller", vmid, from: have, to: want, basis: imageAllowed(want, c.repositories) ? "policy" : "signed" }]
+  return [{ kind: "update_controller", vmid, from: have, to: want, basis }]
 }
 
 /** Nothing known: a grow is refused (free space unknown), nothing is held. */

@@ -3,7 +3,7 @@
  * ControllerContext (what every bootstrap carries: host id, hub, the local API's URL and pins,
  * registry credentials) and ControllerOps (deploy, update, undeploy for reconcile and jobs).
  */
-import { Effect, Either, Layer } from "effect"
+import { Clock, Effect, Either, Layer } from "effect"
 import { OpLog } from "../../layers/OpLog.js"
 import type { VmId } from "../../schema/ids.js"
 import { decodeOperation } from "../../schema/operations.js"
@@ -14,6 +14,9 @@ import { ControllerStore } from "../../layers/ControllerStore.js"
 import { deployController, undeployController } from "./deploy.js"
 import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "./ops.js"
 import { updateController } from "./update.js"
+
+/** After a rolled-back policy update, no other policy update of that controller for this long. */
+export const UPDATE_COOLDOWN_MS = 6 * 3600 * 1000
 
 /** `https://host:port`, with an IPv6 literal bracketed. */
 export const httpsUrl = (host: string, port: number): string => `https://${host.includes(":") ? `[${host}]` : host}:${port}`
@@ -53,14 +56,17 @@ export const ControllerOpsLive = Layer.effect(
       view: Effect.gen(function*() {
         const rs = yield* store.records
         // the newest update per guest: a rolled-back one is not retried for the same image
-        const failedUpdates = new Map<VmId, string>()
+        const failedUpdates = new Map<VmId, { readonly image: string; readonly recent: boolean }>()
+        const now = yield* Clock.currentTimeMillis
         const ended = [...(yield* ops.list({ status: "rolled_back", limit: 200 })), ...(yield* ops.list({ status: "done", limit: 200 }))]
           .filter((o) => o.kind === "controller-update")
           .sort((a, b) => a.createdAtMs - b.createdAtMs)
         for (const o of ended) {
           const typed = decodeOperation(o.payload)
           if (Either.isLeft(typed) || typed.right._tag !== "controller-update") continue
-          if (o.status === "rolled_back") failedUpdates.set(typed.right.vmid, typed.right.toImage)
+          if (o.status === "rolled_back") {
+            failedUpdates.set(typed.right.vmid, { image: typed.right.toImage, recent: now - o.updatedAtMs < UPDATE_COOLDOWN_MS })
+          }
           else failedUpdates.delete(typed.right.vmid)
         }
         return { deployed: new Map(rs.map((r) => [r.vmid, r.image] as const)), repositories: file.controllers.repositories, failedUpdates }

@@ -20,8 +20,8 @@ export interface ControllerPlanView {
   /** The deployed image per guest. */
   readonly deployed: ReadonlyMap<VmId, string>
   readonly repositories: ReadonlyArray<string>
-  /** Per guest, the image of its newest controller update if that one was rolled back or failed. */
-  readonly failedUpdates: ReadonlyMap<VmId, string>
+  /** Per guest whose newest controller update was rolled back: its image, and whether that was within the cool-down. */
+  readonly failedUpdates: ReadonlyMap<VmId, { readonly image: string; readonly recent: boolean }>
 }
 
 export interface ControllerOpsShape {

@@ -23,6 +23,10 @@ import { reportNowFromQueue } from "../protection/status.js"
 import { guestHealthFromSim } from "../../layers/GuestHealth.js"
 import { DEFAULT_HOST_PATHS, privilegedLayerAt } from "../../layers/Privileged.js"
 import { newOp, signOp } from "../cli/op.js"
+import { privilegedSimLayer } from "../../sim/pve/privilegedSim.js"
+import { simControllers } from "../../sim/controller/index.js"
+import { controllersLayer, daemonGates, startControllers } from "./controllers.js"
+import { createServer } from "node:net"
 
 export class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
 
@@ -43,6 +47,19 @@ const waitFor = <A, E, R>(what: string, poke: Queue.Queue<void>, check: Effect.E
     return yield* new DemoFailed({ message: `timed out waiting for: ${what}` })
   })
 
+/** A loopback port free now: the local API keeps it across the demo's agent restart (the guests' bootstraps name it). */
+const freePort = Effect.async<number>((resume) => {
+  const srv = createServer()
+  srv.listen(0, "127.0.0.1", () => {
+    const a = srv.address()
+    const port = typeof a === "object" && a !== null ? a.port : 0
+    srv.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const REPO = "registry.felhom.dev/felhom/controller"
+const ctl = (tag: string) => ({ controller: { image: `${REPO}:${tag}` } })
+
 const desiredOf = (guests: ReadonlyArray<Record<string, unknown>>) =>
   Schema.decodeUnknownSync(DesiredState)({
     generation: 0,
@@ -53,6 +70,7 @@ const desiredOf = (guests: ReadonlyArray<Record<string, unknown>>) =>
 const g100 = { vmid: 100, hostname: "cust-alpha", cores: 2, memory_bytes: 2048 * 1048576, swap_mib: 512, rootfs_gib: 20, power: "stopped", description: "felhom customer guest alpha", tags: ["customer", "felhom"] }
 const g101 = { vmid: 101, hostname: "cust-beta", cores: 1, memory_bytes: 2048 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "", tags: ["customer", "felhom"] }
 const g102 = { vmid: 102, hostname: "ops-tools", memory_bytes: 512 * 1048576, swap_mib: 512, rootfs_gib: 4, power: "stopped", description: "", tags: [] }
+const g111 = { vmid: 111, hostname: "cust-delta", cores: 1, memory_bytes: 1024 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "felhom customer guest delta", tags: ["customer", "felhom"], ...ctl("1.0.0") }
 const g110 = { vmid: 110, hostname: "cust-gamma", cores: 2, memory_bytes: 1024 * 1048576, swap_mib: 512, rootfs_gib: 8, power: "running", description: "felhom customer guest gamma", tags: ["customer", "felhom"] }
 
 export const runDemo = Effect.scoped(
@@ -87,13 +105,21 @@ export const runDemo = Effect.scoped(
     const pub = (yield* fs.readFileString(`${keyPath}.pub`)).trim()
     yield* fs.writeFileString(`${dir}/hub-ca.pem`, hubServer.caPem)
 
+    const bootRoot = `${dir}/bootstrap`
+    yield* fs.makeDirectory(bootRoot)
+    const localApiPort = yield* freePort
     const file = yield* Schema.decodeUnknown(AgentConfigFile)({
       host_id: HOST,
       state_dir: `${dir}/state`,
       proxmox: { url: pve.url, token_id: pve.tokenId, token_secret: pve.tokenSecret, tls: { fingerprint_sha256: pve.fingerprint256 } },
       hub: { url: hubServer.url, api_key: API_KEY, ca_file: `${dir}/hub-ca.pem` },
       authz: { signers: [`role=operational,key-id=demo-operator ${pub}`] },
-      protection: { time_zone: "UTC", pass_interval_seconds: 10, watchdog_interval_seconds: 2 }
+      protection: { time_zone: "UTC", pass_interval_seconds: 10, watchdog_interval_seconds: 2 },
+      // the guests' bootstrap directories: a scratch tree here (root-owned on a real host)
+      privileged: { bootstrap_root: bootRoot },
+      // the simulated controllers call every endpoint each 2 s: more than a real one, so a higher rate
+      local_api: { listen: "127.0.0.1", port: localApiPort, rate_per_minute: 600, rate_burst: 60 },
+      controllers: { repositories: [REPO], health_deadline_seconds: 10, contact_window_seconds: 30, heal_interval_seconds: 5 }
     }).pipe(Effect.mapError((e) => new DemoFailed({ message: `demo config: ${e.message}` })))
 
     const poke = yield* Queue.sliding<void>(1)
@@ -116,15 +142,23 @@ export const runDemo = Effect.scoped(
           protectionEnvLayer({ timeZone: "UTC", maxConcurrentBackups: 2, passIntervalSeconds: 10, sweepIntervalSeconds: 10 }),
           // the simulator's guest model answers for a restored guest's services (no real guest to exec into)
           guestHealthFromSim(pve.sim),
-          privilegedLayerAt({ ...DEFAULT_HOST_PATHS, byUuidDir: `${host}/by-uuid`, mountInfo: `${host}/mountinfo` })
+          // the real layer, with the bootstrap writes and the pct bind mounts played by the simulator
+          privilegedSimLayer(pve.sim, bootRoot).pipe(
+            Layer.provide(privilegedLayerAt({ ...DEFAULT_HOST_PATHS, byUuidDir: `${host}/by-uuid`, mountInfo: `${host}/mountinfo` }))
+          )
         ),
         reportNowFromQueue(reportNow)
       )),
       Layer.provideMerge(layerFrom(file))
     )
     const startAgent = Effect.forkScoped(
-      runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(Effect.provide(agentLayer))
+      runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), startControllers) }).pipe(
+        Effect.provide(controllersLayer(daemonGates(state))),
+        Effect.provide(agentLayer)
+      )
     )
+    // each running guest with a bootstrap mount gets a simulated controller (the golden image's unit)
+    const controllers = yield* simControllers(pve.sim, { period: "2 seconds", scan: "500 millis" })
     const lastReport = Effect.map(hub.reports(HOST), (rs) => Option.fromNullable(rs.at(-1)?.report))
     const guest = (vmid: number) => pve.sim.guest(vmid)
 
@@ -185,8 +219,8 @@ export const runDemo = Effect.scoped(
     yield* say(`operator signs 'golden-register ${golden}': ${rg.result.status}`)
 
     // 6. killed in the middle of a restore, restarted: recovery, then convergence
-    const gen3 = yield* hub.setDesired(HOST, desiredOf([g100, g102, g110]))
-    yield* say(`hub publishes generation ${gen3}: a new guest 110 (restore of the golden archive)`)
+    const gen3 = yield* hub.setDesired(HOST, desiredOf([g100, g102, { ...g110, ...ctl("1.0.0") }, g111]))
+    yield* say(`hub publishes generation ${gen3}: new guests 110 and 111 (restore of the golden archive, size, then the controller's back half)`)
     yield* waitFor("the restore of 110 to be running", poke, Effect.map(pve.sim.tasks, (ts) =>
       Option.fromNullable(ts.find((t) => t.type === "vzrestore" && t.id === "110" && t.status === "running"))))
     yield* Fiber.interrupt(agent)
@@ -203,7 +237,57 @@ export const runDemo = Effect.scoped(
       `recovery rolled the half-built guest back, then reconcile built it again: 110 is ${built.status} ` +
         `with features ${String(built.config["features"])}; create ops in the journal: ${creates.join(", ")}`
     )
-    // 7. data protection: the hub publishes a storage manifest with a backup policy
+    // 7. controllers: the back half put a token and a bootstrap into each new guest; the
+    // simulated controller (the golden image's unit) reads it, pins the local API and calls it
+    for (const vmid of [110, 111]) {
+      const v = yield* controllers.waitFor(vmid, (c) => c.reported === "healthy" && c.callCount >= 5).pipe(
+        Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new DemoFailed({ message: `timed out waiting for the controller of ${vmid}` }) })
+      )
+      const seen = [...new Set(v.calls.filter((c) => c.status !== null).map((c) => `${c.method} ${c.path} ${c.status}`))].sort()
+      yield* say(`controller of ${vmid} up (${v.image}, bootstrap generation ${v.generation}, local API pinned): ${seen.join(", ")}`)
+    }
+    const snap = yield* controllers.probe(111, { method: "POST", path: "/snapshot", body: { name: "before-import" } })
+    yield* say(`111's controller takes a snapshot: POST /snapshot ${snap.status} ${snap.body}`)
+    const other = yield* controllers.probeOtherGuest(110, 111)
+    yield* say(`110's controller asks to roll back to 111's ${other.snapshot}: ${other.status} ${other.body}`)
+    const anon = yield* controllers.probe(110, { method: "GET", path: "/backup/due", auth: "none" })
+    yield* say(`a call without a token: ${anon.status}`)
+    const listed = yield* waitFor("controllers in the host report", poke, Effect.map(lastReport, Option.filter((r) =>
+      [110, 111].every((vmid) => r.versions.controllers.some((c) => c.vmid === vmid && c.state === "ok" && c.version !== null)))))
+    yield* say(`host report versions.controllers: ${listed.versions.controllers.map((c) => `${c.vmid} ${c.version} ${c.state}`).join(", ")}`)
+
+    // a controller update whose new image fails its health check: rolled back to the snapshot
+    const journalOps = Effect.flatMap(Journal, (j) => j.list({ limit: 200 })).pipe(
+      Effect.provide(JournalLive.pipe(Layer.provide(DatabaseLive), Layer.provide(layerFrom(file))))
+    )
+    const updates = Effect.map(journalOps, (os) => os.filter((o) => o.kind === "controller-update" && o.vmid === 110 && o.status !== "in_flight"))
+    const genBroken = yield* hub.setDesired(HOST, desiredOf([g100, g102, { ...g110, ...ctl("2.0.0-broken") }, g111]))
+    yield* say(`hub publishes generation ${genBroken}: controller of 110 to ${REPO}:2.0.0-broken (in the operator's repositories: a policy update)`)
+    const broken = yield* waitFor("the broken update to end", poke, Effect.map(updates, (os) => Option.fromNullable(os.at(0))), 90)
+    const back = yield* controllers.waitFor(110, (c) => c.image === `${REPO}:1.0.0` && c.reported === "healthy").pipe(
+      Effect.timeout("60 seconds"),
+      Effect.catchTag("TimeoutException", () =>
+        Effect.flatMap(controllers.view(110), (v) =>
+          Effect.fail(new DemoFailed({
+            message: `timed out waiting for 110's controller to come back (${Option.match(v, { onNone: () => "no controller", onSome: (x) => `${x.state}, ${x.image}, last error ${x.lastError}` })})`
+          }))))
+    )
+    yield* say(`update of 110 to 2.0.0-broken: ${broken.status} (${broken.detail ?? ""}); its controller runs ${back.image} again, healthy`)
+    const genGood = yield* hub.setDesired(HOST, desiredOf([g100, g102, { ...g110, ...ctl("1.1.0") }, g111]))
+    yield* say(`hub publishes generation ${genGood}: controller of 110 to 1.1.0; after a rollback no policy update runs for 6 h, so the operator signs it`)
+    const image = `${REPO}:1.1.0`
+    const ublob = yield* newOp({ op: "controller-update", hostId: HOST, guestId: 110, params: JSON.stringify({ image }), expiresIn: Duration.minutes(10), notBefore: undefined, keyId: "demo-operator" })
+    const ublobPath = `${dir}/controller-update-110.json`
+    yield* fs.writeFile(ublobPath, ublob)
+    const usignature = yield* fs.readFileString(yield* signOp({ keyFile: keyPath, file: ublobPath }))
+    yield* hub.enqueueJob(HOST, { id: "job-ctl-110", op: "controller-update", guest_id: VmId.make(110), params: { image }, blob: Buffer.from(ublob).toString("base64"), signature: usignature })
+    const ru = yield* waitFor("job-ctl-110 result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-ctl-110"))), 90)
+    yield* say(`job-ctl-110 (signed controller-update 110 to 1.1.0): ${ru.result.status}`)
+    const good = yield* waitFor("the 1.1.0 update to end", poke, Effect.map(updates, (os) => Option.fromNullable(os.find((o) => o.status === "done"))), 90)
+    const now110 = yield* controllers.view(110)
+    yield* say(`update of 110 to 1.1.0: ${good.status}; its controller runs ${Option.match(now110, { onNone: () => "?", onSome: (c) => `${c.image}, ${c.reported}` })}`)
+
+    // 8. data protection: the hub publishes a storage manifest with a backup policy
     const manifest = {
       storage: [
         { id: "local", type: "local-dir", durable_id: "/var/lib/vz", class: "slow", role: "vzdump-target", policy: { schedule: "daily", retention: { keep_last: 2 } }, state: "attached" },
@@ -211,7 +295,10 @@ export const runDemo = Effect.scoped(
         { id: "usb-backup", type: "usb", durable_id: USB_UUID, class: "slow", role: "vzdump-target", state: "attached" }
       ]
     }
-    const gen4 = yield* hub.setDesired(HOST, Schema.decodeUnknownSync(DesiredState)({ ...Schema.encodeSync(DesiredState)(desiredOf([g100, g102, g110])), ...manifest }))
+    const gen4 = yield* hub.setDesired(
+      HOST,
+      Schema.decodeUnknownSync(DesiredState)({ ...Schema.encodeSync(DesiredState)(desiredOf([g100, g102, { ...g110, ...ctl("1.1.0") }, g111])), ...manifest })
+    )
     yield* say(`hub publishes generation ${gen4}: targets 'local' (daily backups, keep-last 2), 'nas' (NFS) and 'usb-backup' (a USB disk)`)
     const ours = (vmid: number) =>
       Effect.map(pve.sim.storageContent("local"), (vs) =>
@@ -255,7 +342,7 @@ export const runDemo = Effect.scoped(
     const scratchLeft = (yield* pve.sim.tasks).length >= 0 ? (yield* Effect.forEach([999900, 999901, 999902], (v) => guest(v))).filter(Option.isSome).length : 0
     yield* say(`scratch guests left behind: ${scratchLeft}`)
 
-    // 8. the USB disk is pulled, then the NFS server goes away: the watchdog reports each out of cycle
+    // 9. the USB disk is pulled, then the NFS server goes away: the watchdog reports each out of cycle
     const noPoke = yield* Queue.sliding<void>(1) // no poke: the reports must come from the watchdog
     yield* waitFor("'usb-backup' attached", poke, Effect.map(lastReport, Option.filter((r) =>
       r.storage.some((st) => st.storage === "usb-backup" && st.state === "attached"))), 30)

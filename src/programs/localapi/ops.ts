@@ -210,7 +210,11 @@ const rollbackInTurn = (vmid: VmId, snapshot: string) =>
     const listed = yield* pve.listSnapshots(vmid).pipe(Effect.mapError((e) => pveFailure(what, e)))
     const record = yield* controllers.snapshotOf(vmid, snapshot).pipe(Effect.mapError(storeFailure(what)))
     if (!listed.some((s) => s.name === snapshot)) {
-      // deleted since, never made, or another guest's: nothing of this guest to roll back to
+      // another guest's (the agent took it for that guest): a resource of another guest, 403;
+      // deleted since or never made: 404
+      if (yield* controllers.snapshotOfOther(vmid, snapshot).pipe(Effect.mapError(storeFailure(what)))) {
+        return yield* new ApiFailure({ code: "refused", message: `${what}: that snapshot belongs to another guest` })
+      }
       return yield* new ApiFailure({ code: "not_found", message: `${what}: no such snapshot of this guest` })
     }
     if (Option.isNone(record)) {
