@@ -140,6 +140,9 @@ const run = (
   }
 }
 
+/** Benign to the gate because only the plan, from the agent's config, ever names them. */
+const PLAN_ONLY_OPS: ReadonlySet<string> = new Set(["controller-update-policy", "controller-deploy"])
+
 const resultOf = (job: { readonly id: string; readonly op: string; readonly guest_id: number | null }) =>
   (status: JobResult["status"], reason: string): JobResult => ({ id: job.id, op: job.op, guest_id: job.guest_id, status, reason })
 
@@ -155,6 +158,13 @@ export const runSignedJob = (job: SignedJob) =>
     const seen = yield* idem.idempotencyGet(key)
     if (Option.isSome(seen)) {
       return result("duplicate", `job ${job.id} was already handled (${seen.value.state}); not run again`)
+    }
+
+    // ops the gate passes as benign only because the agent's own plan chose them from its config
+    // (controllers.repositories): never on a hub's job, signed or not
+    if (PLAN_ONLY_OPS.has(job.op)) {
+      yield* auditLog.audit({ actor: "job", action: job.op, target: job.guest_id === null ? null : String(job.guest_id), decision: "rejected:plan_only", detail: { job: job.id } })
+      return result("rejected", `plan_only: ${job.op} is decided by the agent's own plan, never by a job (an operator signs controller-update instead)`)
     }
 
     const action: GatedAction = { op: job.op, vmid: job.guest_id, params: job.params }
