@@ -7,7 +7,7 @@
  * The server listens from the start (the self-update health gate asks it early), but its
  * backend mutates nothing until recovery has run and while the store is unhealthy (guard.ts).
  */
-import { Duration, Effect, Layer, Option, type Ref } from "effect"
+import { Clock, Duration, Effect, Layer, Option, type Ref } from "effect"
 import type { DaemonState } from "./loop.js"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { AgentConfig } from "../../layers/Config.js"
@@ -46,6 +46,9 @@ export const controllersLayer = (gates: ControllerGates) =>
       Layer.provideMerge(Layer.mergeAll(LocalTokensLive, ControllerStoreLive, LocalCertFromConfig, LocalApiSettingsLive))
     )))
 
+/** How long before the current certificate expires its successor is staged. */
+export const ROTATE_BEFORE_EXPIRY_MS = 365 * 86_400_000
+
 /**
  * A staged certificate is promoted once every deployed guest has been given its pin: guests
  * whose bootstrap lacks it are republished first (same image, next generation).
@@ -54,6 +57,14 @@ export const certRotationPass = Effect.gen(function*() {
   const cert = yield* LocalCert
   const store = yield* ControllerStore
   const publisher = yield* ControllerPublisher
+  const now = yield* Clock.currentTimeMillis
+  const before = yield* cert.state
+  if (before.next === null) {
+    // a year before the current certificate expires, the next one is staged (then published)
+    if (Date.parse(before.current.notAfter) - now > ROTATE_BEFORE_EXPIRY_MS) return "nothing staged" as const
+    yield* cert.stage
+    yield* Effect.logInfo("local API certificate: a year from expiry, the next one is staged; every guest gets its pin before it is served")
+  }
   const state = yield* cert.state
   if (state.next === null) return "nothing staged" as const
   const next = state.next.pin
