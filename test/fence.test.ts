@@ -15,6 +15,11 @@ import { PrivilegedLive, type PrivilegedShape } from "../src/layers/Privileged.j
 import { Privileged } from "../src/layers/Privileged.js"
 import { Proxmox, type ProxmoxShape, ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { PveHttpClientLive } from "../src/layers/PveTransport.js"
+import type { AuditLog } from "../src/layers/AuditLog.js"
+import { LocalApi, LocalApiLive, type LocalApiSettings, type LocalApiShape } from "../src/layers/LocalApi.js"
+import { type LocalCert, LocalCertFromConfig } from "../src/layers/LocalCert.js"
+import { type LocalTokens, LocalTokensLive, type LocalTokensShape } from "../src/layers/LocalTokens.js"
+import type { LocalApiBackend, LocalApiBackendShape } from "../src/programs/localapi/backend.js"
 
 
 describe("the fence (types)", () => {
@@ -49,6 +54,22 @@ describe("the fence (types)", () => {
   it("Journal's layer requires only SqlClient", () => {
     expectTypeOf<RIn<typeof JournalLive>>().toEqualTypeOf<SqlClient.SqlClient>()
     expectTypeOf<MethodR<Omit<JournalShape, "runOnce">>>().toBeNever()
+  })
+
+  // SPEC §1: LocalApi may depend on HttpServer, the journal (audit) and the work queue, never a CommandExecutor
+  it("LocalApi and its token and certificate layers never require a CommandExecutor or an HttpClient", () => {
+    type LocalApiR = RIn<ReturnType<typeof LocalApiLive>>
+    expectTypeOf<Extract<LocalApiR | RIn<typeof LocalTokensLive> | RIn<typeof LocalCertFromConfig>, CommandExecutor.CommandExecutor | HttpClient.HttpClient>>().toBeNever()
+    expectTypeOf<LocalApiR>().toEqualTypeOf<LocalApiSettings | LocalCert | LocalTokens | LocalApiBackend | AuditLog>()
+    expectTypeOf<MethodR<LocalApiBackendShape>>().toBeNever()
+    expectTypeOf<MethodR<LocalTokensShape>>().toBeNever()
+  })
+
+  it("a LocalApi layer that shells out does not compile", () => {
+    const shellsOut = Layer.effect(LocalApi, Effect.as(CommandExecutor.CommandExecutor, {} as LocalApiShape))
+    // @ts-expect-error CommandExecutor is outside LocalApi's allow-list
+    const fenced = shellsOut.pipe(Layer.ensureRequirementsType<LocalApiSettings | LocalCert | LocalTokens | LocalApiBackend | AuditLog>())
+    expect(fenced).toBeDefined()
   })
 
   it("a Proxmox layer that shells out does not compile", () => {
