@@ -111,7 +111,8 @@ export const startupBench = async (opts: { readonly build?: boolean } = {}): Pro
     const caFile = join(dir, "hub-ca.pem")
     writeFileSync(caFile, devHubCaPem)
     const configFile = join(dir, "agent.json")
-    writeFileSync(configFile, JSON.stringify({ authz: { signers: [] } }))
+    // as production runs it: with the controllers' local API (issue 11) listening on loopback
+    writeFileSync(configFile, JSON.stringify({ authz: { signers: [] }, local_api: { listen: "127.0.0.1", port: 0 } }))
     const desiredFile = join(dir, "desired.json") // written only for the load phase
     const socketPath = join(dir, "notify.sock")
 

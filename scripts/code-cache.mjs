@@ -86,6 +86,9 @@ const primeDaemon = (root, bin, env, dir) =>
     config.state_dir = join(dir, "state")
     config.proxmox.url = "https://127.0.0.1:9" // never contacted before READY; refused after
     config.hub.url = "https://127.0.0.1:9"
+    // the local API (issue 11) is part of the daemon's start: on loopback, any free port
+    config.local_api = { ...config.local_api, listen: "127.0.0.1", port: 0 }
+    delete config.local_api.advertise_url
     const configFile = join(dir, "agent.json")
     writeFileSync(configFile, JSON.stringify(config))
     const child = spawn(process.execPath, [...binNodeFlags(bin), bin, "daemon"], {
