@@ -5,8 +5,8 @@
  * same JSON bytes with the same certificate, in the same run; and this process's RSS before and
  * after the load (the agent's server lives in it).
  *
- * The backend answers from a fixed due computation (the lead switches it to the real one). The
- * load generator runs in the same process as both servers, so both pay for it alike. Phases
+ * Ours is the real backend (due computed from the desired state's policy and the protection store,
+ * cached as in production) over the in-process simulator and real stores. The load generator runs in the same process as both servers, so both pay for it alike. Phases
  * alternate (bare, ours, platform, twice) and the better of each side's runs is kept, so a noisy
  * neighbour on the 2-core machine hurts neither side alone. A third server, @effect/platform's
  * NodeHttpServer answering the same bytes with no logic, shows how much of the gap is the
@@ -14,7 +14,7 @@
  */
 import { HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { Agent, createServer, request } from "node:https"
 import { tmpdir } from "node:os"
@@ -22,41 +22,24 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { AuditLog } from "../src/layers/AuditLog.js"
 import { layerAt } from "../src/layers/Database.js"
-import { JournalLive } from "../src/layers/Journal.js"
 import { LocalApi, LocalApiLive, localApiSettings } from "../src/layers/LocalApi.js"
 import { LocalCert, LocalCertLive } from "../src/layers/LocalCert.js"
 import { LocalTokens, LocalTokensLive } from "../src/layers/LocalTokens.js"
-import { LocalApiBackend, type LocalApiBackendShape } from "../src/programs/localapi/backend.js"
+import { LocalApiBackend } from "../src/programs/localapi/backend.js"
+import { LocalApiBackendLive } from "../src/programs/localapi/backendLive.js"
+import { makeSimPve } from "../src/sim/pve/index.js"
+import { apiLayer } from "../test/local-api-backend-support.js"
+import { desiredWith, protectionSeed } from "../test/protection-support.js"
 import { LocalApiConfig } from "../src/schema/config.js"
 import type { VmId } from "../src/schema/ids.js"
-import type { BackupDueResponse } from "../src/schema/localApi.js"
 import { printTable, type Row, row } from "./table.js"
 
 const CLIENTS = 50
 const PHASE_MS = 3000
 const WARMUP_MS = 500
 
-const DUE: BackupDueResponse = {
-  due: false,
-  reason: "not_yet",
-  target: "local",
-  last_success_at: "2026-11-30T02:00:12.000Z",
-  next_due_at: "2026-12-01T02:00:00.000Z"
-}
-
-const unused = () => Effect.die("not used by the bench")
-const fixedBackend: LocalApiBackendShape = {
-  storage: unused,
-  snapshot: unused,
-  rollback: unused,
-  backup: unused,
-  backupDue: () => Effect.succeed(DUE),
-  backupStatus: unused,
-  restoreTestStatus: unused,
-  heartbeat: unused,
-  contact: () => Effect.void,
-  health: Effect.succeed({ status: "ok", version: "bench", checks: {} })
-}
+/** The guest the controllers call as: desired, with a daily backup policy on a USB target. */
+const GUEST = 101 as VmId
 
 interface Load {
   readonly requests: number
@@ -119,21 +102,27 @@ export const localApiBench: Effect.Effect<ReadonlyArray<Row>> = Effect.scoped(Ef
   const dir = mkdtempSync(join(tmpdir(), "felhom-bench-localapi-"))
   yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
   const config = LocalApiConfig.make({ listen: "127.0.0.1", port: 0, rate_per_minute: 1_000_000, rate_burst: 1_000_000, max_connections: 1024 })
-  const store = JournalLive.pipe(Layer.provideMerge(LocalTokensLive), Layer.provideMerge(layerAt(":memory:")))
+  // the real backend over the in-process simulator and the real stores, as the daemon builds it
+  const sim = yield* makeSimPve(yield* protectionSeed()).pipe(Effect.orDie)
+  const dbPath = join(dir, "state.db")
+  const base = apiLayer(sim, dbPath)
+  const backend = LocalApiBackendLive({ desired: Effect.succeed(Option.some(desiredWith({ schedule: "02:00", retention: { keep_daily: 7 } }))), maxSnapshots: 5 })
   const ctx = yield* Layer.build(LocalApiLive().pipe(Layer.provideMerge(Layer.mergeAll(
-    store,
+    LocalTokensLive.pipe(Layer.provide(layerAt(dbPath)), Layer.orDie),
     LocalCertLive({ dir: join(dir, "local-api"), listen: "127.0.0.1" }),
     localApiSettings(config),
-    Layer.succeed(LocalApiBackend, fixedBackend)
+    backend.pipe(Layer.provideMerge(base))
   )))).pipe(Effect.orDie)
   const api = yield* Effect.provide(LocalApi, ctx)
   const tokens = yield* Effect.provide(LocalTokens, ctx)
   const cert = (yield* Effect.provide(LocalCert, ctx).pipe(Effect.flatMap((c) => c.state))).current
   yield* Effect.provide(AuditLog, ctx) // built: the real graph, audit log included
-  const token = Redacted.value((yield* tokens.mint(101 as VmId, yield* tokens.newId).pipe(Effect.orDie)).token)
+  const token = Redacted.value((yield* tokens.mint(GUEST, yield* tokens.newId).pipe(Effect.orDie)).token)
+  // the bare server answers exactly what ours answers for this guest
+  const due = yield* Effect.flatMap(Effect.provide(LocalApiBackend, ctx), (b) => b.backupDue(GUEST)).pipe(Effect.orDie)
 
   // the bare server: same certificate, same bytes, same keep-alive
-  const body = Buffer.from(JSON.stringify(DUE))
+  const body = Buffer.from(JSON.stringify(due))
   const bare = createServer({ key: cert.keyPem, cert: cert.certPem, keepAliveTimeout: config.idle_timeout_seconds * 1000 }, (_req, res) => {
     res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store", "content-length": body.length })
     res.end(body)

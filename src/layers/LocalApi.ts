@@ -15,7 +15,7 @@
  *
  * It never requires a CommandExecutor (SPEC §1; scripts/check-boundaries.mjs).
  */
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { HttpMiddleware, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
 import { Cause, Clock, Context, Data, Effect, Either, Layer, Option, ParseResult, Schema, Stream } from "effect"
 import type { IncomingMessage } from "node:http"
@@ -414,7 +414,9 @@ export const makeLocalApi = (options: LocalApiOptions = {}) =>
           : Effect.as(Effect.logError("local API: handler defect", Cause.pretty(cause)), failure(500, "internal", "internal error"))
       )
     )
-    yield* server.serve(app)
+    // no tracing span per request: nothing here exports spans, and building one (URL parse, header
+    // attributes) cost more CPU than the handler itself under the 50-controller bench
+    yield* HttpMiddleware.withTracerDisabledWhenEffect(server.serve(app), () => true)
 
     const port = server.address._tag === "TcpAddress" ? server.address.port : settings.port
     const urlHost = isIPv6(settings.listen) ? `[${settings.listen}]` : settings.listen
