@@ -36,7 +36,7 @@ import {
 } from "../src/sim/controller/index.js"
 import { hubCertPem } from "../src/sim/hub/tlsMaterial.js"
 import { defaultSeedJson, makeSimHttpClient, makeSimPve, type SimPve, simCertPem, simKeyPem } from "../src/sim/pve/index.js"
-import { startApi } from "./local-api-support.js"
+import { startApi } from "./local-api-harness.js"
 import { seedWith } from "./support.js"
 
 type Json = Record<string, unknown>

@@ -346,13 +346,28 @@ export class Privileged extends Context.Tag("felhom/Privileged")<Privileged, Pri
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-const invalid = (command: PrivilegedCommand, argument: ArgumentName) =>
+export const invalid = (command: PrivilegedCommand, argument: ArgumentName) =>
   new PrivilegedError({ reason: "InvalidArgument", command, argument, message: ARGUMENT_RULES[argument] })
 
 /** Decodes one argument; the error quotes the argument's rule, never its value. */
-const check = <A, I>(command: PrivilegedCommand, argument: ArgumentName, schema: Schema.Schema<A, I>) =>
+export const check = <A, I>(command: PrivilegedCommand, argument: ArgumentName, schema: Schema.Schema<A, I>) =>
 (value: unknown): Effect.Effect<A, PrivilegedError> =>
   Schema.decodeUnknown(schema)(value).pipe(Effect.mapError(() => invalid(command, argument)))
+
+/** A bootstrap write's files, each name and size validated before anything touches the disk. */
+export const validBootstrapFiles = (files: BootstrapWriteSpec["files"]) =>
+  Effect.gen(function*() {
+    const out: Array<readonly [BootstrapFileName, Uint8Array]> = []
+    for (const f of files) {
+      const name = yield* check("felhom-bootstrap", "bootstrapFile", BootstrapFileName)(f.name)
+      const text = Redacted.isRedacted(f.content) ? Redacted.value(f.content) : f.content
+      if (typeof text !== "string") return yield* invalid("felhom-bootstrap", "bootstrapContent")
+      const bytes = Buffer.from(text, "utf8")
+      if (bytes.length > BOOTSTRAP_FILE_MAX_BYTES) return yield* invalid("felhom-bootstrap", "bootstrapContent")
+      out.push([name, bytes])
+    }
+    return out as ReadonlyArray<readonly [BootstrapFileName, Uint8Array]>
+  })
 
 const checkTemplate = (value: unknown): Effect.Effect<VolumeId, PrivilegedError> =>
   check("pct", "ostemplate", VolumeId)(value).pipe(
@@ -978,15 +993,7 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   const writeBootstrap = Effect.fn("Privileged.writeBootstrap")(function*(spec: BootstrapWriteSpec) {
     yield* check("felhom-bootstrap", "vmid", VmId)(spec.vmid)
     // every file is validated before the disk is inspected and the first is written
-    const files: Array<readonly [BootstrapFileName, Uint8Array]> = []
-    for (const f of spec.files) {
-      const name = yield* check("felhom-bootstrap", "bootstrapFile", BootstrapFileName)(f.name)
-      const text = Redacted.isRedacted(f.content) ? Redacted.value(f.content) : f.content
-      if (typeof text !== "string") return yield* invalid("felhom-bootstrap", "bootstrapContent")
-      const bytes = Buffer.from(text, "utf8")
-      if (bytes.length > BOOTSTRAP_FILE_MAX_BYTES) return yield* invalid("felhom-bootstrap", "bootstrapContent")
-      files.push([name, bytes])
-    }
+    const files = yield* validBootstrapFiles(spec.files)
     const { root, vmid } = yield* bootstrapDir(spec.vmid)
     for (const [name, bytes] of files) {
       const r = yield* runOk("felhom-bootstrap", ["write", root, String(vmid), name], bytes)

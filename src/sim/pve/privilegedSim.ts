@@ -11,24 +11,22 @@
  * fails where production would. Pass the scratch root as `privileged.bootstrap_root` too, so the
  * programs compute the same host paths the real layer would.
  */
-import { Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { mkdir, open, rename, rm, rmdir } from "node:fs/promises"
 import { join } from "node:path"
 import {
   type BootstrapWriteSpec,
+  check,
   type GuestBindMountSpec,
   type GuestUnbindSpec,
+  invalid,
   Privileged,
-  type PrivilegedShape
+  type PrivilegedShape,
+  validBootstrapFiles
 } from "../../layers/Privileged.js"
 import { BOOTSTRAP_FILES } from "../../schema/bootstrap.js"
-import type { PrivilegedCommand } from "../../schema/config.js"
 import { VmId } from "../../schema/ids.js"
 import {
-  ARGUMENT_RULES,
-  type ArgumentName,
-  BOOTSTRAP_FILE_MAX_BYTES,
-  BootstrapFileName,
   GuestPath,
   isSafeAbsolutePath,
   isStrictlyInside,
@@ -36,12 +34,6 @@ import {
   PrivilegedError
 } from "../../schema/privileged.js"
 import type { SetMountPointResult, SimPve } from "./sim.js"
-
-const invalid = (command: PrivilegedCommand, argument: ArgumentName) =>
-  new PrivilegedError({ reason: "InvalidArgument", command, argument, message: ARGUMENT_RULES[argument] })
-
-const check = <A, I>(command: PrivilegedCommand, argument: ArgumentName, schema: Schema.Schema<A, I>) => (value: unknown) =>
-  Schema.decodeUnknown(schema)(value).pipe(Effect.mapError(() => invalid(command, argument)))
 
 /** What pct prints for each refusal (exit 255, as pct's own errors). */
 const PCT_REFUSAL: { readonly [K in Exclude<SetMountPointResult, "ok">]: string } = {
@@ -101,15 +93,7 @@ export const makePrivilegedSim = (real: PrivilegedShape, sim: SimPve, scratchRoo
   const writeBootstrap = (spec: BootstrapWriteSpec) =>
     Effect.gen(function*() {
       const vmid = yield* check("felhom-bootstrap", "vmid", VmId)(spec.vmid)
-      const files: Array<readonly [string, Buffer]> = []
-      for (const f of spec.files) {
-        const name = yield* check("felhom-bootstrap", "bootstrapFile", BootstrapFileName)(f.name)
-        const text = Redacted.isRedacted(f.content) ? Redacted.value(f.content) : f.content
-        if (typeof text !== "string") return yield* invalid("felhom-bootstrap", "bootstrapContent")
-        const bytes = Buffer.from(text, "utf8")
-        if (bytes.length > BOOTSTRAP_FILE_MAX_BYTES) return yield* invalid("felhom-bootstrap", "bootstrapContent")
-        files.push([name, bytes])
-      }
+      const files = yield* validBootstrapFiles(spec.files)
       const dir = join(scratchRoot, String(vmid))
       yield* Effect.tryPromise({ try: () => mkdir(dir, { recursive: true, mode: 0o755 }), catch: fsFailure("mkdir") })
       for (const [name, bytes] of files) {
