@@ -199,6 +199,11 @@ export interface ProxmoxShape {
   readonly nodeStatus: Effect.Effect<NodeStatus, ProxmoxError>
   readonly listGuests: Effect.Effect<ReadonlyArray<GuestSummary>, ProxmoxError>
   readonly guestStatus: (vmid: VmId) => Effect.Effect<GuestStatus, ProxmoxError>
+  /**
+   * Tasks of `type` for guest `vmid` the node lists as running: e.g. a destroy whose POST ended in
+   * a 596 or a cut connection may be running although no UPID came back.
+   */
+  readonly runningTasksOf: (vmid: VmId, type: string) => Effect.Effect<ReadonlyArray<Upid>, ProxmoxError>
   readonly guestConfig: (vmid: VmId, opts?: { readonly snapshot?: SnapshotName }) => Effect.Effect<GuestConfig, ProxmoxError>
   readonly listSnapshots: (vmid: VmId) => Effect.Effect<ReadonlyArray<SnapshotEntry>, ProxmoxError>
   readonly storageList: Effect.Effect<ReadonlyArray<StorageConfigEntry>, ProxmoxError>
@@ -809,6 +814,15 @@ export const make = Effect.gen(function*() {
     nodeStatus: onNode((n) => get(`/nodes/${n}/status`, NodeStatus)),
     listGuests: onNode((n) => get(`/nodes/${n}/lxc`, Schema.Array(GuestSummary))),
     guestStatus: (vmid) => onNode((n) => get(`${ct(n, vmid)}/status/current`, GuestStatus)),
+    runningTasksOf: (vmid, type) =>
+      onNode((n) =>
+        Effect.map(listRunning(n), (running) =>
+          [...running].filter((u): u is Upid => {
+            const p = upidParts(u as Upid)
+            return p.type === type && p.id === String(vmid)
+          })
+        )
+      ),
     guestConfig: (vmid, opts = {}) => onNode((n) => get(`${ct(n, vmid)}/config`, GuestConfig, { snapshot: opts.snapshot })),
     listSnapshots: (vmid) => onNode((n) => get(`${ct(n, vmid)}/snapshot`, Schema.Array(SnapshotEntry))),
     storageList: get("/storage", Schema.Array(StorageConfigEntry)),

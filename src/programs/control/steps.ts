@@ -260,6 +260,17 @@ const afterSeal = (s: Saga<"create">) =>
   })
 
 /**
+ * A destroy of this guest sent earlier (before a 596, a cut connection or a crash, its UPID never
+ * seen) may still be running: wait it out, so the gate judges the guest as it ends up and never
+ * a second destroy task is sent beside the first.
+ */
+const settleRunningDestroys = (vmid: VmId) =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    for (const upid of yield* pve.runningTasksOf(vmid, "vzdestroy")) yield* Effect.ignore(pve.waitTask(upid))
+  })
+
+/**
  * Undo an unsealed create: destroy the guest only with the gate's compensation clearance (exact
  * instance, never started). Returns what happened; a refusal or a PVE failure means the op needs
  * an operator and nothing more is tried.
@@ -268,6 +279,7 @@ export const compensateCreate = (s: Saga<"create">) =>
   Effect.gen(function*() {
     const guests = yield* GuestRecords
     const pve = yield* Proxmox
+    yield* settleRunningDestroys(s.op.vmid)
     const verdict = yield* clearCompensation(s.id, s.op.vmid)
     if (verdict._tag === "ours") {
       // A clearance is single-use and spent when the call is sent: each attempt after a lock
@@ -278,10 +290,13 @@ export const compensateCreate = (s: Saga<"create">) =>
         first = null
         return c !== null
           ? pve.destroy(s.op.vmid, { purge: true }, c)
-          : Effect.flatMap(clearCompensation(s.id, s.op.vmid), (v) =>
-            v._tag === "ours"
-              ? pve.destroy(s.op.vmid, { purge: true }, v.clearance)
-              : Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${s.op.vmid}: the guest is ${v._tag} now` })))
+          : Effect.zipRight(
+            settleRunningDestroys(s.op.vmid),
+            Effect.flatMap(clearCompensation(s.id, s.op.vmid), (v) =>
+              v._tag === "ours"
+                ? pve.destroy(s.op.vmid, { purge: true }, v.clearance)
+                : Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${s.op.vmid}: the guest is ${v._tag} now` })))
+          )
       })
       yield* s.task("compensate_destroy", retryLocked(attempt))
     }
