@@ -172,13 +172,6 @@ export const controllerProblems = (records: ReadonlyArray<ControllerRecord>, now
     return []
   })
 
-/** The same from the store, for the host report. */
-export const controllerProblemsNow = (s: HealSettings) =>
-  Effect.gen(function*() {
-    const store = yield* ControllerStore
-    return controllerProblems(yield* store.records, yield* Clock.currentTimeMillis, s)
-  })
-
 // ---------------------------------------------------------------------------------------------
 // Recovery
 
