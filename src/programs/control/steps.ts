@@ -173,7 +173,10 @@ export const resizeRootfs = (vmid: VmId, sizeGib: number, grant: Grant) =>
   runOperation({ _tag: "resize", vmid, disk: "rootfs", sizeGib }, (s) =>
     Effect.gen(function*() {
       const clearance = yield* grant.clear({ call: "resize", vmid, disk: "rootfs", size: `${sizeGib}G` })
-      yield* s.task("resize", Effect.flatMap(Proxmox, (p) => p.resize(vmid, "rootfs", `${sizeGib}G`, clearance)))
+      yield* s.task("resize", Effect.flatMap(Proxmox, (p) => p.resize(vmid, "rootfs", `${sizeGib}G`, clearance))).pipe(
+        // an earlier grow of ours landed meanwhile (its task outlived a crash): the size is the goal
+        Effect.catchIf((e) => e._tag === "PveApiError" && /already at specified size/.test(e.message), () => s.done("resize"))
+      )
     }))
 
 export const forceBackup = (vmid: VmId, storage: StorageId, admission: Admission = noAdmission) =>
