@@ -46,7 +46,9 @@ const MiB = 1024 * 1024
 
 const fcParams = {
   numRuns: Number(process.env["PROP_RUNS"] ?? 8),
-  ...(process.env["PROP_SEED"] === undefined ? {} : { seed: Number(process.env["PROP_SEED"]) }),
+  // A fixed seed by default, so CI is reproducible (two random seeds found real bugs, now
+  // regression tests below); PROP_SEED=random, or any number, explores further by hand.
+  ...(process.env["PROP_SEED"] === "random" ? {} : { seed: Number(process.env["PROP_SEED"] ?? 20261130) }),
   interruptAfterTimeLimit: 150_000,
   markInterruptAsFailure: true
 }
