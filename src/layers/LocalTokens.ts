@@ -6,7 +6,7 @@
  * in constant time; a revoked token (guest decommissioned, token rotated) fails at once, because
  * revocation updates the in-memory index in the same call that commits it.
  *
- * Store failures are JournalError. `verify` never fails: anything unusable reads as no guest.
+ * Store failures are JournalError. `verify` never fails; anything unusable reads as no guest.
  */
 import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Layer, Option, Redacted, Schema } from "effect"

@@ -76,7 +76,7 @@ const describe = (e: ProxmoxError) => `${e._tag}: ${e.message}`
 
 const rfc3339 = (ms: number) => new Date(ms).toISOString()
 
-/** JSON has no NaN or Infinity (the contract requires finite numbers): anything else is unknown. */
+/** JSON has no NaN or Infinity (the contract requires finite numbers), so anything else is unknown. */
 const finite = (n: number | null | undefined): number | null => (n !== undefined && n !== null && Number.isFinite(n) ? n : null)
 
 const isVmid = (n: number) => Number.isSafeInteger(n) && n >= 100 && n <= 999_999_999

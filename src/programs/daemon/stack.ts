@@ -42,7 +42,7 @@ export interface StackOptions {
   readonly guests: number
   readonly pvePort: number
   readonly hubPort: number
-  /** The local API's port; 0: any free one (the info file says which). */
+  /** The local API's port; 0 picks a free one (the info file says which). */
   readonly localApiPort: number
   /** Where to write the info JSON (0600), once every controller is healthy. */
   readonly infoFile: string | undefined
