@@ -9,13 +9,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { Journal } from "../src/layers/Journal.js"
-import { runSignedJob, type SignedJob } from "../src/programs/control/jobs.js"
+import { runSignedJob } from "../src/programs/control/jobs.js"
 import { ControllerOps, type ControllerOpsShape } from "../src/programs/controller/ops.js"
 import type { Admission } from "../src/programs/control/steps.js"
-import { VmId } from "../src/schema/ids.js"
-import type { JsonObject } from "../src/schema/json.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, b64, dbFile, runTimed, signedOp } from "./engine-support.js"
+import { agentLayer, type AgentServices, dbFile, job, runTimed, signedOp } from "./engine-support.js"
 import { seedWith } from "./support.js"
 
 const IMAGE = "registry.felhom.eu/felhom/controller:2.0.0"
@@ -48,13 +46,6 @@ const withSim = <A, E>(body: (sim: SimPve, seen: Seen) => Effect.Effect<A, E, Ag
     )
   }))
 
-const job = (fields: { readonly op: string; readonly guest_id: number | null; readonly params?: JsonObject }, signed?: { blob: Uint8Array; signature: string }): SignedJob => ({
-  id: `job-${Math.random().toString(36).slice(2)}`,
-  op: fields.op,
-  guest_id: fields.guest_id === null ? null : VmId.make(fields.guest_id),
-  params: fields.params ?? {},
-  ...(signed === undefined ? {} : { blob: b64(signed.blob), signature: signed.signature })
-})
 
 describe("controller jobs", () => {
   for (const op of ["controller-update-policy", "controller-deploy"]) {

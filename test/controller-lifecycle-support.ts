@@ -6,7 +6,7 @@
  * the local API (token → guest, every call a contact, the heartbeat's version/image/health
  * recorded, as the real backend does).
  */
-import { Clock, Context, Effect, Exit, Fiber, Layer, Option, Redacted, TestClock } from "effect"
+import { Clock, Context, Effect, Exit, Layer, Option, Redacted, TestClock } from "effect"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -21,7 +21,9 @@ import { BOOTSTRAP_FORMAT, type ControllerBootstrap } from "../src/schema/bootst
 import { VmId } from "../src/schema/ids.js"
 import { simControllers, type SimControllers, type SimTransport } from "../src/sim/controller/index.js"
 import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { settle } from "./engine-support.js"
+import { runToExit, settle } from "./engine-support.js"
+
+export { runToExit }
 import { durations, inProcessProxmox, seedWith } from "./support.js"
 
 type Json = Record<string, unknown>
@@ -188,18 +190,6 @@ export const makeWorld = Effect.gen(function*() {
   }
   return world
 })
-
-/** Runs to completion or interruption, advancing simulated time in 500 ms steps. */
-export const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 900) =>
-  Effect.gen(function*() {
-    const fiber = yield* Effect.fork(eff)
-    for (let i = 0; i < maxSeconds * 2; i++) {
-      yield* settle
-      if (fiber.unsafePoll() !== null) break
-      yield* TestClock.adjust("500 millis")
-    }
-    return yield* Fiber.await(fiber)
-  })
 
 export const run = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 900) =>
   Effect.flatMap(runToExit(eff, maxSeconds), (exit) => (Exit.isSuccess(exit) ? Effect.succeed(exit.value) : Effect.dieMessage(`failed: ${String(exit.cause)}`)))

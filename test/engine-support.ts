@@ -12,6 +12,9 @@ import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { Journal, JournalLive, type StoreServices } from "../src/layers/Journal.js"
 import type { Proxmox } from "../src/layers/Proxmox.js"
 import { OP_NAMESPACE } from "../src/schema/op.js"
+import { VmId } from "../src/schema/ids.js"
+import type { JsonObject } from "../src/schema/json.js"
+import type { SignedJob } from "../src/programs/control/jobs.js"
 import type { SimPve } from "../src/sim/pve/index.js"
 import { makeKey, signSshsig, type TestKey } from "./sshsig-sign.js"
 import { inProcessProxmox } from "./support.js"
@@ -49,8 +52,8 @@ export type AgentServices = Proxmox | Journal | StoreServices | Authz | GuestQue
 /** Lets in-process HTTP settle between clock steps. */
 export const settle = Effect.promise(() => new Promise<void>((r) => setImmediate(r))).pipe(Effect.repeatN(3))
 
-/** Runs `eff` to completion, advancing simulated time in 500 ms steps (at most `maxSeconds`). */
-export const runTimed = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 3600) =>
+/** Runs `eff` to its exit (success, failure or interruption), advancing simulated time in 500 ms steps (at most `maxSeconds`). */
+export const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 3600) =>
   Effect.gen(function*() {
     const fiber = yield* Effect.fork(eff)
     for (let i = 0; i < maxSeconds * 2; i++) {
@@ -58,8 +61,12 @@ export const runTimed = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 3600
       if (fiber.unsafePoll() !== null) break
       yield* TestClock.adjust("500 millis")
     }
-    return yield* Fiber.join(fiber)
+    return yield* Fiber.await(fiber)
   })
+
+/** Runs `eff` to completion, advancing simulated time in 500 ms steps (at most `maxSeconds`). */
+export const runTimed = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 3600) =>
+  Effect.flatMap(runToExit(eff, maxSeconds), (exit) => exit)
 
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
 let counter = 0
@@ -89,3 +96,15 @@ export const GOLDEN = "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"
 
 /** As an operator's signed golden-register would leave the journal. */
 export const registerGolden = Effect.flatMap(Journal, (j) => j.registerGolden(GOLDEN, "signed", "test-setup"))
+
+/** A hub job with a random id, carrying `signed` (an op blob and its signature) when given. */
+export const job = (
+  fields: { readonly op: string; readonly guest_id: number | null; readonly params?: JsonObject },
+  signed?: { blob: Uint8Array; signature: string }
+): SignedJob => ({
+  id: `job-${Math.random().toString(36).slice(2)}`,
+  op: fields.op,
+  guest_id: fields.guest_id === null ? null : VmId.make(fields.guest_id),
+  params: fields.params ?? {},
+  ...(signed === undefined ? {} : { blob: b64(signed.blob), signature: signed.signature })
+})

@@ -3,7 +3,6 @@
  * real Journal and Authz on SQLite. The adversarial matrix asserts, for every "no", that the
  * simulator's guests were not touched.
  */
-import type { JsonObject } from "../src/schema/json.js"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Fiber, Option, TestClock } from "effect"
 import { readFileSync } from "node:fs"
@@ -16,7 +15,7 @@ import { recover } from "../src/programs/control/recover.js"
 import { decodeDesiredState, type DesiredState } from "../src/schema/desired.js"
 import { VmId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, b64, dbFile, recoveryKey, registerGolden, runTimed, settle, signedOp, stranger } from "./engine-support.js"
+import { agentLayer, type AgentServices, dbFile, job, recoveryKey, registerGolden, runTimed, settle, signedOp, stranger } from "./engine-support.js"
 import { seedWith } from "./support.js"
 
 const desired = (name: string): DesiredState =>
@@ -36,16 +35,6 @@ const withSim = <A, E>(body: (sim: SimPve, path: string) => Effect.Effect<A, E, 
 const countTasks = (sim: SimPve, type: string, vmid: number) =>
   Effect.map(sim.tasks, (ts) => ts.filter((t) => t.type === type && t.id === String(vmid)).length)
 
-const job = (
-  fields: { readonly op: string; readonly guest_id: number | null; readonly params?: JsonObject },
-  signed?: { blob: Uint8Array; signature: string }
-): SignedJob => ({
-  id: `job-${Math.random().toString(36).slice(2)}`,
-  op: fields.op,
-  guest_id: fields.guest_id === null ? null : VmId.make(fields.guest_id),
-  params: fields.params ?? {},
-  ...(signed === undefined ? {} : { blob: b64(signed.blob), signature: signed.signature })
-})
 
 describe("reconcile engine", () => {
   it.scoped("converges benign drift, creates by golden restore, and holds the destroy pending_signature", () =>

@@ -8,7 +8,7 @@
  * fiber is interrupted (no error handlers run), exactly as a process death would leave things.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Option, Schema, TestClock } from "effect"
+import { Effect, Exit, Layer, Option, Schema } from "effect"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { fromJournal, Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
@@ -18,7 +18,7 @@ import { recover } from "../src/programs/control/recover.js"
 import { DesiredGuest } from "../src/schema/desired.js"
 import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { dbFile, settle } from "./engine-support.js"
+import { dbFile, runToExit as runToExitFor } from "./engine-support.js"
 import { inProcessProxmox, seedWith } from "./support.js"
 
 const spec = Schema.decodeUnknownSync(DesiredGuest)({
@@ -74,17 +74,8 @@ const agent = (sim: SimPve, path: string, journal: Layer.Layer<Journal, never, J
   )
 }
 
-/** Runs to completion or interruption, advancing simulated time. */
-const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const fiber = yield* Effect.fork(eff)
-    for (let i = 0; i < 600; i++) {
-      yield* settle
-      if (fiber.unsafePoll() !== null) break
-      yield* TestClock.adjust("500 millis")
-    }
-    return yield* Fiber.await(fiber)
-  })
+/** Runs to completion or interruption, advancing simulated time (at most 300 s). */
+const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>) => runToExitFor(eff, 300)
 
 const countTasks = (sim: SimPve, type: string, vmid: number) =>
   Effect.map(sim.tasks, (ts) => ts.filter((t) => t.type === type && t.id === String(vmid)).length)

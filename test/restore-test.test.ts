@@ -42,7 +42,7 @@ import { StorageId, VmId, VolumeId } from "../src/schema/ids.js"
 import type { ScratchMarker } from "../src/schema/operations.js"
 import { PrivilegedError } from "../src/schema/privileged.js"
 import { defaultSeedJson, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { dbFile, settle } from "./engine-support.js"
+import { dbFile, runToExit, settle } from "./engine-support.js"
 import { expectError, expectValue, makeBinDir, makeSudoSandbox, withPriv } from "./privileged-support.js"
 import { inProcessProxmox, seedWith } from "./support.js"
 
@@ -106,17 +106,6 @@ const agentLayer = (sim: SimPve, path: string, wrap?: (real: JournalShape) => Jo
   ).pipe(Layer.orDie)
 }
 
-/** Runs to completion or interruption, advancing simulated time in 500 ms steps. */
-const runToExit = <A, E, R>(eff: Effect.Effect<A, E, R>, maxSeconds = 900) =>
-  Effect.gen(function*() {
-    const fiber = yield* Effect.fork(eff)
-    for (let i = 0; i < maxSeconds * 2; i++) {
-      yield* settle
-      if (fiber.unsafePoll() !== null) break
-      yield* TestClock.adjust("500 millis")
-    }
-    return yield* Fiber.await(fiber)
-  })
 
 const run = <A, E, R>(eff: Effect.Effect<A, E, R>) =>
   Effect.flatMap(runToExit(eff), (exit) => (Exit.isSuccess(exit) ? Effect.succeed(exit.value) : Effect.dieMessage(`failed: ${String(exit.cause)}`)))
