@@ -84,6 +84,13 @@ export interface RestoreOptions {
    * not be torn down when the backed-up guest was protected). VM.Config.Options.
    */
   readonly protection?: boolean
+  /**
+   * An explicit volume layout (issue 12): `rootfs` and `mpN` values such as `local-lvm:8` or
+   * `usb1:100,mp=/srv/media,backup=0`, allocated fresh. Without it PVE recreates the archive's
+   * layout on `storage`, and refuses (for a token) an archive whose config holds a bind mount,
+   * which every guest with a controller has (the bootstrap mount).
+   */
+  readonly layout?: { readonly rootfs: string; readonly mounts: Readonly<Record<string, string>> }
 }
 
 /** A `netN` value for a restore. Without `hwaddr`, PVE generates a fresh MAC. */
@@ -222,6 +229,11 @@ export interface ProxmoxShape {
   /** The last `n` log lines of a task. */
   readonly taskLogTail: (upid: Upid, n?: number) => Effect.Effect<ReadonlyArray<string>, ProxmoxError>
 
+  /**
+   * The guest config stored inside a backup archive (`GET /nodes/{node}/vzdump/extractconfig`),
+   * as PVE prints it: `key: value` lines, snapshots as `[name]` sections (dropped here).
+   */
+  readonly extractConfig: (archive: VolumeId) => Effect.Effect<Readonly<Record<string, string>>, ProxmoxError>
   /** Restore into a vmid that holds no guest (never with force: PVE refuses an existing one). */
   readonly restore: (opts: RestoreOptions) => Effect.Effect<Upid, ProxmoxError>
   /** Restore over an existing stopped guest (`force=1`): its volumes are destroyed first. */
@@ -736,7 +748,9 @@ export const make = Effect.gen(function*() {
         tags: o.tags,
         start: o.start,
         net0: net0.right,
-        protection: o.protection
+        protection: o.protection,
+        rootfs: o.layout?.rootfs,
+        ...(o.layout?.mounts ?? {})
       })
     })
 
@@ -834,6 +848,8 @@ export const make = Effect.gen(function*() {
           vmid: opts.vmid
         })
       ),
+    extractConfig: (archive) =>
+      onNode((n) => get(`/nodes/${n}/vzdump/extractconfig`, Schema.String, { volume: archive })).pipe(Effect.map(parseConfigText)),
     nextId: (vmid) => Effect.map(request("GET", "/cluster/nextid", NextIdResponse, { vmid }), (e) => e.data),
     taskStatus,
     taskLog,
@@ -898,7 +914,14 @@ export const make = Effect.gen(function*() {
       cleared(
         clearance,
         { call: "destroy", vmid },
-        onNode((n) => Effect.map(request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force }), (e) => e.data))
+        // never `destroy-unreferenced-disks` (the simulator, like some PVE versions, defaults it on): volumes of
+        // this vmid outside its config, e.g. a lost guest's surviving bulk volumes, must outlive any destroy
+        onNode((n) =>
+          Effect.map(
+            request("DELETE", ct(n, vmid), UpidResponse, { purge: opts.purge, force: opts.force, "destroy-unreferenced-disks": false }),
+            (e) => e.data
+          )
+        )
       ),
     deleteBackup,
     createStorage,
@@ -906,6 +929,17 @@ export const make = Effect.gen(function*() {
   }
   return shape
 })
+
+/** `key: value` lines up to the first snapshot section; comments (the description) dropped. */
+export const parseConfigText = (text: string): Readonly<Record<string, string>> => {
+  const out: Record<string, string> = Object.create(null)
+  for (const line of text.split("\n")) {
+    if (line.startsWith("[")) break
+    const m = /^([a-z][a-z0-9_-]*):\s?(.*)$/.exec(line)
+    if (m !== null && m[1] !== "__proto__") out[m[1]!] = m[2]!
+  }
+  return out
+}
 
 // ---------------------------------------------------------------------------------------------
 // Backups and storages

@@ -13,6 +13,7 @@
  * (a new image, new pins, or a restart request) restarts the controller with it.
  */
 import { Schema } from "effect"
+import { SCENARIOS } from "./identity.js"
 
 export const BOOTSTRAP_FORMAT = "felhom-controller-bootstrap/1"
 export const BOOTSTRAP_GUEST_PATH = "/etc/felhom-bootstrap"
@@ -39,12 +40,14 @@ export const CertPin = Schema.Struct({
 export type CertPin = typeof CertPin.Type
 
 /**
- * What first boot resets inside the guest (SPEC §10): a provisioned guest gets fresh
- * machine-id and SSH host keys; `directive_id` changes when a new reset is wanted, so the unit
- * does it once per directive and never again on a reboot.
+ * What first boot resets inside the guest (SPEC §10, the table in identity.ts): a provisioned
+ * guest gets fresh machine-id and SSH host keys, a recovered one has them reset; `directive_id`
+ * changes when a new reset is wanted, so the unit does it once per directive and never again on a
+ * reboot.
  */
 export const IdentityDirective = Schema.Struct({
-  scenario: Schema.Literal("provision", "guest-loss-dr"),
+  /** The bring-up scenario (src/schema/identity.ts); the unit only logs it, `reset` is what it acts on. */
+  scenario: Schema.Literal(...SCENARIOS),
   reset: Schema.Array(Schema.Literal("machine-id", "ssh-host-keys", "hostname")),
   directive_id: Schema.String
 })

@@ -172,6 +172,66 @@ export const ApiSnapshotOperation = Schema.TaggedStruct("api-snapshot", { vmid: 
 /** `POST /rollback` from the guest's controller, to a snapshot it may name (gate: clearControllerRollback). */
 export const ApiRollbackOperation = Schema.TaggedStruct("api-rollback", { vmid: VmId, snapshot: SnapshotName })
 
+/**
+ * The restore point a guest-loss recovery brings back (src/programs/bringup/tiers.ts): the
+ * fastest surviving tier (snapshot, only while the guest exists; then a local vzdump archive;
+ * then PBS), fixed when the op is planned and signed, never re-chosen by a resume.
+ */
+export const RecoverPoint = Schema.Struct({
+  tier: Schema.Literal("snapshot", "vzdump", "pbs"),
+  /** The snapshot name (tier snapshot) or the backup's volume id. */
+  point: Schema.String,
+  /** The storage holding the backup; null for a snapshot. */
+  backupStorage: Schema.NullOr(StorageId),
+  /** When the restore point was taken (epoch ms). */
+  takenAtMs: Schema.Number
+})
+export type RecoverPoint = typeof RecoverPoint.Type
+
+/**
+ * Guest-loss DR (issue 12, src/programs/bringup/recoverGuest.ts), on the shared bring-up front
+ * half. `mode`:
+ * - fresh: the guest is gone; restored into the empty vmid with an instance marker, so until the
+ *   seal a failure destroys exactly what this op restored (same-transaction provenance);
+ * - overwrite: the guest exists; a safety backup of its current state first, then a forced
+ *   restore over it. Never compensated by a destroy: the old volumes are gone once PVE starts,
+ *   so a failure holds the op for an operator with the safety backup named;
+ * - rollback: the guest exists and has the snapshot; a rollback, no identity change.
+ * `spec`: the desired guest when the hub still wants it (sizing and config), else null (the
+ * backup's own config stands). No controller deploy: the backup holds the controller.
+ */
+export const RecoverOperation = Schema.TaggedStruct("recover", {
+  vmid: VmId,
+  scenario: Schema.Literal("guest-loss-total", "guest-loss-partial"),
+  source: RecoverPoint,
+  mode: Schema.Literal("fresh", "overwrite", "rollback"),
+  /** Where the guest's volumes are restored (fresh, overwrite). */
+  storage: StorageId,
+  spec: Schema.NullOr(DesiredGuest),
+  marker: InstanceMarker,
+  /** null only for a fresh restore run by a local operator at the console (nothing is overwritten). */
+  authorization: Schema.NullOr(SignedAuthorization)
+})
+
+/**
+ * The golden base archive built as root (SPEC §10, src/programs/golden/build.ts): a container
+ * `vmid` (from the agent's reserved build range) created from a Debian template with
+ * nesting=1,keyctl=1, the golden unit installed, dumped, destroyed, and the archive registered
+ * with its version and checksum. The build container is the op's own: a failure or crash before
+ * `destroy` removes it (it never held customer data).
+ */
+export const GoldenBuildOperation = Schema.TaggedStruct("golden-build", {
+  vmid: VmId,
+  template: VolumeId,
+  /** rootfs storage of the build container */
+  storage: StorageId,
+  /** backup storage that receives the archive */
+  dumpStorage: StorageId,
+  version: Schema.String,
+  basis: Schema.Literal("enrollment", "policy", "signed"),
+  authorization: Schema.NullOr(SignedAuthorization)
+})
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -191,7 +251,9 @@ export const Operation = Schema.Union(
   ControllerUpdateOperation,
   ControllerRestartOperation,
   ApiSnapshotOperation,
-  ApiRollbackOperation
+  ApiRollbackOperation,
+  RecoverOperation,
+  GoldenBuildOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -202,7 +264,7 @@ export type OperationOf<K extends OperationKind> = Extract<Operation, { readonly
  * ever started, and removes its instance marker after the seal.
  */
 export const STEPS = {
-  create: ["restore", "resize", "configure", "seal", "untag", "start", "compensate_stop", "compensate_destroy"],
+  create: ["restore", "resize", "mounts", "configure", "seal", "untag", "start", "compensate_stop", "compensate_destroy"],
   decommission: ["revoke", "stop", "destroy"],
   "restore-now": ["rollback", "safety_backup", "stop", "restore", "start"],
   "force-backup": ["backup"],
@@ -220,13 +282,32 @@ export const STEPS = {
   "controller-update": ["snapshot", "publish", "health", "commit", "rollback", "republish"],
   "controller-restart": ["publish"],
   "api-snapshot": ["snapshot"],
-  "api-rollback": ["rollback"]
+  "api-rollback": ["rollback"],
+  recover: [
+    "rollback",
+    "safety_backup",
+    "stop",
+    "restore",
+    "identity",
+    "resize",
+    "configure",
+    "seal",
+    "untag",
+    "reattach",
+    "start",
+    "compensate_stop",
+    "compensate_destroy"
+  ],
+  "golden-build": ["create", "install", "dump", "checksum", "destroy", "register", "compensate_destroy"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]
 
 /** The create steps that must all be done for the guest to count as built. */
-export const CREATE_BUILD_STEPS = ["restore", "resize", "configure", "seal"] as const
+export const CREATE_BUILD_STEPS = ["restore", "resize", "mounts", "configure", "seal"] as const
+
+/** The bring-up front half's steps, shared by create (provision) and recover (guest-loss DR). */
+export type FrontStep = StepName<"create"> & StepName<"recover">
 
 export const encodeOperation = Schema.encodeSync(Operation)
 export const decodeOperation = Schema.decodeUnknownEither(Operation)

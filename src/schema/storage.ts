@@ -250,12 +250,24 @@ export const VolumePlacement = Schema.Struct({
   kind: VolumeKind,
   target: StorageId,
   /** Bulk volumes only; absent on a bulk volume means unprotected (reported, never silent). */
-  backup: optionalExact(BackupDecision)
-}).annotations({ message: () => "a volume placement is an object { volume, kind, target, backup? }" }).pipe(
+  backup: optionalExact(BackupDecision),
+  /**
+   * Where the volume is mounted in the guest and its size (issue 12): a bring-up allocates a
+   * missing mount point from these. Without them the volume is only checked, never allocated.
+   */
+  path: optionalExact(Schema.String.pipe(Schema.filter((p) => /^\/[A-Za-z0-9._\-/]{0,254}$/.test(p) && !p.split("/").includes(".."), {
+    message: () => "a mount path is absolute, [A-Za-z0-9._-/], without '..', at most 255 characters"
+  }))),
+  size_gib: optionalExact(Schema.Number.pipe(Schema.filter((n) => Number.isSafeInteger(n) && n >= 1 && n <= 65536, {
+    message: () => "size_gib is an integer between 1 and 65536"
+  })))
+}).annotations({ message: () => "a volume placement is an object { volume, kind, target, backup?, path?, size_gib? }" }).pipe(
   Schema.filter((v) => {
     const issues: Array<Schema.FilterIssue> = []
     if (v.kind === "bulk" && v.volume === "rootfs") issues.push({ path: ["kind"], message: "rootfs is always hot: bulk volumes are backup=0 mount points" })
     if (v.kind === "hot" && v.backup !== undefined) issues.push({ path: ["backup"], message: "only bulk volumes carry a backup decision (hot volumes are in the guest's backup)" })
+    if (v.volume === "rootfs" && (v.path !== undefined || v.size_gib !== undefined)) issues.push({ path: ["volume"], message: "rootfs is sized by the guest's rootfs_gib and mounted at /" })
+    if ((v.path === undefined) !== (v.size_gib === undefined)) issues.push({ path: ["path"], message: "path and size_gib come together (both or neither)" })
     return issues
   })
 )

@@ -17,6 +17,8 @@
  *   again from the actual state).
  * An op whose payload does not decode is held for an operator.
  */
+import { recoverRecoverOp } from "../bringup/recoverGuest.js"
+import { recoverGoldenBuild } from "../golden/build.js"
 import { OpLog } from "../../layers/OpLog.js"
 import { GuestRecords } from "../../layers/GuestRecords.js"
 import { Effect, Either, Option } from "effect"
@@ -231,6 +233,12 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "api-rollback":
       // never resumed: the controller asks again
       return recoverApiRollback(op, typed)
+    case "recover":
+      // before its seal: a fresh restore is destroyed again (exact instance); after: finished
+      return recoverRecoverOp(op, typed)
+    case "golden-build":
+      // the build container is the op's own: removed; an archive already dumped is kept, unregistered
+      return recoverGoldenBuild(op, typed)
     default: {
       const unreachable: never = typed
       return unreachable
