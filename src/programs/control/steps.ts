@@ -12,6 +12,7 @@ import { GuestRecords } from "../../layers/GuestRecords.js"
 import { AuditLog } from "../../layers/AuditLog.js"
 import { Data, Effect, Option } from "effect"
 import { lockRetry } from "./schedules.js"
+import { Progress, type ProgressEvent } from "../../layers/Progress.js"
 import { randomBytes } from "node:crypto"
 import { type AdmissionRefused,  type JournalError, type NonceSpend, type StoreServices } from "../../layers/Journal.js"
 import { Proxmox } from "../../layers/Proxmox.js"
@@ -62,6 +63,10 @@ export interface Saga<K extends OperationKind> {
   readonly done: (step: StepName<K>, data?: unknown) => Effect.Effect<void, JournalError, StoreServices>
 }
 
+/** Reports to whoever watches (the CLI's Progress); a no-op in the daemon. */
+export const emitProgress = (event: ProgressEvent) =>
+  Effect.flatMap(Effect.serviceOption(Progress), Option.match({ onNone: () => Effect.void, onSome: (p) => p.emit(event) }))
+
 export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>): Saga<K> => ({
   id,
   op,
@@ -70,10 +75,13 @@ export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>):
       const ops = yield* OpLog
       const pve = yield* Proxmox
       yield* ops.stepStarted(id, step)
+      yield* emitProgress({ kind: "step", step, state: "started" })
       const upid = yield* start
       yield* ops.recordUpid(id, step, upid)
+      yield* emitProgress({ kind: "task", step, upid })
       yield* pve.waitTask(upid)
       yield* ops.stepDone(id, step)
+      yield* emitProgress({ kind: "step", step, state: "done" })
     }),
   config: (step, changes) =>
     Effect.gen(function*() {
@@ -85,16 +93,22 @@ export const sagaOf = <K extends OperationKind>(id: string, op: OperationOf<K>):
       const set = Object.fromEntries(entries.filter(([, v]) => v !== ""))
       const del = entries.filter(([, v]) => v === "").map(([k]) => k)
       yield* ops.stepStarted(id, step, { set, delete: del })
-      if (Object.keys(set).length === 0 && del.length === 0) return yield* ops.stepDone(id, step)
+      yield* emitProgress({ kind: "step", step, state: "started" })
+      if (Object.keys(set).length === 0 && del.length === 0) {
+        yield* ops.stepDone(id, step)
+        return yield* emitProgress({ kind: "step", step, state: "done" })
+      }
       const maybe = yield* pve.setConfig(vmid, { set, delete: del })
       if (Option.isSome(maybe)) {
         yield* ops.recordUpid(id, step, maybe.value)
         yield* pve.waitTask(maybe.value)
       }
       yield* ops.stepDone(id, step)
+      yield* emitProgress({ kind: "step", step, state: "done" })
     }),
-  started: (step, data) => Effect.flatMap(OpLog, (j) => j.stepStarted(id, step, data)),
-  done: (step, data) => Effect.flatMap(OpLog, (j) => j.stepDone(id, step, data))
+  started: (step, data) =>
+    Effect.zipLeft(Effect.flatMap(OpLog, (j) => j.stepStarted(id, step, data)), emitProgress({ kind: "step", step, state: "started" })),
+  done: (step, data) => Effect.zipLeft(Effect.flatMap(OpLog, (j) => j.stepDone(id, step, data)), emitProgress({ kind: "step", step, state: "done" }))
 })
 
 /**
@@ -126,6 +140,7 @@ export const runOperation = <K extends OperationKind, A, E extends { readonly me
   Effect.gen(function*() {
     const ops = yield* OpLog
     const saga = yield* beginOperation(op, admission)
+    yield* emitProgress({ kind: "op", opId: saga.id, op: op._tag, vmid: op.vmid })
     return yield* body(saga).pipe(
       Effect.tap(() => ops.finish(saga.id, "done")),
       Effect.tapError((e) => ops.finish(saga.id, "failed", e.message))
