@@ -33,6 +33,7 @@ const record = (over: Partial<ControllerRecord>): ControllerRecord => ({
   healthDetail: null,
   lastRestartMs: null,
   unresponsiveSinceMs: null,
+  identity: null,
   ...over
 })
 

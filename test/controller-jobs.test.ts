@@ -32,6 +32,7 @@ const recordingOps = (seen: Seen, sim: SimPve): ControllerOpsShape => ({
       seen.calls.push(`update ${vmid} ${image} ${basis.basis}`)
       seen.admissions.push(admission)
     }),
+  reidentify: (vmid) => Effect.sync(() => (seen.calls.push(`reidentify ${vmid}`), "republished" as const)),
   // what PVE had been asked by the time the tokens were revoked
   undeploy: (vmid) =>
     Effect.map(sim.requests, (rs) => void seen.calls.push(`undeploy ${vmid} after ${rs.filter((r) => r.method === "DELETE").length} DELETE(s)`))

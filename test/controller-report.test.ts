@@ -21,6 +21,7 @@ const rec = (vmid: number, over: Partial<ControllerRecord> = {}): ControllerReco
   healthDetail: null,
   lastRestartMs: null,
   unresponsiveSinceMs: null,
+  identity: null,
   ...over
 })
 

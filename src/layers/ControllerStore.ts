@@ -10,7 +10,7 @@
 import { SqlClient } from "@effect/sql"
 import { Clock, Context, Effect, Layer, Option, Schema } from "effect"
 import { randomBytes } from "node:crypto"
-import { CertPin } from "../schema/bootstrap.js"
+import { CertPin, IdentityDirective } from "../schema/bootstrap.js"
 import { VmId } from "../schema/ids.js"
 import { JournalError } from "./Journal.js"
 
@@ -37,6 +37,11 @@ export interface ControllerRecord {
   readonly lastRestartMs: number | null
   /** Set when heal gave up on it (restarted in this window already, still silent); cleared by a contact. */
   readonly unresponsiveSinceMs: number | null
+  /**
+   * The first-boot directive in force when a recovery replaced the provision one (issue 12);
+   * null: the provision directive (derived, bootstrap.ts). Every republish keeps it.
+   */
+  readonly identity: IdentityDirective | null
 }
 
 export interface ControllerDeploy {
@@ -87,6 +92,8 @@ export interface ControllerStoreShape {
   readonly recordDeploy: (d: ControllerDeploy) => Effect.Effect<void, JournalError>
   /** The controller is gone (undeployed, guest decommissioned): its record and snapshot provenance too. */
   readonly forget: (vmid: VmId) => Effect.Effect<void, JournalError>
+  /** Records the directive a recovery published (kept by every later republish). */
+  readonly setIdentity: (vmid: VmId, identity: IdentityDirective) => Effect.Effect<void, JournalError>
   /** An authenticated call from the guest's controller (heartbeat carries version and health). */
   readonly recordContact: (vmid: VmId, at: number, contact: Option.Option<ControllerContact>) => Effect.Effect<void, JournalError>
   readonly recordRestart: (vmid: VmId, at: number) => Effect.Effect<void, JournalError>
@@ -132,7 +139,8 @@ const ControllerRow = Schema.Struct({
   health: Schema.Literal("unknown", "healthy", "unhealthy"),
   health_detail: Schema.NullOr(Schema.String),
   last_restart_ms: Schema.NullOr(Schema.Int),
-  unresponsive_since_ms: Schema.NullOr(Schema.Int)
+  unresponsive_since_ms: Schema.NullOr(Schema.Int),
+  identity: Schema.NullOr(Schema.parseJson(IdentityDirective))
 })
 
 const SnapshotRow = Schema.Struct({
@@ -169,7 +177,8 @@ const toRecord = (r: typeof ControllerRow.Type): ControllerRecord => ({
   health: r.health,
   healthDetail: r.health_detail,
   lastRestartMs: r.last_restart_ms,
-  unresponsiveSinceMs: r.unresponsive_since_ms
+  unresponsiveSinceMs: r.unresponsive_since_ms,
+  identity: r.identity
 })
 
 const toSnapshot = (r: typeof SnapshotRow.Type): SnapshotRecord => ({
@@ -197,7 +206,7 @@ const storeError = (what: string) => (e: unknown) =>
     message: `controller store: ${what}: ${typeof e === "object" && e !== null && "message" in e && typeof e.message === "string" ? e.message : String(e)}`
   })
 
-const CONTROLLER_COLUMNS = "vmid, image, generation, token_id, mp_index, pins, deployed_ms, last_contact_ms, version, reported_image, health, health_detail, last_restart_ms, unresponsive_since_ms"
+const CONTROLLER_COLUMNS = "vmid, image, generation, token_id, mp_index, pins, deployed_ms, last_contact_ms, version, reported_image, health, health_detail, last_restart_ms, unresponsive_since_ms, identity"
 const JOB_COLUMNS = "id, vmid, kind, state, requested_ms, ended_ms, op_id, result, error"
 
 export const make = Effect.gen(function*() {
@@ -226,6 +235,12 @@ export const make = Effect.gen(function*() {
         ON CONFLICT (vmid) DO UPDATE SET image = excluded.image, generation = excluded.generation,
           token_id = excluded.token_id, mp_index = excluded.mp_index, pins = excluded.pins, deployed_ms = excluded.deployed_ms`
     }).pipe(Effect.mapError(storeError(`recording the deploy of ${d.vmid}`)))
+
+  const setIdentity: ControllerStoreShape["setIdentity"] = (vmid, identity) =>
+    Effect.gen(function*() {
+      const json = yield* Schema.encode(Schema.parseJson(IdentityDirective))(identity)
+      yield* sql`UPDATE controllers SET identity = ${json} WHERE vmid = ${vmid}`
+    }).pipe(Effect.mapError(storeError(`recording the identity directive of ${vmid}`)))
 
   const forget: ControllerStoreShape["forget"] = (vmid) =>
     sql.withTransaction(Effect.gen(function*() {
@@ -334,6 +349,7 @@ export const make = Effect.gen(function*() {
     get,
     recordDeploy,
     forget,
+    setIdentity,
     recordContact,
     recordRestart,
     markUnresponsive,

@@ -270,6 +270,12 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       error TEXT
     ) STRICT`
     yield* sql`CREATE INDEX api_jobs_vmid ON api_jobs (vmid, requested_ms)`
+  }),
+  "0013_controller_identity": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // The first-boot directive a guest-loss recovery published (issue 12); null: the provision
+    // one. (0011 and 0012 are the golden-archive migrations' numbers.)
+    yield* sql`ALTER TABLE controllers ADD COLUMN identity TEXT`
   })
 }
 

@@ -156,7 +156,8 @@ export const republishConfig = (
     )
     const config = yield* Effect.flatMap(Proxmox, (p) => p.guestConfig(vmid))
     const hostname = typeof config.hostname === "string" ? config.hostname : `ct${vmid}`
-    const identity = yield* identityFor(vmid, record.value.tokenId)
+    // a recovery's directive stays in force; otherwise the provision one (stable per guest)
+    const identity = record.value.identity ?? (yield* identityFor(vmid, record.value.tokenId))
     const pins = yield* ctx.pins
     const { json } = renderConfig(ctx, { vmid, hostname, image, generation: change.generation, identity, pins })
     yield* privileged.writeBootstrap({ vmid, files: [{ name: BOOTSTRAP_FILES.config, content: json }] })

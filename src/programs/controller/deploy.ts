@@ -97,7 +97,7 @@ type DeployServices =
 const MP_MAX = 255
 
 /** A mount point's value, own keys only (a config is decoded into a record; never its prototype). */
-const mountValue = (config: GuestConfig, index: number): string | undefined => {
+export const mountValue = (config: GuestConfig, index: number): string | undefined => {
   const key = `mp${index}`
   if (!Object.prototype.hasOwnProperty.call(config, key)) return undefined
   const v = (config as Readonly<Record<string, unknown>>)[key]
@@ -125,7 +125,7 @@ export const pickMpIndex = (config: GuestConfig, hostPath: string, previous: num
   return undefined
 }
 
-const hostPathOf = (root: string, vmid: VmId) => `${root}/${vmid}`
+export const hostPathOf = (root: string, vmid: VmId) => `${root}/${vmid}`
 
 // The identity directive: bootstrap.ts (provisionDirectiveFor, identityFor), shared with republishing.
 export { identityFor, provisionDirectiveFor } from "./bootstrap.js"
@@ -244,7 +244,9 @@ export const deployController = (vmid: VmId, spec: DeploySpec): Effect.Effect<De
 
     const forward = Effect.gen(function*() {
       const minted = yield* step("mint", tokens.mint(vmid, tokenId))
-      const identity = spec.identity ?? provisionDirectiveFor(ctx.hostId, vmid, yield* tokens.forGuest(vmid), tokenId)
+      const identity = spec.identity ??
+        Option.getOrNull(Option.flatMapNullable(previous, (r) => r.identity)) ??
+        provisionDirectiveFor(ctx.hostId, vmid, yield* tokens.forGuest(vmid), tokenId)
       const pins = yield* ctx.pins
       yield* step("write", publishBootstrap({ vmid, hostname, image, generation, identity, token: minted.token, pins }))
       yield* step(

@@ -14,6 +14,7 @@ import { ControllerStore } from "../../layers/ControllerStore.js"
 import { deployController, undeployController } from "./deploy.js"
 import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "./ops.js"
 import { updateController } from "./update.js"
+import { reidentifyController } from "./reidentify.js"
 
 /** After a rolled-back policy update, no other policy update of that controller for this long. */
 export const UPDATE_COOLDOWN_MS = 6 * 3600 * 1000
@@ -46,7 +47,7 @@ export const ControllerContextLive: Layer.Layer<ControllerContext, never, AgentC
 export const ControllerOpsLive = Layer.effect(
   ControllerOps,
   Effect.gen(function*() {
-    const context = yield* Effect.context<DeployServicesOf | UpdateServicesOf>()
+    const context = yield* Effect.context<DeployServicesOf | UpdateServicesOf | ReidentifyServicesOf>()
     const { file } = yield* AgentConfig
     const store = yield* ControllerStore
     const ops = yield* OpLog
@@ -82,6 +83,8 @@ export const ControllerOpsLive = Layer.effect(
               : Effect.fail(new ControllerOpFailed({ message: `controller update of ${vmid} to ${image}: ${r.outcome}${r.reason === null ? "" : ` (${r.reason})`}` }))),
           Effect.provide(context)
         ),
+      reidentify: (vmid, identity) =>
+        reidentifyController(vmid, identity).pipe(Effect.mapError(failed(`republishing the identity of ${vmid}`)), Effect.provide(context)),
       undeploy: (vmid) => undeployController(vmid).pipe(Effect.mapError(failed(`controller undeploy of ${vmid}`)), Effect.provide(context))
     } satisfies ControllerOpsShape
   })
@@ -89,3 +92,4 @@ export const ControllerOpsLive = Layer.effect(
 
 type DeployServicesOf = Effect.Effect.Context<ReturnType<typeof deployController>>
 type UpdateServicesOf = Effect.Effect.Context<ReturnType<typeof updateController>>
+type ReidentifyServicesOf = Effect.Effect.Context<ReturnType<typeof reidentifyController>>

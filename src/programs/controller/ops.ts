@@ -8,6 +8,7 @@
  * Callers hold the guest's queue turn; none of these serializes itself.
  */
 import { Context, Data, type Effect } from "effect"
+import type { IdentityDirective } from "../../schema/bootstrap.js"
 import type { VmId } from "../../schema/ids.js"
 import type { SignedAuthorization } from "../../schema/operations.js"
 import type { Admission } from "../control/steps.js"
@@ -30,6 +31,11 @@ export interface ControllerOpsShape {
   readonly deploy: (vmid: VmId, image: string) => Effect.Effect<void, ControllerOpFailed>
   /** `admission`: a signed update's grant nonce (and job key), spent as its op is admitted. */
   readonly update: (vmid: VmId, image: string, basis: UpdateBasis, admission: Admission) => Effect.Effect<void, ControllerOpFailed>
+  /**
+   * A recovered guest (issue 12): its bootstrap mounted again and republished with `identity`
+   * (kept from then on). "no_controller" when the guest has none deployed on this host.
+   */
+  readonly reidentify: (vmid: VmId, identity: IdentityDirective) => Effect.Effect<"republished" | "no_controller", ControllerOpFailed>
   /** Before a guest is destroyed: its tokens revoked (durably, first), its bootstrap files removed. */
   readonly undeploy: (vmid: VmId) => Effect.Effect<void, ControllerOpFailed>
 }
