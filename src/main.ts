@@ -7,7 +7,8 @@
  * keeps each lazily imported module behind an init wrapper; SPEC §17).
  *
  * Exit codes: 0 healthy / done; 1 unhealthy or an operation failed; 2 usage or configuration
- * error; 3 unexpected (a bug). Failures print one line, `felhom-agent: <reason>`, on stderr.
+ * error; 3 unexpected (a bug); 4 refused until an operator signs it (recover). Failures print
+ * one line, `felhom-agent: <reason>`, on stderr.
  */
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
@@ -233,10 +234,34 @@ const audit = Command.make("audit").pipe(
 )
 
 // ---------------------------------------------------------------------------------------------
+// provision, recover (issue 12): long operations with progress on stderr
+
+const provision = Command.make(
+  "provision",
+  {
+    vmid: Options.integer("vmid").pipe(Options.withSchema(VmId), Options.withDescription("the guest to create")),
+    fromDesired: Options.boolean("from-desired").pipe(Options.withDescription("take the guest from the hub's current desired state")),
+    desired: fileOpt("desired", "take the guest from this desired-state JSON (the hub's format)").pipe(Options.optional),
+    spec: fileOpt("spec", "one guest's JSON (a desired-state guest entry); needs --archive and --storage").pipe(Options.optional),
+    archive: Options.text("archive").pipe(Options.optional, Options.withDescription("golden archive volume id (default: the desired state's provisioning); must be registered")),
+    storage: Options.text("storage").pipe(Options.optional, Options.withDescription("storage for the guest's volumes (with --archive)")),
+    plan: Options.boolean("plan").pipe(Options.withDescription("print the steps and the gate's verdict; change nothing")),
+    dryRun: Options.boolean("dry-run").pipe(Options.withDescription("same as --plan")),
+    config: configOpt,
+    json: Options.boolean("json").pipe(
+      Options.withDescription("the result as one JSON object on stdout; progress as JSON lines on stderr (also without a TTY)")
+    )
+  },
+  (o) => lazy(() => import("./programs/cli/provision.js"), (m) => m.provision(o))
+).pipe(Command.withDescription(
+  "create one guest from the golden archive (the reconcile create saga, then its controller); exit 0 done, 1 refused/failed/rolled back, 2 usage"
+))
+
+// ---------------------------------------------------------------------------------------------
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, plan, journal, audit, op, sshsig, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, plan, provision, journal, audit, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })
