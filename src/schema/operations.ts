@@ -54,7 +54,9 @@ export const CreateOperation = Schema.TaggedStruct("create", {
   spec: DesiredGuest,
   source: CreateSource,
   memoryMiB: Schema.Int,
-  marker: InstanceMarker
+  marker: InstanceMarker,
+  /** Mount points allocated by the `mounts` step (bringup/mounts.ts), `mpN` → value; new volumes, the saga's own. */
+  mounts: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { exact: true })
 })
 export const DecommissionOperation = Schema.TaggedStruct("decommission", { vmid: VmId, authorization: SignedAuthorization })
 export const RestoreNowOperation = Schema.TaggedStruct("restore-now", {

@@ -89,7 +89,7 @@ const ALWAYS_BENIGN = new Set([
 ])
 
 /** Ops that overwrite or remove data whatever their provenance. */
-const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
+const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "recover", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
 
 /** Ops that change no data now but decide what later changes are made from: signature only. */
 const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
@@ -211,6 +211,14 @@ export const permits = (action: GatedAction, call: IrreversibleCall): boolean =>
       if (call.call === "restore-overwrite") {
         return Option.exists(decodeParam(VolumeId, action.params, "backup"), (b) => b === call.archive)
       }
+      return false
+    }
+    case "recover": {
+      // guest-loss DR over an existing guest: exactly the signed restore point, nothing else
+      const point = action.params["point"]
+      if (typeof point !== "string") return false
+      if (call.call === "rollback") return action.params["tier"] === "snapshot" && call.snapshot === point
+      if (call.call === "restore-overwrite") return action.params["tier"] !== "snapshot" && call.archive === point
       return false
     }
     case "resize":
@@ -343,8 +351,13 @@ export const clearCompensation = (opId: string, vmid: VmId) =>
     const op = yield* ops.get(opId)
     if (Option.isNone(op) || op.value.status !== "in_flight") return yield* refuse(`op ${opId} is not in flight`)
     const typed = decodeOperation(op.value.payload)
-    if (Either.isLeft(typed) || typed.right._tag !== "create" || typed.right.vmid !== vmid) {
-      return yield* refuse(`op ${opId} is not a create of ${vmid}`)
+    // a create, or a recovery that restored into an empty vmid (an overwrite or a rollback acted
+    // on the customer's own guest: never undone by a destroy)
+    if (
+      Either.isLeft(typed) || typed.right.vmid !== vmid ||
+      !(typed.right._tag === "create" || (typed.right._tag === "recover" && typed.right.mode === "fresh"))
+    ) {
+      return yield* refuse(`op ${opId} is not a create or a fresh recovery of ${vmid}`)
     }
     const marker = typed.right.marker
     const steps = new Map(op.value.steps.map((s) => [s.name, s.status]))
@@ -360,7 +373,7 @@ export const clearCompensation = (opId: string, vmid: VmId) =>
       action: "destroy",
       target: String(vmid),
       decision: "allowed",
-      detail: { op: opId, reason: `compensating rollback of create ${opId} (same-transaction provenance, marker ${marker})` }
+      detail: { op: opId, reason: `compensating rollback of ${typed.right._tag} ${opId} (same-transaction provenance, marker ${marker})` }
     })
     return { _tag: "ours", clearance: mint({ call: "destroy", vmid }, { basis: "provenance", opId }) } as CompensationVerdict
   })

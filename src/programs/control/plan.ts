@@ -7,6 +7,7 @@
  * description with PVE's trailing newline, tags in any order and separator, absent keys meaning
  * PVE's defaults.
  */
+import { mountsFor } from "../bringup/mounts.js"
 import type { StorageId, VmId, VolumeId } from "../../schema/ids.js"
 import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
 import type { GuestConfig, GuestSummary } from "../../schema/proxmox.js"
@@ -131,6 +132,8 @@ export type Action =
     readonly spec: DesiredGuest
     /** null: the desired state has no provisioning section (a note says so). */
     readonly source: { readonly archive: VolumeId; readonly storage: StorageId } | null
+    /** Mount points the bring-up allocates from the guest's placement (bringup/mounts.ts); absent: none. */
+    readonly mounts?: Readonly<Record<string, string>>
   }
   | { readonly kind: "destroy"; readonly vmid: VmId; readonly reason: "absent_from_desired" }
   | { readonly kind: "set_config"; readonly vmid: VmId; readonly set: ConfigSet }
@@ -350,7 +353,8 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
         note(vmid, "golden_unverified", `not created: ${source.archive} is not a registered golden archive (an operator signs golden-register)`)
         continue
       }
-      actions.push({ kind: "create", vmid, spec: d, source })
+      const mounts = mountsFor(desired.policies?.guests.find((p) => p.vmid === vmid))
+      actions.push({ kind: "create", vmid, spec: d, source, ...(Object.keys(mounts).length === 0 ? {} : { mounts }) })
       if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
       // the back half follows the create in the same turn of the guest's queue (not run if it fails)
       else actions.push(...controllerActions(vmid, d, ctx, note))

@@ -34,6 +34,7 @@ import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearCompensation, type Grant } from "./gate.js"
 import { notesFor } from "../protection/provenance.js"
 import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
+import { overwriteLayout } from "../bringup/layout.js"
 
 export type StepError = ProxmoxError | WaitError | GuestNotOnNode | ClearanceRefused | AdmissionRefused | JournalError | ControllerOpFailed
 
@@ -262,6 +263,8 @@ const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
         () => s.done("resize")
       )
     )
+    // new volumes for the placement's mount points: allocated by PVE inside the PUT, ours until the seal
+    yield* s.config("mounts", s.op.mounts ?? {})
     yield* s.config("configure", { description: spec.description, tags: specTags(spec, [marker]) })
     // the seal: written first, so a crash right after it can never be read as "still ours"
     yield* s.done("seal")
@@ -293,12 +296,13 @@ const settleRunningDestroys = (vmid: VmId) =>
  * instance, never started). Returns what happened; a refusal or a PVE failure means the op needs
  * an operator and nothing more is tried.
  */
-export const compensateCreate = (s: Saga<"create">) =>
+export const compensateCreate = <K extends "create" | "recover">(s: Saga<K>) =>
   Effect.gen(function*() {
     const guests = yield* GuestRecords
     const pve = yield* Proxmox
-    yield* settleRunningDestroys(s.op.vmid)
-    const verdict = yield* clearCompensation(s.id, s.op.vmid)
+    const vmid = (s.op as OperationOf<"create"> | OperationOf<"recover">).vmid
+    yield* settleRunningDestroys(vmid)
+    const verdict = yield* clearCompensation(s.id, vmid)
     if (verdict._tag === "ours") {
       // A clearance is single-use and spent when the call is sent: each attempt after a lock
       // conflict asks the gate again, which re-proves the instance before clearing it.
@@ -307,26 +311,27 @@ export const compensateCreate = (s: Saga<"create">) =>
         const c = first
         first = null
         return c !== null
-          ? pve.destroy(s.op.vmid, { purge: true }, c)
+          ? pve.destroy(vmid, { purge: true }, c)
           : Effect.zipRight(
-            settleRunningDestroys(s.op.vmid),
-            Effect.flatMap(clearCompensation(s.id, s.op.vmid), (v) =>
+            settleRunningDestroys(vmid),
+            Effect.flatMap(clearCompensation(s.id, vmid), (v) =>
               v._tag === "ours"
-                ? pve.destroy(s.op.vmid, { purge: true }, v.clearance)
-                : Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${s.op.vmid}: the guest is ${v._tag} now` })))
+                ? pve.destroy(vmid, { purge: true }, v.clearance)
+                : Effect.fail(new ClearanceRefused({ message: `compensating destroy of ${vmid}: the guest is ${v._tag} now` })))
           )
       })
-      yield* s.task("compensate_destroy", retryLocked(attempt))
+      yield* s.task("compensate_destroy" as StepName<K>, retryLocked(attempt))
     }
-    yield* guests.clearProvenance(s.op.vmid)
+    yield* guests.clearProvenance(vmid)
     return verdict._tag
   })
 
 /** Ends an unsealed create whose build failed: rolled back, or needs_operator if undoing failed. */
-export const rollBackCreate = (s: Saga<"create">, why: string) =>
+export const rollBackCreate = <K extends "create" | "recover">(s: Saga<K>, why: string) =>
   Effect.gen(function*() {
     const auditLog = yield* AuditLog
     const ops = yield* OpLog
+    const op = s.op as OperationOf<"create"> | OperationOf<"recover">
     // Each attempt re-proves the instance through the gate, so retrying a transient PVE failure
     // (a 5xx, or a 596 after which the destroy may have landed: the guest then reads as absent)
     // is safe; a half-built guest is held for an operator only when undoing it really fails.
@@ -349,19 +354,33 @@ export const rollBackCreate = (s: Saga<"create">, why: string) =>
     )
     yield* auditLog.audit({
       actor: "executor",
-      action: "create",
-      target: String(s.op.vmid),
+      action: op._tag,
+      target: String(op.vmid),
       decision: "needs_operator",
       detail: { op: s.id, reason: undone.left.message }
     })
     return "needs_operator" as const
   })
 
-export const createGuest = (spec: DesiredGuest, source: CreateSource, memoryMiB: number, grant: Grant) =>
+export const createGuest = (
+  spec: DesiredGuest,
+  source: CreateSource,
+  memoryMiB: number,
+  grant: Grant,
+  mounts: Readonly<Record<string, string>> = {}
+) =>
   Effect.gen(function*() {
     const ops = yield* OpLog
     const marker = yield* newMarker
-    const s = yield* beginOperation<"create">({ _tag: "create", vmid: spec.vmid, spec, source, memoryMiB, marker })
+    const s = yield* beginOperation<"create">({
+      _tag: "create",
+      vmid: spec.vmid,
+      spec,
+      source,
+      memoryMiB,
+      marker,
+      ...(Object.keys(mounts).length === 0 ? {} : { mounts })
+    })
     const built = yield* Effect.either(buildUntilSeal(s, grant))
     if (built._tag === "Left") {
       yield* rollBackCreate(s, built.left.message)
@@ -448,10 +467,13 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
         yield* s.task("rollback", pve.rollback(vmid, source.snapshot, { start: wasRunning }, clearance))
         return
       }
+      // explicit volumes: a token may not restore the archive's bind mounts (the controller's bootstrap mount)
+      const { dropped, layout } = yield* overwriteLayout(vmid, source.backup, source.storage)
+      if (dropped.length > 0) yield* Effect.logWarning(`restore-now ${s.id}: not restored (bind/device): ${dropped.map((d) => d.key).join(", ")}`)
       yield* s.task("safety_backup", vzdumpUpid(vmid, source.backupStorage, s.id))
       if (wasRunning) yield* s.task("stop", pve.stop(vmid))
       const clearance = yield* grant.clear({ call: "restore-overwrite", vmid, archive: source.backup })
-      yield* s.task("restore", pve.restoreOverwrite({ vmid, archive: source.backup, storage: source.storage }, clearance)).pipe(
+      yield* s.task("restore", pve.restoreOverwrite({ vmid, archive: source.backup, storage: source.storage, layout }, clearance)).pipe(
         Effect.tapError((e) =>
           Effect.gen(function*() {
             const still = yield* Effect.either(existing(vmid))
