@@ -43,6 +43,7 @@ import { type BackupPolicy, type BackupTier, scheduledBackupTargets, type Storag
 import { clearScratchIsolation, clearScratchTeardown, scratchVerdict } from "../control/gate.js"
 import { lockRetry } from "../control/schedules.js"
 import { beginOperation, existing, type Saga } from "../control/steps.js"
+import { restoreLayout } from "../bringup/layout.js"
 import { dueRuns, parseCalendarEvent, type TimeZone } from "./calendar.js"
 import { inScratchRange, RestoreTestSettings, settingsPassLoop } from "./scratch.js"
 
@@ -260,6 +261,18 @@ const awaitHealth = (vmid: VmId) =>
   })
 
 /**
+ * The scratch guest's volumes, from the archive's own config: all on the scratch storage; bind
+ * and device mount points (the controller's bootstrap mount) left out, as a token cannot restore
+ * them (PVE's storage-only restore refuses the whole archive); bulk volumes (backup=0: not in the
+ * archive) omitted, not recreated: a scratch copy tests what the backup holds, must never hold or
+ * touch the real bulk volume, and an empty stand-in would only take space on the scratch target.
+ */
+const scratchLayout = (archive: VolumeId, storage: StorageId) =>
+  Effect.flatMap(Proxmox, (pve) => pve.extractConfig(archive)).pipe(
+    Effect.flatMap((config) => restoreLayout(config, { storage, bulk: "omit" }))
+  )
+
+/**
  * restore → isolate + start → check. Ends with a verdict, or fails with what stopped it (the
  * caller tears down either way). A restore PVE surely refused made nothing: `created` false.
  */
@@ -272,7 +285,15 @@ const testBody = (s: Saga<"restore-test">, sourceConfig: Option.Option<GuestConf
 
     // restore: the marker is in the op payload; the provenance is written before the POST
     const t0 = yield* Clock.currentTimeMillis
-    yield* s.started("restore", { marker })
+    const layout = yield* Effect.either(scratchLayout(archive, storage))
+    if (Either.isLeft(layout)) {
+      return { created: false, verdict: { result: "fail", detail: `restore not started: ${short(layout.left.message)}` } as Verdict }
+    }
+    yield* s.started("restore", {
+      marker,
+      dropped: layout.right.dropped.map((d) => d.key),
+      omitted: layout.right.bulk.map((b) => b.volume)
+    })
     yield* guests.recordProvenance(vmid, "scratch", s.id, marker)
     const posted = yield* Effect.either(pve.restore({
       vmid,
@@ -283,6 +304,7 @@ const testBody = (s: Saga<"restore-test">, sourceConfig: Option.Option<GuestConf
       memoryMiB: SCRATCH_MEMORY_MIB,
       swapMiB: 0,
       tags: marker,
+      layout: layout.right.layout,
       // the backed-up guest may be protected; its scratch copy must be removable
       protection: false,
       // never on the customer LAN: link down, no hwaddr (PVE generates a fresh MAC); extra NICs go below

@@ -15,9 +15,9 @@
  * I/O error; either way the temporary `.dat` is removed and nothing is listed.
  */
 import { Effect, Either, Option } from "effect"
-import { check, findGuest, hasPriv, pBool, pStr, requireNode, startTask, taskFailure, type TaskCtx, vzdumpLock } from "../env.js"
-import { paramError } from "../errors.js"
-import { type LxcConfig, parseMountPoint } from "../lxcconf.js"
+import { check, findGuest, hasPriv, pBool, pStr, type RequestCtx, requireNode, startTask, taskFailure, type TaskCtx, vzdumpLock } from "../env.js"
+import { die500, paramError } from "../errors.js"
+import { configFileText, type LxcConfig, parseMountPoint } from "../lxcconf.js"
 import { fmtStorageId, fmtVmidList, type Params } from "../params.js"
 import { ALL, optional, reply, type RouteDef, schema } from "../route.js"
 import {
@@ -423,4 +423,77 @@ const prune = (state: SimState, st: StorageState, vmid: number, keep: PruneKeep)
   return removed
 }
 
-export const vzdumpRoutes: ReadonlyArray<RouteDef> = [vzdump]
+// ---------------------------------------------------------------------------------------------
+// GET /nodes/{node}/vzdump/extractconfig
+
+/**
+ * The backup's guest config as PVE prints it (pve-manager API2/VZDump.pm extractconfig over
+ * pve-storage Storage.pm): check_volume_access with content type `backup` (Datastore.Allocate on
+ * the storage, or Datastore.AllocateSpace there and VM.Backup on the owner), then VM.Backup on the
+ * owner in any case; then the archive's pct.conf. vzdump writes it without lock, parent, pending
+ * and snapshot sections (VZDump/LXC.pm assemble), so the text has no `[name]` section [src].
+ */
+const backupVolname = (volname: string): { readonly vtype: string; readonly owner: number | undefined } => {
+  if (volname.startsWith("backup/")) {
+    const m = /^backup\/(?:vzdump-(?:lxc|openvz|qemu)-(\d+)-|(?:ct|vm)\/(\d+)\/)/.exec(volname)
+    const id = m?.[1] ?? m?.[2]
+    return { vtype: "backup", owner: id === undefined ? undefined : Number(id) }
+  }
+  return { vtype: volname.startsWith("vztmpl/") ? "vztmpl" : volname.startsWith("iso/") ? "iso" : "images", owner: undefined }
+}
+
+const extractConfigAccess = (ctx: RequestCtx, volid: string) =>
+  Effect.gen(function*() {
+    const colon = volid.indexOf(":")
+    const sid = colon > 0 ? volid.slice(0, colon) : undefined
+    if (sid === undefined || !/^[a-z][a-z0-9\-_.]*$/i.test(sid)) return yield* Effect.fail(die500("Only root can pass arbitrary filesystem paths."))
+    const st = ctx.env.state.storages.get(sid)
+    if (st === undefined) return yield* Effect.fail(die500(`storage '${sid}' does not exist`))
+    const { owner, vtype } = backupVolname(volid.slice(colon + 1))
+    if (vtype !== "backup") return yield* Effect.fail(die500(`unable to use volume ${volid} - content type needs to be 'backup'`))
+    if (!hasPriv(ctx.env, ctx.token, `/storage/${sid}`, "Datastore.Allocate")) {
+      if (owner === undefined) return yield* Effect.fail(die500(`missing privileges to access ${volid}`))
+      yield* check(ctx, `/storage/${sid}`, ["Datastore.AllocateSpace"])
+      yield* check(ctx, `/vms/${owner}`, ["VM.Backup"])
+    }
+    if (owner !== undefined) yield* check(ctx, `/vms/${owner}`, ["VM.Backup"])
+    return st
+  })
+
+const extractConfig: RouteDef = {
+  method: "GET",
+  path: "/nodes/:node/vzdump/extractconfig",
+  schema: schema({ volume: { type: "string" } }),
+  // user => 'all': the handler checks (check_volume_access, then VM.Backup on the owner)
+  perm: ALL,
+  handler: (ctx) =>
+    Effect.gen(function*() {
+      yield* requireNode(ctx.env, String(ctx.params["node"]))
+      const volid = String(ctx.params["volume"])
+      const st = yield* extractConfigAccess(ctx, volid)
+      const v = ctx.env.state.volumes.get(volid)
+      if (st.type === "pbs") {
+        const repository = `${st.username ?? "root@pam"}@${st.server ?? "localhost"}:${st.datastore ?? "store"}`
+        if (st.disable) return yield* Effect.fail(die500(`storage '${st.storage}' is disabled`))
+        // [inf] proxmox-backup-client's texts for an unreachable server, a missing snapshot, a missing key
+        if (activationError(st) !== undefined) {
+          return yield* Effect.fail(die500("proxmox-backup-client failed: Error: error trying to connect: tcp connect error: Connection refused (os error 111)"))
+        }
+        if (v === undefined || v.archiveConfig === undefined) {
+          return yield* Effect.fail(die500(`proxmox-backup-client failed: Error: unable to open backup snapshot '${volumeName(volid).slice("backup/".length)}' in repository '${repository}' - not found`))
+        }
+        if (v.encrypted !== undefined && st["encryption-key"] === undefined) {
+          return yield* Effect.fail(die500(`proxmox-backup-client failed: Error: missing key - manifest was created with key ${v.encrypted}`))
+        }
+        return reply(configFileText(v.archiveConfig, []))
+      }
+      // abs_filesystem_path: activate_volumes, then the file must exist
+      const activation = activationError(st)
+      if (activation !== undefined) return yield* Effect.fail(die500(activation))
+      if (v === undefined || v.content !== "backup" || !volumeOnLayer(st, v)) return yield* Effect.fail(die500(`can't find file '${volid}'`))
+      if (v.archiveConfig === undefined) return yield* Effect.fail(die500("ERROR: archive contains no configuration file"))
+      return reply(configFileText(v.archiveConfig, []))
+    })
+}
+
+export const vzdumpRoutes: ReadonlyArray<RouteDef> = [vzdump, extractConfig]
