@@ -234,6 +234,9 @@ export const GoldenBuildOperation = Schema.TaggedStruct("golden-build", {
   authorization: Schema.NullOr(SignedAuthorization)
 })
 
+/** After a partial-loss recovery an operator confirmed the source is gone: the guest's NICs come up. */
+export const LinkConfirmOperation = Schema.TaggedStruct("link-confirm", { vmid: VmId, nics: Schema.Array(Schema.String) })
+
 export const Operation = Schema.Union(
   CreateOperation,
   DecommissionOperation,
@@ -255,7 +258,8 @@ export const Operation = Schema.Union(
   ApiSnapshotOperation,
   ApiRollbackOperation,
   RecoverOperation,
-  GoldenBuildOperation
+  GoldenBuildOperation,
+  LinkConfirmOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -300,6 +304,7 @@ export const STEPS = {
     "compensate_stop",
     "compensate_destroy"
   ],
+  "link-confirm": ["link"],
   "golden-build": ["create", "install", "dump", "checksum", "destroy", "register", "compensate_destroy"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 

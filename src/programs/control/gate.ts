@@ -552,6 +552,33 @@ export const clearScratchIsolation = (opId: string, vmid: VmId, keys: ReadonlyAr
     : Effect.map(proveScratch(opId, vmid, "set-config-volumes", "isolation"), () =>
       mint({ call: "set-config-volumes", vmid, keys }, { basis: "provenance", opId }))
 
+/**
+ * A bring-up's own config change (issue 12) on the guest it is building: mount points it allocates
+ * or re-attaches (`mpN`) and NIC link state (`netN`), for create or recover op `opId` in flight on
+ * exactly `vmid` (or a link-confirm, NICs only). Never `rootfs` or `unusedN` (deleting an unused volume frees it): setting an
+ * `mpN` at most moves a previous volume to `unusedN`, which keeps it.
+ */
+export const clearBringupConfig = (opId: string, vmid: VmId, keys: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const ops = yield* OpLog
+    if (keys.length === 0 || keys.some((k) => !/^(mp|net)(0|[1-9][0-9]{0,2})$/.test(k))) {
+      return yield* new ClearanceRefused({ message: `bring-up config of ${vmid}: only mpN and netN keys (got ${keys.join(", ")})` })
+    }
+    const op = yield* ops.get(opId)
+    const typed = Option.map(op, (o) => ({ status: o.status, decoded: decodeOperation(o.payload) }))
+    if (
+      Option.isNone(typed) || typed.value.status !== "in_flight" || Either.isLeft(typed.value.decoded) ||
+      (typed.value.decoded.right._tag !== "create" && typed.value.decoded.right._tag !== "recover" && typed.value.decoded.right._tag !== "link-confirm") ||
+      typed.value.decoded.right.vmid !== vmid
+    ) {
+      return yield* new ClearanceRefused({ message: `op ${opId} is not a create, recovery or link confirmation of ${vmid} in flight` })
+    }
+    if (typed.value.decoded.right._tag === "link-confirm" && keys.some((k) => !/^net/.test(k))) {
+      return yield* new ClearanceRefused({ message: `a link confirmation of ${vmid} changes NICs only` })
+    }
+    return mint({ call: "set-config-volumes", vmid, keys: [...keys].sort() }, { basis: "provenance", opId })
+  })
+
 // ---------------------------------------------------------------------------------------------
 // A controller's rollback of its own guest (issue 11)
 

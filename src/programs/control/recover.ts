@@ -236,6 +236,9 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "recover":
       // before its seal: a fresh restore is destroyed again (exact instance); after: finished
       return recoverRecoverOp(op, typed)
+    case "link-confirm":
+      // a config PUT: done if it completed, else the operator confirms again
+      return settleOther(op)
     case "golden-build":
       // the build container is the op's own: removed; an archive already dumped is kept, unregistered
       return recoverGoldenBuild(op, typed)
