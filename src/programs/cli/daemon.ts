@@ -8,9 +8,13 @@ import { daemonLayer } from "../daemon/root.js"
 import { controllersLayer, daemonGates, startControllers } from "../daemon/controllers.js"
 import { AgentConfig } from "../../layers/Config.js"
 import { toCliFailure } from "./failure.js"
+import { holdStateLock } from "./stateLock.js"
 
 export const daemon = (o: { readonly config: Option.Option<string> }) =>
   Effect.scoped(Effect.gen(function*() {
+    // one mutator per state directory, held for the daemon's life: before recovery, so an
+    // operator's provision or recover never runs beside it (stateLock.ts)
+    yield* holdStateLock("daemon")
     const poke = yield* Queue.sliding<void>(1)
     const state = yield* Ref.make(initialState)
     // SIGUSR1: poll the hub now instead of waiting for the interval

@@ -170,7 +170,13 @@ export const makeTtyProgress = (opts: TtyOptions): Effect.Effect<ProgressShape, 
       if (state.step !== null) draw(yield* Clock.currentTimeMillis)
     })
     yield* Effect.forkScoped(Effect.forever(tick))
-    yield* Effect.addFinalizer(() => Effect.sync(erase))
+    // a step that never ended (its saga failed or was interrupted) stays visible as such
+    yield* Effect.addFinalizer(() =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        erase()
+        if (state.step !== null) opts.out.write(`${fit(`  ✗ ${state.step.name}  ${formatElapsed(now - state.step.startedMs)} (did not finish)`)}\n`)
+      })
+    )
     return { emit } satisfies ProgressShape
   })
 
