@@ -9,7 +9,7 @@ import type { JournalShape } from "./Journal.js"
 
 export type GuestRecordsShape = Pick<
   JournalShape,
-  "recordProvenance" | "clearProvenance" | "provenanceOf" | "markCustomer" | "markLost" | "forgetGuest" | "guestRecords" | "registerGolden" | "goldenArchives"
+  "recordProvenance" | "clearProvenance" | "provenanceOf" | "markCustomer" | "markRecovered" | "markLost" | "forgetGuest" | "guestRecords" | "registerGolden" | "goldenArchives"
 >
 
 export class GuestRecords extends Context.Tag("felhom/GuestRecords")<GuestRecords, GuestRecordsShape>() {}

@@ -134,6 +134,8 @@ export interface JournalShape {
   readonly provenanceOf: (vmid: number) => Effect.Effect<Option.Option<Provenance>, JournalError>
   /** Records (or refreshes) a guest as holding customer data; a lost record stays lost. */
   readonly markCustomer: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
+  /** A lost (or unknown) guest brought back from a backup by a recovery: customer data again. */
+  readonly markRecovered: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
   /** A customer guest that disappeared: reported as lost, never recreated blank. */
   readonly markLost: (vmid: number, detail: string) => Effect.Effect<void, JournalError>
   /** Records an archive as a provisioning source (an operator signed it, or the agent built it). */
@@ -508,6 +510,13 @@ export const make = Effect.gen(function*() {
       ON CONFLICT (vmid) DO NOTHING`
   }, store)
 
+  const markRecovered: JournalShape["markRecovered"] = Effect.fn("Journal.markRecovered")(function*(vmid, detail) {
+    const at = yield* Clock.currentTimeMillis
+    yield* sql`
+      INSERT INTO guest_records (vmid, state, since_ms, detail) VALUES (${vmid}, 'customer', ${at}, ${detail})
+      ON CONFLICT (vmid) DO UPDATE SET state = 'customer', since_ms = ${at}, detail = ${detail}`
+  }, store)
+
   const markLost: JournalShape["markLost"] = Effect.fn("Journal.markLost")(function*(vmid, detail) {
     const at = yield* Clock.currentTimeMillis
     yield* sql`
@@ -768,6 +777,7 @@ export const make = Effect.gen(function*() {
     clearProvenance,
     provenanceOf,
     markCustomer,
+    markRecovered,
     markLost,
     forgetGuest,
     guestRecords,

@@ -134,7 +134,7 @@ const finish = (s: Saga<"recover">, layout: RestoreLayout | null, archiveTags: R
     // the seal: from here it is the customer's guest again
     yield* s.done("seal")
     yield* guests.clearProvenance(vmid)
-    yield* guests.markCustomer(vmid, `recovered by op ${s.id}`)
+    yield* guests.markRecovered(vmid, `recovered by op ${s.id}`)
     return yield* afterSeal(s, layout, archiveTags)
   })
 
@@ -213,7 +213,7 @@ const freshBody = (s: Saga<"recover">, plan: RecoverPlan) =>
     }
     yield* s.done("seal")
     yield* guests.clearProvenance(s.op.vmid)
-    yield* guests.markCustomer(s.op.vmid, `recovered by op ${s.id}`)
+    yield* guests.markRecovered(s.op.vmid, `recovered by op ${s.id}`)
     const after = yield* Effect.either(afterSeal(s, plan.layout, archiveTags))
     if (Either.isLeft(after)) {
       yield* ops.finish(s.id, "failed", `${after.left.message}; the recovered guest is kept (sealed)`)
@@ -417,7 +417,7 @@ export const recoverRecoverOp = (op: JournalOp, typed: OperationOf<"recover">): 
     }
     if (done.has("seal")) {
       yield* guests.clearProvenance(typed.vmid)
-      yield* guests.markCustomer(typed.vmid, `recovered by op ${op.id}`)
+      yield* guests.markRecovered(typed.vmid, `recovered by op ${op.id}`)
       if (all(["untag", "reattach", "start"])) {
         yield* ops.finish(op.id, "done", "recovered: every step had completed")
         return { outcome: "done", detail: "every step had completed" }

@@ -216,6 +216,8 @@ export const applyConfigUpdate = (
         for (const [k, v] of Object.entries(conf)) {
           if (/^unused\d+$/.test(k) && v === mp.volume) delete conf[k]
         }
+        // a replaced volume is kept as unusedN, as for an allocation (pve-container add_unused_volume)
+        if (current !== undefined && current.type === "volume" && current.volume !== mp.volume) conf[nextUnusedKey(conf)] = current.volume
         conf[opt] = printMountPoint({ ...mp.props, size: formatSize(existing.size) })
       }
     } else {
