@@ -233,6 +233,27 @@ const audit = Command.make("audit").pipe(
   Command.withSubcommands([auditVerify])
 )
 
+// golden (issue 12): the golden base archive, built as root from the config's golden block
+
+const goldenBuild = Command.make(
+  "build",
+  {
+    version: Options.text("version").pipe(Options.optional, Options.withDescription("the version to register it as (default: its UTC start, YYYY.MM.DD-HHMMSS)")),
+    config: configOpt,
+    json: jsonOpt
+  },
+  (o) => lazy(() => import("./programs/cli/golden.js"), (m) => m.goldenBuild(o))
+).pipe(Command.withDescription("build, checksum and register the golden archive (pct create, install, vzdump, pct destroy); exit 0 registered, 1 failed"))
+
+const goldenList = Command.make("list", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/golden.js"), (m) => m.goldenList(o))
+).pipe(Command.withDescription("the golden archives the agent may provision from: version, sha256, current or retired"))
+
+const golden = Command.make("golden").pipe(
+  Command.withDescription("the golden base archive provisioning restores from"),
+  Command.withSubcommands([goldenBuild, goldenList])
+)
+
 // ---------------------------------------------------------------------------------------------
 // provision, recover (issue 12): long operations with progress on stderr
 
@@ -257,11 +278,39 @@ const provision = Command.make(
   "create one guest from the golden archive (the reconcile create saga, then its controller); exit 0 done, 1 refused/failed/rolled back, 2 usage"
 ))
 
+const recover = Command.make(
+  "recover",
+  {
+    vmid: Options.integer("vmid").pipe(Options.withSchema(VmId), Options.optional, Options.withDescription("the lost guest")),
+    scenario: Options.choice("scenario", ["total", "partial"]).pipe(
+      Options.withDefault("total" as const),
+      Options.withDescription("total: the guest is gone (keeps its MAC); partial: its source may still be live (fresh MAC, link down until --confirm)")
+    ),
+    source: Options.choice("source", ["auto", "snapshot", "vzdump", "pbs"]).pipe(
+      Options.withDefault("auto" as const),
+      Options.withDescription("restore tier (auto: the fastest surviving one)")
+    ),
+    plan: Options.boolean("plan").pipe(Options.withDescription("print the plan (tier, point, age, identity, bulk volumes) and what to sign; change nothing")),
+    signed: fileOpt("signed", "the operator's signed op recover (BLOB.sig beside it)").pipe(Options.optional),
+    desired: fileOpt("desired", "desired-state JSON that sizes and configures the guest (default: the backup's own config)").pipe(Options.optional),
+    fromDesired: Options.boolean("from-desired").pipe(Options.withDescription("take the desired state from the hub")),
+    confirm: Options.boolean("confirm").pipe(Options.withDescription("after a partial recovery: the source is gone, bring the guest's NICs up")),
+    journal: Options.boolean("journal").pipe(Options.withDescription("replay the journal now (what the daemon does at start) and report each op")),
+    config: configOpt,
+    json: Options.boolean("json").pipe(
+      Options.withDescription("the result as one JSON object on stdout; progress as JSON lines on stderr (also without a TTY)")
+    )
+  },
+  (o) => lazy(() => import("./programs/cli/recover.js"), (m) => m.recover(o))
+).pipe(Command.withDescription(
+  "guest-loss DR from the fastest surviving tier, journal replay (--journal), link confirmation (--confirm); exit 0 done, 1 failed, 2 usage, 4 needs an operator signature"
+))
+
 // ---------------------------------------------------------------------------------------------
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, plan, provision, journal, audit, op, sshsig, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, golden, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

@@ -257,7 +257,8 @@ beforeAll(async () => {
   // the default seed with quick tasks (the sim runs on the wall clock here)
   const seed = JSON.parse(readFileSync(join(root, "configs", "sim", "pve.json"), "utf8")) as Record<string, unknown>
   const seedFile = join(mkdtempSync(join(tmpdir(), "felhom-prov-seed-")), "seed.json")
-  writeFileSync(seedFile, JSON.stringify({ ...seed, ...durations(300) }))
+  // a start long enough to be seen running by the terminal renderer's one-second tail
+  writeFileSync(seedFile, JSON.stringify({ ...seed, task_durations_ms: { ...durations(300).task_durations_ms, vzstart: 2500 } }))
   sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0", "--seed", seedFile], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
   let out = ""
   await new Promise<void>((resolve, reject) => {
@@ -413,6 +414,31 @@ describe("felhom-agent provision (the shipped bin against sim pve)", () => {
     const after = await run(["provision", "--vmid", "115", "--spec", spec, "--archive", GOLDEN, "--storage", "local-lvm", "--json"], e)
     expect(after.status, after.stderr).toBe(0)
   }, 90_000)
+
+  it.skipIf(!existsSync("/usr/bin/script"))("at a terminal: finished steps as lines, the live step redrawn in place with the task log tail", async () => {
+    const dir = await stateDir(true)
+    const specDir = mkdtempSync(join(tmpdir(), "felhom-prov-tty-"))
+    const spec = join(specDir, "g116.json")
+    writeFileSync(spec, JSON.stringify(Schema.encodeSync(DesiredGuest)(guest(116))))
+    // util-linux script(1) gives the command a pseudo-terminal on stdout and stderr
+    const command = [process.execPath, bin, "provision", "--vmid", "116", "--spec", spec, "--archive", GOLDEN, "--storage", "local-lvm"]
+      .map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ")
+    const r = await new Promise<{ status: number | null; out: string }>((resolve, reject) => {
+      const child = spawn("/usr/bin/script", ["-qec", command, "/dev/null"], { env: env({ ...exports, FELHOM_AGENT_STATE_DIR: dir }), stdio: ["ignore", "pipe", "pipe"] })
+      running.add(child)
+      let out = ""
+      child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c))
+      child.on("error", reject)
+      child.on("close", (status) => (running.delete(child), resolve({ status, out })))
+    })
+    expect(r.status, r.out).toBe(0)
+    expect(r.out).toMatch(/✓ resize {2}0:0\d/)
+    expect(r.out).toMatch(/… start {2}0:0\d {2}\(total 0:\d\d\) {2}\[PVE task running\]/)
+    expect(r.out).toMatch(/\u001b\[\d+A\r\u001b\[J/) // redrawn in place
+    expect(r.out).toMatch(/… start .*\r?\n {6}│ /) // a line of the start task's log under it
+    expect(r.out).toContain("guest 116: DONE")
+    expect(r.out).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
+  }, 60_000)
 
   it.effect("the lock is the kernel's: held across processes, released when its holder's scope ends", () =>
     Effect.gen(function*() {
