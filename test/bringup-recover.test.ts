@@ -3,7 +3,7 @@
  * fresh restore with the scenario's identity, bulk re-attach, and what a failure leaves.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Fiber, Layer, Option, TestClock } from "effect"
+import { Clock, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
 import { GuestRecords } from "../src/layers/GuestRecords.js"
 import { OpLog } from "../src/layers/OpLog.js"
 import { Proxmox } from "../src/layers/Proxmox.js"
@@ -14,8 +14,11 @@ import { clearForConsole } from "../src/programs/control/gate.js"
 import { recover } from "../src/programs/control/recover.js"
 import { VmId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, dbFile, operator, runTimed, settle, signedOp } from "./engine-support.js"
-import { protectionSeed, T0, USB } from "./protection-support.js"
+import { agentLayer, type AgentServices, dbFile, job, operator, runTimed, settle, signedOp } from "./engine-support.js"
+import { executePlan, planNow } from "../src/programs/control/apply.js"
+import { runSignedJob } from "../src/programs/control/jobs.js"
+import { decodeDesiredState } from "../src/schema/desired.js"
+import { guestsJson, protectionSeed, T0, USB } from "./protection-support.js"
 
 const V100 = VmId.make(100)
 const MAC100 = "BC:24:11:3A:5C:01"
@@ -194,6 +197,50 @@ describe("recover: guest-loss DR", () => {
         const e = yield* Effect.flip(runTimed(recoverPlan(VmId.make(150), { scenario: "total", source: "auto", desired: null, placement: undefined, manifest: [] })))
         expect(e._tag).toBe("NoRestorePoint")
         expect(e.message).toContain("looked at")
+      })
+    ))
+
+  it.scoped("reconcile offers a lost guest the hub still wants as a recover pending signature; the operator's signed job brings it back", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        yield* runTimed(loseGuest100(sim, { bulk: false }))
+        const desired = Either.getOrThrow(decodeDesiredState({ generation: 7, guests: [guestsJson[0]] }))
+        const p = yield* runTimed(planNow(desired))
+        const action = p.actions.find((a) => a.kind === "recover")
+        expect(action?.vmid).toBe(100)
+        expect(p.actions.filter((a) => a.kind === "create")).toEqual([]) // never recreated blank
+        expect(p.notes.find((n) => n.vmid === 100)?.message).toContain("waits for an operator's signature")
+        const outcomes = yield* runTimed(executePlan(p))
+        const pending = outcomes.find((o) => o.action === "recover")!
+        expect(pending.verdict).toBe("pending_signature")
+        expect(pending.result).toBe("not_run")
+        expect(Option.isNone(yield* sim.guest(100))).toBe(true)
+        // the operator signs exactly the params the report shows; the hub relays it as a job
+        const params = pending.params!
+        expect(params["tier"]).toBe("vzdump")
+        const signed = signedOp({ op: "recover", guest_id: 100, params }, operator, yield* Clock.currentTimeMillis)
+        const result = yield* runTimed(runSignedJob(job({ op: "recover", guest_id: 100, params }, signed)))
+        expect(result.status).toBe("done")
+        const g = Option.getOrThrow(yield* sim.guest(100))
+        expect(String(g.config["net0"])).toContain(`hwaddr=${MAC100}`)
+        expect(g.config["hostname"]).toBe("cust-alpha")
+        // the next pass has nothing left to do for it
+        const again = yield* runTimed(planNow(desired))
+        expect(again.actions.filter((a) => a.vmid === 100)).toEqual([])
+      })
+    ))
+
+  it.scoped("a hub job whose signed point is no longer the plan's is refused, nothing restored", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        yield* runTimed(loseGuest100(sim, { bulk: false }))
+        const plan = yield* runTimed(planFor("total"))
+        const params = { ...plan.gatedParams, point: "usb1:backup/vzdump-lxc-100-2020_01_01-00_00_00.tar.zst" }
+        const signed = signedOp({ op: "recover", guest_id: 100, params }, operator, yield* Clock.currentTimeMillis)
+        const result = yield* runTimed(runSignedJob(job({ op: "recover", guest_id: 100, params }, signed)))
+        expect(result.status).toBe("failed")
+        expect(result.reason).toContain("re-sign")
+        expect(Option.isNone(yield* sim.guest(100))).toBe(true)
       })
     ))
 })

@@ -181,7 +181,7 @@ const driftedArb = desiredStateArb.chain((d) =>
 // ---------------------------------------------------------------------------------------------
 // Helpers for the properties
 
-const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, start: 3, stop: 3, deploy_controller: 4, update_controller: 4 }
+const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, start: 3, stop: 3, deploy_controller: 4, update_controller: 4, recover: 0 }
 
 /** Actions grouped by vmid ascending, per guest in execution order. */
 const wellOrdered = (p: Plan): boolean =>

@@ -33,7 +33,8 @@ import { ControllerOps } from "../controller/ops.js"
 import { normalizeTags } from "../control/plan.js"
 import type { Outcome } from "../control/recover.js"
 import { reread, settleStarted } from "../control/recover.js"
-import { clearBringupConfig, gate, type Grant, type SignedOp } from "../control/gate.js"
+import { clearBringupConfig, gate, type GateDecision, type Grant, type SignedOp } from "../control/gate.js"
+import { jsonEqual } from "../../schema/json.js"
 import {
   admissionOf,
   BadJob,
@@ -296,23 +297,8 @@ export const runRecover = (
 ) =>
   Effect.gen(function*() {
     const auditLog = yield* AuditLog
-    const key = opts.key ?? null
     const params: JsonObject = { ...plan.gatedParams }
-    const action = { op: "recover", vmid: plan.vmid, params }
-    let grant: Grant | null = null
-    let authorization: SignedAuthorization | null = null
-    if (plan.needsSignature || Option.isSome(signed)) {
-      const judged = yield* gate(action, signed, actor)
-      if (judged.grant === null) {
-        const d = judged.decision
-        return { opId: null, outcome: d.verdict, detail: d.verdict === "rejected" ? `${d.reason}: ${d.message}` : d.reason, bulk: [] } satisfies RecoverResult as RecoverResult
-      }
-      const d = judged.decision
-      grant = judged.grant
-      if (d.verdict === "signed_ok") {
-        authorization = { basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: key }
-      }
-    } else {
+    if (!plan.needsSignature && Option.isNone(signed)) {
       // a fresh restore into a vmid the agent knows nothing of: nothing is overwritten or replaced
       yield* auditLog.audit({
         actor,
@@ -321,19 +307,43 @@ export const runRecover = (
         decision: "allowed",
         detail: { class: "benign", reason: "a fresh restore into an empty vmid the agent holds no record of", params }
       })
+      return yield* executeRecover(plan, null, opts)
     }
-    if (plan.mode !== "fresh" && grant === null) {
-      return { opId: null, outcome: "pending_signature", detail: `a ${plan.mode} needs an operator signature`, bulk: [] } satisfies RecoverResult as RecoverResult
+    const judged = yield* gate({ op: "recover", vmid: plan.vmid, params }, signed, actor)
+    if (judged.grant === null) {
+      const d = judged.decision
+      return { opId: null, outcome: d.verdict, detail: d.verdict === "rejected" ? `${d.reason}: ${d.message}` : d.reason, bulk: [] } satisfies RecoverResult as RecoverResult
+    }
+    return yield* executeRecover(plan, { decision: judged.decision, grant: judged.grant }, opts)
+  })
+
+/**
+ * Runs a plan the gate already judged (`approved`: its grant for exactly `plan.gatedParams`), or,
+ * with null, a fresh restore that needs no signature. Refuses a mismatch of plan and grant.
+ */
+export const executeRecover = (
+  plan: RecoverPlan,
+  approved: { readonly decision: GateDecision; readonly grant: Grant } | null,
+  opts: { readonly key?: string | null; readonly spec?: DesiredGuest | null } = {}
+) =>
+  Effect.gen(function*() {
+    const key = opts.key ?? null
+    const grant = approved?.grant ?? null
+    const refuse = (detail: string) => ({ opId: null, outcome: "rejected" as const, detail, bulk: [] }) satisfies RecoverResult as RecoverResult
+    if (grant === null && (plan.mode !== "fresh" || plan.needsSignature)) {
+      return { opId: null, outcome: "pending_signature", detail: `a ${plan.mode} recovery of ${plan.vmid} needs an operator signature`, bulk: [] } satisfies RecoverResult as RecoverResult
+    }
+    if (grant !== null && (grant.action.op !== "recover" || grant.action.vmid !== plan.vmid || !jsonEqual(grant.action.params, { ...plan.gatedParams }))) {
+      return refuse(`the approval is for another action than this recovery of ${plan.vmid}`)
     }
     if (plan.mode === "overwrite" && plan.overwriteLosses.length > 0) {
       const lost = plan.overwriteLosses.map((l) => `${l.key} (${l.path})`).join(", ")
-      return {
-        opId: null,
-        outcome: "rejected",
-        detail: `a restore over guest ${plan.vmid} would destroy volumes outside its backups: ${lost}; detach them first`,
-        bulk: []
-      } satisfies RecoverResult as RecoverResult
+      return refuse(`a restore over guest ${plan.vmid} would destroy volumes outside its backups: ${lost}; detach them first`)
     }
+    const d = approved?.decision
+    const authorization: SignedAuthorization | null = d !== undefined && d.verdict === "signed_ok"
+      ? { basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: key }
+      : null
     const scenario = plan.scenario === "guest-loss-partial" ? "guest-loss-partial" as const : "guest-loss-total" as const
     const op: OperationOf<"recover"> = {
       _tag: "recover",
@@ -350,9 +360,11 @@ export const runRecover = (
     yield* emitProgress({ kind: "op", opId: s.id, op: "recover", vmid: plan.vmid })
     const r = plan.mode === "fresh"
       ? yield* freshBody(s, plan)
+      : grant === null
+      ? yield* Effect.die("unreachable: a signed mode without a grant")
       : plan.mode === "overwrite"
-      ? yield* overwriteBody(s, plan, grant!)
-      : yield* rollbackBody(s, grant!)
+      ? yield* overwriteBody(s, plan, grant)
+      : yield* rollbackBody(s, grant)
     return { opId: s.id, ...r } satisfies RecoverResult as RecoverResult
   })
 

@@ -27,6 +27,9 @@ import {
 import { gate, type GatedAction, type GateResult, type SignedOp } from "./gate.js"
 import { type Action, normalizeActual, normalizeDesired, type Plan, plan, type PlanContext } from "./plan.js"
 import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
+import { recoverPlan } from "../bringup/tiers.js"
+import { executeRecover } from "../bringup/recoverGuest.js"
+import type { JsonObject } from "../../schema/json.js"
 import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "../controller/ops.js"
 
 const GiB = 1024 * 1024 * 1024
@@ -117,6 +120,40 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
     return ctx
   })
 
+/**
+ * For each lost guest the desired state still wants: a `recover` action from its fastest surviving
+ * restore point (pending an operator's signature), or, when none can be planned, the lost note
+ * says why (no restore point, the PBS key missing, no storage to restore to).
+ */
+export const withRecoveries = (p: Plan, desired: DesiredState) =>
+  Effect.gen(function*() {
+    const actions: Array<Action> = [...p.actions]
+    const notes: Array<Plan["notes"][number]> = []
+    for (const n of p.notes) {
+      const d = desired.guests.find((g) => g.vmid === n.vmid)
+      if (n.reason !== "lost" || d === undefined) {
+        notes.push(n)
+        continue
+      }
+      const planned = yield* Effect.either(recoverPlan(n.vmid, {
+        scenario: "total",
+        source: "auto",
+        desired: d,
+        placement: desired.policies?.guests.find((g) => g.vmid === n.vmid),
+        manifest: desired.storage ?? [],
+        provisioningStorage: desired.provisioning?.storage
+      }))
+      if (planned._tag === "Left") {
+        notes.push({ ...n, message: `${n.message}; no recovery can be planned: ${planned.left.message}` })
+        continue
+      }
+      notes.push({ ...n, message: `${n.message}; a recover from ${planned.right.point.tier} ${planned.right.point.point} waits for an operator's signature` })
+      actions.push({ kind: "recover", vmid: n.vmid, recover: planned.right, spec: d })
+    }
+    actions.sort((a, b) => a.vmid - b.vmid)
+    return { ...p, actions, notes } satisfies Plan as Plan
+  })
+
 /** Observe PVE and the journal, then plan; a guest found lost is recorded lost. */
 export const planNow = (desired: DesiredState) =>
   Effect.gen(function*() {
@@ -125,7 +162,7 @@ export const planNow = (desired: DesiredState) =>
     const ctx = yield* observeContext(obs, desired)
     const p = plan(obs.actual, desired, ctx)
     for (const n of p.notes) if (n.reason === "lost") yield* guests.markLost(n.vmid, n.message)
-    return p
+    return yield* withRecoveries(p, desired)
   })
 
 export const gatedActionOf = (a: Action): GatedAction => {
@@ -149,6 +186,8 @@ export const gatedActionOf = (a: Action): GatedAction => {
     case "update_controller":
       // the plan chose the basis from the agent's config, never from the hub
       return { op: a.basis === "policy" ? "controller-update-policy" : "controller-update", vmid: a.vmid, params: { image: a.to } }
+    case "recover":
+      return { op: "recover", vmid: a.vmid, params: { ...a.recover.gatedParams } }
   }
 }
 
@@ -163,6 +202,8 @@ export interface ActionOutcome {
   readonly verdict: "allowed" | "signed_ok" | "pending_signature" | "rejected"
   readonly result: "applied" | "failed" | "not_run"
   readonly reason: string
+  /** What an operator signs for it (the gated params), for a pending destructive action. */
+  readonly params?: JsonObject
 }
 
 /** Signatures offered for destructive actions, keyed by `signatureKey`. */
@@ -210,6 +251,11 @@ const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError |
           }, admissionOf(approved.grant)))
         : Effect.fail(new BadJob({ message: "a controller image outside the operator's repositories runs only with an operator signature" }))
     }
+    case "recover":
+      return executeRecover(a.recover, { decision: approved.decision, grant: approved.grant }, { spec: a.spec }).pipe(
+        Effect.flatMap((r) =>
+          r.outcome === "done" ? Effect.void : Effect.fail(new BadJob({ message: `recover of ${a.vmid}: ${r.outcome} (${r.detail})` })))
+      )
   }
 }
 
@@ -227,7 +273,7 @@ const runGuest = (vmid: VmId, actions: ReadonlyArray<Action>, signatures: Signat
       const judged = yield* gate(ga, Option.fromNullable(signatures.get(signatureKey(ga.op, ga.vmid))), "reconcile")
       if (judged.grant === null) {
         const d = judged.decision
-        out.push({ vmid, action: a.kind, verdict: d.verdict, result: "not_run", reason: d.reason })
+        out.push({ vmid, action: a.kind, verdict: d.verdict, result: "not_run", reason: d.reason, params: ga.params })
         stopped = true // later actions may depend on this one
         continue
       }

@@ -27,6 +27,9 @@ import { Retention } from "../../schema/storage.js"
 import { adoptSignedRetention } from "../protection/prune.js"
 import { ImageRef } from "../../schema/bootstrap.js"
 import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
+import { recoverPlan } from "../bringup/tiers.js"
+import { executeRecover } from "../bringup/recoverGuest.js"
+import { jsonEqual } from "../../schema/json.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -46,6 +49,12 @@ const GoldenParams = Schema.Struct({ archive: VolumeId })
 const RetentionChangeParams = Schema.Struct({ storage: StorageId, retention: Retention })
 const StorageRemovalParams = Schema.Struct({ storage: StorageId })
 const ControllerUpdateParams = Schema.Struct({ image: ImageRef })
+const RecoverParams = Schema.Struct({
+  scenario: Schema.Literal("guest-loss-total", "guest-loss-partial"),
+  tier: Schema.Literal("snapshot", "vzdump", "pbs"),
+  point: Schema.String,
+  storage: StorageId
+})
 
 export const decodeRestoreSource = (params: JsonObject): Option.Option<RestoreSource> => {
   const snap = Schema.decodeUnknownOption(RestoreFromSnapshot, strict)(params)
@@ -134,6 +143,33 @@ const run = (
         Option.isSome(c)
           ? c.value.update(vmid, image, { basis: "signed", authorization: auth.right }, admissionOf(approved.grant, key))
           : Effect.fail<BadJob | ControllerOpFailed>(new BadJob({ message: "this host serves no local API: no controller can be updated" })))
+    }
+    case "recover": {
+      // guest-loss DR: the signed params name the scenario, tier, restore point and target storage;
+      // the plan is recomputed now and must name exactly that point (else: re-sign)
+      const p = Schema.decodeUnknownOption(RecoverParams, strict)(params)
+      const auth = signed()
+      if (vmid === null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "recover needs guest_id and params exactly {scenario, tier, point, storage}" }))
+      }
+      if (Either.isLeft(auth)) return Effect.fail(auth.left)
+      const want = p.value
+      return Effect.gen(function*() {
+        const plan = yield* recoverPlan(vmid, {
+          scenario: want.scenario === "guest-loss-partial" ? "partial" : "total",
+          source: want.tier,
+          desired: null,
+          placement: undefined,
+          manifest: []
+        }).pipe(Effect.mapError((e) => new BadJob({ message: `recover of ${vmid} cannot be planned: ${e.message}` })))
+        if (!jsonEqual({ ...plan.gatedParams }, { ...want })) {
+          return yield* new BadJob({
+            message: `the signed recovery of ${vmid} names ${want.tier} ${want.point} on ${want.storage}; the plan now is ${plan.point.tier} ${plan.point.point} on ${plan.storage}: re-sign`
+          })
+        }
+        const r = yield* executeRecover(plan, { decision: approved.decision, grant: approved.grant }, { key })
+        if (r.outcome !== "done") return yield* new BadJob({ message: `recover of ${vmid}: ${r.outcome} (${r.detail})` })
+      })
     }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))

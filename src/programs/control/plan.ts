@@ -7,6 +7,7 @@
  * description with PVE's trailing newline, tags in any order and separator, absent keys meaning
  * PVE's defaults.
  */
+import type { RecoverPlan } from "../bringup/tiers.js"
 import { mountsFor } from "../bringup/mounts.js"
 import type { StorageId, VmId, VolumeId } from "../../schema/ids.js"
 import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
@@ -148,6 +149,12 @@ export type Action =
    * "signed" (an operator vouches for it).
    */
   | { readonly kind: "update_controller"; readonly vmid: VmId; readonly from: string; readonly to: string; readonly basis: "policy" | "signed" }
+  /**
+   * A lost guest the hub still wants (issue 12): recovered from its fastest surviving backup,
+   * never recreated blank. Planned outside the pure diff (apply.ts withRecoveries reads PVE for
+   * the restore points); always destructive-class: it runs only with an operator's signature.
+   */
+  | { readonly kind: "recover"; readonly vmid: VmId; readonly recover: RecoverPlan; readonly spec: DesiredGuest }
 
 export type NoteReason =
   | "shrink_refused"

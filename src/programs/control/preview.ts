@@ -8,7 +8,8 @@ import type { AuthzShape } from "../../layers/Authz.js"
 import type { DesiredState } from "../../schema/desired.js"
 import type { SignedOp } from "./gate.js"
 import { currentProvenance, judge } from "./gate.js"
-import { gatedActionOf, observeContext, observePve, signatureKey } from "./apply.js"
+import { gatedActionOf, observeContext, observePve, signatureKey, withRecoveries } from "./apply.js"
+import { ageInWords } from "../bringup/tiers.js"
 import { type Action, plan } from "./plan.js"
 import { parseTimeZone, UTC } from "../protection/calendar.js"
 import { type ProtectionPreview, protectionPreview, renderProtection } from "../protection/view.js"
@@ -43,6 +44,15 @@ const detailOf = (a: Action): Record<string, unknown> => {
       return { ...a.set }
     case "resize":
       return { disk: a.disk, size_gib: a.sizeGib }
+    case "recover":
+      return {
+        mode: a.recover.mode,
+        tier: a.recover.point.tier,
+        point: a.recover.point.point,
+        age: ageInWords(a.recover.ageSeconds),
+        storage: a.recover.storage,
+        sign: { op: "recover", guest_id: a.vmid, params: a.recover.gatedParams }
+      }
     default:
       return {}
   }
@@ -52,7 +62,7 @@ const detailOf = (a: Action): Record<string, unknown> => {
 export const planReport = (desired: DesiredState, offered: ReadonlyMap<string, SignedOp>, authz: Option.Option<AuthzShape>, timeZone = "UTC") =>
   Effect.gen(function*() {
     const obs = yield* observePve
-    const p = plan(obs.actual, desired, yield* observeContext(obs, desired, { record: false }))
+    const p = yield* withRecoveries(plan(obs.actual, desired, yield* observeContext(obs, desired, { record: false })), desired)
     const actions = yield* Effect.forEach(p.actions, (a) =>
       Effect.gen(function*() {
         const ga = gatedActionOf(a)

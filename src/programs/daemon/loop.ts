@@ -66,7 +66,7 @@ const reconcileOnce = (desired: DesiredState, previous: ReadonlyArray<PendingSig
       .map((o): PendingSignature => {
         const op = o.action === "destroy" ? "decommission" : o.action
         const since = previous.find((x) => x.op === op && x.vmid === o.vmid)?.since ?? now
-        return { op, vmid: o.vmid, params: {}, reason: o.reason, since }
+        return { op, vmid: o.vmid, params: o.params ?? {}, reason: o.reason, since }
       })
     for (const o of outcomes) {
       yield* Effect.logInfo(`reconcile ${o.action} ${o.vmid}: ${o.verdict} ${o.result}${o.result === "applied" ? "" : ` (${o.reason})`}`)
