@@ -31,7 +31,7 @@ import {
   type StepName
 } from "../../schema/operations.js"
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
-import { clearCompensation, type Grant } from "./gate.js"
+import { clearBringupConfig, clearCompensation, type Grant } from "./gate.js"
 import { notesFor } from "../protection/provenance.js"
 import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
 import { overwriteLayout } from "../bringup/layout.js"
@@ -264,12 +264,36 @@ const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
       )
     )
     // new volumes for the placement's mount points: allocated by PVE inside the PUT, ours until the seal
-    yield* s.config("mounts", s.op.mounts ?? {})
+    yield* allocateMounts(s, s.op.mounts ?? {})
     yield* s.config("configure", { description: spec.description, tags: specTags(spec, [marker]) })
     // the seal: written first, so a crash right after it can never be read as "still ours"
     yield* s.done("seal")
     yield* guests.clearProvenance(vmid)
     yield* guests.markCustomer(vmid, `created by op ${s.id}`)
+  })
+
+/**
+ * The `mounts` step: `mpN=<storage>:<GiB>,...` allocations on the guest being built, only for keys
+ * its config does not have yet (never a replacement), cleared by the gate for this op.
+ */
+export const allocateMounts = <K extends "create" | "recover">(s: Saga<K>, mounts: Readonly<Record<string, string>>) =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    const ops = yield* OpLog
+    const vmid = (s.op as OperationOf<"create"> | OperationOf<"recover">).vmid
+    const step = "mounts" as StepName<K>
+    yield* s.started(step, { mounts })
+    const config = yield* pve.guestConfig(vmid)
+    const missing = Object.fromEntries(Object.entries(mounts).filter(([k]) => !Object.hasOwn(config, k)))
+    if (Object.keys(missing).length > 0) {
+      const clearance = yield* clearBringupConfig(s.id, vmid, Object.keys(missing))
+      const upid = yield* pve.setConfigVolumes(vmid, { set: missing }, clearance)
+      if (Option.isSome(upid)) {
+        yield* ops.recordUpid(s.id, step, upid.value)
+        yield* pve.waitTask(upid.value)
+      }
+    }
+    yield* s.done(step)
   })
 
 const afterSeal = (s: Saga<"create">) =>
@@ -483,5 +507,8 @@ export const restoreNow = (vmid: VmId, source: RestoreSource, grant: Grant, auth
           })
         )
       )
+      // a token's restore drops bind mounts: the controller's bootstrap goes back before any start
+      const controllers = yield* Effect.serviceOption(ControllerOps)
+      if (Option.isSome(controllers)) yield* controllers.value.reidentify(vmid, null)
       if (wasRunning) yield* s.task("start", pve.start(vmid))
     }), admissionOf(grant, key))

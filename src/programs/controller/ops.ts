@@ -32,10 +32,11 @@ export interface ControllerOpsShape {
   /** `admission`: a signed update's grant nonce (and job key), spent as its op is admitted. */
   readonly update: (vmid: VmId, image: string, basis: UpdateBasis, admission: Admission) => Effect.Effect<void, ControllerOpFailed>
   /**
-   * A recovered guest (issue 12): its bootstrap mounted again and republished with `identity`
-   * (kept from then on). "no_controller" when the guest has none deployed on this host.
+   * A recovered guest (issue 12): its bootstrap mounted again (a token restore drops bind mounts)
+   * and republished with `identity` (kept from then on; null keeps the one in force, as after a
+   * restore-now of the same guest). "no_controller" when the guest has none deployed on this host.
    */
-  readonly reidentify: (vmid: VmId, identity: IdentityDirective) => Effect.Effect<"republished" | "no_controller", ControllerOpFailed>
+  readonly reidentify: (vmid: VmId, identity: IdentityDirective | null) => Effect.Effect<"republished" | "no_controller", ControllerOpFailed>
   /** Before a guest is destroyed: its tokens revoked (durably, first), its bootstrap files removed. */
   readonly undeploy: (vmid: VmId) => Effect.Effect<void, ControllerOpFailed>
 }

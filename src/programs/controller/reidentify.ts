@@ -17,7 +17,8 @@ import { hostPathOf, isBootstrapMount, mountValue, pickMpIndex } from "./deploy.
 
 export type ReidentifyResult = "republished" | "no_controller"
 
-export const reidentifyController = (vmid: VmId, identity: IdentityDirective) =>
+/** `identity` null: the directive in force stays (a restore of the same guest: only the mount is back). */
+export const reidentifyController = (vmid: VmId, identity: IdentityDirective | null) =>
   Effect.gen(function*() {
     const store = yield* ControllerStore
     const pve = yield* Proxmox
@@ -25,7 +26,7 @@ export const reidentifyController = (vmid: VmId, identity: IdentityDirective) =>
     const record = yield* store.get(vmid)
     if (Option.isNone(record)) return "no_controller" as ReidentifyResult
     const r = record.value
-    yield* store.setIdentity(vmid, identity)
+    if (identity !== null) yield* store.setIdentity(vmid, identity)
     const hostPath = hostPathOf((yield* AgentConfig).file.privileged.bootstrap_root, vmid)
     const config = yield* pve.guestConfig(vmid)
     const mpIndex = pickMpIndex(config, hostPath, r.mpIndex)
