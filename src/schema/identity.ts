@@ -28,9 +28,10 @@ export type IdentityAttribute = (typeof IDENTITY_ATTRIBUTES)[number]
 
 /**
  * fresh: newly made for this guest (nothing of the archive's); kept: the archive's carries over;
- * reset: the archive's is replaced at first boot (inside the guest, by the directive).
+ * reset: the archive's is replaced at first boot (inside the guest, by the directive); withheld:
+ * the guest gets none (a restore-test's scratch copy has no bootstrap mount: no token, no channel).
  */
-export type Treatment = "fresh" | "kept" | "reset"
+export type Treatment = "fresh" | "kept" | "reset" | "withheld"
 
 export interface ScenarioPolicy {
   readonly identity: { readonly [A in IdentityAttribute]: Treatment }
@@ -87,7 +88,7 @@ export const IDENTITY_TABLE: { readonly [S in Scenario]: ScenarioPolicy } = {
       hostname: "kept",
       "machine-id": "reset",
       "ssh-host-keys": "reset",
-      "controller-identity": "kept",
+      "controller-identity": "withheld",
       "restic-identity": "kept",
       tunnel: "kept"
     },
