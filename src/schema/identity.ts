@@ -86,14 +86,15 @@ export const IDENTITY_TABLE: { readonly [S in Scenario]: ScenarioPolicy } = {
     identity: {
       mac: "fresh",
       hostname: "kept",
-      "machine-id": "reset",
-      "ssh-host-keys": "reset",
+      "machine-id": "kept",
+      "ssh-host-keys": "kept",
       "controller-identity": "withheld",
       "restic-identity": "kept",
       tunnel: "kept"
     },
     linkDown: true,
-    why: "a scratch copy beside a live source: it must never reach the network, and is torn down after its checks"
+    why:
+      "a scratch copy beside a live source: it never reaches a network (link down, fresh MAC) and is torn down after its checks, so nothing of it can collide; it boots as the backup holds it, which is what the test checks, and gets no bootstrap (no token, no directive)"
   },
   "host-loss": {
     identity: {
