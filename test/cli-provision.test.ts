@@ -23,6 +23,7 @@ import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "../s
 import { makeTtyProgress, type ProgressOutput } from "../src/programs/cli/progress.js"
 import { holdStateLockIn } from "../src/programs/cli/stateLock.js"
 import { DesiredGuest } from "../src/schema/desired.js"
+import { GuestPlacement } from "../src/schema/storage.js"
 import { StorageId, type VmId, VolumeId } from "../src/schema/ids.js"
 import { makeSimPve } from "../src/sim/pve/index.js"
 import { agentLayer, dbFile, GOLDEN, registerGolden, runTimed, settle } from "./engine-support.js"
@@ -140,6 +141,25 @@ describe("provisionGuest", () => {
       expect(events).toEqual([`deploy 110 ${IMAGE}`, "next in 110's queue"])
       const created = yield* sim.guest(110)
       expect(Option.map(created, (g) => g.status)).toEqual(Option.some("running"))
+    }))
+
+  it.scoped("the placement's volumes are allocated as mount points (bulk as backup=0), as reconcile's create does", () =>
+    Effect.gen(function*() {
+      const { layer, sim } = yield* withAgent()
+      const placement = Schema.decodeUnknownSync(GuestPlacement)({
+        vmid: 110,
+        volumes: [
+          { volume: "mp0", kind: "hot", target: "local-lvm", path: "/srv/db", size_gib: 4 },
+          { volume: "mp1", kind: "bulk", target: "local-lvm", path: "/srv/media", size_gib: 8, backup: { none: { reason: "re-downloadable" } } }
+        ]
+      })
+      expect(provisionSteps(guest(110), SOURCE, placement).find((s) => s.step === "mounts")!.what).toContain("mp1 local-lvm:8,mp=/srv/media,backup=0")
+      const r = yield* Effect.zipRight(registerGolden, runTimed(provisionGuest(guest(110), SOURCE, { actor: "cli", placement })))
+        .pipe(Effect.provide(layer))
+      expect(r.outcome).toBe("done")
+      const config = Option.getOrThrow(yield* sim.guest(110)).config
+      expect(String(config["mp0"])).toMatch(/^local-lvm:vm-110-disk-\d+,mp=\/srv\/db,size=4G$/)
+      expect(String(config["mp1"])).toMatch(/,mp=\/srv\/media,.*backup=0|,backup=0.*mp=\/srv\/media/)
     }))
 
   it.scoped("without a local API the guest is created and the controller reported skipped", () =>
@@ -439,6 +459,41 @@ describe("felhom-agent provision (the shipped bin against sim pve)", () => {
     expect(r.out).toContain("guest 116: DONE")
     expect(r.out).not.toContain(exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!)
   }, 60_000)
+
+  it("interrupted mid-saga (Ctrl-C): the op stays in flight, the operator is told, and recover --journal rolls it back", async () => {
+    const dir = await stateDir(true)
+    const e = { ...exports, FELHOM_AGENT_STATE_DIR: dir }
+    const specDir = mkdtempSync(join(tmpdir(), "felhom-prov-int-"))
+    const spec = join(specDir, "g117.json")
+    writeFileSync(spec, JSON.stringify(Schema.encodeSync(DesiredGuest)(guest(117))))
+    const child = spawn(process.execPath, [bin, "provision", "--vmid", "117", "--spec", spec, "--archive", GOLDEN, "--storage", "local-lvm"], {
+      env: env(e),
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    running.add(child)
+    let stderr = ""
+    child.stdout!.resume()
+    const closed = new Promise((r) => child.once("close", r))
+    await new Promise<void>((resolve) => {
+      child.stderr!.setEncoding("utf8").on("data", (c: string) => {
+        stderr += c
+        if (stderr.includes(`"step":"restore","state":"started"`)) resolve()
+      })
+    })
+    child.kill("SIGINT")
+    await closed
+    running.delete(child)
+    expect(stderr).toContain("interrupted; an operation left in flight is settled by `felhom-agent recover --journal`")
+    const inFlight = await run(["journal", "list", "--json"], { FELHOM_AGENT_STATE_DIR: dir })
+    expect((JSON.parse(inFlight.stdout) as Array<{ kind: string; status: string }>).map((o) => `${o.kind}:${o.status}`)).toEqual(["create:in_flight"])
+    const replay = await run(["recover", "--journal", "--json"], e)
+    expect(replay.status, replay.stderr).toBe(0)
+    const recovered = (JSON.parse(replay.stdout) as { recovered: Array<{ kind: string; vmid: number; outcome: string }> }).recovered
+    expect(recovered.map((r) => `${r.kind}:${r.vmid}:${r.outcome}`)).toEqual(["create:117:rolled_back"])
+    // nothing half-built is left: the same provision runs again from scratch
+    const again = await run(["provision", "--vmid", "117", "--spec", spec, "--archive", GOLDEN, "--storage", "local-lvm", "--json"], e)
+    expect(again.status, again.stderr).toBe(0)
+  }, 90_000)
 
   it.effect("the lock is the kernel's: held across processes, released when its holder's scope ends", () =>
     Effect.gen(function*() {

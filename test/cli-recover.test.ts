@@ -224,6 +224,10 @@ describe("felhom-agent recover (the shipped bin against sim pve)", () => {
         j.begin({ kind: "start", vmid: 100, payload: encodeOperation({ _tag: "start", vmid: VmId.make(100) }) }),
         j.begin({ kind: "stop", vmid: 102, payload: { not: "an operation" } })
       ))
+    // a guest with an op a crash left in flight is not recovered over it: the replay comes first
+    const early = await run(["recover", "--vmid", "102"], { ...exports, FELHOM_AGENT_STATE_DIR: crashed })
+    expect(early.status).toBe(1)
+    expect(early.stderr).toMatch(/stop op .* on guest 102 is still in flight \(a crash\): run `felhom-agent recover --journal` first/)
     const r = await run(["recover", "--journal"], { ...exports, FELHOM_AGENT_STATE_DIR: crashed })
     expect(r.status).toBe(1)
     expect(r.stdout).toContain("journal: 2 operation(s) were in flight")

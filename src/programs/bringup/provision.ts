@@ -20,6 +20,7 @@ import { Effect, Option } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { OpLog } from "../../layers/OpLog.js"
 import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
+import type { GuestPlacement } from "../../schema/storage.js"
 import type { VmId } from "../../schema/ids.js"
 import { type CreateSource, STEPS } from "../../schema/operations.js"
 import { gatedActionOf, observeContext, observePve } from "../control/apply.js"
@@ -27,6 +28,7 @@ import { currentProvenance, gate, type GateDecision, judge } from "../control/ga
 import { type Action, normalizeDesired, type Note, plan } from "../control/plan.js"
 import { createGuest, emitProgress } from "../control/steps.js"
 import { ControllerOps } from "../controller/ops.js"
+import { mountsFor } from "./mounts.js"
 
 export interface ProvisionStep {
   /** front: the create saga; back: the controller deploy saga. */
@@ -35,10 +37,13 @@ export interface ProvisionStep {
   readonly what: string
 }
 
-const FRONT_WHAT: Readonly<Record<string, (spec: DesiredGuest, source: CreateSource) => string>> = {
+const FRONT_WHAT: Readonly<Record<string, (spec: DesiredGuest, source: CreateSource, mounts: Readonly<Record<string, string>>) => string>> = {
   restore: (_, s) => `restore ${s.archive} onto ${s.storage} with a fresh instance marker tag (unique MAC)`,
   resize: (g) => `grow the rootfs to ${g.rootfs_gib} GiB`,
-  mounts: () => "attach the guest's storage mounts per the manifest",
+  mounts: (_, __, m) =>
+    Object.keys(m).length === 0
+      ? "no storage mounts (the placement allocates none)"
+      : `allocate the placement's volumes: ${Object.entries(m).map(([k, v]) => `${k} ${v}`).join("; ")}`,
   configure: () => "description and tags",
   seal: () => "seal: from here the guest is customer data (no compensating destroy)",
   untag: () => "remove the instance marker tag",
@@ -53,10 +58,10 @@ const BACK_WHAT: Readonly<Record<string, string>> = {
 }
 
 /** What `provision` will do, in order (`--plan`): the create saga's steps, then the back half's. */
-export const provisionSteps = (spec: DesiredGuest, source: CreateSource): ReadonlyArray<ProvisionStep> => [
+export const provisionSteps = (spec: DesiredGuest, source: CreateSource, placement?: GuestPlacement): ReadonlyArray<ProvisionStep> => [
   ...STEPS.create
     .filter((s) => !s.startsWith("compensate_"))
-    .map((step): ProvisionStep => ({ phase: "front", step, what: FRONT_WHAT[step]?.(spec, source) ?? step })),
+    .map((step): ProvisionStep => ({ phase: "front", step, what: FRONT_WHAT[step]?.(spec, source, mountsFor(placement)) ?? step })),
   ...(spec.controller === undefined ? [] : STEPS["controller-deploy"].slice(0, 4).map((step): ProvisionStep => ({
     phase: "back",
     step: `deploy_controller:${step}`,
@@ -64,11 +69,12 @@ export const provisionSteps = (spec: DesiredGuest, source: CreateSource): Readon
   })))
 ]
 
-/** The desired state `provision` judges: this guest alone, from this source. */
-const desiredOf = (spec: DesiredGuest, source: CreateSource): DesiredState => ({
+/** The desired state `provision` judges: this guest alone (with its placement), from this source. */
+const desiredOf = (spec: DesiredGuest, source: CreateSource, placement: GuestPlacement | undefined): DesiredState => ({
   generation: 0,
   guests: [spec],
-  provisioning: { golden_archive: source.archive, storage: source.storage }
+  provisioning: { golden_archive: source.archive, storage: source.storage },
+  ...(placement === undefined ? {} : { policies: { guests: [placement] } })
 })
 
 interface Decision {
@@ -81,9 +87,9 @@ interface Decision {
 }
 
 /** The reconcile planner's verdict on creating this one guest now; records nothing. */
-const decide = (spec: DesiredGuest, source: CreateSource) =>
+const decide = (spec: DesiredGuest, source: CreateSource, placement: GuestPlacement | undefined) =>
   Effect.gen(function*() {
-    const desired = desiredOf(spec, source)
+    const desired = desiredOf(spec, source, placement)
     const obs = yield* observePve
     const ctx = yield* observeContext(obs, desired, { record: false })
     const p = plan(obs.actual, desired, ctx)
@@ -116,9 +122,9 @@ const controllerNote = (notes: ReadonlyArray<Note>) =>
   notes.find((n) => n.reason === "no_local_api" || n.reason === "controller_refused")?.message
 
 /** `provision --plan`: the steps, the gate's verdict and any refusal; changes nothing. */
-export const provisionPreview = (spec: DesiredGuest, source: CreateSource) =>
+export const provisionPreview = (spec: DesiredGuest, source: CreateSource, placement?: GuestPlacement) =>
   Effect.gen(function*() {
-    const d = yield* decide(spec, source)
+    const d = yield* decide(spec, source, placement)
     const action = gatedActionOf({ kind: "create", vmid: spec.vmid, spec, source })
     const verdict = yield* judge(action, yield* currentProvenance(spec.vmid), Option.none(), Option.none())
     const hasControllers = Option.isSome(yield* Effect.serviceOption(ControllerOps))
@@ -132,7 +138,7 @@ export const provisionPreview = (spec: DesiredGuest, source: CreateSource) =>
     return {
       vmid: spec.vmid,
       source,
-      steps: provisionSteps(spec, source),
+      steps: provisionSteps(spec, source, placement),
       gate: { verdict: verdict.verdict, reason: verdict.reason },
       refusal: d.refusal,
       controller
@@ -156,6 +162,8 @@ export interface ProvisionResult {
 export interface ProvisionOptions {
   /** Who asked, for the audit log. */
   readonly actor: string
+  /** The guest's volume placement (the desired state's policies): the mounts the bring-up allocates. */
+  readonly placement?: GuestPlacement | undefined
 }
 
 /** The create ops on `vmid` among the newest entries. */
@@ -171,7 +179,7 @@ export const provisionGuest = (spec: DesiredGuest, source: CreateSource, opts: P
   Effect.flatMap(GuestQueue, (queue) =>
     queue.serialize(spec.vmid)(Effect.gen(function*() {
       const notRun = { state: "not_run" as const, detail: "the create did not complete" }
-      const d = yield* decide(spec, source)
+      const d = yield* decide(spec, source, opts.placement)
       if (d.create === null) {
         const nothing = { state: "not_run" as const, detail: "nothing was created" }
         return { vmid: spec.vmid, opId: null, outcome: "refused", detail: d.refusal ?? "refused", controller: nothing } satisfies ProvisionResult
@@ -189,7 +197,7 @@ export const provisionGuest = (spec: DesiredGuest, source: CreateSource, opts: P
       yield* emitProgress({ kind: "note", text: `provisioning guest ${spec.vmid} from ${source.archive}` })
       const before = new Set((yield* createOpsOf(spec.vmid)).map((o) => o.id))
       const memoryMiB = normalizeDesired(spec).memory_mib ?? Math.ceil(spec.memory_bytes / 1048576)
-      const created = yield* Effect.either(createGuest(spec, source, memoryMiB, judged.grant))
+      const created = yield* Effect.either(createGuest(spec, source, memoryMiB, judged.grant, d.create.mounts ?? {}))
       // ours is the one create op of this guest that was not there before (we hold its turn)
       const op = (yield* createOpsOf(spec.vmid)).find((o) => !before.has(o.id)) ?? null
       const opId = op?.id ?? null

@@ -217,6 +217,10 @@ export const makeStructuredProgress = (opts: StructuredOptions): Effect.Effect<P
     return { emit } satisfies ProgressShape
   })
 
+/** What an interrupted run tells the operator (the journal holds whatever was in flight). */
+export const INTERRUPTED =
+  "felhom-agent: interrupted; an operation left in flight is settled by `felhom-agent recover --journal` (or by the daemon when it starts)"
+
 /** stderr as a progress output. */
 export const stderrOutput: ProgressOutput = {
   write: (text) => void process.stderr.write(text),

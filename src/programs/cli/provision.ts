@@ -15,11 +15,12 @@ import { Proxmox } from "../../layers/Proxmox.js"
 import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
 import { VmId } from "../../schema/ids.js"
 import type { CreateSource } from "../../schema/operations.js"
+import type { GuestPlacement } from "../../schema/storage.js"
 import { type ProvisionPreview, provisionGuest, provisionPreview, type ProvisionResult } from "../bringup/provision.js"
 import { desiredFromHub, guestOf, readDesiredFile, readGuestFile, sourceOf } from "./desiredInput.js"
 import { CliFailure, toCliFailure, usage } from "./failure.js"
 import { cliServices, HubFromConfig } from "./graph.js"
-import { configSecrets, makeStructuredProgress, makeTtyProgress, scrubberFor, stderrOutput, wantsTty } from "./progress.js"
+import { configSecrets, INTERRUPTED, makeStructuredProgress, makeTtyProgress, scrubberFor, stderrOutput, wantsTty } from "./progress.js"
 import { holdStateLock } from "./stateLock.js"
 
 export interface ProvisionCommand {
@@ -46,13 +47,17 @@ const target = (o: ProvisionCommand) =>
       const spec = yield* readGuestFile(o.spec.value)
       if (spec.vmid !== vmid) return yield* usage(`${o.spec.value} is guest ${spec.vmid}, not --vmid ${vmid}`)
       if (flags.archive === undefined) return yield* usage("--spec needs the golden archive: --archive VOLID --storage ID")
-      return { spec, source: yield* sourceOf(flags, null) }
+      return { spec, source: yield* sourceOf(flags, null), placement: undefined }
     }
     const desired: DesiredState = Option.isSome(o.desired)
       ? yield* readDesiredFile(o.desired.value)
       : yield* desiredFromHub.pipe(Effect.provide(HubFromConfig))
     const from = Option.isSome(o.desired) ? o.desired.value : "the hub's desired state"
-    return { spec: yield* guestOf(desired, vmid, from), source: yield* sourceOf(flags, desired) }
+    return {
+      spec: yield* guestOf(desired, vmid, from),
+      source: yield* sourceOf(flags, desired),
+      placement: desired.policies?.guests.find((g) => g.vmid === vmid)
+    }
   })
 
 export const renderPreview = (p: ProvisionPreview): string => {
@@ -73,7 +78,7 @@ export const renderResult = (r: ProvisionResult): string =>
     `controller: ${r.controller.state}${r.controller.detail === "" ? "" : ` (${r.controller.detail})`}`
   ].join("\n")
 
-const run = (o: ProvisionCommand, spec: DesiredGuest, source: CreateSource) =>
+const run = (o: ProvisionCommand, spec: DesiredGuest, source: CreateSource, placement: GuestPlacement | undefined) =>
   Effect.scoped(Effect.gen(function*() {
     yield* holdStateLock(`provision ${spec.vmid}`)
     const { file } = yield* AgentConfigLayer.AgentConfig
@@ -82,17 +87,21 @@ const run = (o: ProvisionCommand, spec: DesiredGuest, source: CreateSource) =>
     const progress = wantsTty(o.json)
       ? yield* makeTtyProgress({ out: stderrOutput, tail: (u, n) => pve.taskLogTail(u, n), scrub })
       : yield* makeStructuredProgress({ out: stderrOutput, scrub })
-    return yield* provisionGuest(spec, source, { actor: "cli" }).pipe(Effect.provideService(Progress, progress))
+    return yield* provisionGuest(spec, source, { actor: "cli", placement }).pipe(
+      Effect.provideService(Progress, progress),
+      // a crash or Ctrl-C leaves the op in flight: recovery settles it, never a guess here
+      Effect.onInterrupt(() => Console.error(INTERRUPTED))
+    )
   }))
 
 export const provision = (o: ProvisionCommand) =>
   Effect.gen(function*() {
-    const { source, spec } = yield* target(o)
+    const { placement, source, spec } = yield* target(o)
     if (o.plan || o.dryRun) {
-      const preview = yield* provisionPreview(spec, source)
+      const preview = yield* provisionPreview(spec, source, placement)
       return yield* Console.log(o.json ? JSON.stringify(preview) : renderPreview(preview))
     }
-    const result = yield* run(o, spec, source)
+    const result = yield* run(o, spec, source, placement)
     yield* Console.log(o.json ? JSON.stringify(result) : renderResult(result))
     if (result.outcome !== "done") {
       return yield* new CliFailure({ code: 1, message: `provision of ${result.vmid}: ${result.outcome}` })

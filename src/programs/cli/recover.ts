@@ -34,7 +34,7 @@ import { desiredFromHub, readDesiredFile } from "./desiredInput.js"
 import { CliFailure, NEEDS_SIGNATURE, toCliFailure, usage } from "./failure.js"
 import { cliServices, HubFromConfig } from "./graph.js"
 import { readBytes } from "./input.js"
-import { configSecrets, makeStructuredProgress, makeTtyProgress, scrubberFor, stderrOutput, wantsTty } from "./progress.js"
+import { configSecrets, INTERRUPTED, makeStructuredProgress, makeTtyProgress, scrubberFor, stderrOutput, wantsTty } from "./progress.js"
 import { holdStateLock } from "./stateLock.js"
 
 export interface RecoverCommand {
@@ -169,7 +169,7 @@ const guestRecovery = (o: RecoverCommand, vmid: VmId) =>
         // planned again in the turn, from what PVE shows now; a signature binds the exact point
         const { plan, spec } = yield* planFor(vmid, o, desired)
         if (!o.json) yield* Console.log(formatRecoverPlan(plan))
-        const result = yield* withProgress(o.json, runRecover(plan, signed, "cli", { spec }))
+        const result = yield* withProgress(o.json, runRecover(plan, signed, "cli", { spec })).pipe(Effect.onInterrupt(() => Console.error(INTERRUPTED)))
         return { plan, result }
       }))
     }))
