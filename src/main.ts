@@ -233,6 +233,27 @@ const audit = Command.make("audit").pipe(
   Command.withSubcommands([auditVerify])
 )
 
+// golden (issue 12): the golden base archive, built as root from the config's golden block
+
+const goldenBuild = Command.make(
+  "build",
+  {
+    version: Options.text("version").pipe(Options.optional, Options.withDescription("the version to register it as (default: its UTC start, YYYY.MM.DD-HHMMSS)")),
+    config: configOpt,
+    json: jsonOpt
+  },
+  (o) => lazy(() => import("./programs/cli/golden.js"), (m) => m.goldenBuild(o))
+).pipe(Command.withDescription("build, checksum and register the golden archive (pct create, install, vzdump, pct destroy); exit 0 registered, 1 failed"))
+
+const goldenList = Command.make("list", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/golden.js"), (m) => m.goldenList(o))
+).pipe(Command.withDescription("the golden archives the agent may provision from: version, sha256, current or retired"))
+
+const golden = Command.make("golden").pipe(
+  Command.withDescription("the golden base archive provisioning restores from"),
+  Command.withSubcommands([goldenBuild, goldenList])
+)
+
 // ---------------------------------------------------------------------------------------------
 // provision, recover (issue 12): long operations with progress on stderr
 
@@ -289,7 +310,7 @@ const recover = Command.make(
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, op, sshsig, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, golden, op, sshsig, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

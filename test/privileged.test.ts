@@ -250,7 +250,8 @@ describe("Privileged: sudo mode", () => {
       zstd: "/usr/bin/zstd",
       gzip: "/usr/bin/gzip",
       lzop: "/usr/bin/lzop",
-      "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap"
+      "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
+      "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden"
     })
     for (const path of Object.values(DEFAULT_COMMAND_PATHS)) expect(sudoers).toContain(`    ${path} ^`)
     return Effect.void

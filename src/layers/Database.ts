@@ -271,6 +271,19 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
     ) STRICT`
     yield* sql`CREATE INDEX api_jobs_vmid ON api_jobs (vmid, requested_ms)`
   }),
+  "0011_golden_builds": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Golden archives the agent built itself (issue 12, src/layers/GoldenStore.ts): the version it
+    // was built as, the sha256 root read from the file, and whether it is current or retired by a
+    // newer build (retired archives stay registered and on disk; nothing is deleted). Rows from
+    // before (operator-signed registrations) keep NULL version and digest and are current.
+    yield* sql`ALTER TABLE golden_archives ADD COLUMN version TEXT`
+    yield* sql`ALTER TABLE golden_archives ADD COLUMN sha256 TEXT
+      CHECK (sha256 IS NULL OR (length(sha256) = 64 AND sha256 NOT GLOB '*[^0-9a-f]*'))`
+    yield* sql`ALTER TABLE golden_archives ADD COLUMN state TEXT NOT NULL DEFAULT 'current' CHECK (state IN ('current', 'retired'))`
+    yield* sql`ALTER TABLE golden_archives ADD COLUMN state_detail TEXT`
+    yield* sql`ALTER TABLE golden_archives ADD COLUMN state_changed_ms INTEGER`
+  }),
   "0013_controller_identity": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     // The first-boot directive a guest-loss recovery published (issue 12); null: the provision

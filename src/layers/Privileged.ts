@@ -39,10 +39,12 @@ import {
   BlockDevice,
   BOOTSTRAP_FILE_MAX_BYTES,
   BootstrapFileName,
+  BridgeName,
   bootstrapHostPathUnder,
   Cores,
   FsUuid,
   type GoldenArchive,
+  GoldenHostname,
   GuestPath,
   Hostname,
   isSafeAbsolutePath,
@@ -55,6 +57,7 @@ import {
   parseMountInfo,
   PrivilegedError,
   RootfsGiB,
+  Sha256Hex,
   type SensorKind,
   type SensorReading,
   type SmartFinding,
@@ -99,7 +102,8 @@ export const DEFAULT_COMMAND_PATHS: { readonly [K in PrivilegedCommand]: string 
   zstd: "/usr/bin/zstd",
   gzip: "/usr/bin/gzip",
   lzop: "/usr/bin/lzop",
-  "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap"
+  "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
+  "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden"
 }
 
 /**
@@ -343,6 +347,57 @@ export interface PrivilegedShape {
 
 export class Privileged extends Context.Tag("felhom/Privileged")<Privileged, PrivilegedShape>() {}
 
+export interface GoldenInstallSpec {
+  readonly vmid: VmId
+  /** The build container's hostname, `felhom-golden-<op id>`: the helper installs into nothing else. */
+  readonly hostname: string
+  /** The bridge its net0 goes on (the archive's net0, which every provisioned guest inherits). */
+  readonly bridge: string
+}
+
+/** The archive's digest as root read it, and the path that was read (symlinks resolved). */
+export interface ArchiveChecksum {
+  readonly path: string
+  readonly sha256: Sha256Hex
+}
+
+/**
+ * The golden build's own root commands (SPEC §3 exception 1, issue 12), beside Privileged's
+ * create, dump and destroy. A tag of its own so that programs (and test doubles) of Privileged
+ * that never build a golden image need not know it; the same fenced runner implements both
+ * (`privilegedGoldenLayerAt`).
+ */
+export interface PrivilegedGoldenShape {
+  /**
+   * `felhom-golden install <vmid> <hostname> <bridge>`: the root helper
+   * (configs/libexec/felhom-golden) puts net0 on the bridge, starts the container, installs Docker
+   * and jq with apt-get inside it (`pct exec`, fixed argv), pushes the golden-baked units and
+   * scripts (configs/golden/, installed root-owned at /usr/local/share/felhom-agent/golden) with
+   * `pct push`, enables them, clears the machine-id and SSH host keys (the first boot of every
+   * guest makes its own), and stops it. Why a helper rather than one sudoers rule per command:
+   * sudoers cannot tell a build container from a customer guest, so fixed-argv rules for
+   * `pct exec <vmid> -- apt-get ...` and `pct push <vmid> ...` would let the service user run them
+   * in any guest; the helper first requires the container's config to carry exactly this
+   * `felhom-golden-<uuid>` hostname and the keyctl+nesting features, and the one rule pins
+   * `install <vmid> felhom-golden-<uuid> <bridge>`. Why root at all: `pct exec`/`pct push` have no
+   * API, and the container was created by root. Killed after `golden.install_timeout_seconds`.
+   */
+  readonly installGolden: (spec: GoldenInstallSpec) => Effect.Effect<void, PrivilegedError>
+  /**
+   * `felhom-golden checksum <archive>`: the SHA-256 of a vzdump archive, read as root (archives
+   * are root's 0600 files). The path must be a vzdump container archive in the `dump/` directory
+   * of a configured storage path or USB target (as for verifyArchive), is resolved and re-checked,
+   * and every directory on it must be root-owned and only root-writable; the helper refuses a
+   * symlink or anything but a regular file again.
+   */
+  readonly archiveChecksum: (path: string) => Effect.Effect<ArchiveChecksum, PrivilegedError>
+}
+
+export class PrivilegedGolden extends Context.Tag("felhom/PrivilegedGolden")<PrivilegedGolden, PrivilegedGoldenShape>() {}
+
+/** How long the install step may take unless `golden.install_timeout_seconds` says otherwise. */
+export const DEFAULT_GOLDEN_INSTALL_TIMEOUT_SECONDS = 1800
+
 // ---------------------------------------------------------------------------------------------
 // Validation
 
@@ -501,9 +556,11 @@ const stderrText = (c: Captured) => (c.stderrTruncated ? "…" : "") + decodeUtf
 const spawnReason = (e: PlatformError): string =>
   e._tag === "SystemError" ? `${e.reason}${e.syscall === undefined ? "" : ` (${e.syscall})`}` : "bad argument"
 
-const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
+const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   const executor = yield* CommandExecutor.CommandExecutor
-  const config = (yield* AgentConfig).file.privileged
+  const file = (yield* AgentConfig).file
+  const config = file.privileged
+  const installTimeout = Duration.seconds(file.golden?.install_timeout_seconds ?? DEFAULT_GOLDEN_INSTALL_TIMEOUT_SECONDS)
   const timeout = Duration.seconds(config.timeout_seconds)
   const archiveTimeout = Duration.seconds(config.archive_test_timeout_seconds)
   const BootstrapHostPath = bootstrapHostPathUnder(config.bootstrap_root)
@@ -860,7 +917,7 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
    * The path that will run: symlinks resolved, the result valid by the same rule, every directory
    * on it trusted (only root can swap anything between here and the root command), and a file.
    */
-  const resolveArchive = (given: string) =>
+  const resolveArchive = (given: string, command: PrivilegedCommand = "tar") =>
     Effect.gen(function*() {
       const resolved = yield* Effect.tryPromise(() => realpath(given)).pipe(
         Effect.catchAll((e) => {
@@ -869,36 +926,36 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
           return Effect.fail(
             new PrivilegedError({
               reason: "UntrustedPath",
-              command: "tar",
+              command,
               argument: "archivePath",
               untrusted: why,
-              message: `tar: refusing archivePath: the archive ${UNTRUSTED_TEXT[why]}`
+              message: `${command}: refusing archivePath: the archive ${UNTRUSTED_TEXT[why]}`
             })
           )
         })
       )
-      const archive = yield* checkArchivePath("tar", resolved).pipe(
+      const archive = yield* checkArchivePath(command, resolved).pipe(
         Effect.mapError(() =>
           new PrivilegedError({
             reason: "InvalidArgument",
-            command: "tar",
+            command,
             argument: "archivePath",
             message: `${ARGUMENT_RULES.archivePath} (this one resolves through a symlink to a path that is not)`
           })
         )
       )
       const storage = archiveStorageOf(archive) ?? archive
-      yield* trustedTree("tar", "archivePath", storage)(posix.dirname(archive))
+      yield* trustedTree(command, "archivePath", storage)(posix.dirname(archive))
       const st = yield* Effect.tryPromise(() => lstat(archive)).pipe(Effect.option)
       if (Option.isNone(st) || !st.value.isFile()) {
         const why: UntrustedPathReason = Option.isNone(st) ? "Missing" : "NotARegularFile"
         return yield* new PrivilegedError({
           reason: "UntrustedPath",
-          command: "tar",
+          command,
           argument: "archivePath",
           component: archive,
           untrusted: why,
-          message: `tar: refusing archivePath: ${archive} ${UNTRUSTED_TEXT[why]}`
+          message: `${command}: refusing archivePath: ${archive} ${UNTRUSTED_TEXT[why]}`
         })
       }
       return archive
@@ -1024,7 +1081,38 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     return yield* decodeSensors(r)
   })
 
-  return Privileged.of({
+  // -------------------------------------------------------------------------------------------
+  // The golden build's helper
+
+  /** The helper prints one line, `<verdict> <what>`; anything else is a Decode error. */
+  const goldenVerdict = (r: Completed, expected: string) =>
+    r.stdout.trim() === expected
+      ? Effect.void
+      : Effect.fail(decodeError("felhom-golden", "unexpected output (a different container or verdict)", r))
+
+  const installGolden = Effect.fn("Privileged.installGolden")(function*(spec: GoldenInstallSpec) {
+    const vmid = yield* check("felhom-golden", "vmid", VmId)(spec.vmid)
+    const hostname = yield* check("felhom-golden", "goldenHostname", GoldenHostname)(spec.hostname)
+    const bridge = yield* check("felhom-golden", "bridge", BridgeName)(spec.bridge)
+    const r = yield* run("felhom-golden", ["install", String(vmid), hostname, bridge], installTimeout)
+    if (r.exitCode !== 0) return yield* nonZero("felhom-golden", r)
+    yield* goldenVerdict(r, `installed ${vmid}`)
+  })
+
+  const archiveChecksum = Effect.fn("Privileged.archiveChecksum")(function*(path: string) {
+    const given = yield* checkArchivePath("felhom-golden", path)
+    const archive = yield* resolveArchive(given, "felhom-golden")
+    const r = yield* run("felhom-golden", ["checksum", archive], archiveTimeout)
+    if (r.exitCode !== 0) return yield* nonZero("felhom-golden", r)
+    const m = /^sha256 ([0-9a-f]{64})$/.exec(r.stdout.trim())
+    const sha256 = m === null ? Option.none() : Schema.decodeUnknownOption(Sha256Hex)(m[1])
+    if (Option.isNone(sha256)) return yield* decodeError("felhom-golden", "unexpected output (no sha256 line)", r)
+    return { path: archive, sha256: sha256.value } satisfies ArchiveChecksum
+  })
+
+  const golden = PrivilegedGolden.of({ installGolden, archiveChecksum })
+
+  const privileged = Privileged.of({
     createGoldenContainer,
     dumpGoldenArchive,
     destroyGoldenContainer,
@@ -1040,7 +1128,10 @@ const make = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     smart,
     sensors
   })
+  return { privileged, golden }
 })
+
+const make = (paths: PrivilegedHostPaths) => Effect.map(makeBoth(paths), (both) => both.privileged)
 
 /**
  * The layer over explicit host paths (tests use scratch directories). The fence: it may need a
@@ -1053,6 +1144,14 @@ export const privilegedLayerAt = (paths: PrivilegedHostPaths) =>
 
 /** The production layer: the host paths the sudoers rules name. */
 export const PrivilegedLive = privilegedLayerAt(DEFAULT_HOST_PATHS)
+
+/** The golden build's root commands over explicit host paths; the same fence as Privileged. */
+export const privilegedGoldenLayerAt = (paths: PrivilegedHostPaths) =>
+  Layer.effect(PrivilegedGolden, Effect.map(makeBoth(paths), (both) => both.golden)).pipe(
+    Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+  )
+
+export const PrivilegedGoldenLive = privilegedGoldenLayerAt(DEFAULT_HOST_PATHS)
 
 // ---------------------------------------------------------------------------------------------
 // Archive tests

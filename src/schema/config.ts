@@ -87,7 +87,8 @@ export const PrivilegedCommand = Schema.Literal(
   "zstd",
   "gzip",
   "lzop",
-  "felhom-bootstrap"
+  "felhom-bootstrap",
+  "felhom-golden"
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
@@ -275,6 +276,42 @@ export class ControllersConfig extends Schema.Class<ControllersConfig>("Controll
   heal_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 30 })
 }) {}
 
+/**
+ * The golden base archive (SPEC §10, issue 12): what the agent builds it from and how often it
+ * rebuilds it. Absent: no golden build on this host (provisioning uses operator-registered
+ * archives only). The build container takes a vmid from the top of the reserved scratch range
+ * (`protection.scratch_vmid_min..max`), which reconcile never plans a customer guest into.
+ */
+export class GoldenConfig extends Schema.Class<GoldenConfig>("GoldenConfig")({
+  /** The Debian container template the build starts from, `<storage>:vztmpl/<file>`. */
+  template: Schema.String.pipe(Schema.filter((s) =>
+    /^[A-Za-z][A-Za-z0-9._-]*:vztmpl\/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/.test(s) || "a container template volume '<storage>:vztmpl/<file>'"
+  )),
+  /** Storage for the build container's root filesystem (removed with the container). */
+  storage: Schema.String.pipe(Schema.pattern(/^[A-Za-z][A-Za-z0-9._-]*$/, { message: () => "a PVE storage id" })),
+  /**
+   * The backup storage the archive is written to: a directory storage whose path is one of
+   * `privileged.archive_storage_paths` (the checksum is read there, as root).
+   */
+  dump_storage: Schema.optionalWith(Schema.String.pipe(Schema.pattern(/^[A-Za-z][A-Za-z0-9._-]*$/, { message: () => "a PVE storage id" })), {
+    default: () => "local"
+  }),
+  /** The bridge the build container's (and so every provisioned guest's) net0 is on. */
+  bridge: Schema.optionalWith(Schema.String.pipe(Schema.pattern(/^[A-Za-z][A-Za-z0-9_.-]{0,14}$/, { message: () => "a Linux bridge name" })), {
+    default: () => "vmbr0"
+  }),
+  memory_mib: Schema.optionalWith(Schema.Int.pipe(Schema.between(256, 65_536)), { default: () => 1024 }),
+  cores: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 64)), { default: () => 2 }),
+  /** The archive's rootfs size; provisioned guests are grown from it. */
+  rootfs_gib: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1024)), { default: () => 4 }),
+  /** The daemon rebuilds the archive this many days after the newest built one; 0: never on its own. */
+  refresh_days: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 365)), { default: () => 30 }),
+  /** A failed build is retried after this many hours at the earliest. */
+  retry_hours: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 720)), { default: () => 12 }),
+  /** The root helper's install step (apt-get of Docker inside the build container) is killed after this. */
+  install_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(60, 86_400)), { default: () => 1800 })
+}) {}
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
   Schema.Struct({
     host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
@@ -286,7 +323,9 @@ export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigF
     protection: Schema.optionalWith(ProtectionConfig, { default: () => ProtectionConfig.make({}) }),
     /** Absent: no local API is served (no controllers can be deployed on this host). */
     local_api: Schema.optional(LocalApiConfig),
-    controllers: Schema.optionalWith(ControllersConfig, { default: () => ControllersConfig.make({}) })
+    controllers: Schema.optionalWith(ControllersConfig, { default: () => ControllersConfig.make({}) }),
+    /** Absent: the agent builds no golden archive on this host. */
+    golden: Schema.optional(GoldenConfig)
   }).pipe(
     // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
     // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,

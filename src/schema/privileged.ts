@@ -102,7 +102,9 @@ export const ARGUMENT_RULES = {
   bootstrapFile: "a bootstrap file name must be one of controller.json, local-token, registry-password",
   bootstrapContent: "a bootstrap file's content must be a string of at most 65536 bytes (UTF-8)",
   bootstrapRoot: `bootstrapRoot is privileged.bootstrap_root (default ${DEFAULT_BOOTSTRAP_ROOT}): ${SAFE_PATH_RULE}`,
-  device: "device must be a disk name like 'sda' or 'nvme0n1' (no '/dev/' prefix)"
+  device: "device must be a disk name like 'sda' or 'nvme0n1' (no '/dev/' prefix)",
+  goldenHostname: "the golden build container's hostname must be felhom-golden-<the build op's UUID>",
+  bridge: "bridge must be a Linux bridge name: a letter, then up to 14 of [A-Za-z0-9_.-]"
 } as const
 export type ArgumentName = keyof typeof ARGUMENT_RULES
 
@@ -234,6 +236,31 @@ export const TemplateVolume = Schema.String.pipe(
 
 const intIn = (name: ArgumentName, min: number, max: number) =>
   Schema.Number.pipe(Schema.filter((n) => (Number.isSafeInteger(n) && n >= min && n <= max) || ARGUMENT_RULES[name]))
+
+/**
+ * The hostname of a golden build container: `felhom-golden-<op id>`, the op id being the build
+ * op's random UUID (src/programs/golden/build.ts). It is the container's instance marker: the
+ * root helper installs only into a container whose config carries it, and the agent destroys only
+ * a container that carries it and that the journal records as that op's build container.
+ */
+export const GoldenHostname = Schema.String.pipe(
+  Schema.pattern(/^felhom-golden-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, {
+    message: () => ARGUMENT_RULES.goldenHostname
+  }),
+  Schema.brand("GoldenHostname")
+)
+export type GoldenHostname = typeof GoldenHostname.Type
+
+/** A Linux bridge (IFNAMSIZ: at most 15 characters) the build container's net0 is put on. */
+export const BridgeName = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z][A-Za-z0-9_.-]{0,14}$/, { message: () => ARGUMENT_RULES.bridge }),
+  Schema.brand("BridgeName")
+)
+export type BridgeName = typeof BridgeName.Type
+
+/** A SHA-256 digest as sha256sum prints it: 64 lower-case hex digits. */
+export const Sha256Hex = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/), Schema.brand("Sha256Hex"))
+export type Sha256Hex = typeof Sha256Hex.Type
 
 /** PVE's limits: memory >= 16 MiB, 1..8192 cores; rootfs sizes are whole GiB. */
 export const MemoryMiB = intIn("memory", 16, 4_194_304)

@@ -13,6 +13,7 @@ import { verifyLoop } from "../protection/verify.js"
 import { storageReconcileLoop } from "../protection/storage.js"
 import { ProtectionBoard } from "../protection/view.js"
 import { storageWatchdog } from "../protection/watchdog.js"
+import { startGolden } from "../golden/refresh.js"
 import type { DaemonState } from "./loop.js"
 
 export const startProtection = (state: Ref.Ref<DaemonState>) =>
@@ -36,4 +37,6 @@ export const startProtection = (state: Ref.Ref<DaemonState>) =>
     // the watchdog only reads (PVE's active flags, the USB mounts); it runs even while the store is unhealthy
     yield* Effect.forkScoped(storageWatchdog(Duration.seconds(file.protection.watchdog_interval_seconds)))
     yield* Effect.logInfo("data protection started: backup scheduler, restore-tests, integrity verify, storage reconcile, storage watchdog")
+    // the golden archive's refresh (issue 12): off without a `golden` block
+    yield* startGolden(mayMutate)
   })

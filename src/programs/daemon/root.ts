@@ -18,6 +18,7 @@ import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
 import { type Privileged, PrivilegedLive } from "../../layers/Privileged.js"
+import { goldenDaemonLayer } from "../golden/live.js"
 import { type GuestHealth, GuestHealthLive } from "../../layers/GuestHealth.js"
 import { RestoreTestSettingsLive } from "../protection/scratch.js"
 import { ProtectionStoreLive } from "../../layers/ProtectionStore.js"
@@ -75,6 +76,6 @@ export const protectionBoardLayer = ProtectionBoard.layer
 /** The daemon graph from a config file (validated for the daemon mode). */
 export const daemonLayer = (path: Option.Option<string>) =>
   protectionBoardLayer.pipe(
-    Layer.provideMerge(Layer.merge(servicesLayer, protectionLayer)),
+    Layer.provideMerge(Layer.mergeAll(servicesLayer, protectionLayer, goldenDaemonLayer)),
     Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "daemon" }))
   )

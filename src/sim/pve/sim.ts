@@ -14,6 +14,7 @@ import { type AclEntry, splitTokenId, subjectPrivileges } from "./privileges.js"
 import { makeApp } from "./router.js"
 import { guestHealth, type SimGuestHealth } from "./guestModel.js"
 import { contentEntry } from "./routes/read.js"
+import { destroyGuestVolumes, removeGuest } from "./routes/guest.js"
 import {
   type ArchiveCorruption,
   crossCheckSeed,
@@ -37,6 +38,7 @@ import {
   type MacConflict,
   type NodeState,
   pbsVolid,
+  rootfsSize,
   type SimState,
   type StorageRuntime,
   type StorageState,
@@ -123,6 +125,25 @@ export interface SimPve {
    * it refuses a locked guest and a value that is not a mount point; deleting an absent key is a no-op.
    */
   readonly setMountPoint: (vmid: number, key: string, value: string | null) => Effect.Effect<SetMountPointResult>
+
+  // what root does on the host beside the API: the golden build (Privileged, issue 12). Sim-side
+  // only, like setMountPoint: none of these is an API request (the request log does not see them).
+
+  /**
+   * Root's `pct create <vmid> <template> --features keyctl=1,nesting=1 ...` (PVE refuses keyctl to
+   * a token): a stopped container with `config`, its rootfs volume allocated. `exists` when the
+   * vmid is taken (pct: "CT <vmid> already exists"), `invalid` for a config PVE would refuse.
+   */
+  readonly rootCreate: (vmid: number, config: LxcConfig) => Effect.Effect<"ok" | "exists" | "invalid">
+  /** Root's `pct destroy <vmid>`: the container and its volumes; its backups stay. */
+  readonly rootDestroy: (vmid: number) => Effect.Effect<"ok" | "absent" | "running" | "locked">
+  /**
+   * The archive a root `vzdump <vmid> --storage <s> --mode stop --compress zstd --remove 0` wrote
+   * as `volid` (`<storage>:backup/vzdump-lxc-<vmid>-<stamp>.tar.zst`): a backup volume holding the
+   * guest's config (keyctl and all), which the API can restore. `absent`: no such guest;
+   * `invalid`: not such a name on a storage with backup content, or taken.
+   */
+  readonly rootDump: (vmid: number, volid: string) => Effect.Effect<"ok" | "absent" | "invalid">
 
   // storage faults and the guest model (README: "Storage", "Guest model")
 
@@ -380,6 +401,70 @@ export const makeSimPve = (
           if (Either.isLeft(parseMountPoint(key, value))) return "invalid"
           g.config = { ...g.config, [key]: value }
           return "ok"
+        }),
+      rootCreate: (vmid, config) =>
+        Effect.flatMap(Clock.currentTimeMillis, (atMs) => Effect.sync(() => {
+          if (state.guests.has(vmid)) return "exists" as const
+          const checked = validateConfig(config)
+          if (Either.isLeft(checked)) return "invalid" as const
+          const rootfs = Either.getOrUndefined(parseMountPoint("rootfs", String(checked.right["rootfs"] ?? "")))
+          if (rootfs === undefined || rootfs.type !== "volume" || rootfs.storage === undefined || state.volumes.has(rootfs.volume)) {
+            return "invalid" as const
+          }
+          state.guests.set(vmid, {
+            vmid,
+            node: seed.nodes[0].node,
+            status: "stopped",
+            config: { ...checked.right },
+            snapshots: [],
+            startedAtMs: undefined,
+            pid: undefined,
+            services: "healthy"
+          })
+          state.volumes.set(rootfs.volume, {
+            volid: rootfs.volume,
+            storage: rootfs.storage,
+            content: "rootdir",
+            format: "raw",
+            size: rootfs.size ?? 0,
+            ctime: Math.floor(atMs / 1000),
+            vmid
+          })
+          return "ok" as const
+        })),
+      rootDestroy: (vmid) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return "absent" as const
+          if (g.status === "running") return "running" as const
+          if (typeof g.config["lock"] === "string") return "locked" as const
+          destroyGuestVolumes(state, g, false)
+          removeGuest(state, vmid)
+          return "ok" as const
+        }),
+      rootDump: (vmid, volid) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return "absent" as const
+          const m = /^([A-Za-z][A-Za-z0-9._-]*):backup\/vzdump-lxc-(\d+)-(\d{4})_(\d{2})_(\d{2})-(\d{2})_(\d{2})_(\d{2})\.tar\.zst$/.exec(volid)
+          const st = m === null ? undefined : state.storages.get(m[1] ?? "")
+          if (m === null || Number(m[2]) !== vmid || st === undefined || !st.content.includes("backup") || state.volumes.has(volid)) {
+            return "invalid" as const
+          }
+          const ctime = Math.floor(Date.UTC(Number(m[3]), Number(m[4]) - 1, Number(m[5]), Number(m[6]), Number(m[7]), Number(m[8])) / 1000)
+          const { lock: _l, parent: _p, ...stored } = g.config
+          state.volumes.set(volid, {
+            volid,
+            storage: st.storage,
+            content: "backup",
+            format: "tar.zst",
+            size: Math.floor((rootfsSize(g.config) ?? 0) * 0.2 * 0.42),
+            ctime,
+            vmid,
+            archiveConfig: stored,
+            services: g.services ?? "healthy"
+          })
+          return "ok" as const
         }),
       storages: Effect.sync(() => [...state.storages.values()].map((st) => storageView(state, st))),
       setStorage: (storage, runtime) =>
