@@ -251,6 +251,7 @@ const buildUntilSeal = (s: Saga<"create">, grant: Grant) =>
     // from here the guest exists and is ours: record that before anything else can go wrong
     yield* guests.recordProvenance(vmid, "same_transaction", s.id, marker)
     yield* ops.recordUpid(s.id, "restore", accepted.right)
+    yield* emitProgress({ kind: "task", step: "restore", upid: accepted.right })
     yield* pve.waitTask(accepted.right)
     yield* s.done("restore")
 
@@ -405,6 +406,7 @@ export const createGuest = (
       marker,
       ...(Object.keys(mounts).length === 0 ? {} : { mounts })
     })
+    yield* emitProgress({ kind: "op", opId: s.id, op: "create", vmid: spec.vmid })
     const built = yield* Effect.either(buildUntilSeal(s, grant))
     if (built._tag === "Left") {
       yield* rollBackCreate(s, built.left.message)

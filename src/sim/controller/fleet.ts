@@ -104,6 +104,9 @@ export const simControllers = (sim: SimPve, opts: SimControllersOptions = {}): E
       }
       for (const [vmid, dir] of want) {
         if (have.get(vmid) === dir) continue
+        // the golden first-boot unit, before the controller: the directive's resets, once per id
+        const boot = yield* Effect.either(readBootstrap(dir))
+        if (Either.isRight(boot)) yield* sim.applyDirective(vmid, boot.right.config.identity)
         yield* FiberMap.run(fibers, vmid, runSimController({
           vmid,
           bootstrapDir: dir,

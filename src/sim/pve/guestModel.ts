@@ -18,7 +18,8 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { Clock, Effect, Either } from "effect"
 import { type LxcConfig, parseNet } from "./lxcconf.js"
-import type { GuestState, MacConflict, SimState } from "./state.js"
+import type { GuestInner, GuestState, MacConflict, SimState } from "./state.js"
+import { randomBytes } from "node:crypto"
 
 export const SIM_GUEST_PREFIX = "/sim-guest"
 
@@ -102,3 +103,17 @@ export const makeSimGuestApp = (state: SimState): HttpApp.Default =>
     const h = guestHealth(state, g, yield* Clock.currentTimeMillis)
     return json(h.services === "ok" ? 200 : 503, h)
   })
+
+/** 16 or 32 random bytes as hex: a machine-id, an SSH host key's stand-in. */
+export const newHex = (bytes: number): string => randomBytes(bytes).toString("hex")
+
+/**
+ * A guest's in-guest identity, made on first look for a guest that has none yet (a seeded one, or
+ * one restored from a golden archive, before its first-boot unit ran).
+ */
+export const innerOf = (g: GuestState): GuestInner => {
+  if (g.inner === undefined) {
+    g.inner = { machineId: newHex(16), sshHostKey: newHex(32), hostname: typeof g.config["hostname"] === "string" ? g.config["hostname"] : null, applied: [] }
+  }
+  return g.inner
+}

@@ -15,6 +15,7 @@ import { makeApp } from "./router.js"
 import { guestHealth, type SimGuestHealth } from "./guestModel.js"
 import { contentEntry } from "./routes/read.js"
 import { destroyGuestVolumes, removeGuest } from "./routes/guest.js"
+import { innerOf, newHex } from "./guestModel.js"
 import {
   type ArchiveCorruption,
   crossCheckSeed,
@@ -34,6 +35,7 @@ import {
 } from "./routes/storage.js"
 import {
   backupVolid,
+  type GuestInner,
   type GuestState,
   type MacConflict,
   type NodeState,
@@ -164,6 +166,21 @@ export interface SimPve {
   readonly guestHealth: (vmid: number) => Effect.Effect<Option.Option<SimGuestHealth>>
   /** Guests started with a link-up NIC whose MAC another guest has, oldest first. */
   readonly macConflicts: Effect.Effect<ReadonlyArray<MacConflict>>
+  /**
+   * A guest lost as a failed disk or a root `pct destroy` loses it: stopped where it stood, its
+   * config and the volumes on `storage` (its rootfs's) gone, volumes elsewhere left as orphans.
+   */
+  readonly loseGuest: (vmid: number, storage: string) => Effect.Effect<boolean>
+  /** What identifies the guest inside its rootfs (materialized on first look); none for no such guest. */
+  readonly guestInner: (vmid: number) => Effect.Effect<Option.Option<GuestInner>>
+  /**
+   * The golden first-boot unit reading a bootstrap directive (SPEC §10): once per `directive_id`,
+   * regenerates what `reset` names (machine-id, SSH host keys, hostname from the config).
+   */
+  readonly applyDirective: (
+    vmid: number,
+    directive: { readonly directive_id: string; readonly reset: ReadonlyArray<string> }
+  ) => Effect.Effect<"applied" | "already" | "absent">
 }
 
 /** The outcome of SimPve.setMountPoint (pct's refusals, by kind). */
@@ -500,6 +517,35 @@ export const makeSimPve = (
           if (g === undefined) return false
           g.services = services
           return true
+        }),
+      loseGuest: (vmid, storage) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return false
+          for (const v of [...state.volumes.values()]) {
+            if (v.vmid === vmid && v.storage === storage && v.content !== "backup") state.volumes.delete(v.volid)
+          }
+          removeGuest(state, vmid)
+          return true
+        }),
+      guestInner: (vmid) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          return g === undefined ? Option.none() : Option.some(innerOf(g))
+        }),
+      applyDirective: (vmid, directive) =>
+        Effect.sync(() => {
+          const g = state.guests.get(vmid)
+          if (g === undefined) return "absent" as const
+          const inner = innerOf(g)
+          if (inner.applied.includes(directive.directive_id)) return "already" as const
+          g.inner = {
+            machineId: directive.reset.includes("machine-id") ? newHex(16) : inner.machineId,
+            sshHostKey: directive.reset.includes("ssh-host-keys") ? newHex(32) : inner.sshHostKey,
+            hostname: directive.reset.includes("hostname") ? (typeof g.config["hostname"] === "string" ? g.config["hostname"] : null) : inner.hostname,
+            applied: [...inner.applied, directive.directive_id]
+          }
+          return "applied" as const
         }),
       guestHealth: (vmid) =>
         Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>

@@ -46,6 +46,20 @@ export interface GuestState {
   services?: ServiceHealth | undefined
   /** sim-only: the archive it was last restored from */
   restoredFrom?: string | undefined
+  /** sim-only: what lives inside the guest's rootfs and identifies it (README: "Guest model") */
+  inner?: GuestInner | undefined
+}
+
+/**
+ * Sim-only: the in-guest identity a golden first-boot unit manages (SPEC §10): machine-id, the
+ * SSH host key's fingerprint, and the bootstrap directives it already applied (once per id).
+ * Lives in the rootfs: vzdump copies it into the archive, a restore brings the archive's back.
+ */
+export interface GuestInner {
+  readonly machineId: string
+  readonly sshHostKey: string
+  readonly hostname: string | null
+  readonly applied: ReadonlyArray<string>
 }
 
 export type VolumeContent = "rootdir" | "images" | "backup" | "vztmpl" | "iso"
@@ -72,6 +86,8 @@ export interface VolumeState {
   readonly underlying?: boolean | undefined
   /** backups, sim-only: the source guest's services when it was taken */
   readonly services?: ServiceHealth | undefined
+  /** backups, sim-only: the source guest's in-guest identity when it was taken */
+  readonly inner?: GuestInner | undefined
   /** backups, sim-only: damage injected by a test */
   corrupt?: ArchiveCorruption | undefined
   /** PBS snapshots: the key fingerprint (or "1") when encrypted */

@@ -458,6 +458,8 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
       // the guest model: its services are what the archive carried (damaged: they fail)
       g.services = plan.restore ? (archive?.corrupt === "health" ? "failing" : archive?.services ?? "healthy") : "healthy"
       g.restoredFrom = plan.restore ? plan.ostemplate : undefined
+      // what is inside the rootfs comes with it: the archive's machine-id, host keys, applied directives
+      g.inner = plan.restore ? archive?.inner : undefined
       return true
     })
     if (!done) return yield* failWith(`Configuration file 'nodes/${node}/lxc/${vmid}.conf' does not exist`)

@@ -20,6 +20,7 @@ import { die500, paramError } from "../errors.js"
 import { configFileText, type LxcConfig, parseMountPoint } from "../lxcconf.js"
 import { fmtStorageId, fmtVmidList, type Params } from "../params.js"
 import { ALL, optional, reply, type RouteDef, schema } from "../route.js"
+import { innerOf } from "../guestModel.js"
 import {
   backupVolid,
   type GuestState,
@@ -392,6 +393,7 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
         protected: wantProtected,
         archiveConfig: archiveSnapshot(g.config),
         services: g.services ?? "healthy",
+        inner: innerOf(g),
         ...(pbs ? { stored } : {}),
         ...(layerAtStart === "underlying" ? { underlying: true } : {}),
         ...(pbs && st["encryption-key"] !== undefined ? { encrypted: st["encryption-key"] } : {})
