@@ -1101,7 +1101,10 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
 
   const archiveChecksum = Effect.fn("Privileged.archiveChecksum")(function*(path: string) {
     const given = yield* checkArchivePath("felhom-golden", path)
+    // the golden dump is zstd (dumpGoldenArchive); the helper and sudoers take nothing else
+    if (vzdumpLxcCompression(posix.basename(given)) !== "zst") return yield* invalid("felhom-golden", "archivePath")
     const archive = yield* resolveArchive(given, "felhom-golden")
+    if (vzdumpLxcCompression(posix.basename(archive)) !== "zst") return yield* invalid("felhom-golden", "archivePath")
     const r = yield* run("felhom-golden", ["checksum", archive], archiveTimeout)
     if (r.exitCode !== 0) return yield* nonZero("felhom-golden", r)
     const m = /^sha256 ([0-9a-f]{64})$/.exec(r.stdout.trim())
