@@ -307,6 +307,11 @@ describe("felhom-agent CLI", () => {
       "scheduled backups ran (never backed up: due at once): 100 ok",
       "the operator's archive is kept: true",
       "scratch guests left behind: 0",
+      // guest-loss DR (issue 12): lost, offered as a signed recover, back with its kept identity
+      "guest 110 is lost: its config and rootfs on local-lvm are gone",
+      "plan: recover 110 PENDING_SIGNATURE from vzdump local:backup/vzdump-lxc-110-",
+      "job-recover-110: done; 110 is running, restored from local:backup/vzdump-lxc-110-",
+      "kept: MAC same, hub channel demo-host/110, local-API token same; reset at first boot (guest-loss-total: machine-id, ssh-host-keys): machine-id new, SSH host key new; its controller registry.felhom.dev/felhom/controller:1.1.0 healthy",
       "'usb-backup' disconnected (the disk was pulled while mounted)",
       "'nas' disconnected"
     ]) expect(r.stdout, line).toContain(line)

@@ -89,13 +89,17 @@ const ALWAYS_BENIGN = new Set([
 ])
 
 /** Ops that overwrite or remove data whatever their provenance. */
-const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "recover", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
+const ALWAYS_DESTRUCTIVE = new Set(["restore-now", "storage-detach", "storage-decommission", "storage-wipe", "break-glass-enable"])
 
 /** Ops that change no data now but decide what later changes are made from: signature only. */
 const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
   ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"],
   ["retention-change", "a retention policy that would delete existing backups: only an operator may make it the policy in force"],
-  ["controller-update", "a controller image outside the operator's repositories runs as root in the customer's guest: only an operator vouches for it"]
+  ["controller-update", "a controller image outside the operator's repositories runs as root in the customer's guest: only an operator vouches for it"],
+  [
+    "recover",
+    "brings a customer guest back from a restore point only an operator chooses (it decides which data the customer has; over an existing guest it overwrites it)"
+  ]
 ])
 
 /** Ops a recovery key may sign: rotation only (SPEC §5). */

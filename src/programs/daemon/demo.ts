@@ -342,6 +342,47 @@ export const runDemo = Effect.scoped(
     const scratchLeft = (yield* pve.sim.tasks).length >= 0 ? (yield* Effect.forEach([999900, 999901, 999902], (v) => guest(v))).filter(Option.isSome).length : 0
     yield* say(`scratch guests left behind: ${scratchLeft}`)
 
+    // 10. guest-loss DR: 110 is lost (its disk fails); the hub still wants it. Never recreated
+    // blank: the agent offers a recover from its fastest surviving backup, pending a signature
+    const before110 = Option.getOrThrow(yield* guest(110))
+    const mac110 = /hwaddr=([0-9A-F:]+)/i.exec(String(before110.config["net0"]))?.[1] ?? "?"
+    const inner110 = Option.getOrThrow(yield* pve.sim.guestInner(110))
+    const tokenBefore = yield* fs.readFileString(`${bootRoot}/110/local-token`)
+    yield* pve.sim.loseGuest(110, "local-lvm")
+    yield* say(`guest 110 is lost: its config and rootfs on local-lvm are gone (MAC ${mac110}, machine-id ${inner110.machineId.slice(0, 8)}…)`)
+    const offered = yield* waitFor("a recover pending signature for 110", poke, Effect.map(lastReport, Option.flatMap((r) =>
+      Option.fromNullable(r.pending_signatures.find((p) => p.op === "recover" && p.vmid === 110)))), 60)
+    yield* say(`plan: recover 110 PENDING_SIGNATURE from ${String(offered.params["tier"])} ${String(offered.params["point"])} to ${String(offered.params["storage"])} (${offered.reason})`)
+    const rparams = JSON.stringify(offered.params)
+    const rblob = yield* newOp({ op: "recover", hostId: HOST, guestId: 110, params: rparams, expiresIn: Duration.minutes(10), notBefore: undefined, keyId: "demo-operator" })
+    const rblobPath = `${dir}/recover-110.json`
+    yield* fs.writeFile(rblobPath, rblob)
+    const rsignature = yield* fs.readFileString(yield* signOp({ keyFile: keyPath, file: rblobPath }))
+    yield* say("operator signs 'recover 110' with exactly those params")
+    yield* hub.enqueueJob(HOST, { id: "job-recover-110", op: "recover", guest_id: VmId.make(110), params: offered.params as Record<string, never>, blob: Buffer.from(rblob).toString("base64"), signature: rsignature })
+    const rr = yield* waitFor("job-recover-110 result", poke, Effect.map(hub.jobResults(HOST), (rs) => Option.fromNullable(rs.find((r) => r.result.id === "job-recover-110"))), 90)
+    const back110 = yield* waitFor("110 running again", poke, Effect.map(guest(110), Option.filter((g) => g.status === "running")), 60)
+    const bootCfg = JSON.parse(yield* fs.readFileString(`${bootRoot}/110/controller.json`)) as {
+      generation: number
+      identity: { scenario: string; reset: ReadonlyArray<string>; directive_id: string }
+      hub: { channel: string }
+    }
+    // the golden first-boot unit applies the directive before the controller starts
+    const innerAfter = yield* waitFor("110's first boot to apply the directive", poke, Effect.map(pve.sim.guestInner(110), Option.filter((i) =>
+      i.applied.includes(bootCfg.identity.directive_id))), 60)
+    const ctl110 = yield* controllers.waitFor(110, (c) => c.state === "running" && c.generation === bootCfg.generation && c.reported === "healthy").pipe(
+      Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new DemoFailed({ message: "timed out waiting for 110's controller after the recovery" }) })
+    )
+    const macAfter = /hwaddr=([0-9A-F:]+)/i.exec(String(back110.config["net0"]))?.[1] ?? "?"
+    const tokenKept = (yield* fs.readFileString(`${bootRoot}/110/local-token`)) === tokenBefore
+    const health = yield* pve.sim.guestHealth(110)
+    yield* say(
+      `job-recover-110: ${rr.result.status}; 110 is ${back110.status}, restored from ${Option.match(health, { onNone: () => "?", onSome: (h) => h.restored_from ?? "?" })}; ` +
+        `kept: MAC ${macAfter === mac110 ? "same" : `CHANGED ${macAfter}`}, hub channel ${bootCfg.hub.channel}, local-API token ${tokenKept ? "same" : "CHANGED"}; ` +
+        `reset at first boot (${bootCfg.identity.scenario}: ${bootCfg.identity.reset.join(", ")}): machine-id ${innerAfter.machineId !== inner110.machineId ? "new" : "SAME"}, ` +
+        `SSH host key ${innerAfter.sshHostKey !== inner110.sshHostKey ? "new" : "SAME"}; its controller ${ctl110.image} ${ctl110.reported}`
+    )
+
     // 9. the USB disk is pulled, then the NFS server goes away: the watchdog reports each out of cycle
     const noPoke = yield* Queue.sliding<void>(1) // no poke: the reports must come from the watchdog
     yield* waitFor("'usb-backup' attached", poke, Effect.map(lastReport, Option.filter((r) =>
