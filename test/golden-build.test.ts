@@ -9,7 +9,9 @@ import { Cause, Effect, Exit, FastCheck, Layer, Option, Ref, Schema, TestClock }
 import { createHash } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
-import { layerAt } from "../src/layers/Database.js"
+import { layerAt, migrations } from "../src/layers/Database.js"
+import { Migrator, SqlClient } from "@effect/sql"
+import { SqliteClient } from "@effect/sql-sqlite-node"
 import { GoldenStore, GoldenStoreLive, type GoldenRecord } from "../src/layers/GoldenStore.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { fromJournal, Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
@@ -198,6 +200,46 @@ describe.skipIf(!isRoot)("golden build: a failure at each step", () => {
       expect(v.ops[0]?.detail).toContain(`local:backup/${w.root.archives()[0]}`)
     }))
 
+  it.scoped("a removal that keeps failing leaves the op in flight (the reason given); the next recovery proves the container again and removes it", () =>
+    Effect.gen(function*() {
+      const w = yield* world
+      w.root.failNext("golden.install")
+      w.root.failAlways("pct.destroy")
+      const exit = yield* runToExit(buildGolden(request())).pipe(Effect.provide(layers(w)))
+      expect(failureTag(exit)).toBe("GoldenBuildFailed")
+      expect(Exit.isFailure(exit) && JSON.stringify(Cause.failureOption(exit.cause))).toContain("left in flight for recovery")
+      let v = yield* journalView(w)
+      expect(v.inFlight.map((o) => o.kind)).toEqual(["golden-build"])
+      expect((yield* scratchGuests(w.sim)).length).toBe(1)
+      // still failing: recovery leaves it in flight too, and says why
+      const stuck = yield* runToExit(recover).pipe(Effect.provide(layers(w)))
+      expect(Exit.isSuccess(stuck) && stuck.value.map((o) => o.outcome)).toEqual(["in_flight"])
+      w.root.heal("pct.destroy")
+      const healed = yield* runToExit(recover).pipe(Effect.provide(layers(w)))
+      expect(Exit.isSuccess(healed) && healed.value.map((o) => o.outcome)).toEqual(["rolled_back"])
+      v = yield* journalView(w)
+      expect(v.inFlight).toEqual([])
+      expect(yield* scratchGuests(w.sim)).toEqual([])
+      expect(v.records).toEqual([])
+    }))
+
+  it.scoped("recovery in a graph without the privileged runner leaves the op in flight with the reason, and touches nothing", () =>
+    Effect.gen(function*() {
+      const w = yield* world
+      // the process dies right after pct create was recorded done
+      const counter: Counter = { writes: 0, names: [] }
+      const probe = yield* runToExit(buildGolden(request())).pipe(Effect.provide(crashingStore(w, 4, counter)))
+      expect(Exit.isInterrupted(probe)).toBe(true)
+      expect(counter.names.at(-1)).toBe("done create")
+      const r = yield* runToExit(recover).pipe(Effect.provide(storeLayers(w.sim, w.path)))
+      expect(Exit.isSuccess(r) && r.value.map((o) => [o.outcome, o.detail])).toEqual([["in_flight", expect.stringContaining("privileged runner")]])
+      expect((yield* scratchGuests(w.sim)).length).toBe(1)
+      const again = yield* runToExit(recover).pipe(Effect.provide(layers(w)))
+      expect(Exit.isSuccess(again) && again.value.map((o) => o.outcome)).toEqual(["rolled_back"])
+      expect(yield* scratchGuests(w.sim)).toEqual([])
+      expect(callsOf(w.root, "pct", "create").length).toBe(1)
+    }))
+
   it.scoped("the token never reaches the journal, the audit log or the failure when PVE echoes it in an error", () =>
     Effect.gen(function*() {
       const w = yield* world
@@ -330,6 +372,41 @@ describe.skipIf(!isRoot)("golden build: a crash after every durable write", () =
 
   it.scoped("the same while a failed checksum is being compensated: the container removed once, the archive kept and reported", () =>
     everyCrash("golden.checksum", ["rolled_back"]), { timeout: 600_000 })
+})
+
+// ---------------------------------------------------------------------------------------------
+// The golden store over an older database
+
+describe("GoldenStore: migration 0011 keeps older rows valid", () => {
+  it.scoped("an operator's signed row from before 0011 reads as current without version or digest; a build never takes it over; digests are checked", () =>
+    Effect.gen(function*() {
+      const path = dbFile()
+      const SIGNED = "local:backup/vzdump-lxc-9000-2026_01_10-02_00_00.tar.zst"
+      // a database as issue 11 left it: migrations up to 0010, with a signed golden registration
+      const older = Object.fromEntries(Object.entries(migrations).filter(([id]) => Number(id.slice(0, 4)) <= 10))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(older), table: "felhom_migrations" })
+        yield* sql`INSERT INTO golden_archives (volid, basis, op_id, recorded_at_ms) VALUES (${SIGNED}, 'signed', 'op-signed', 1)`
+      }).pipe(Effect.provide(SqliteClient.layer({ filename: path })), Effect.orDie)
+      yield* Effect.gen(function*() {
+      const s = yield* GoldenStore
+      expect(yield* s.records).toEqual([
+        { volid: SIGNED, basis: "signed", opId: "op-signed", recordedAtMs: 1, version: null, sha256: null, state: "current", stateDetail: null, stateChangedMs: null }
+      ])
+      const taken = yield* Effect.either(s.registerBuilt({ volid: SIGNED, version: "v", sha256: "a".repeat(64), opId: "op-build" }))
+      expect(taken._tag === "Left" && taken.left._tag).toBe("GoldenConflict")
+      expect((yield* s.records)[0]?.basis).toBe("signed")
+      const bad = yield* Effect.either(s.registerBuilt({ volid: "local:backup/x.tar.zst", version: "v", sha256: "not hex", opId: "op-build" }))
+      expect(bad._tag === "Left" && bad.left._tag).toBe("JournalError")
+      // idempotent for its own op
+      yield* s.registerBuilt({ volid: "local:backup/y.tar.zst", version: "v", sha256: "b".repeat(64), opId: "op-build" })
+      yield* s.registerBuilt({ volid: "local:backup/y.tar.zst", version: "v", sha256: "b".repeat(64), opId: "op-build" })
+      expect(yield* s.retire("local:backup/y.tar.zst", "test")).toBe(true)
+      expect(yield* s.retire("local:backup/y.tar.zst", "test")).toBe(false)
+      expect(Object.fromEntries((yield* s.records).map((r) => [r.volid, r.state]))).toEqual({ [SIGNED]: "current", "local:backup/y.tar.zst": "retired" })
+      }).pipe(Effect.provide(GoldenStoreLive.pipe(Layer.provide(layerAt(path)), Layer.orDie)))
+    }))
 })
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
  */
 import { NodeContext } from "@effect/platform-node"
 import { Effect, Layer, Schema } from "effect"
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { AgentConfig } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
@@ -62,7 +62,8 @@ export const makeRootWorld = () => {
   const dump = join(vz, "dump")
   const failIf = (name: string) =>
     `if [ -f ${shq(join(bin.dir, `fail.${name}`))} ]; then rm -f ${shq(join(bin.dir, `fail.${name}`))}; ` +
-    `echo ${shq(`${name}: failed (injected)`)} >&2; exit 1; fi`
+    `echo ${shq(`${name}: failed (injected)`)} >&2; exit 1; fi; ` +
+    `if [ -f ${shq(join(bin.dir, `always.${name}`))} ]; then echo ${shq(`${name}: failed (injected)`)} >&2; exit 1; fi`
   bin.logged("pct", [
     `case "$1" in`,
     `  create) ${failIf("pct.create")} ;;`,
@@ -88,12 +89,15 @@ export const makeRootWorld = () => {
     `  *) exit 2 ;;`,
     `esac`
   ].join("\n"))
-  const failNext = (what: "pct.create" | "pct.destroy" | "vzdump" | "golden.install" | "golden.checksum") =>
-    writeFileSync(join(bin.dir, `fail.${what}`), "")
+  type Fault = "pct.create" | "pct.destroy" | "vzdump" | "golden.install" | "golden.checksum"
+  const failNext = (what: Fault) => writeFileSync(join(bin.dir, `fail.${what}`), "")
+  /** Every such call fails until `heal(what)`. */
+  const failAlways = (what: Fault) => writeFileSync(join(bin.dir, `always.${what}`), "")
+  const heal = (what: Fault) => rmSync(join(bin.dir, `always.${what}`), { force: true })
   /** Every archive file the fake vzdump wrote, by name. */
   const archives = () => readdirSync(dump).filter((f) => f.endsWith(".tar.zst")).sort()
   const archiveBytes = (name: string) => readFileSync(join(dump, name))
-  return { bin, vz, dump, failNext, archives, archiveBytes, exists: (name: string) => existsSync(join(dump, name)) }
+  return { bin, vz, dump, failNext, failAlways, heal, archives, archiveBytes, exists: (name: string) => existsSync(join(dump, name)) }
 }
 
 export type RootWorld = ReturnType<typeof makeRootWorld>
