@@ -182,10 +182,9 @@ describe("configs/agent.example.json", () => {
     const { readFileSync } = await import("node:fs")
     const text = readFileSync(example, "utf8")
     const ops = readFileSync(join(__dirname, "..", "docs", "operations.md"), "utf8")
-    const { AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig, ProtectionConfig, LocalApiConfig, ControllersConfig } = await import(
-      "../src/schema/config.js"
-    )
-    for (const s of [AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig, ProtectionConfig, LocalApiConfig, ControllersConfig]) {
+    const { AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig, ProtectionConfig, LocalApiConfig, ControllersConfig, GoldenConfig } =
+      await import("../src/schema/config.js")
+    for (const s of [AgentConfigFile, ProxmoxConfig, TlsTrust, PrivilegedConfig, HubConfig, ProtectionConfig, LocalApiConfig, ControllersConfig, GoldenConfig]) {
       for (const key of Object.keys(s.fields)) {
         expect(text.includes(`"${key}"`) || key === "ca_file", `example shows ${key}`).toBe(true)
         expect(ops.includes(`\`${key}\``) || ops.includes(`.${key}\``), `docs/operations.md documents ${key}`).toBe(true)
