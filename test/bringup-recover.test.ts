@@ -14,7 +14,7 @@ import { clearForConsole } from "../src/programs/control/gate.js"
 import { recover } from "../src/programs/control/recover.js"
 import { VmId } from "../src/schema/ids.js"
 import { makeSimPve, type SimPve } from "../src/sim/pve/index.js"
-import { agentLayer, type AgentServices, dbFile, job, operator, runTimed, settle, signedOp } from "./engine-support.js"
+import { agentLayer, type AgentServices, dbFile, GOLDEN, job, operator, runTimed, settle, signedOp } from "./engine-support.js"
 import { executePlan, planNow } from "../src/programs/control/apply.js"
 import { runSignedJob } from "../src/programs/control/jobs.js"
 import { decodeDesiredState } from "../src/schema/desired.js"
@@ -241,6 +241,48 @@ describe("recover: guest-loss DR", () => {
         expect(result.status).toBe("failed")
         expect(result.reason).toContain("re-sign")
         expect(Option.isNone(yield* sim.guest(100))).toBe(true)
+      })
+    ))
+
+  it.scoped("a lost state database: the hub's create of a vmid whose backups the journal cannot account for is refused, offered as a recover", () =>
+    withSim((sim) =>
+      Effect.gen(function*() {
+        // guest 100 backed up, then lost, and the agent's records of it gone with its database
+        yield* runTimed(loseGuest100(sim, { bulk: false }))
+        yield* Effect.flatMap(GuestRecords, (r) => r.forgetGuest(V100))
+        yield* Effect.flatMap(GuestRecords, (r) => r.registerGolden(GOLDEN, "signed", "test-setup"))
+        const desired = Either.getOrThrow(decodeDesiredState({
+          generation: 3,
+          provisioning: { golden_archive: GOLDEN, storage: "local-lvm" },
+          guests: [guestsJson[0]]
+        }))
+        const p = yield* runTimed(planNow(desired))
+        expect(p.actions.filter((a) => a.vmid === 100).map((a) => a.kind)).toEqual(["recover"])
+        expect(p.notes.find((n) => n.vmid === 100)?.message).toContain("not created blank: backups of 100 exist")
+        yield* runTimed(executePlan(p))
+        expect(Option.isNone(yield* sim.guest(100))).toBe(true)
+        const rec = (yield* Effect.flatMap(GuestRecords, (x) => x.guestRecords)).find((x) => x.vmid === 100)
+        expect(rec?.state).toBe("lost")
+      })
+    ))
+
+  it.scoped("after a signed decommission, the vmid's older backups do not block a new guest", () =>
+    withSim(() =>
+      Effect.gen(function*() {
+        const pve = yield* Proxmox
+        const dump = yield* runTimed(pve.vzdump({ vmid: VmId.make(101), storage: USB, mode: "snapshot" }))
+        yield* runTimed(pve.waitTask(Option.getOrThrow(dump)))
+        yield* TestClock.adjust("1 minute")
+        const signed = signedOp({ op: "decommission", guest_id: 101 }, operator, yield* Clock.currentTimeMillis)
+        expect((yield* runTimed(runSignedJob(job({ op: "decommission", guest_id: 101 }, signed)))).status).toBe("done")
+        yield* Effect.flatMap(GuestRecords, (r) => r.registerGolden(GOLDEN, "signed", "test-setup"))
+        const desired = Either.getOrThrow(decodeDesiredState({
+          generation: 4,
+          provisioning: { golden_archive: GOLDEN, storage: "local-lvm" },
+          guests: [guestsJson[0], { ...guestsJson[0], vmid: 101, hostname: "new-tenant" }]
+        }))
+        const p = yield* runTimed(planNow(desired))
+        expect(p.actions.filter((a) => a.vmid === 101).map((a) => a.kind)).toEqual(["create"])
       })
     ))
 })

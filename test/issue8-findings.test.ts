@@ -230,7 +230,8 @@ describe("finding 6: a lost guest is never recreated blank", () => {
         expect(Either.isRight(desired)).toBe(true)
         if (Either.isRight(desired)) {
           const p = yield* planNow(desired.right)
-          expect(p.actions.filter((a) => a.vmid === 100)).toEqual([])
+          // never a create: at most the recovery from a surviving backup, which waits for a signature (issue 12)
+          expect(p.actions.filter((a) => a.vmid === 100).map((a) => a.kind).filter((k) => k !== "recover")).toEqual([])
           expect(p.notes.find((n) => n.vmid === 100)?.reason).toBe("lost")
         }
       })))

@@ -27,7 +27,8 @@ import {
 import { gate, type GatedAction, type GateResult, type SignedOp } from "./gate.js"
 import { type Action, normalizeActual, normalizeDesired, type Plan, plan, type PlanContext } from "./plan.js"
 import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
-import { recoverPlan } from "../bringup/tiers.js"
+import { pointsOfListing, recoverPlan } from "../bringup/tiers.js"
+import { StorageId } from "../../schema/ids.js"
 import { executeRecover } from "../bringup/recoverGuest.js"
 import type { JsonObject } from "../../schema/json.js"
 import { ControllerOpFailed, ControllerOps, type ControllerOpsShape } from "../controller/ops.js"
@@ -121,12 +122,64 @@ export const observeContext = (obs: Effect.Effect.Success<typeof observePve>, de
   })
 
 /**
+ * A create is refused while backups of its vmid exist that the journal cannot account for (no
+ * completed decommission of that vmid after the newest of them): after a lost state database the
+ * agent no longer knows a guest held customer data, and a blank guest at its vmid would be backed
+ * up beside the real backups and let retention prune them. The guest is planned as lost instead
+ * (withRecoveries offers the recover, pending a signature). One listing per backup storage per pass,
+ * only when the plan creates something; a storage that cannot be listed refuses nothing.
+ */
+export const guardCreates = (p: Plan) =>
+  Effect.gen(function*() {
+    const creates = p.actions.filter((a) => a.kind === "create")
+    if (creates.length === 0) return p
+    const pve = yield* Proxmox
+    const ops = yield* OpLog
+    const storages = yield* Effect.orElseSucceed(pve.nodeStorage, () => [])
+    const newest = new Map<number, { readonly volid: string; readonly ms: number }>()
+    for (const st of storages) {
+      if (!(st.content ?? "").split(",").includes("backup") || st.enabled === 0 || st.active === 0) continue
+      const storage = StorageId.make(st.storage)
+      const listed = yield* Effect.either(pve.storageContent(storage, { content: "backup" }))
+      if (listed._tag === "Left") continue
+      for (const c of creates) {
+        for (const pt of pointsOfListing(c.vmid, storage, st.type === "pbs" ? "pbs" : "vzdump", listed.right)) {
+          const had = newest.get(c.vmid)
+          if (had === undefined || pt.takenAtMs > had.ms) newest.set(c.vmid, { volid: pt.point, ms: pt.takenAtMs })
+        }
+      }
+    }
+    if (newest.size === 0) return p
+    const decommissioned = (yield* ops.list({ status: "done", limit: 10_000 })).filter((o) => o.kind === "decommission")
+    const refused = new Map<number, string>()
+    for (const [vmid, b] of newest) {
+      if (decommissioned.some((o) => o.vmid === vmid && o.updatedAtMs >= b.ms)) continue
+      refused.set(vmid, b.volid)
+    }
+    if (refused.size === 0) return p
+    return {
+      ...p,
+      // the back half goes with its create
+      actions: p.actions.filter((a) => !(refused.has(a.vmid) && (a.kind === "create" || a.kind === "deploy_controller"))),
+      notes: [
+        ...p.notes,
+        ...[...refused].map(([vmid, volid]) => ({
+          vmid: VmId.make(vmid),
+          reason: "lost" as const,
+          message: `not created blank: backups of ${vmid} exist (newest ${volid}) and the journal records no decommission after them; it is recovered, never recreated blank`
+        }))
+      ]
+    } satisfies Plan as Plan
+  })
+
+/**
  * For each lost guest the desired state still wants: a `recover` action from its fastest surviving
  * restore point (pending an operator's signature), or, when none can be planned, the lost note
  * says why (no restore point, the PBS key missing, no storage to restore to).
  */
-export const withRecoveries = (p: Plan, desired: DesiredState) =>
+export const withRecoveries = (p0: Plan, desired: DesiredState) =>
   Effect.gen(function*() {
+    const p = yield* guardCreates(p0)
     const actions: Array<Action> = [...p.actions]
     const notes: Array<Plan["notes"][number]> = []
     for (const n of p.notes) {
@@ -161,8 +214,9 @@ export const planNow = (desired: DesiredState) =>
     const obs = yield* observePve
     const ctx = yield* observeContext(obs, desired)
     const p = plan(obs.actual, desired, ctx)
-    for (const n of p.notes) if (n.reason === "lost") yield* guests.markLost(n.vmid, n.message)
-    return yield* withRecoveries(p, desired)
+    const out = yield* withRecoveries(p, desired)
+    for (const n of out.notes) if (n.reason === "lost") yield* guests.markLost(n.vmid, n.message)
+    return out
   })
 
 export const gatedActionOf = (a: Action): GatedAction => {
