@@ -109,6 +109,9 @@ describe.skipIf(!isRoot)("golden build", () => {
         ["create", "done"], ["install", "done"], ["dump", "done"], ["checksum", "done"], ["destroy", "done"], ["register", "done"]
       ])
       expect(audit.some((a) => a.action === "destroy" && a.decision === "allowed" && a.target === vmid)).toBe(true)
+      expect(audit.filter((a) => a.action === "golden-build").map((a) => [a.decision, a.detail])).toEqual([
+        ["registered", { op: b.opId, volid: b.volid, version: "2026.01.10-1", sha256: b.sha256, basis: "enrollment" }]
+      ])
       // nothing else was touched
       expect(yield* customerSnapshot(w.sim)).toEqual(before)
       expect(yield* mutationsOutsideScratch(w.sim)).toEqual([])
@@ -651,6 +654,7 @@ describe.skipIf(!isRoot)("golden refresh", () => {
       v = yield* journalView(w)
       expect([stateOf(v1), stateOf(v2), stateOf(SIGNED)]).toEqual(["retired", "current", "current"])
       expect(v.records.find((r) => r.volid === v1)?.stateDetail).toContain(v2)
+      expect(v.audit.filter((a) => a.action === "golden-retire").map((a) => a.detail)).toEqual([{ volid: v1, supersededBy: v2 }])
       expect([v.registered.has(v1), v.registered.has(v2), v.registered.has(SIGNED)]).toEqual([true, true, true])
       // still on disk and listed by PVE, still a source the plan accepts
       expect(w.root.archives().map((f) => `local:backup/${f}`)).toEqual([v1, v2].sort())

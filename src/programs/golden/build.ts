@@ -372,6 +372,9 @@ const buildSteps = (s: Saga<"golden-build">, settings: GoldenSettingsShape) =>
     yield* s.started("register", { volid, version, sha256: sum.sha256 })
     yield* store.registerBuilt({ volid, version, sha256: sum.sha256, opId: s.id })
     yield* s.done("register", { volid, version, sha256: sum.sha256 })
+    // a new provisioning source: customer-visible, like an operator's signed registration
+    yield* Effect.flatMap(AuditLog, (a) =>
+      a.audit({ actor: "golden", action: "golden-build", target: null, decision: "registered", detail: { op: s.id, volid, version, sha256: sum.sha256, basis: s.op.basis } }))
     return { opId: s.id, vmid, volid, archive, version, sha256: sum.sha256 } satisfies GoldenBuildResult
   })
 

@@ -12,6 +12,7 @@
  * registrations are the operator's: never retired here.
  */
 import { Clock, Duration, Effect, Either, Option, Schedule } from "effect"
+import { AuditLog } from "../../layers/AuditLog.js"
 import { GoldenStore, type GoldenRecord } from "../../layers/GoldenStore.js"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { OpLog } from "../../layers/OpLog.js"
@@ -106,6 +107,7 @@ export interface RetireOutcome {
  */
 export const retireSuperseded = Effect.gen(function*() {
   const store = yield* GoldenStore
+  const auditLog = yield* AuditLog
   const records = yield* store.records
   const built = records.filter((r) => r.basis === "built")
   const newest = built.reduce<GoldenRecord | null>((a, r) => (a === null || r.recordedAtMs >= a.recordedAtMs ? r : a), null)
@@ -120,7 +122,10 @@ export const retireSuperseded = Effect.gen(function*() {
       kept.push({ volid: r.volid, op })
       continue
     }
-    if (yield* store.retire(r.volid, `superseded by ${newest.volid} (golden ${newest.version ?? "?"})`)) retired.push(r.volid)
+    if (yield* store.retire(r.volid, `superseded by ${newest.volid} (golden ${newest.version ?? "?"})`)) {
+      retired.push(r.volid)
+      yield* auditLog.audit({ actor: "golden", action: "golden-retire", target: null, decision: "retired", detail: { volid: r.volid, supersededBy: newest.volid } })
+    }
   }
   return { current: newest.volid, retired, kept } satisfies RetireOutcome
 })
