@@ -181,7 +181,7 @@ const driftedArb = desiredStateArb.chain((d) =>
 // ---------------------------------------------------------------------------------------------
 // Helpers for the properties
 
-const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, start: 3, stop: 3, deploy_controller: 4, update_controller: 4, recover: 0 }
+const order: Record<Action["kind"], number> = { create: 0, destroy: 0, set_config: 1, resize: 2, deploy_controller: 2.5, start: 3, stop: 3, update_controller: 4, recover: 0 }
 
 /** Actions grouped by vmid ascending, per guest in execution order. */
 const wellOrdered = (p: Plan): boolean =>
@@ -370,7 +370,9 @@ describe("plan", () => {
 
     it("a new guest with a controller: create, then the deploy, in one guest's turn", () => {
       const p = plan([], desired([guest({ controller: { image: img("1.0.0") } })]), withCtl())
-      expect(p.actions.map((a) => a.kind)).toEqual(["create", "deploy_controller"])
+      // a running guest is started only after its bootstrap (the first-boot directive) is mounted
+      expect(p.actions.map((a) => a.kind)).toEqual(["create", "deploy_controller", "start"])
+      expect(p.actions[0]).toMatchObject({ kind: "create", deferStart: true })
       expect(p.actions[1]).toStrictEqual({ kind: "deploy_controller", vmid: 101, image: img("1.0.0") })
     })
 

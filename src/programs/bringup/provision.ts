@@ -23,10 +23,10 @@ import type { DesiredGuest, DesiredState } from "../../schema/desired.js"
 import type { GuestPlacement } from "../../schema/storage.js"
 import type { VmId } from "../../schema/ids.js"
 import { type CreateSource, STEPS } from "../../schema/operations.js"
-import { gatedActionOf, observeContext, observePve } from "../control/apply.js"
+import { gatedActionOf, guardCreates, observeContext, observePve } from "../control/apply.js"
 import { currentProvenance, gate, type GateDecision, judge } from "../control/gate.js"
 import { type Action, normalizeDesired, type Note, plan } from "../control/plan.js"
-import { createGuest, emitProgress } from "../control/steps.js"
+import { createGuest, emitProgress, startGuest } from "../control/steps.js"
 import { ControllerOps } from "../controller/ops.js"
 import { mountsFor } from "./mounts.js"
 
@@ -92,7 +92,8 @@ const decide = (spec: DesiredGuest, source: CreateSource, placement: GuestPlacem
     const desired = desiredOf(spec, source, placement)
     const obs = yield* observePve
     const ctx = yield* observeContext(obs, desired, { record: false })
-    const p = plan(obs.actual, desired, ctx)
+    // never a blank guest over backups the journal cannot account for (a lost state database)
+    const p = yield* guardCreates(plan(obs.actual, desired, ctx))
     const notes = p.notes.filter((n) => n.vmid === spec.vmid)
     const actions = p.actions.filter((a) => a.vmid === spec.vmid)
     const create = actions.find((a): a is Extract<Action, { kind: "create" }> => a.kind === "create") ?? null
@@ -197,7 +198,8 @@ export const provisionGuest = (spec: DesiredGuest, source: CreateSource, opts: P
       yield* emitProgress({ kind: "note", text: `provisioning guest ${spec.vmid} from ${source.archive}` })
       const before = new Set((yield* createOpsOf(spec.vmid)).map((o) => o.id))
       const memoryMiB = normalizeDesired(spec).memory_mib ?? Math.ceil(spec.memory_bytes / 1048576)
-      const created = yield* Effect.either(createGuest(spec, source, memoryMiB, judged.grant, d.create.mounts ?? {}))
+      const deferStart = d.create.deferStart === true
+      const created = yield* Effect.either(createGuest(spec, source, memoryMiB, judged.grant, d.create.mounts ?? {}, { deferStart }))
       // ours is the one create op of this guest that was not there before (we hold its turn)
       const op = (yield* createOpsOf(spec.vmid)).find((o) => !before.has(o.id)) ?? null
       const opId = op?.id ?? null
@@ -228,6 +230,20 @@ export const provisionGuest = (spec: DesiredGuest, source: CreateSource, opts: P
         } satisfies ProvisionResult
       }
       const deployed = yield* Effect.either(controllers.value.deploy(spec.vmid, d.deploy.image))
+      // the first boot comes after the bootstrap (its directive) is mounted; a failed deploy leaves
+      // the guest stopped for reconcile, which deploys before it starts
+      if (deferStart && deployed._tag === "Right") {
+        const started = yield* Effect.either(startGuest(spec.vmid))
+        if (started._tag === "Left") {
+          return {
+            vmid: spec.vmid,
+            opId,
+            outcome: "failed",
+            detail: `created and its controller deployed; the start failed: ${started.left.message}`,
+            controller: { state: "deployed", detail: d.deploy.image }
+          } satisfies ProvisionResult
+        }
+      }
       return deployed._tag === "Right"
         ? { vmid: spec.vmid, opId, outcome: "done", detail: "created", controller: { state: "deployed", detail: d.deploy.image } } satisfies ProvisionResult
         : {

@@ -271,7 +271,7 @@ const execute = (a: Action, approved: Approved): Effect.Effect<void, StepError |
     case "create":
       return a.source === null
         ? Effect.fail(new NoProvisioning({ message: "desired state has no provisioning source (golden archive)" }))
-        : createGuest(a.spec, a.source, normalizeDesired(a.spec).memory_mib ?? Math.ceil(a.spec.memory_bytes / 1048576), approved.grant, a.mounts)
+        : createGuest(a.spec, a.source, normalizeDesired(a.spec).memory_mib ?? Math.ceil(a.spec.memory_bytes / 1048576), approved.grant, a.mounts, { deferStart: a.deferStart === true })
     case "destroy": {
       const d = approved.decision
       return d.verdict === "signed_ok"

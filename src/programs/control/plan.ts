@@ -135,6 +135,11 @@ export type Action =
     readonly source: { readonly archive: VolumeId; readonly storage: StorageId } | null
     /** Mount points the bring-up allocates from the guest's placement (bringup/mounts.ts); absent: none. */
     readonly mounts?: Readonly<Record<string, string>>
+    /**
+     * The guest is not started by the create: its controller's bootstrap (with the first-boot
+     * directive) is mounted first and a `start` follows, so the first boot sees the directive.
+     */
+    readonly deferStart?: true
   }
   | { readonly kind: "destroy"; readonly vmid: VmId; readonly reason: "absent_from_desired" }
   | { readonly kind: "set_config"; readonly vmid: VmId; readonly set: ConfigSet }
@@ -361,10 +366,13 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
         continue
       }
       const mounts = mountsFor(desired.policies?.guests.find((p) => p.vmid === vmid))
-      actions.push({ kind: "create", vmid, spec: d, source, ...(Object.keys(mounts).length === 0 ? {} : { mounts }) })
-      if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
       // the back half follows the create in the same turn of the guest's queue (not run if it fails)
-      else actions.push(...controllerActions(vmid, d, ctx, note))
+      const back = source === null ? [] : controllerActions(vmid, d, ctx, note)
+      const defer = back.length > 0 && d.power === "running"
+      actions.push({ kind: "create", vmid, spec: d, source, ...(Object.keys(mounts).length === 0 ? {} : { mounts }), ...(defer ? { deferStart: true as const } : {}) })
+      if (source === null) note(vmid, "no_provisioning", "guest must be created but the desired state names no golden archive")
+      actions.push(...back)
+      if (defer) actions.push({ kind: "start", vmid })
       continue
     }
     if (a.lock !== null) {
@@ -404,8 +412,11 @@ export const plan = (actual: ReadonlyArray<ActualGuest>, desired: DesiredState, 
         note(vmid, "shrink_refused", `rootfs is ${size} GiB, desired ${w.rootfs_gib} GiB: PVE cannot shrink a disk`)
       }
     }
+    // a deploy goes before a start, so the guest boots with its bootstrap; an update after the power change
+    const ctlActions = controllerActions(vmid, d, ctx, note)
+    actions.push(...ctlActions.filter((c) => c.kind === "deploy_controller"))
     actions.push(...powerAction(vmid, a.status, w.power))
-    actions.push(...controllerActions(vmid, d, ctx, note))
+    actions.push(...ctlActions.filter((c) => c.kind !== "deploy_controller"))
   }
   return { generation: desired.generation, actions, notes }
 }

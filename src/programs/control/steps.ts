@@ -297,12 +297,13 @@ export const allocateMounts = <K extends "create" | "recover">(s: Saga<K>, mount
     yield* s.done(step)
   })
 
-const afterSeal = (s: Saga<"create">) =>
+const afterSeal = (s: Saga<"create">, deferStart: boolean) =>
   Effect.gen(function*() {
     const pve = yield* Proxmox
     yield* s.config("untag", { tags: s.op.spec.tags.length === 0 ? "" : specTags(s.op.spec) })
-    if (s.op.spec.power === "running") yield* s.task("start", pve.start(s.op.vmid))
-    else yield* s.done("start")
+    // deferred: the controller's bootstrap is mounted first, then a start of its own follows
+    if (s.op.spec.power === "running" && !deferStart) yield* s.task("start", pve.start(s.op.vmid))
+    else yield* s.done("start", deferStart ? { deferred: true } : undefined)
   })
 
 /**
@@ -392,7 +393,8 @@ export const createGuest = (
   source: CreateSource,
   memoryMiB: number,
   grant: Grant,
-  mounts: Readonly<Record<string, string>> = {}
+  mounts: Readonly<Record<string, string>> = {},
+  opts: { readonly deferStart?: boolean } = {}
 ) =>
   Effect.gen(function*() {
     const ops = yield* OpLog
@@ -412,7 +414,7 @@ export const createGuest = (
       yield* rollBackCreate(s, built.left.message)
       return yield* Effect.fail(built.left)
     }
-    return yield* afterSeal(s).pipe(
+    return yield* afterSeal(s, opts.deferStart === true).pipe(
       Effect.tap(() => ops.finish(s.id, "done")),
       // sealed: customer data. The guest stays; reconcile converges what is missing.
       Effect.tapError((e) => ops.finish(s.id, "failed", `${e.message}; the guest was kept (sealed)`))
