@@ -48,7 +48,7 @@ import {
   type StepError
 } from "../control/steps.js"
 import { notesFor } from "../protection/provenance.js"
-import { type BulkReport, bulkSurvivors, type RestoreLayout } from "./layout.js"
+import { type BulkReport, bulkSurvivors, type RestoreLayout, restoreLayout, volumeOwner } from "./layout.js"
 import type { RecoverPlan } from "./tiers.js"
 
 export type RecoverOutcome = "done" | "rolled_back" | "needs_operator" | "failed" | "pending_signature" | "rejected"
@@ -116,9 +116,21 @@ const identityStep = (s: Saga<"recover">) =>
 const reattachStep = (s: Saga<"recover">, layout: RestoreLayout | null) =>
   Effect.gen(function*() {
     yield* s.started("reattach")
-    const bulk = layout === null ? [] : yield* bulkSurvivors(layout)
+    const found = layout === null ? [] : yield* bulkSurvivors(layout)
+    // only this guest's own volumes, and never while the source may still be live (partial loss:
+    // two guests writing one filesystem); those stay detached until an operator attaches them
+    const partial = s.op.scenario === "guest-loss-partial"
+    const bulk = found.map((b) =>
+      b.status !== "reattachable"
+        ? b
+        : !Option.exists(volumeOwner(b.originalVolid), (o) => o === s.op.vmid)
+        ? { ...b, status: "recreated-empty" as const, detail: `${b.originalVolid} is not named for guest ${s.op.vmid}: not attached` }
+        : partial
+        ? { ...b, detail: `left detached: the source may still be live (partial loss); attach ${b.originalVolid} after confirming it is gone` }
+        : b
+    )
     const set = Object.fromEntries(
-      bulk.filter((b) => b.status === "reattachable").map((b) => [b.volume, `${b.originalVolid},mp=${b.path},backup=0`])
+      bulk.filter((b) => b.status === "reattachable" && !partial).map((b) => [b.volume, `${b.originalVolid},mp=${b.path},backup=0`])
     )
     yield* bringupConfig(s, "reattach", set)
     yield* s.done("reattach", { reattached: Object.keys(set) })
@@ -145,7 +157,8 @@ const afterSeal = (s: Saga<"recover">, layout: RestoreLayout | null, archiveTags
     const tags = finalTags(s.op, archiveTags)
     yield* s.config("untag", { tags: tags === "" ? "" : tags })
     const bulk = yield* reattachStep(s, layout)
-    if ((s.op.spec?.power ?? "running") === "running") yield* s.task("start", pve.start(s.op.vmid))
+    const running = (yield* pve.guestStatus(s.op.vmid)).status === "running"
+    if ((s.op.spec?.power ?? "running") === "running" && !running) yield* s.task("start", pve.start(s.op.vmid))
     else yield* s.done("start")
     return bulk
   })
@@ -377,9 +390,10 @@ export const confirmLink = (vmid: VmId) =>
     const ops = yield* OpLog
     const pve = yield* Proxmox
     const auditLog = yield* AuditLog
-    const done = yield* ops.list({ status: "done", limit: 1000 })
-    const partial = done.some((o) => {
-      if (o.kind !== "recover" || o.vmid !== vmid) return false
+    // a partial recovery that reached its seal (done, or ended after it with the guest kept)
+    const ended = [...(yield* ops.list({ status: "done", limit: 1000 })), ...(yield* ops.list({ status: "failed", limit: 1000 }))]
+    const partial = ended.some((o) => {
+      if (o.kind !== "recover" || o.vmid !== vmid || !o.steps.some((st) => st.name === "seal" && st.status === "done")) return false
       const d = decodeOperation(o.payload)
       return Either.isRight(d) && d.right._tag === "recover" && d.right.scenario === "guest-loss-partial"
     })
@@ -404,6 +418,16 @@ export const confirmLink = (vmid: VmId) =>
 
 // ---------------------------------------------------------------------------------------------
 // Recovery after a crash
+
+/** The post-seal steps of an interrupted recovery, from the archive's config (its tags, its bulk volumes). */
+const resumeAfterSeal = (op: JournalOp, typed: OperationOf<"recover">) =>
+  Effect.gen(function*() {
+    const pve = yield* Proxmox
+    const archive = yield* Effect.either(pve.extractConfig(VolumeId.make(typed.source.point)))
+    const config = Either.getOrElse(archive, () => ({}) as Readonly<Record<string, string>>)
+    const layout = Either.isRight(archive) ? Either.getOrNull(restoreLayout(config, { storage: typed.storage })) : null
+    yield* afterSeal(sagaOf<"recover">(op.id, typed), layout, normalizeTags(config["tags"]))
+  })
 
 /**
  * An interrupted recovery. fresh: sealed → kept (finished as far as it got); not sealed → the
@@ -434,11 +458,20 @@ export const recoverRecoverOp = (op: JournalOp, typed: OperationOf<"recover">): 
         yield* ops.finish(op.id, "done", "recovered: every step had completed")
         return { outcome: "done", detail: "every step had completed" }
       }
-      yield* ops.finish(op.id, "failed", "recovered: sealed before the crash; the guest is kept (re-attach and start: run recover --plan)")
+      // sealed: the customer's guest. What follows the seal is safe to run again (untag, the re-attach
+      // of its own surviving bulk volumes, start): finished now, from the archive's own config
+      const resumed = yield* Effect.either(resumeAfterSeal(op, typed))
+      if (Either.isRight(resumed)) {
+        yield* ops.finish(op.id, "done", "recovered: sealed before the crash; the remaining steps were finished")
+        return { outcome: "done", detail: "sealed; the remaining steps were finished" }
+      }
+      if (resumed.left._tag === "JournalError") return yield* Effect.fail(resumed.left)
+      yield* ops.finish(op.id, "failed", `recovered: sealed before the crash; the guest is kept; finishing it failed (${resumed.left.message})`)
       return { outcome: "failed", detail: "sealed; the guest is kept" }
     }
     if (typed.mode === "fresh") {
-      const r = yield* rollBackCreate(sagaOf<"recover">(op.id, typed), "recovered: interrupted before the seal")
+      // PVE unreachable: left in flight for the next recovery, never held on a transport error
+      const r = yield* rollBackCreate(sagaOf<"recover">(op.id, typed), "recovered: interrupted before the seal", { transient: "leave" })
       return r === "rolled_back"
         ? { outcome: "rolled_back", detail: "interrupted before the seal; rolled back" }
         : { outcome: "needs_operator", detail: "interrupted before the seal; could not be undone safely, held for an operator" }
@@ -446,6 +479,13 @@ export const recoverRecoverOp = (op: JournalOp, typed: OperationOf<"recover">): 
     // overwrite, not sealed
     const touched = after.steps.some((s) => s.name === "restore")
     if (!touched) {
+      // stopped for the overwrite (a stop task ran: it was running), never restored: start it again
+      const stopped = after.steps.find((s) => s.name === "stop")
+      if (stopped !== undefined && stopped.upid !== null) {
+        const pve = yield* Proxmox
+        const now = yield* existing(typed.vmid)
+        if (Option.exists(now, (g) => g.status === "stopped")) yield* pve.waitTask(yield* pve.start(typed.vmid))
+      }
       yield* ops.finish(op.id, "failed", "recovered: interrupted before the restore; nothing was overwritten")
       return { outcome: "failed", detail: "interrupted before the restore; nothing overwritten" }
     }

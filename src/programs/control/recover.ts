@@ -87,7 +87,7 @@ const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effe
       yield* ops.finish(op.id, "failed", "recovered: sealed before the crash; reconcile converges the rest")
       return { outcome: "failed", detail: "sealed; the guest is kept and reconcile converges the rest" }
     }
-    const r = yield* rollBackCreate(sagaOf(op.id, typed), "recovered: interrupted before the seal")
+    const r = yield* rollBackCreate(sagaOf(op.id, typed), "recovered: interrupted before the seal", { transient: "leave" })
     return r === "rolled_back"
       ? { outcome: "rolled_back", detail: "interrupted before the seal; rolled back" }
       : { outcome: "needs_operator", detail: "interrupted before the seal; could not be undone safely, held for an operator" }

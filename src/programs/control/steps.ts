@@ -353,7 +353,11 @@ export const compensateCreate = <K extends "create" | "recover">(s: Saga<K>) =>
   })
 
 /** Ends an unsealed create whose build failed: rolled back, or needs_operator if undoing failed. */
-export const rollBackCreate = <K extends "create" | "recover">(s: Saga<K>, why: string) =>
+export const rollBackCreate = <K extends "create" | "recover">(
+  s: Saga<K>,
+  why: string,
+  opts: { readonly transient?: "hold" | "leave" } = {}
+) =>
   Effect.gen(function*() {
     const auditLog = yield* AuditLog
     const ops = yield* OpLog
@@ -373,6 +377,8 @@ export const rollBackCreate = <K extends "create" | "recover">(s: Saga<K>, why: 
       yield* ops.finish(s.id, "rolled_back", `${why}; ${what}`)
       return "rolled_back" as const
     }
+    // recovery: PVE not answering is no reason to hold a guest; the op stays in flight for the next one
+    if (opts.transient === "leave" && transientPve(undone.left)) return yield* Effect.fail(undone.left)
     yield* ops.finish(
       s.id,
       "needs_operator",
