@@ -160,7 +160,9 @@ const run = (
           source: want.tier,
           desired: null,
           placement: undefined,
-          manifest: []
+          manifest: [],
+          // the storage the operator signed: where the plan restores when the archive's own is not attached here
+          provisioningStorage: want.storage
         }).pipe(Effect.mapError((e) => new BadJob({ message: `recover of ${vmid} cannot be planned: ${e.message}` })))
         if (!jsonEqual({ ...plan.gatedParams }, { ...want })) {
           return yield* new BadJob({
