@@ -183,4 +183,23 @@ describe("storage watchdog (TestClock)", () => {
         expect(yield* Queue.size(t.reportNow)).toBe(1)
       }).pipe(Effect.provide(t.services))
     }))
+
+  it.scoped("a drop the storage pass measures before the watchdog does is reported at once all the same", () =>
+    Effect.gen(function*() {
+      const t = yield* setup
+      yield* Effect.gen(function*() {
+        yield* storageReconcilePass(t.storage)
+        expect(yield* Queue.size(t.reportNow)).toBe(0)
+        // the NFS server goes away and the pass (not the watchdog) is the first to look
+        yield* t.fault("nas", false)
+        yield* runTimed(storageReconcilePass(t.storage), 120)
+        expect(yield* Queue.size(t.reportNow)).toBe(1)
+        const snap = yield* Effect.flatMap(StorageStatus, (st) => st.snapshot)
+        expect(snap.targets.find((x) => x.id === "nas")?.available).toBe(false)
+        // the watchdog now sees no change: without the pass's own report the hub would wait a poll
+        yield* Queue.takeAll(t.reportNow)
+        expect(yield* runTimed(storageWatchdogCheck, 60)).toHaveLength(0)
+        expect(yield* Queue.size(t.reportNow)).toBe(0)
+      }).pipe(Effect.provide(t.services))
+    }))
 })

@@ -56,9 +56,10 @@ export interface StorageStatusShape {
   readonly snapshot: Effect.Effect<StorageSnapshot>
   /**
    * The pass's result. A target's reachability is carried over from what the watchdog knew when
-   * the pass did not measure it itself (`available: null`).
+   * the pass did not measure it itself (`available: null`). Returns the reachability changes the
+   * pass itself measured (to report at once, as the watchdog's: after it the watchdog sees none).
    */
-  readonly replace: (next: StorageSnapshot) => Effect.Effect<void>
+  readonly replace: (next: StorageSnapshot) => Effect.Effect<ReadonlyArray<AvailabilityChange>>
   /** The watchdog's readings; returns what changed (to report at once). */
   readonly observe: (
     readings: ReadonlyArray<{ readonly id: string; readonly available: boolean; readonly detail: string | null }>
@@ -72,17 +73,20 @@ export const makeStorageStatus = Effect.map(
   (ref): StorageStatusShape => ({
     snapshot: Ref.get(ref),
     replace: (next) =>
-      Ref.update(ref, (prev) => {
+      Ref.modify(ref, (prev) => {
         const before = new Map(prev.targets.map((t) => [t.id, t] as const))
-        return {
-          pending: next.pending,
-          targets: next.targets.map((t) => {
-            const old = before.get(t.id)
-            return t.available === null && old !== undefined && t.probe !== null
-              ? { ...t, available: old.available, availabilityDetail: old.availabilityDetail }
-              : t
-          })
-        }
+        const changes: Array<AvailabilityChange> = []
+        const targets = next.targets.map((t) => {
+          const old = before.get(t.id)
+          if (t.available === null && old !== undefined && t.probe !== null) {
+            return { ...t, available: old.available, availabilityDetail: old.availabilityDetail }
+          }
+          if (old !== undefined && t.available !== null && old.available !== null && old.available !== t.available) {
+            changes.push({ id: t.id, from: old.available, to: t.available, detail: t.availabilityDetail })
+          }
+          return t
+        })
+        return [changes, { pending: next.pending, targets }] as const
       }),
     observe: (readings) =>
       Ref.modify(ref, (prev) => {

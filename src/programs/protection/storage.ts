@@ -46,7 +46,7 @@ import {
 } from "../../schema/storage.js"
 import { CredsVault, CredsVaultLive, sameSecret, type StorageSecret } from "./creds.js"
 import { StorageRemoverLive } from "./detach.js"
-import { type StorageSnapshot, StorageStatus, StorageStatusLive, type TargetProbe, type TargetStatus, type TargetVerdict } from "./status.js"
+import { ReportNow, type StorageSnapshot, StorageStatus, StorageStatusLive, type TargetProbe, type TargetStatus, type TargetVerdict } from "./status.js"
 
 export interface StorageInput {
   /** undefined: the desired state has no manifest (nothing is decided, recorded targets are watched). */
@@ -652,7 +652,12 @@ export const storageReconcilePass = (input: StorageInput) =>
         yield* Effect.logWarning(`storage: ${t.id} needs an operator: ${t.detail ?? ""}`)
       }
     }
-    yield* status.replace(snapshot)
+    const changed = yield* status.replace(snapshot)
+    if (changed.length > 0) {
+      // a drop (or return) the pass measured before the watchdog did: reported at once all the same
+      for (const c of changed) yield* (c.to ? Effect.logInfo : Effect.logWarning)(`storage: ${c.id} ${c.to ? "reachable again" : `unreachable: ${c.detail ?? "no detail"}`}`)
+      yield* Effect.flatMap(Effect.serviceOption(ReportNow), Option.match({ onNone: () => Effect.void, onSome: (r) => r.request }))
+    }
     return snapshot
   }).pipe(Effect.withSpan("storageReconcilePass"))
 
