@@ -28,9 +28,8 @@ import { StorageId, type VmId, VolumeId } from "../src/schema/ids.js"
 import { makeSimPve } from "../src/sim/pve/index.js"
 import { agentLayer, dbFile, GOLDEN, registerGolden, runTimed, settle } from "./engine-support.js"
 import { durations, seedWith } from "./support.js"
+import { bin, cleanEnv, nodeRunner, root, startSimPve } from "./bin-support.js"
 
-const root = join(__dirname, "..")
-const bin = join(root, "bin", "felhom-agent.cjs")
 const MIXED = join(root, "test", "fixtures", "desired", "sim-mixed.json")
 const IMAGE = "registry.example/felhom/controller:1.4.2"
 const SOURCE = { archive: VolumeId.make(GOLDEN), storage: StorageId.make("local-lvm") }
@@ -251,25 +250,10 @@ describe("provisionGuest", () => {
 
 const emptyConfig = join(mkdtempSync(join(tmpdir(), "felhom-prov-")), "empty.json")
 writeFileSync(emptyConfig, "{}")
-const env = (extra: Record<string, string> = {}) => ({
-  ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_"))),
-  FELHOM_AGENT_CONFIG: emptyConfig,
-  ...extra
-}) as NodeJS.ProcessEnv
-
-const running = new Set<ChildProcess>()
-const run = (args: Array<string>, extra: Record<string, string> = {}, timeoutMs = 60_000) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { env: env(extra), stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs })
-    running.add(child)
-    child.on("exit", () => running.delete(child))
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c))
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c))
-    child.on("error", reject)
-    child.on("close", (status) => resolve({ status, stdout, stderr }))
-  })
+const env = (extra: Record<string, string> = {}) => cleanEnv(emptyConfig, extra)
+const runner = nodeRunner(env)
+const run = runner.run
+const running = runner.running
 
 let sim: ChildProcess
 let exports: Record<string, string> = {}
@@ -280,25 +264,14 @@ beforeAll(async () => {
   const seedFile = join(mkdtempSync(join(tmpdir(), "felhom-prov-seed-")), "seed.json")
   // a start long enough to be seen running by the terminal renderer's one-second tail
   writeFileSync(seedFile, JSON.stringify({ ...seed, task_durations_ms: { ...durations(300).task_durations_ms, vzstart: 2500 } }))
-  sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0", "--seed", seedFile], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
-  let out = ""
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`simulator did not start: ${out}`)), 20_000)
-    sim.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes("Ctrl-C")) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    sim.on("exit", (code) => reject(new Error(`simulator exited ${code}: ${out}`)))
-  })
-  for (const m of out.matchAll(/^export (FELHOM_AGENT_[A-Z_0-9]+)='([^']*)'$/gm)) exports[m[1]!] = m[2]!
+  const started = await startSimPve(env(), seedFile)
+  sim = started.child
+  exports = started.exports
 })
 
 afterAll(() => {
   sim?.kill("SIGTERM")
-  for (const child of running) child.kill("SIGKILL")
+  runner.kill()
 })
 
 /** A fresh state directory, with the seed's golden archive registered when asked. */

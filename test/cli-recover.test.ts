@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -20,33 +20,16 @@ import type { RecoverPlan } from "../src/programs/bringup/tiers.js"
 import { encodeOperation } from "../src/schema/operations.js"
 import { VmId } from "../src/schema/ids.js"
 import { durations } from "./support.js"
+import { cleanEnv, nodeRunner, root, startSimPve } from "./bin-support.js"
 
-const root = join(__dirname, "..")
-const bin = join(root, "bin", "felhom-agent.cjs")
 const HOST = "host-rec"
 
 const work = mkdtempSync(join(tmpdir(), "felhom-rec-"))
 const emptyConfig = join(work, "empty.json")
 writeFileSync(emptyConfig, "{}")
-const env = (extra: Record<string, string> = {}) => ({
-  ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_"))),
-  FELHOM_AGENT_CONFIG: emptyConfig,
-  ...extra
-}) as NodeJS.ProcessEnv
-
-const running = new Set<ChildProcess>()
-const run = (args: Array<string>, extra: Record<string, string> = {}, timeoutMs = 60_000) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { env: env(extra), stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs })
-    running.add(child)
-    child.on("exit", () => running.delete(child))
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c))
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c))
-    child.on("error", reject)
-    child.on("close", (status) => resolve({ status, stdout, stderr }))
-  })
+const env = (extra: Record<string, string> = {}) => cleanEnv(emptyConfig, extra)
+const runner = nodeRunner(env)
+const run = runner.run
 
 let sim: ChildProcess
 let exports: Record<string, string> = {}
@@ -69,20 +52,9 @@ beforeAll(async () => {
   })
   const seedFile = join(work, "seed.json")
   writeFileSync(seedFile, JSON.stringify({ ...seed, backups: [...seed.backups, lost(120, "cust-lost"), lost(121, "cust-split")], ...durations(300) }))
-  sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0", "--seed", seedFile], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
-  let out = ""
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`simulator did not start: ${out}`)), 20_000)
-    sim.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes("Ctrl-C")) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    sim.on("exit", (code) => reject(new Error(`simulator exited ${code}: ${out}`)))
-  })
-  for (const m of out.matchAll(/^export (FELHOM_AGENT_[A-Z_0-9]+)='([^']*)'$/gm)) exports[m[1]!] = m[2]!
+  const started = await startSimPve(env(), seedFile)
+  sim = started.child
+  exports = started.exports
   key = join(work, "op")
   execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key])
   config = join(work, "agent.json")
@@ -94,7 +66,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   sim?.kill("SIGTERM")
-  for (const child of running) child.kill("SIGKILL")
+  runner.kill()
 })
 
 /** A fresh state directory (its database created now: signatures made later are valid for it). */

@@ -3,15 +3,14 @@
  * `sim pve` in one process, `selftest --json` in another, exit codes and one-line reasons.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync } from "node:child_process"
 import { readFileSync, writeFileSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { DEFAULT_CONFIG_PATH } from "../src/layers/Config.js"
 import { VERSION } from "../src/version.js"
+import { bin, cleanEnv, nodeRunner, root, startSimPve } from "./bin-support.js"
 
-const root = join(__dirname, "..")
-const bin = join(root, "bin", "felhom-agent.cjs")
 
 /** An empty config file, so a host's /etc/felhom-agent/agent.json never leaks into the test. */
 const emptyConfig = join(mkdtempSync(join(tmpdir(), "felhom-cli-")), "empty.json")
@@ -32,28 +31,9 @@ writeFileSync(loadProbe, [
 ].join("\n"))
 
 /** Env without any FELHOM_AGENT_* from the developer's shell, plus what the test sets. */
-const env = (extra: Record<string, string> = {}) => {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FELHOM_AGENT_")))
-  return { ...clean, FELHOM_AGENT_CONFIG: emptyConfig, ...extra } as NodeJS.ProcessEnv
-}
-/**
- * Runs the CLI without blocking this worker: a test that waits on spawnSync for long keeps vitest's
- * RPC replies unread, and a minute of that fails the run ("Timeout calling onTaskUpdate").
- */
-const running = new Set<ChildProcess>()
-const spawnAsync = (argv: Array<string>, extra: Record<string, string>, timeoutMs: number) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, argv, { env: env(extra), stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs })
-    running.add(child)
-    child.on("exit", () => running.delete(child))
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c))
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c))
-    child.on("error", reject)
-    child.on("close", (status) => resolve({ status, stdout, stderr }))
-  })
-const run = (args: Array<string>, extra: Record<string, string> = {}, timeoutMs = 60_000) => spawnAsync([bin, ...args], extra, timeoutMs)
+const env = (extra: Record<string, string> = {}) => cleanEnv(emptyConfig, extra)
+const runner = nodeRunner(env)
+const { run, spawnAsync } = runner
 
 /** The modules a CLI run loaded, through the probe above. */
 const loadsOf = async (args: Array<string>, extra: Record<string, string> = {}) => {
@@ -70,26 +50,15 @@ let exports: Record<string, string> = {}
 
 beforeAll(async () => {
   // the bundle (what ships) was built from the current sources by test/global-setup.ts
-  sim = spawn(process.execPath, [bin, "sim", "pve", "--port", "0"], { env: env(), stdio: ["ignore", "pipe", "pipe"] })
-  let out = ""
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`simulator did not start: ${out}`)), 20_000)
-    sim.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes("Ctrl-C")) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    sim.on("exit", (code) => reject(new Error(`simulator exited ${code}: ${out}`)))
-  })
-  for (const m of out.matchAll(/^export (FELHOM_AGENT_[A-Z_0-9]+)='([^']*)'$/gm)) exports[m[1]!] = m[2]!
+  const started = await startSimPve(env())
+  sim = started.child
+  exports = started.exports
 })
 
 afterAll(() => {
   sim?.kill("SIGTERM")
   // a test that timed out leaves its CLI run behind; never orphan it
-  for (const child of running) child.kill("SIGKILL")
+  runner.kill()
 })
 
 describe("felhom-agent CLI", () => {
