@@ -45,7 +45,8 @@ import {
   rollBackCreate,
   type Saga,
   sagaOf,
-  type StepError
+  type StepError,
+  surelyRefused
 } from "../control/steps.js"
 import { notesFor } from "../protection/provenance.js"
 import { type BulkReport, bulkSurvivors, type RestoreLayout, restoreLayout, volumeOwner } from "./layout.js"
@@ -137,17 +138,28 @@ const reattachStep = (s: Saga<"recover">, layout: RestoreLayout | null) =>
     return bulk
   })
 
+/** resize (recorded: the layout allocated the rootfs at the desired size, never below the archive's) → configure. */
+const configureStep = (s: Saga<"recover">) =>
+  Effect.gen(function*() {
+    const { marker, spec } = s.op
+    yield* s.done("resize")
+    yield* s.config("configure", spec === null ? {} : { description: spec.description, tags: [...spec.tags, marker].sort().join(";") })
+  })
+
+/** The seal, written first: from here it is the customer's guest again, never destroyed as ours. */
+const sealStep = (s: Saga<"recover">) =>
+  Effect.gen(function*() {
+    const guests = yield* GuestRecords
+    yield* s.done("seal")
+    yield* guests.clearProvenance(s.op.vmid)
+    yield* guests.markRecovered(s.op.vmid, `recovered by op ${s.id}`)
+  })
+
 /** configure → seal → untag → reattach → start: what follows a restore that landed. */
 const finish = (s: Saga<"recover">, layout: RestoreLayout | null, archiveTags: ReadonlyArray<string>) =>
   Effect.gen(function*() {
-    const guests = yield* GuestRecords
-    const { marker, spec, vmid } = s.op
-    yield* s.done("resize") // the layout allocated the rootfs at the desired size (never below the archive's)
-    yield* s.config("configure", spec === null ? {} : { description: spec.description, tags: [...spec.tags, marker].sort().join(";") })
-    // the seal: from here it is the customer's guest again
-    yield* s.done("seal")
-    yield* guests.clearProvenance(vmid)
-    yield* guests.markRecovered(vmid, `recovered by op ${s.id}`)
+    yield* configureStep(s)
+    yield* sealStep(s)
     return yield* afterSeal(s, layout, archiveTags)
   })
 
@@ -155,7 +167,7 @@ const afterSeal = (s: Saga<"recover">, layout: RestoreLayout | null, archiveTags
   Effect.gen(function*() {
     const pve = yield* Proxmox
     const tags = finalTags(s.op, archiveTags)
-    yield* s.config("untag", { tags: tags === "" ? "" : tags })
+    yield* s.config("untag", { tags })
     const bulk = yield* reattachStep(s, layout)
     const running = (yield* pve.guestStatus(s.op.vmid)).status === "running"
     if ((s.op.spec?.power ?? "running") === "running" && !running) yield* s.task("start", pve.start(s.op.vmid))
@@ -179,11 +191,6 @@ const restoreOptions = (s: Saga<"recover">, plan: RecoverPlan) => ({
     }),
   ...(plan.layout === null ? {} : { layout: plan.layout.layout })
 })
-
-/** PVE surely did not act on a request it answered with one of these. */
-const surelyRefused = (e: StepError) =>
-  (e._tag === "PveApiError" && ["validation", "permission", "auth", "conflict", "not_found", "not_implemented"].includes(e.kind)) ||
-  e._tag === "PveDecodeError" || e._tag === "PveLocked"
 
 const archiveTagsOf = (point: string) =>
   Effect.flatMap(Proxmox, (p) => p.extractConfig(VolumeId.make(point))).pipe(
@@ -217,17 +224,12 @@ const freshBody = (s: Saga<"recover">, plan: RecoverPlan) =>
       const r = yield* rollBackCreate(s, built.left.message)
       return { outcome: r, detail: `${built.left.message}; ${r === "rolled_back" ? "the restored guest was removed" : "held for an operator"}`, bulk: [] as ReadonlyArray<BulkReport> }
     }
-    const sealedBefore = yield* Effect.either(Effect.gen(function*() {
-      yield* s.done("resize")
-      yield* s.config("configure", s.op.spec === null ? {} : { description: s.op.spec.description, tags: [...s.op.spec.tags, s.op.marker].sort().join(";") })
-    }))
-    if (Either.isLeft(sealedBefore)) {
-      const r = yield* rollBackCreate(s, sealedBefore.left.message)
-      return { outcome: r, detail: `${sealedBefore.left.message}; ${r === "rolled_back" ? "the restored guest was removed" : "held for an operator"}`, bulk: [] as ReadonlyArray<BulkReport> }
+    const configured = yield* Effect.either(configureStep(s))
+    if (Either.isLeft(configured)) {
+      const r = yield* rollBackCreate(s, configured.left.message)
+      return { outcome: r, detail: `${configured.left.message}; ${r === "rolled_back" ? "the restored guest was removed" : "held for an operator"}`, bulk: [] as ReadonlyArray<BulkReport> }
     }
-    yield* s.done("seal")
-    yield* guests.clearProvenance(s.op.vmid)
-    yield* guests.markRecovered(s.op.vmid, `recovered by op ${s.id}`)
+    yield* sealStep(s)
     const after = yield* Effect.either(afterSeal(s, plan.layout, archiveTags))
     if (Either.isLeft(after)) {
       yield* ops.finish(s.id, "failed", `${after.left.message}; the recovered guest is kept (sealed)`)

@@ -202,7 +202,7 @@ export const forceBackup = (vmid: VmId, storage: StorageId, admission: Admission
 // Create: restore the golden archive as one saga with compensation
 
 /** PVE surely did not act on a request it answered with one of these. */
-const surelyRefused = (e: ProxmoxError) =>
+export const surelyRefused = (e: ProxmoxError) =>
   (e._tag === "PveApiError" && (e.kind === "validation" || e.kind === "permission" || e.kind === "auth" || e.kind === "conflict" ||
     e.kind === "not_found" || e.kind === "not_implemented")) ||
   e._tag === "PveDecodeError" ||
