@@ -61,6 +61,16 @@ const withSim = <A, E>(body: (sim: SimPve) => Effect.Effect<A, E, AgentServices>
   })
 
 /** The operator's signature over exactly the plan's params, made at the current (simulated) time. */
+const REPO = "registry.felhom.dev/felhom/controller"
+/** A host that serves a local API with the operator's repository: the plan defers a new guest's start behind its deploy. */
+const viewOnly: ControllerOpsShape = {
+  view: Effect.succeed({ deployed: new Map(), repositories: [REPO], failedUpdates: new Map() }),
+  deploy: () => Effect.void,
+  update: () => Effect.void,
+  undeploy: () => Effect.void,
+  reidentify: () => Effect.succeed("no_controller" as const)
+}
+
 const signFor = (plan: RecoverPlan, params: Record<string, unknown> = plan.gatedParams) =>
   Effect.map(Clock.currentTimeMillis, (now) => signedOp({ op: "recover", guest_id: plan.vmid, params: { ...params } }, operator, now))
 
@@ -244,7 +254,7 @@ describe("recover: guest-loss DR", () => {
       })
     ))
 
-  it.scoped("a lost state database: the hub's create of a vmid whose backups the journal cannot account for is refused, offered as a recover", () =>
+  it.scoped("a lost state database: the hub's create of a vmid whose backups the journal cannot account for is refused (with its back half and deferred start), offered as a recover", () =>
     withSim((sim) =>
       Effect.gen(function*() {
         // guest 100 backed up, then lost, and the agent's records of it gone with its database
@@ -254,7 +264,7 @@ describe("recover: guest-loss DR", () => {
         const desired = Either.getOrThrow(decodeDesiredState({
           generation: 3,
           provisioning: { golden_archive: GOLDEN, storage: "local-lvm" },
-          guests: [guestsJson[0]]
+          guests: [{ ...guestsJson[0], controller: { image: `${REPO}:1.0.0` } }]
         }))
         const p = yield* runTimed(planNow(desired))
         expect(p.actions.filter((a) => a.vmid === 100).map((a) => a.kind)).toEqual(["recover"])
@@ -264,7 +274,7 @@ describe("recover: guest-loss DR", () => {
         const rec = (yield* Effect.flatMap(GuestRecords, (x) => x.guestRecords)).find((x) => x.vmid === 100)
         expect(rec?.state).toBe("lost")
       })
-    ))
+    , Layer.succeed(ControllerOps, viewOnly) as Layer.Layer<never>))
 
   it.scoped("after a signed decommission, the vmid's older backups do not block a new guest", () =>
     withSim(() =>

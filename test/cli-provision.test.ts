@@ -76,14 +76,21 @@ const withAgent = (seed: Record<string, unknown> = {}) =>
   })
 
 describe("provisionSteps and provisionPreview", () => {
-  it("the front half's steps, then the back half's when the guest asks for a controller", () => {
+  it("the front half's steps, then the back half's when the guest asks for a controller (and the first start after it)", () => {
     expect(provisionSteps(guest(110), SOURCE).map((s) => s.step)).toEqual(["restore", "resize", "mounts", "configure", "seal", "untag", "start"])
     const withController = provisionSteps(guest(110, { controller: { image: IMAGE } }), SOURCE)
-    expect(withController.filter((s) => s.phase === "back").map((s) => s.step)).toEqual([
+    expect(withController.map((s) => s.step)).toEqual([
+      "restore",
+      "resize",
+      "mounts",
+      "configure",
+      "seal",
+      "untag",
       "deploy_controller:mint",
       "deploy_controller:write",
       "deploy_controller:mount",
-      "deploy_controller:commit"
+      "deploy_controller:commit",
+      "start"
     ])
     expect(withController[0]!.what).toContain(GOLDEN)
     expect(provisionSteps(guest(110, { power: "stopped" }), SOURCE).at(-1)!.what).toContain("leave the guest stopped")

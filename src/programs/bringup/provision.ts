@@ -58,16 +58,20 @@ const BACK_WHAT: Readonly<Record<string, string>> = {
 }
 
 /** What `provision` will do, in order (`--plan`): the create saga's steps, then the back half's. */
-export const provisionSteps = (spec: DesiredGuest, source: CreateSource, placement?: GuestPlacement): ReadonlyArray<ProvisionStep> => [
-  ...STEPS.create
-    .filter((s) => !s.startsWith("compensate_"))
-    .map((step): ProvisionStep => ({ phase: "front", step, what: FRONT_WHAT[step]?.(spec, source, mountsFor(placement)) ?? step })),
-  ...(spec.controller === undefined ? [] : STEPS["controller-deploy"].slice(0, 4).map((step): ProvisionStep => ({
+export const provisionSteps = (spec: DesiredGuest, source: CreateSource, placement?: GuestPlacement): ReadonlyArray<ProvisionStep> => {
+  // with a controller the first boot comes after the back half (its bootstrap carries the directive)
+  const deferred = spec.controller !== undefined && spec.power === "running"
+  const front = STEPS.create
+    .filter((s) => !s.startsWith("compensate_") && !(deferred && s === "start"))
+    .map((step): ProvisionStep => ({ phase: "front", step, what: FRONT_WHAT[step]?.(spec, source, mountsFor(placement)) ?? step }))
+  const back = spec.controller === undefined ? [] : STEPS["controller-deploy"].slice(0, 4).map((step): ProvisionStep => ({
     phase: "back",
     step: `deploy_controller:${step}`,
     what: step === "mint" ? `${BACK_WHAT[step]} for ${spec.controller!.image}` : BACK_WHAT[step] ?? step
-  })))
-]
+  }))
+  const start = FRONT_WHAT["start"]
+  return [...front, ...back, ...(deferred ? [{ phase: "back" as const, step: "start", what: start?.(spec, source, mountsFor(placement)) ?? "start" }] : [])]
+}
 
 /** The desired state `provision` judges: this guest alone (with its placement), from this source. */
 const desiredOf = (spec: DesiredGuest, source: CreateSource, placement: GuestPlacement | undefined): DesiredState => ({

@@ -421,7 +421,11 @@ export const formatRecoverPlan = (plan: RecoverPlan): string => {
     : "  network: link up as in the backup")
   for (const b of plan.bulk) {
     const where = `${b.volume} ${b.path} (${b.sizeGib} GiB on ${b.target})`
-    if (b.status === "reattachable") lines.push(`  bulk ${where}: the original ${b.originalVolid} still exists and is re-attached`)
+    if (b.status === "reattachable") {
+      lines.push(plan.scenario === "guest-loss-partial"
+        ? `  bulk ${where}: the original ${b.originalVolid} still exists and is LEFT DETACHED (the source may still be live); it comes back empty until you attach the original`
+        : `  bulk ${where}: the original ${b.originalVolid} still exists and is re-attached`)
+    }
     else if (b.status === "omitted") lines.push(`  bulk ${where}: left out`)
     else {
       const why = b.original === "unreachable" ? `its storage cannot be read now${b.detail === undefined ? "" : ` (${b.detail})`}` : `the original ${b.originalVolid} is gone`

@@ -159,8 +159,9 @@ export const guardCreates = (p: Plan) =>
     if (refused.size === 0) return p
     return {
       ...p,
-      // the back half goes with its create
-      actions: p.actions.filter((a) => !(refused.has(a.vmid) && (a.kind === "create" || a.kind === "deploy_controller"))),
+      // no guest exists at a refused vmid: every action planned for it belongs to the create (the
+      // back half, a deferred start)
+      actions: p.actions.filter((a) => !refused.has(a.vmid)),
       notes: [
         ...p.notes,
         ...[...refused].map(([vmid, volid]) => ({
