@@ -281,7 +281,7 @@ describe("felhom-agent CLI", () => {
       "plan: recover 110 PENDING_SIGNATURE from vzdump local:backup/vzdump-lxc-110-",
       "job-recover-110: done; 110 is running, restored from local:backup/vzdump-lxc-110-",
       "kept: MAC same, hub channel demo-host/110, local-API token same; reset at first boot (guest-loss-total: machine-id, ssh-host-keys): machine-id new, SSH host key new; its controller registry.felhom.dev/felhom/controller:1.1.0 healthy",
-      "'usb-backup' disconnected (the disk was pulled while mounted)",
+      "'usb-backup' disconnected (the disk was pulled while mounted", // the pass's detail adds what to do
       "'nas' disconnected"
     ]) expect(r.stdout, line).toContain(line)
     expect(r.stdout).toMatch(/retention keep-last 2 pruned [1-9]\d* of the agent's archives of 100/)
