@@ -41,6 +41,7 @@ import type { ProxmoxError } from "../../schema/proxmox.js"
 import type { Outcome } from "../control/recover.js"
 import { beginOperation, emitProgress, type Saga, sagaOf, type StepError } from "../control/steps.js"
 import { inScratchRange, RestoreTestSettings } from "../protection/scratch.js"
+import { freeScratchVmid } from "../protection/restoreTest.js"
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -271,25 +272,8 @@ const MAX_VMID_PROBES = 20
  * not listed by PVE, unknown to the journal (records, provenance, ops in flight or held), and
  * free by PVE's nextid.
  */
-export const pickBuildVmid = Effect.gen(function*() {
-  const settings = yield* RestoreTestSettings
-  const pve = yield* Proxmox
-  const guests = yield* GuestRecords
-  const ops = yield* OpLog
-  const taken = new Set<number>((yield* pve.listGuests).map((g) => g.vmid))
-  for (const r of yield* guests.guestRecords) taken.add(r.vmid)
-  for (const o of [...(yield* ops.inFlight), ...(yield* ops.list({ status: "needs_operator", limit: 1000 }))]) if (o.vmid !== null) taken.add(o.vmid)
-  let probes = 0
-  for (let v = settings.scratchMax; v >= settings.scratchMin && probes < MAX_VMID_PROBES; v--) {
-    if (taken.has(v)) continue
-    if (Option.isSome(yield* guests.provenanceOf(v))) continue
-    probes++
-    const vmid = VmId.make(v)
-    const free = yield* Effect.either(pve.nextId(vmid))
-    if (Either.isRight(free) && free.right === vmid) return Option.some(vmid)
-  }
-  return Option.none<VmId>()
-})
+// suspended: evaluated at call time, not while an import cycle may still be loading restoreTest.ts
+export const pickBuildVmid = Effect.suspend(() => freeScratchVmid("top", MAX_VMID_PROBES))
 
 // ---------------------------------------------------------------------------------------------
 // The saga

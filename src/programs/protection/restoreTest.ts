@@ -438,26 +438,36 @@ const recordResult = (r: {
     })
   })
 
-/** A free vmid in the scratch range: not listed by PVE, unknown to the journal, and free by PVE's nextid. */
-export const pickScratchVmid = Effect.gen(function*() {
-  const settings = yield* RestoreTestSettings
-  const pve = yield* Proxmox
-  const guests = yield* GuestRecords
-  const ops = yield* OpLog
-  const taken = new Set<number>((yield* pve.listGuests).map((g) => g.vmid))
-  for (const r of yield* guests.guestRecords) taken.add(r.vmid)
-  for (const o of [...(yield* ops.inFlight), ...(yield* ops.list({ status: "needs_operator", limit: 1000 }))]) if (o.vmid !== null) taken.add(o.vmid)
-  let probes = 0
-  for (let v = settings.scratchMin; v <= settings.scratchMax && probes < MAX_VMID_PROBES; v++) {
-    if (taken.has(v)) continue
-    if (Option.isSome(yield* guests.provenanceOf(v))) continue
-    probes++
-    const vmid = VmId.make(v)
-    const free = yield* Effect.either(pve.nextId(vmid))
-    if (Either.isRight(free) && free.right === vmid) return Option.some(vmid)
-  }
-  return Option.none<VmId>()
-})
+/**
+ * A free vmid in the scratch range, searched from its bottom (restore-tests) or its top (the golden
+ * build, issue 12): not listed by PVE, unknown to the journal (records, provenance, ops in flight
+ * or held), and free by PVE's nextid; at most `maxProbes` nextid calls.
+ */
+export const freeScratchVmid = (from: "bottom" | "top", maxProbes: number) =>
+  Effect.gen(function*() {
+    const settings = yield* RestoreTestSettings
+    const pve = yield* Proxmox
+    const guests = yield* GuestRecords
+    const ops = yield* OpLog
+    const taken = new Set<number>((yield* pve.listGuests).map((g) => g.vmid))
+    for (const r of yield* guests.guestRecords) taken.add(r.vmid)
+    for (const o of [...(yield* ops.inFlight), ...(yield* ops.list({ status: "needs_operator", limit: 1000 }))]) if (o.vmid !== null) taken.add(o.vmid)
+    const span = settings.scratchMax - settings.scratchMin
+    let probes = 0
+    for (let i = 0; i <= span && probes < maxProbes; i++) {
+      const v = from === "bottom" ? settings.scratchMin + i : settings.scratchMax - i
+      if (taken.has(v)) continue
+      if (Option.isSome(yield* guests.provenanceOf(v))) continue
+      probes++
+      const vmid = VmId.make(v)
+      const free = yield* Effect.either(pve.nextId(vmid))
+      if (Either.isRight(free) && free.right === vmid) return Option.some(vmid)
+    }
+    return Option.none<VmId>()
+  })
+
+/** A free vmid in the scratch range, from its bottom. */
+export const pickScratchVmid = freeScratchVmid("bottom", MAX_VMID_PROBES)
 
 /**
  * One restore-test of `c`, under the source guest's queue key. Skipped (recorded) when the restore
