@@ -32,7 +32,7 @@ import { decodeOperation, type InstanceMarker, type OperationOf, type SignedAuth
 import { ControllerOps } from "../controller/ops.js"
 import { normalizeTags } from "../control/plan.js"
 import type { Outcome } from "../control/recover.js"
-import { reread, settleStarted } from "../control/recover.js"
+import { settledSteps } from "../control/recover.js"
 import { clearBringupConfig, gate, type GateDecision, type Grant, type SignedOp } from "../control/gate.js"
 import { jsonEqual } from "../../schema/json.js"
 import {
@@ -441,9 +441,7 @@ export const recoverRecoverOp = (op: JournalOp, typed: OperationOf<"recover">): 
   Effect.gen(function*() {
     const guests = yield* GuestRecords
     const ops = yield* OpLog
-    yield* settleStarted(op)
-    const after = yield* reread(op)
-    const done = new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name))
+    const { after, done } = yield* settledSteps(op)
     const all = (names: ReadonlyArray<string>) => names.every((n) => done.has(n))
     if (typed.mode === "rollback") {
       if (done.has("rollback")) {

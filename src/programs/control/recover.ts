@@ -69,13 +69,19 @@ export const settleStarted = (op: JournalOp) =>
 
 export const reread = (op: JournalOp) => Effect.map(Effect.flatMap(OpLog, (j) => j.get(op.id)), Option.getOrElse(() => op))
 
+/** Settles the op's started tasks, then its record as it now stands and the names of its done steps. */
+export const settledSteps = (op: JournalOp) =>
+  Effect.gen(function*() {
+    yield* settleStarted(op)
+    const after = yield* reread(op)
+    return { after, done: new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name)) }
+  })
+
 const recoverCreate = (op: JournalOp, typed: OperationOf<"create">): Effect.Effect<Outcome, StepError, StoreServices | Proxmox> =>
   Effect.gen(function*() {
     const guests = yield* GuestRecords
     const ops = yield* OpLog
-    yield* settleStarted(op)
-    const after = yield* reread(op)
-    const done = new Set(after.steps.filter((s) => s.status === "done").map((s) => s.name))
+    const { done } = yield* settledSteps(op)
     if (done.has("seal")) {
       // sealed: customer data; its provenance ended with the seal (finish what the seal began)
       yield* guests.clearProvenance(typed.vmid)
