@@ -103,7 +103,9 @@ export const DEFAULT_COMMAND_PATHS: { readonly [K in PrivilegedCommand]: string 
   gzip: "/usr/bin/gzip",
   lzop: "/usr/bin/lzop",
   "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
-  "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden"
+  "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden",
+  "felhom-pbskey": "/usr/local/libexec/felhom-agent/felhom-pbskey",
+  "pveum": "/usr/sbin/pveum"
 }
 
 /**

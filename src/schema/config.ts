@@ -88,7 +88,9 @@ export const PrivilegedCommand = Schema.Literal(
   "gzip",
   "lzop",
   "felhom-bootstrap",
-  "felhom-golden"
+  "felhom-golden",
+  "felhom-pbskey",
+  "pveum"
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
@@ -312,6 +314,18 @@ export class GoldenConfig extends Schema.Class<GoldenConfig>("GoldenConfig")({
   install_timeout_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(60, 86_400)), { default: () => 1800 })
 }) {}
 
+/**
+ * The PBS encryption key escrow (issue 13, SPEC §13). The live key K is a plain PBS key file,
+ * root-owned 0600, written by `enroll` (or a restore-mode enrollment) and read only by root: the
+ * daemon never reads it, it asks the root helper to attach it to a PVE storage entry. Its
+ * fingerprint (public) sits beside it in `<key_file>.fingerprint`, 0644.
+ */
+export class EscrowConfig extends Schema.Class<EscrowConfig>("EscrowConfig")({
+  key_file: Schema.optionalWith(AbsolutePath, { default: () => DEFAULT_PBS_KEY_FILE })
+}) {}
+
+export const DEFAULT_PBS_KEY_FILE = "/etc/felhom-agent/pbs/encryption-key.json"
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
   Schema.Struct({
     host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
@@ -325,7 +339,8 @@ export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigF
     local_api: Schema.optional(LocalApiConfig),
     controllers: Schema.optionalWith(ControllersConfig, { default: () => ControllersConfig.make({}) }),
     /** Absent: the agent builds no golden archive on this host. */
-    golden: Schema.optional(GoldenConfig)
+    golden: Schema.optional(GoldenConfig),
+    escrow: Schema.optionalWith(EscrowConfig, { default: () => EscrowConfig.make({}) })
   }).pipe(
     // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
     // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,
