@@ -397,6 +397,31 @@ export interface PrivilegedGoldenShape {
 
 export class PrivilegedGolden extends Context.Tag("felhom/PrivilegedGolden")<PrivilegedGolden, PrivilegedGoldenShape>() {}
 
+/** What `felhom-pbskey attach` did: set the key, or found the storage already holding it. */
+export type PbsKeyAttachResult = "attached" | "unchanged"
+
+/**
+ * The PBS encryption key's root helper (issue 13, SPEC §13), a tag of its own like
+ * PrivilegedGolden so that Privileged's test doubles need not know it; the same fenced runner.
+ */
+export interface PrivilegedPbsKeyShape {
+  /**
+   * `felhom-pbskey attach <storage>`: the root helper (configs/libexec/felhom-pbskey) runs
+   * `pvesm set <storage> --encryption-key /etc/felhom-agent/pbs/encryption-key.json`. Why root:
+   * K is a root-only file the service user must never read, and PVE keeps storage keys in its
+   * root-only /etc/pve/priv/storage. Why a helper: the key path is fixed inside it (sudoers then
+   * pins only the storage id), and it refuses a storage already holding another key (PVE keeps
+   * one key per storage entry: replacing it would strand the backups made under the old one), a
+   * storage that is not `pbs:` in storage.cfg, and a key file that is not root's 0600.
+   */
+  readonly attachPbsKey: (storage: StorageId) => Effect.Effect<PbsKeyAttachResult, PrivilegedError>
+}
+
+export class PrivilegedPbsKey extends Context.Tag("felhom/PrivilegedPbsKey")<PrivilegedPbsKey, PrivilegedPbsKeyShape>() {}
+
+/** The helper and its sudoers rule take storage ids of at most this length. */
+export const PBSKEY_STORAGE_MAX = 64
+
 /** How long the install step may take unless `golden.install_timeout_seconds` says otherwise. */
 export const DEFAULT_GOLDEN_INSTALL_TIMEOUT_SECONDS = 1800
 
@@ -1117,6 +1142,21 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
 
   const golden = PrivilegedGolden.of({ installGolden, archiveChecksum })
 
+  // -------------------------------------------------------------------------------------------
+  // The PBS key's helper
+
+  const attachPbsKey = Effect.fn("Privileged.attachPbsKey")(function*(storageIn: StorageId) {
+    const storage = yield* check("felhom-pbskey", "storage", StorageId)(storageIn)
+    if (storage.length > PBSKEY_STORAGE_MAX) return yield* invalid("felhom-pbskey", "storage")
+    const r = yield* runOk("felhom-pbskey", ["attach", storage])
+    const line = r.stdout.trim()
+    if (line === `attached ${storage}`) return "attached" as const
+    if (line === `unchanged ${storage}`) return "unchanged" as const
+    return yield* decodeError("felhom-pbskey", "unexpected output (a different storage or verdict)", r)
+  })
+
+  const pbsKey = PrivilegedPbsKey.of({ attachPbsKey })
+
   const privileged = Privileged.of({
     createGoldenContainer,
     dumpGoldenArchive,
@@ -1133,7 +1173,7 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     smart,
     sensors
   })
-  return { privileged, golden }
+  return { privileged, golden, pbsKey }
 })
 
 const make = (paths: PrivilegedHostPaths) => Effect.map(makeBoth(paths), (both) => both.privileged)
@@ -1157,6 +1197,14 @@ export const privilegedGoldenLayerAt = (paths: PrivilegedHostPaths) =>
   )
 
 export const PrivilegedGoldenLive = privilegedGoldenLayerAt(DEFAULT_HOST_PATHS)
+
+/** The PBS key's root helper over explicit host paths; the same fence as Privileged. */
+export const privilegedPbsKeyLayerAt = (paths: PrivilegedHostPaths) =>
+  Layer.effect(PrivilegedPbsKey, Effect.map(makeBoth(paths), (both) => both.pbsKey)).pipe(
+    Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+  )
+
+export const PrivilegedPbsKeyLive = privilegedPbsKeyLayerAt(DEFAULT_HOST_PATHS)
 
 // ---------------------------------------------------------------------------------------------
 // Archive tests
