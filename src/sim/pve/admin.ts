@@ -22,6 +22,15 @@
  *   POST /sim-admin/pbs-verify         ← { storage }: a PBS verify job → { verified: [{volid, state}] }
  *   PUT /sim-admin/guests/{vmid}/services ← { services: "healthy" | "failing" }
  *   GET /sim-admin/mac-conflicts       → { conflicts: MacConflict[] }
+ *
+ * Host loss (issue 13):
+ *
+ *   PUT /sim-admin/storage/{id}/encryption-key ← { key: <key file JSON text> | null }: what
+ *                                        `pvesm set <id> --encryption-key <file>` does
+ *                                        → { storage, encryption_key } (the config's value), or
+ *                                        400 with PVE's text; the key itself is never echoed
+ *   POST /sim-admin/wipe-node          ← { keep_storages?: string[] }: the box died and was
+ *                                        reinstalled (SimPve.wipeNode) → WipeNodeResult
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
@@ -51,6 +60,8 @@ const decodeStorage = Schema.decodeUnknown(
 const decodeArchive = Schema.decodeUnknown(Schema.Struct({ volid: Schema.String, corrupt: Schema.NullOr(ArchiveCorruption) }), strict)
 const decodeVerify = Schema.decodeUnknown(Schema.Struct({ storage: Schema.String }), strict)
 const decodeServices = Schema.decodeUnknown(Schema.Struct({ services: ServiceHealth }), strict)
+const decodeKey = Schema.decodeUnknown(Schema.Struct({ key: Schema.NullOr(Schema.String.pipe(Schema.maxLength(16384))) }), strict)
+const decodeWipe = Schema.decodeUnknown(Schema.Struct({ keep_storages: Schema.optional(Schema.Array(Schema.String)) }), strict)
 
 /** The admin HttpApp; `token` is the bearer token it requires. */
 export const makeSimAdminApp = (sim: SimPve, token: string): HttpApp.Default =>
@@ -81,6 +92,15 @@ export const makeSimAdminApp = (sim: SimPve, token: string): HttpApp.Default =>
       yield* sim.setStorage(storageMatch[1]!, b.value)
       return json(200, { storages: yield* sim.storages })
     }
+    const keyMatch = /^PUT \/storage\/([A-Za-z][A-Za-z0-9\-_.]*)\/encryption-key$/.exec(route)
+    if (keyMatch !== null) {
+      const b = yield* body(decodeKey)
+      if ("error" in b) return json(400, { error: "expected { key: <key file JSON text> | null }" })
+      const r = yield* sim.setStorageEncryptionKey(keyMatch[1]!, b.value.key)
+      return r._tag === "ok"
+        ? json(200, { storage: keyMatch[1]!, encryption_key: r.encryptionKey ?? null })
+        : json(400, { error: r.message })
+    }
     const servicesMatch = /^PUT \/guests\/(\d{3,9})\/services$/.exec(route)
     if (servicesMatch !== null) {
       const b = yield* body(decodeServices)
@@ -101,6 +121,11 @@ export const makeSimAdminApp = (sim: SimPve, token: string): HttpApp.Default =>
         const b = yield* body(decodeVerify)
         if ("error" in b) return b.error
         return json(200, { verified: yield* sim.verifyPbs(b.value.storage) })
+      }
+      case "POST /wipe-node": {
+        const b = yield* body(decodeWipe)
+        if ("error" in b) return b.error
+        return json(200, yield* sim.wipeNode(b.value.keep_storages === undefined ? {} : { keepStorages: b.value.keep_storages }))
       }
       case "GET /mac-conflicts":
         return json(200, { conflicts: yield* sim.macConflicts })

@@ -30,7 +30,19 @@ export {
   type SimPveServer
 } from "./server.js"
 export { REQUEST_LOG_LIMIT, type SimRequest } from "./env.js"
-export { makeSimPve, type SetMountPointResult, type SimGuestView, type SimPve, type SimPveOptions, type SimRequestView, type SimTaskView } from "./sim.js"
+export {
+  INSTALLER_STORAGES,
+  makeSimPve,
+  type SetMountPointResult,
+  type SetStorageKeyResult,
+  type SimGuestView,
+  type SimPve,
+  type SimPveOptions,
+  type SimRequestView,
+  type SimTaskView,
+  type WipeNodeResult
+} from "./sim.js"
+export { type ClientKey, clientKeyOfText, shortKeyId } from "./pbsCrypt.js"
 export { type SimGuestHealth, type SimNic, SIM_GUEST_PREFIX } from "./guestModel.js"
 export { type SimStorageView } from "./routes/storage.js"
 export { type MacConflict, type StorageRuntime } from "./state.js"

@@ -5,12 +5,13 @@
  * manipulation helpers for tests (state snapshots, faults, ACL grants/revokes, stale locks).
  */
 import type { HttpApp } from "@effect/platform"
-import { Clock, Effect, Either, Option, type Scope } from "effect"
+import { Clock, Effect, Either, Fiber, Option, type Scope } from "effect"
 import { makeRequestLog, makeRng, type SimEnv, type SimRequest } from "./env.js"
 import { SimPveSeedError } from "./errors.js"
 import { type LxcConfig, parseMountPoint, validateConfig } from "./lxcconf.js"
 import type { RawValue } from "./params.js"
 import { type AclEntry, splitTokenId, subjectPrivileges } from "./privileges.js"
+import { detachRemote } from "./remoteStore.js"
 import { makeApp } from "./router.js"
 import { guestHealth, type SimGuestHealth } from "./guestModel.js"
 import { contentEntry } from "./routes/read.js"
@@ -29,6 +30,7 @@ import {
 import {
   applyStorageRuntime,
   pbsVerificationUpid,
+  setStorageKey,
   type SimStorageView,
   storageFromSeed,
   storageView
@@ -181,7 +183,38 @@ export interface SimPve {
     vmid: number,
     directive: { readonly directive_id: string; readonly reset: ReadonlyArray<string> }
   ) => Effect.Effect<"applied" | "already" | "absent">
+
+  // host loss (issue 13)
+
+  /**
+   * What `pvesm set <storage> --encryption-key <file>` does (root, beside the API): the key file's
+   * text to PVE's private store, `fingerprint || 1` into the storage config's `encryption-key`
+   * (null: `--delete encryption-key`). Backups through the storage are then encrypted with the
+   * key's real fingerprint, and reading a snapshot made with another key fails as PBS does.
+   */
+  readonly setStorageEncryptionKey: (storage: string, keyFileJson: string | null) => Effect.Effect<SetStorageKeyResult>
+  /**
+   * The box died and a fresh PVE install took its place: running tasks are killed, guests, tasks,
+   * locks and every storage entry but the installer's (`keepStorages`, default local, local-lvm,
+   * local-zfs, emptied) are gone. Backups on servers survive (PBS datastore and namespace, NFS
+   * export, CIFS share: remoteStore.ts) and are listed again by a storage added on the same place.
+   * Tokens, users and ACLs stay, so the re-enrolled agent can reach the simulator.
+   */
+  readonly wipeNode: (options?: { readonly keepStorages?: ReadonlyArray<string> }) => Effect.Effect<WipeNodeResult>
 }
+
+export type SetStorageKeyResult =
+  | { readonly _tag: "ok"; readonly encryptionKey: string | undefined }
+  | { readonly _tag: "refused"; readonly message: string }
+
+export interface WipeNodeResult {
+  readonly keptStorages: ReadonlyArray<string>
+  /** backups now held only by their servers */
+  readonly serverBackups: number
+}
+
+/** The storage ids a fresh PVE install creates. */
+export const INSTALLER_STORAGES: ReadonlyArray<string> = ["local", "local-lvm", "local-zfs"]
 
 /** The outcome of SimPve.setMountPoint (pct's refusals, by kind). */
 export type SetMountPointResult = "ok" | "absent" | "locked" | "invalid"
@@ -318,7 +351,8 @@ const buildState = (seed: SimPveSeed, options: SimPveOptions, nowMs: number): Si
     tlsFingerprint: options.tlsFingerprint,
     nextPid: 0x0003_1a2c,
     guestBootMs: seed.guest_boot_ms,
-    macConflicts: []
+    macConflicts: [],
+    remote: new Map()
   }
 }
 
@@ -550,7 +584,34 @@ export const makeSimPve = (
       guestHealth: (vmid) =>
         Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
           Effect.sync(() => Option.map(Option.fromNullable(state.guests.get(vmid)), (g) => guestHealth(state, g, nowMs)))),
-      macConflicts: Effect.sync(() => [...state.macConflicts])
+      macConflicts: Effect.sync(() => [...state.macConflicts]),
+      setStorageEncryptionKey: (storage, keyFileJson) =>
+        Effect.sync((): SetStorageKeyResult =>
+          Either.match(setStorageKey(state, storage, keyFileJson), {
+            onLeft: (message) => ({ _tag: "refused", message }),
+            onRight: (encryptionKey) => ({ _tag: "ok", encryptionKey })
+          })
+        ),
+      wipeNode: (options) =>
+        Effect.gen(function*() {
+          // the box is gone mid-task: its workers die with it (their kill hooks run first)
+          yield* Effect.forEach([...env.fibers.values()], (f) => Fiber.interrupt(f), { discard: true })
+          return yield* Effect.sync((): WipeNodeResult => {
+            const keep = new Set(options?.keepStorages ?? INSTALLER_STORAGES)
+            detachRemote(state)
+            const serverBackups = [...state.remote.values()].reduce((n, vs) => n + vs.length, 0)
+            state.volumes.clear()
+            state.guests.clear()
+            state.tasks.length = 0
+            env.fibers.clear()
+            env.flocks.clear()
+            env.vzdumpLocks.clear()
+            state.pendingStorage.clear()
+            state.macConflicts.length = 0
+            for (const id of [...state.storages.keys()]) if (!keep.has(id)) state.storages.delete(id)
+            return { keptStorages: [...state.storages.keys()].sort(), serverBackups }
+          })
+        })
     }
     return sim
   })

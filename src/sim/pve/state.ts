@@ -14,6 +14,7 @@ import {
   sha1Hex
 } from "./lxcconf.js"
 import type { AclEntry, TokenIdentity } from "./privileges.js"
+import type { RemoteVolume } from "./remoteStore.js"
 import type {
   ArchiveCorruption,
   ServiceHealth,
@@ -190,6 +191,8 @@ export interface SimState {
   /** sim-only: Clock ms from a guest's start until its services answer */
   readonly guestBootMs: number
   readonly macConflicts: Array<MacConflict>
+  /** sim-only: backups on servers this node has no storage entry for (remoteStore.ts) */
+  readonly remote: Map<string, ReadonlyArray<RemoteVolume>>
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  * merged under the given keys (so `features` such as keyctl survive a token-driven restore);
  * and its failure semantics (a failed task removes the guest, with force the old one is gone).
  */
+import { cryptArgs, snapshotReadError } from "../pbsCrypt.js"
 import { Effect, Either } from "effect"
 import {
   check,
@@ -295,6 +296,16 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
       if (archive === undefined || (archiveStorage !== undefined && !volumeOnLayer(archiveStorage, archive))) {
         return yield* failWith(`unable to open file '${archivePath}' - No such file or directory`)
       }
+      if (fromPbs && archiveStorage !== undefined) {
+        // recover_config_from_proxmox_backup: the client reads the manifest with the storage's key first
+        const unreadable = snapshotReadError(archiveStorage, archive.encrypted)
+        if (unreadable !== undefined) {
+          yield* t.log(`Error: ${unreadable}`)
+          return yield* failWith(
+            `command '/usr/bin/proxmox-backup-client restore ${cryptArgs(archiveStorage)} ${volumeName(plan.ostemplate).slice("backup/".length)} pct.conf - --repository ${pbsRepository(archiveStorage)}' failed: exit code 255`
+          )
+        }
+      }
       archiveConf = archive.archiveConfig
       if (archiveConf === undefined) return yield* failWith("unable to recover configuration from archive (not a container backup)")
     } else {
@@ -400,7 +411,7 @@ const createBody = (t: TaskCtx, node: string, plan: Plan): Effect.Effect<void, T
     if (extraction !== undefined) {
       for (const line of extraction.log) yield* t.log(line)
       if (fromPbs) {
-        return yield* failWith(`command '/usr/bin/proxmox-backup-client restore '--crypt-mode=none' ${volumeName(plan.ostemplate).slice("backup/".length)} root.pxar /var/lib/lxc/${vmid}/rootfs --allow-existing-dirs --repository ${pbsRepository(archiveStorage)}' failed: exit code 255`)
+        return yield* failWith(`command '/usr/bin/proxmox-backup-client restore ${archiveStorage === undefined ? "'--crypt-mode=none'" : cryptArgs(archiveStorage)} ${volumeName(plan.ostemplate).slice("backup/".length)} root.pxar /var/lib/lxc/${vmid}/rootfs --allow-existing-dirs --repository ${pbsRepository(archiveStorage)}' failed: exit code 255`)
       }
       return yield* tarFailed
     }
@@ -486,7 +497,7 @@ const archiveUnreadable = (st: StorageState, volid: string): { readonly log: Rea
   // [inf] recover_config_from_proxmox_backup runs the client, which cannot connect
   return {
     log: [`Error: error trying to connect: tcp connect error: Connection refused (os error 111)`],
-    error: `command '/usr/bin/proxmox-backup-client restore '--crypt-mode=none' ${volumeName(volid).slice("backup/".length)} pct.conf - --repository ${pbsRepository(st)}' failed: exit code 255`
+    error: `command '/usr/bin/proxmox-backup-client restore ${cryptArgs(st)} ${volumeName(volid).slice("backup/".length)} pct.conf - --repository ${pbsRepository(st)}' failed: exit code 255`
   }
 }
 

@@ -21,6 +21,9 @@ import { check, pNum, pStr, requireNode, startTask, taskFailure, type TaskCtx } 
 import { die500, paramError, type TaskFailure } from "../errors.js"
 import { fmtContentList, fmtDnsName, type ParamSpec, type Params, STORAGE_CONTENT_TYPES, storageSpec } from "../params.js"
 import { optional, reply, type RouteDef, schema } from "../route.js"
+import { pbsFingerprint } from "../../../programs/escrow/keyFile.js"
+import { configFingerprintOf, parseKeyFileJson } from "../pbsCrypt.js"
+import { attachRemote } from "../remoteStore.js"
 import { FINGERPRINT_RE, type SimStorageSeed, type StorageType } from "../seed.js"
 import { type SimState, type StorageRuntime, type StorageState, volumeName } from "../state.js"
 import {
@@ -194,12 +197,36 @@ const TYPE_DEFS: Partial<Record<StorageType, TypeDef>> = {
   }
 }
 
-/** A key file as proxmox-backup-client writes it (kdf none); deterministic per storage and time. */
+/** A key file as `proxmox-backup-client key create --kdf none` writes it; deterministic per storage and time. */
 const autogenKey = (storeid: string, nowMs: number): { readonly json: string; readonly fingerprint: string } => {
   const data = createHash("sha256").update(`sim-pbs-key:${storeid}:${nowMs}`).digest()
-  const fingerprint = createHash("sha256").update(data).digest("hex").match(/../g)!.join(":")
+  const fingerprint = pbsFingerprint(data)
   const at = new Date(nowMs).toISOString().replace(/\.\d{3}Z$/, "+00:00")
   return { json: JSON.stringify({ kdf: null, created: at, modified: at, data: data.toString("base64"), fingerprint }), fingerprint }
+}
+
+/**
+ * What `pvesm set <id> --encryption-key <file>` does (PBSPlugin on_update_hook): the key file's
+ * text to the private store, `fingerprint || 1` into storage.cfg; null removes both
+ * (`--delete encryption-key`). Left: PVE's error text.
+ */
+export const setStorageKey = (state: SimState, storeid: string, keyJson: string | null): Either.Either<string | undefined, string> => {
+  const st = state.storages.get(storeid)
+  if (st === undefined) return Either.left(`storage '${storeid}' does not exist`)
+  if (st.type !== "pbs") return Either.left("unexpected property 'encryption-key'")
+  // changed in place: running tasks hold this object (its epoch, its key at their start)
+  const entry = st as { -readonly [K in keyof StorageState]: StorageState[K] }
+  if (keyJson === null) {
+    delete entry["encryption-key"]
+    entry.secrets = { ...st.secrets, encryptionKey: undefined }
+    return Either.right(undefined)
+  }
+  const key = parseKeyFileJson(keyJson)
+  if (key === undefined) return Either.left("Value does not seems like a valid, JSON formatted encryption key!")
+  const fingerprint = configFingerprintOf(key)
+  entry["encryption-key"] = fingerprint
+  entry.secrets = { ...st.secrets, encryptionKey: keyJson }
+  return Either.right(fingerprint)
 }
 
 const createStorage: RouteDef = {
@@ -255,17 +282,9 @@ const createStorage: RouteDef = {
           encryptionFingerprint = made.fingerprint
           returnedKey = made.json
         } else {
-          let decoded: unknown
-          try {
-            decoded = JSON.parse(key)
-          } catch {
-            decoded = undefined
-          }
-          if (typeof decoded !== "object" || decoded === null || !("data" in decoded)) {
-            return yield* failed("Value does not seems like a valid, JSON formatted encryption key!")
-          }
-          const fp = (decoded as { readonly fingerprint?: unknown }).fingerprint
-          encryptionFingerprint = typeof fp === "string" && fp.length > 0 ? fp : "1"
+          const decoded = parseKeyFileJson(key)
+          if (decoded === undefined) return yield* failed("Value does not seems like a valid, JSON formatted encryption key!")
+          encryptionFingerprint = configFingerprintOf(decoded)
           returnedKey = key
         }
       }
@@ -306,11 +325,14 @@ const createStorage: RouteDef = {
         total: pending?.total ?? 2 * 1024 ** 4,
         used: pending?.used ?? 0
       }
-      // activate once to find problems now (a failure drops the new entry again)
-      const activation = activationError(st)
+      // activate once to find problems now (a failure drops the new entry again); Config.pm
+      // activates only an enabled storage, so a disabled one is added without reaching its server
+      const activation = st.disable ? undefined : activationError(st)
       if (activation !== undefined) return yield* failed(activation)
       state.storages.set(storeid, st)
       state.pendingStorage.delete(storeid)
+      // a server that outlived a wiped node still holds what was written there
+      attachRemote(state, st)
       return reply({ storage: storeid, type, ...(returnedKey !== undefined ? { config: { "encryption-key": returnedKey } } : {}) })
     })
 }

@@ -14,6 +14,7 @@
  * ENOSPC text, and a target that goes away mid-write (USB pulled, server down) fails it with an
  * I/O error; either way the temporary `.dat` is removed and nothing is listed.
  */
+import { clientKeyOf, cryptArgs, snapshotReadError } from "../pbsCrypt.js"
 import { Effect, Either, Option } from "effect"
 import { check, findGuest, hasPriv, pBool, pStr, type RequestCtx, requireNode, startTask, taskFailure, type TaskCtx, vzdumpLock } from "../env.js"
 import { die500, paramError } from "../errors.js"
@@ -331,12 +332,19 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
     // the archive is written as <name minus its last extension>.dat, renamed when complete
     const tmpfile = `${dumpdir}/${file.replace(/\.[^.]+$/, ".dat")}`
     const repository = `${st.username ?? "root@pam"}@${st.server ?? "localhost"}:${st.datastore ?? "store"}`
-    const clientCmd = `/usr/bin/proxmox-backup-client backup --crypt-mode=${st["encryption-key"] !== undefined ? "encrypt --keyfd=14" : "none"} pct.conf:/var/tmp/vzdumptmp${t.task.pid}_${vmid}/etc/vzdump/pct.conf root.pxar:/mnt/vzsnap0 --include-dev /mnt/vzsnap0/./ --skip-lost-and-found --exclude=/tmp/?* --exclude=/var/tmp/?* --exclude=/var/run/?*.pid --backup-type ct --backup-id ${vmid} --backup-time ${startSec} --entries-max 1048576 --repository ${repository}`
+    const clientKey = clientKeyOf(st)
+    const clientCmd = `/usr/bin/proxmox-backup-client backup ${cryptArgs(st, false)} pct.conf:/var/tmp/vzdumptmp${t.task.pid}_${vmid}/etc/vzdump/pct.conf root.pxar:/mnt/vzsnap0 --include-dev /mnt/vzsnap0/./ --skip-lost-and-found --exclude=/tmp/?* --exclude=/var/tmp/?* --exclude=/var/run/?*.pid --backup-type ct --backup-id ${vmid} --backup-time ${startSec} --entries-max 1048576 --repository ${repository}`
     if (pbs) {
       yield* t.log(`INFO: creating Proxmox Backup Server archive 'ct/${vmid}/${pbsTime(startSec)}'`)
       yield* t.log(`INFO: run: ${clientCmd}`)
       yield* t.log(`INFO: Starting backup: ct/${vmid}/${pbsTime(startSec)}`)
       yield* t.log(`INFO: Client name: ${node}`)
+      if (clientKey._tag === "broken") {
+        yield* unlock
+        yield* t.log(`INFO: Error: ${clientKey.error}`)
+        return yield* failed(`command '${clientCmd}' failed: exit code 255`)
+      }
+      if (clientKey._tag === "key") yield* t.log(`INFO: Encryption key fingerprint: ${clientKey.fingerprint}`)
     } else {
       yield* t.log(`INFO: creating vzdump archive '${dumpdir}/${file}'`)
     }
@@ -396,7 +404,8 @@ const dumpGuest = (t: TaskCtx, node: string, vmid: number, st: StorageState, pla
         inner: innerOf(g),
         ...(pbs ? { stored } : {}),
         ...(layerAtStart === "underlying" ? { underlying: true } : {}),
-        ...(pbs && st["encryption-key"] !== undefined ? { encrypted: st["encryption-key"] } : {})
+        // the manifest records the key the client really used
+        ...(pbs && clientKey._tag === "key" ? { encrypted: clientKey.fingerprint } : {})
       })
     })
     if (remove) {
@@ -484,9 +493,8 @@ const extractConfig: RouteDef = {
         if (v === undefined || v.archiveConfig === undefined) {
           return yield* Effect.fail(die500(`proxmox-backup-client failed: Error: unable to open backup snapshot '${volumeName(volid).slice("backup/".length)}' in repository '${repository}' - not found`))
         }
-        if (v.encrypted !== undefined && st["encryption-key"] === undefined) {
-          return yield* Effect.fail(die500(`proxmox-backup-client failed: Error: missing key - manifest was created with key ${v.encrypted}`))
-        }
+        const unreadable = snapshotReadError(st, v.encrypted)
+        if (unreadable !== undefined) return yield* Effect.fail(die500(`proxmox-backup-client failed: Error: ${unreadable}`))
         return reply(configFileText(v.archiveConfig, []))
       }
       // abs_filesystem_path: activate_volumes, then the file must exist
