@@ -49,8 +49,8 @@ const RULES = [
     source: [/\bfetch\s*\(/]
   },
   {
-    name: "Privileged never does HTTP",
-    entries: ["src/layers/Privileged.ts"],
+    name: "Privileged and HostSetup never do HTTP",
+    entries: ["src/layers/Privileged.ts", "src/layers/HostSetup.ts"],
     modules: [
       /^(node:)?(http|https|http2|net|tls|dgram)$/,
       /^undici$/,

@@ -348,7 +348,7 @@ describe.skipIf(!hasAnalyze)("the unit file (needs systemd-analyze)", () => {
     expect(one("RestartSec")).toBe("5")
     expect(one("WatchdogSec")).toBe("60")
     expect(one("TimeoutStopSec")).toBe("90")
-    expect(one("EnvironmentFile")).toBe("-/etc/felhom-agent/env")
+    expect(one("EnvironmentFile")).toBe("/etc/felhom-agent/secrets.env")
     expect(one("StateDirectory")).toBe("felhom-agent")
     expect(one("StateDirectoryMode")).toBe("0700")
     expect(one("ProtectSystem")).toBe("strict")
