@@ -170,9 +170,9 @@ export const checkRecoveryCode = (input: string): CodeCheck => {
   if (unknown.length > 1) return problem(`words ${listPositions(unknown)} are not recovery-code words`, unknown[0], unknown)
   const known = idx as ReadonlyArray<number>
   if (checksumOk(known)) return { _tag: "Ok", canonical: Redacted.make(canonical(known)) }
-  const all = tokens.map((_, p) => p)
+  const fixes2 = corrections(tokens, known, tokens.map((_, p) => p), 2)
   for (const max of [1, 2]) {
-    const fixes = corrections(tokens, known, all, max)
+    const fixes = fixes2.filter((f) => f.d <= max)
     const positions = [...new Set(fixes.map((f) => f.position + 1))].sort((a, b) => a - b)
     if (positions.length === 1) return problem(`word ${positions[0]} is probably wrong: the code's checksum fails`, positions[0])
     if (positions.length > 1) {
