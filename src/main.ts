@@ -10,6 +10,7 @@
  * error; 3 unexpected (a bug); 4 refused until an operator signs it (recover). Failures print
  * one line, `felhom-agent: <reason>`, on stderr.
  */
+import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
@@ -196,6 +197,25 @@ const sshsig = Command.make("sshsig").pipe(
 )
 
 // ---------------------------------------------------------------------------------------------
+// escrow: PBS key files and the recovery code (issue 13)
+
+const escrowInspect = Command.make(
+  "inspect",
+  {
+    json: jsonOpt,
+    file: Args.text({ name: "FILE" }).pipe(Args.withDescription("a PBS key file (plain, scrypt or pbkdf2)"))
+  },
+  (o) => lazy(() => import("./programs/cli/escrow.js"), (m) => m.escrowInspectCommand(o))
+).pipe(Command.withDescription(
+  "show a PBS key file's kdf, times and fingerprint; a wrapped file is opened with the recovery code or passphrase read from stdin (exit 1: wrong code, tampered file or fingerprint mismatch)"
+))
+
+const escrow = Command.make("escrow").pipe(
+  Command.withDescription("PBS encryption key files and the recovery code"),
+  Command.withSubcommands([escrowInspect])
+)
+
+// ---------------------------------------------------------------------------------------------
 // plan, journal, audit
 
 const plan = Command.make(
@@ -310,7 +330,7 @@ const recover = Command.make(
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, golden, op, sshsig, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })
