@@ -6,6 +6,7 @@ import { Effect } from "effect"
 import { authzBench } from "./authz.js"
 import { localApiBench } from "./localapi.js"
 import { convergeBench } from "./converge.js"
+import { escrowBench } from "./escrow.js"
 import { protectionBench } from "./protection.js"
 import { reportBench } from "./report.js"
 import { sshsigBench } from "./sshsig-verify.js"
@@ -27,6 +28,8 @@ const main = async () => {
   rows.push(...(await Effect.runPromise(waitTaskBench)))
   step("sshsig")
   rows.push(...sshsigBench())
+  step("escrow key wrapping (scrypt, ~8 s)")
+  rows.push(...(await escrowBench()))
   step("authz")
   rows.push(...(await Effect.runPromise(authzBench)))
   step("host report")
