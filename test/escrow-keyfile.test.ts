@@ -161,6 +161,13 @@ describe("plain key files", () => {
       expect(yield* fail(unwrapKey(text, undefined))).toMatchObject({ reason: "FingerprintMismatch", message: want })
     }))
 
+  it.effect("a plain file where a passphrase is expected (an escrow blob) is refused, not silently accepted", () =>
+    Effect.gen(function*() {
+      const e = yield* fail(unwrapKey(plainKeyFile(VECTOR_KEY, NOW), pass(PASS)))
+      expect(e.reason).toBe("Malformed")
+      expect(e.message).toContain("kdf null")
+    }))
+
   it.effect("a plain file without a fingerprint is accepted (PBS: optional on read) and gets one computed", () =>
     Effect.gen(function*() {
       const f = fileOf(plainKeyFile(VECTOR_KEY, NOW))
@@ -303,6 +310,8 @@ describe("hostile files", () => {
     "__proto__ key": `{"__proto__":{"polluted":1},${JSON.stringify(plain).slice(1)}`,
     "constructor key": JSON.stringify({ ...plain, constructor: 1 }),
     "an unknown field": JSON.stringify({ ...plain, extra: true }),
+    "a duplicated field (serde refuses; JSON.parse keeps the last)": `${JSON.stringify(plain).slice(0, -1)},"data":${JSON.stringify(Buffer.alloc(32, 1).toString("base64"))}}`,
+    "a duplicated kdf parameter": JSON.stringify({ ...wrapped, kdf: { PBKDF2: { iter: 65535, salt } } }).replace("\"iter\":65535", "\"iter\":1,\"iter\":65535"),
     "kdf missing": JSON.stringify({ created: plain.created, modified: plain.modified, data: plain.data }),
     "an unknown kdf": JSON.stringify({ ...wrapped, kdf: { Argon2: { salt } } }),
     "kdf as a string": JSON.stringify({ ...wrapped, kdf: "Scrypt" }),

@@ -262,10 +262,39 @@ const parseKdf = (v: unknown): Either.Either<Kdf | undefined, KeyFileError> =>
     return yield* Either.left(malformed("kdf is not null, Scrypt or PBKDF2"))
   })
 
+/**
+ * Whether valid JSON `text` repeats a key within one object. JSON.parse keeps the last of
+ * duplicates where serde (PBS) refuses the file: two readers must never see two different keys.
+ */
+const hasDuplicateKey = (text: string): boolean => {
+  const stack: Array<Set<string> | undefined> = []
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]
+    if (c === "{") stack.push(new Set())
+    else if (c === "[") stack.push(undefined)
+    else if (c === "}" || c === "]") stack.pop()
+    else if (c === "\"") {
+      let j = i + 1
+      while (text[j] !== "\"") j += text[j] === "\\" ? 2 : 1
+      const top = stack[stack.length - 1]
+      let k = j + 1
+      while (k < text.length && /\s/.test(text[k]!)) k++
+      if (top !== undefined && text[k] === ":") {
+        const key = JSON.parse(text.slice(i, j + 1)) as string
+        if (top.has(key)) return true
+        top.add(key)
+      }
+      i = j
+    }
+  }
+  return false
+}
+
 const parse = (text: string): Either.Either<Parsed, KeyFileError> =>
   Either.gen(function*() {
     if (typeof text !== "string" || text.length > MAX_KEY_FILE_CHARS) return yield* Either.left(malformed(`larger than ${MAX_KEY_FILE_CHARS} characters`))
     const json = yield* Either.try({ try: (): unknown => JSON.parse(text), catch: () => malformed("not JSON") })
+    if (hasDuplicateKey(text)) return yield* Either.left(malformed("a field appears twice"))
     if (!isPlainObject(json)) return yield* Either.left(malformed("not a JSON object"))
     yield* onlyKeys(json, ["kdf", "created", "modified", "data", "fingerprint", "hint"], "the key file")
     if (!("kdf" in json)) return yield* Either.left(malformed("no kdf"))
@@ -304,8 +333,9 @@ export const inspectKeyFile = (text: string): Either.Either<KeyFileInfo, KeyFile
 
 /**
  * K out of a key file, as PBS's KeyConfig::decrypt: the passphrase (≥ 5 bytes) for a wrapped file,
- * none for a plain one (a passphrase given for a plain file is ignored, as PBS does); the
- * fingerprint recomputed and checked against the stored one.
+ * none for a plain one; the fingerprint recomputed and checked against the stored one. Stricter
+ * than PBS (which ignores a passphrase for a plain file): given a passphrase, a plain file is
+ * refused as Malformed.
  */
 export const unwrapKey = (
   text: string,
@@ -315,6 +345,11 @@ export const unwrapKey = (
     const p = yield* parse(text)
     let key: Uint8Array
     if (p.kdf === undefined) {
+      // A caller holding a passphrase expects a wrapped file (the escrow blob): a plain one in its
+      // place would hand over a key nobody wrapped under that passphrase (a hostile hub's own).
+      if (passphrase !== undefined) {
+        return yield* new KeyFileError({ reason: "Malformed", message: "expected a password-protected key file, got one without a password (kdf null)" })
+      }
       key = new Uint8Array(p.data)
     } else {
       if (passphrase === undefined) return yield* new KeyFileError({ reason: "PassphraseRequired", message: "the key file is protected by a password and none was given" })
