@@ -12,7 +12,7 @@ const RULES = [
   {
     name: "Proxmox, the Hub client and the local API never shell out",
     entries: [
-      "src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts",
+      "src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts", "src/layers/HubEnroll.ts",
       "src/layers/LocalApi.ts", "src/layers/LocalCert.ts", "src/layers/LocalTokens.ts"
     ],
     modules: [
@@ -61,7 +61,7 @@ const RULES = [
       "@effect/platform": ["HttpClient", "HttpClientRequest", "HttpClientResponse", "FetchHttpClient", "HttpApiClient", "Socket"],
       "@effect/platform-node": ["NodeHttpClient", "Undici", "NodeSocket"]
     },
-    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts"],
+    files: ["src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts", "src/layers/HubEnroll.ts", "src/layers/HubExchange.ts"],
     source: [/\bfetch\s*\(/, /\bXMLHttpRequest\b/, /\bWebSocket\b/]
   }
 ]

@@ -8,10 +8,10 @@
  * within one cycle. Responses are capped in size and time, and no error ever carries the bearer
  * token, even when a hub echoes the Authorization header back in its error body.
  */
-import { HttpClient, HttpClientRequest } from "@effect/platform"
-import type { HttpClientError, HttpClientResponse } from "@effect/platform"
-import { Context, Duration, Effect, Either, Layer, ParseResult, Redacted, Schema, Stream } from "effect"
+import { HttpClient } from "@effect/platform"
+import { Context, Duration, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import { type DesiredState, decodeDesiredState } from "../schema/desired.js"
+import { ENROLL_PATHS, EscrowBlob, EscrowUpload, EscrowUploadResponse } from "../schema/escrow.js"
 import type { ConfigError } from "../schema/errors.js"
 import {
   clampPollInterval,
@@ -24,9 +24,8 @@ import {
   JobResultsRequest,
   SignedJobsResponse
 } from "../schema/hub.js"
-import { VERSION } from "../version.js"
-import { clip, deepestCauseMessage, formatIssues, makeScrubber } from "../schema/text.js"
 import { HubSettings } from "./Config.js"
+import { makeHubExchange } from "./HubExchange.js"
 import { httpClientLayer, type TlsMode } from "./TlsDispatcher.js"
 
 export { HubError }
@@ -44,6 +43,13 @@ export interface HubShape {
    */
   readonly signedJobs: Effect.Effect<ReadonlyArray<JobEntry>, HubError>
   readonly postJobResults: (results: ReadonlyArray<JobResult>) => Effect.Effect<void, HubError>
+  /** This host's escrowed blob (GET /api/v1/escrow); None when the hub holds none (404). */
+  readonly escrow: Effect.Effect<Option.Option<EscrowBlob>, HubError>
+  /**
+   * Replaces the blob by compare-and-swap (PUT /api/v1/escrow). A lost swap is HubError reason
+   * Conflict (409: the hub kept what it had). Success means the hub confirmed this generation.
+   */
+  readonly putEscrow: (u: EscrowUpload) => Effect.Effect<EscrowUploadResponse, HubError>
 }
 
 export class Hub extends Context.Tag("felhom/Hub")<Hub, HubShape>() {}
@@ -66,120 +72,19 @@ export const DEFAULT_REQUEST_TIMEOUT = Duration.seconds(30)
 export const DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 // ---------------------------------------------------------------------------------------------
-// Keeping the token and hub input out of error text (src/schema/text.ts: the shared scrubber)
-
-const EXCERPT_MAX = 300
-const DECODE_MAX = 600
-
-// ---------------------------------------------------------------------------------------------
 
 export const makeHub = (options: HubClientOptions = {}) =>
   Effect.gen(function*() {
     const hub = yield* HubSettings
     const http = yield* HttpClient.HttpClient
-    const base = hub.url.replace(/\/+$/, "")
-    const timeout = Duration.decode(options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT)
-    const maxBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES
     // The one place the api key is unwrapped: the scrubber has to know what to look for.
-    const scrubber = makeScrubber([Redacted.value(hub.api_key)])
-    const excerpt = (text: string) => scrubber.excerpt(text, EXCERPT_MAX)
-    /** Every error message passes through this: scrubbed first, then bounded. */
-    const safe = (message: string) => scrubber.excerpt(message, 1000)
-
-    const exchange = <A>(
-      method: "GET" | "POST",
-      path: string,
-      body: Effect.Effect<string | undefined, HubError>,
-      onOk: (status: number, text: string) => Effect.Effect<A, HubError>
-    ): Effect.Effect<A, HubError> => {
-      const fail = (reason: HubError["reason"], message: string, status?: number) =>
-        new HubError({
-          reason,
-          method,
-          path,
-          ...(status === undefined ? {} : { status }),
-          message: safe(`${method} ${path}: ${message}`)
-        })
-
-      const read = (res: HttpClientResponse.HttpClientResponse): Effect.Effect<string, HubError | HttpClientError.ResponseError> => {
-        const tooLarge = () => fail("TooLarge", `response body exceeds ${maxBytes} bytes (HTTP ${res.status}); not read`, res.status)
-        const declared = Number(res.headers["content-length"])
-        if (Number.isFinite(declared) && declared > maxBytes) return Effect.fail(tooLarge())
-        return res.stream.pipe(
-          Stream.runFoldEffect({ size: 0, chunks: [] as Array<Uint8Array> }, (acc, chunk) => {
-            const size = acc.size + chunk.length
-            if (size > maxBytes) return Effect.fail(tooLarge())
-            acc.chunks.push(chunk)
-            return Effect.succeed({ size, chunks: acc.chunks })
-          }),
-          Effect.map((acc) => Buffer.concat(acc.chunks).toString("utf8"))
-        )
-      }
-
-      const transport = (e: HttpClientError.HttpClientError) =>
-        Effect.fail(fail("Transport", deepestCauseMessage(e.cause, e.message)))
-
-      return Effect.gen(function*() {
-        const payload = yield* body
-        const url = base + path
-        const request = (method === "GET" ? HttpClientRequest.get(url) : HttpClientRequest.post(url)).pipe(
-          HttpClientRequest.bearerToken(hub.api_key),
-          HttpClientRequest.acceptJson,
-          HttpClientRequest.setHeader("user-agent", `felhom-agent/${VERSION}`),
-          (r) => (payload === undefined ? r : HttpClientRequest.bodyText(r, payload, "application/json"))
-        )
-        const [status, text] = yield* http.execute(request).pipe(
-          Effect.flatMap((res) => Effect.map(read(res), (t) => [res.status, t] as const)),
-          Effect.catchTags({ RequestError: transport, ResponseError: transport }),
-          Effect.timeoutFail({
-            duration: timeout,
-            onTimeout: () => fail("Transport", `no complete answer within ${Duration.format(timeout)}`)
-          })
-        )
-        if (status < 200 || status > 299) {
-          const shown = excerpt(text)
-          return yield* fail("Status", `HTTP ${status}${shown.length > 0 ? `: ${shown}` : ""}`, status)
-        }
-        return yield* onOk(status, text)
-      })
-    }
-
-    /** JSON.parse's own message quotes input; keep only where it broke. */
-    const parseJson = (fail: (m: string) => HubError) => (text: string) =>
-      Effect.try({
-        try: (): unknown => JSON.parse(text),
-        catch: (e) => {
-          const at = e instanceof Error ? /position (\d+)/.exec(e.message) : null
-          return fail(`response is not valid JSON${at === null ? "" : ` (at byte ${at[1]})`}`)
-        }
-      })
-
-    const decodeWith = <A, I>(method: "GET" | "POST", path: string, schema: Schema.Schema<A, I>) => {
-      const decodeFail = (m: string) => new HubError({ reason: "Decode", method, path, message: safe(`${method} ${path}: ${m}`) })
-      return (status: number, text: string): Effect.Effect<A, HubError> =>
-        status !== 200
-          ? Effect.fail(new HubError({ reason: "Status", method, path, status, message: `${method} ${path}: expected HTTP 200 with a body, got ${status}` }))
-          : parseJson(decodeFail)(text).pipe(
-            Effect.flatMap((u) => Schema.decodeUnknown(schema, { errors: "all" })(u)),
-            Effect.mapError((e) => (e._tag === "HubError" ? e : decodeFail(clip(`response does not match the schema: ${formatIssues(e)}`, DECODE_MAX))))
-          )
-    }
-
-    /** Our own request checked against its schema before it leaves: a mismatch is a bug here. */
-    const encodeBody = <A, I>(method: "POST", path: string, schema: Schema.Schema<A, I>, value: A) =>
-      Schema.encode(schema)(value).pipe(
-        Effect.flatMap((encoded) => Effect.try({ try: () => JSON.stringify(encoded), catch: (e) => e })),
-        Effect.mapError((e) =>
-          new HubError({
-            reason: "Decode",
-            method,
-            path,
-            message: safe(`${method} ${path}: request body does not match the schema: ${
-              ParseResult.isParseError(e) ? formatIssues(e) : e instanceof Error ? e.message : "not serializable"
-            }`)
-          })
-        )
-      )
+    const { decodeWith, encodeBody, exchange, safe, scrubber } = makeHubExchange(http, {
+      url: hub.url,
+      bearer: hub.api_key,
+      secrets: [Redacted.value(hub.api_key)],
+      timeout: options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT,
+      maxBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES
+    })
 
     const report = (r: HostReport) =>
       exchange("POST", PATHS.report, encodeBody("POST", PATHS.report, HostReport, r), decodeWith("POST", PATHS.report, ControlEnvelope)).pipe(
@@ -227,7 +132,44 @@ export const makeHub = (options: HubClientOptions = {}) =>
         Effect.withSpan("Hub.postJobResults")
       )
 
-    return Hub.of({ report, desiredState, signedJobs, postJobResults })
+    // Escrow (issue 13): strict decoding, a lost compare-and-swap is Conflict.
+    const conflictOn409 = (status: number): HubError["reason"] => (status === 409 ? "Conflict" : "Status")
+
+    const escrow = exchange(
+      "GET",
+      ENROLL_PATHS.escrow,
+      Effect.succeed(undefined),
+      decodeWith("GET", ENROLL_PATHS.escrow, EscrowBlob, { strict: true })
+    ).pipe(
+      Effect.map(Option.some),
+      // 404: the hub holds no blob for this host (yet)
+      Effect.catchIf((e) => e.reason === "Status" && e.status === 404, () => Effect.succeed(Option.none<EscrowBlob>())),
+      Effect.withSpan("Hub.escrow")
+    )
+
+    const putEscrow = (u: EscrowUpload) =>
+      exchange(
+        "PUT",
+        ENROLL_PATHS.escrow,
+        encodeBody("PUT", ENROLL_PATHS.escrow, EscrowUpload, u),
+        decodeWith("PUT", ENROLL_PATHS.escrow, EscrowUploadResponse, { strict: true }),
+        conflictOn409
+      ).pipe(
+        // the answer must confirm exactly what was sent: the caller retires the old blob on it
+        Effect.filterOrFail(
+          (r) => r.generation === u.generation,
+          (r) =>
+            new HubError({
+              reason: "Decode",
+              method: "PUT",
+              path: ENROLL_PATHS.escrow,
+              message: safe(`PUT ${ENROLL_PATHS.escrow}: the hub confirmed generation ${r.generation}, not the ${u.generation} sent`)
+            })
+        ),
+        Effect.withSpan("Hub.putEscrow")
+      )
+
+    return Hub.of({ report, desiredState, signedJobs, postJobResults, escrow, putEscrow })
   })
 
 /** Hub over whatever HttpClient is provided (HubHttpClientLive in production, in-process in tests). */

@@ -383,10 +383,11 @@ export type JobResultsRequest = typeof JobResultsRequest.Type
  * - Status: the hub answered with an unexpected HTTP status (`status`, body excerpt).
  * - Decode: a body did not match its schema (the hub's answer, or, a bug here, our own request).
  * - TooLarge: the answer exceeded the response size cap and was not read.
+ * - Conflict: a compare-and-swap lost (HTTP 409 to PUT /api/v1/escrow): the hub kept what it had.
  */
 export class HubError extends Data.TaggedError("HubError")<{
-  readonly reason: "Transport" | "Status" | "Decode" | "TooLarge"
-  readonly method: "GET" | "POST"
+  readonly reason: "Transport" | "Status" | "Decode" | "TooLarge" | "Conflict"
+  readonly method: "GET" | "POST" | "PUT"
   readonly path: string
   readonly status?: number
   readonly message: string

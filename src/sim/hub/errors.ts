@@ -18,3 +18,8 @@ export class DevHubServeError extends Data.TaggedError("DevHubServeError")<{
   readonly message: string
   readonly cause?: unknown
 }> {}
+
+/** An admin enrollment call the dev hub refuses (a token registered twice, a bad host id). */
+export class DevHubEnrollRefused extends Data.TaggedError("DevHubEnrollRefused")<{
+  readonly message: string
+}> {}

@@ -8,11 +8,18 @@
  * It keeps each host's last audit head and state epoch and flags a state reset: an audit seq
  * lower than the last seen (or the same seq with another hash, or no head after one), or a new
  * state epoch. A real hub would alert; this one lists them in the host view (`state_alerts`).
+ *
+ * Enrollment and escrow (issue 13, docs/hub-protocol.md): one-time enrollment tokens registered
+ * by the admin (`addEnrollmentToken`) are spent by POST /api/v1/enroll, which mints a host id and
+ * api key (mode new) or hands a restore-mode box the lost host's identity with a fresh api key
+ * (the old ones are revoked) and its restore bundle, storage creds sealed at answer time to the
+ * new box's creds key. Each host keeps one escrow blob under compare-and-swap (GET/PUT
+ * /api/v1/escrow); `failNextEscrowPut` injects the crash between storing and answering.
  */
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { randomBytes, timingSafeEqual } from "node:crypto"
-import { Clock, Data, Effect, Either, Option, ParseResult, Ref, Schema, type Scope } from "effect"
+import { Clock, Data, Effect, Either, Option, ParseResult, Redacted, Ref, Schema, type Scope } from "effect"
 import { DesiredState, decodeDesiredState } from "../../schema/desired.js"
 import {
   clampPollInterval,
@@ -24,7 +31,19 @@ import {
   SignedJob,
   type SignedJobsResponse
 } from "../../schema/hub.js"
-import { DevHubUnknownHost } from "./errors.js"
+import {
+  EnrollRequest,
+  type EnrollResponse,
+  EnrollResponse as EnrollResponseSchema,
+  type EscrowBlob,
+  EscrowBlob as EscrowBlobSchema,
+  EscrowUpload,
+  type EscrowUploadResponse,
+  HostId,
+  type RestoreBundle
+} from "../../schema/escrow.js"
+import type { StorageManifest } from "../../schema/storage.js"
+import { DevHubEnrollRefused, DevHubUnknownHost } from "./errors.js"
 
 export interface DevHubOptions {
   /** api key → host id. Several keys may name the same host (rotation). */
@@ -37,6 +56,36 @@ export interface DevHubOptions {
   readonly adminToken?: string
   /** Log protocol events at INFO (the CLI) rather than DEBUG. */
   readonly verbose?: boolean
+}
+
+/**
+ * What an enrollment token is good for. `new`: a fresh host (its id given, or minted). `restore`:
+ * the existing host `host_id` comes back on a new box; the bundle's storage manifest is built
+ * when the token is spent, from the enrolling box's creds public key (seal the creds to it with
+ * sealCreds), and the escrow is the host's blob at that moment.
+ */
+export type EnrollmentGrant =
+  | { readonly mode: "new"; readonly host_id?: string }
+  | {
+    readonly mode: "restore"
+    readonly host_id: string
+    readonly bundle: Omit<RestoreBundle, "escrow" | "storage"> & { readonly storage: (credsPublicKey: string) => StorageManifest }
+  }
+
+/** One spent enrollment, as the host view lists it (never the token, never the key). */
+export interface EnrollmentRecord {
+  readonly at: string
+  readonly mode: "new" | "restore"
+  readonly hostname: string
+  readonly node: string
+  readonly agent_version: string
+}
+
+/** The next PUT /api/v1/escrow of a host fails with `status`, before or after storing the blob. */
+export interface EscrowPutFault {
+  readonly when: "before-store" | "after-store"
+  /** Default 500. */
+  readonly status?: number
 }
 
 export interface ReceivedReport {
@@ -69,6 +118,9 @@ export interface DevHubHostView {
   readonly state_alerts: ReadonlyArray<StateAlert>
   /** Every self-restore-test the host reported, newest first (the last 200). */
   readonly restore_tests: ReadonlyArray<ReportRestoreTest>
+  /** The escrowed blob's generation and key fingerprint (never the blob), null without one. */
+  readonly escrow: { readonly generation: number; readonly fingerprint: string } | null
+  readonly enrollments: ReadonlyArray<EnrollmentRecord>
 }
 
 /** What the dev hub concluded from a report's audit head and state epoch. */
@@ -100,6 +152,19 @@ export interface DevHub {
   readonly overdue: Effect.Effect<ReadonlyArray<string>>
   readonly setBlocked: (hostId: string, blocked: boolean) => Effect.Effect<void, DevHubUnknownHost>
   readonly view: (hostId: string) => Effect.Effect<DevHubHostView, DevHubUnknownHost>
+  /**
+   * Registers a one-time enrollment token (the operator hands it to the person at the box). A
+   * restore grant names a host this hub knows; a token already registered is refused.
+   */
+  readonly addEnrollmentToken: (token: string, grant: EnrollmentGrant) => Effect.Effect<void, DevHubUnknownHost | DevHubEnrollRefused>
+  /** The host's current escrow blob. */
+  readonly escrowOf: (hostId: string) => Effect.Effect<Option.Option<EscrowBlob>, DevHubUnknownHost>
+  /** Sets the host's blob as if the host had uploaded it (next generation); for tests and the demo. */
+  readonly setEscrow: (hostId: string, blob: { readonly fingerprint: string; readonly key: string }) => Effect.Effect<EscrowBlob, DevHubUnknownHost>
+  /** Makes the host's next PUT /api/v1/escrow fail (once). */
+  readonly failNextEscrowPut: (hostId: string, fault: EscrowPutFault) => Effect.Effect<void, DevHubUnknownHost>
+  /** How many api keys currently authenticate as the host (a restore revokes the old ones). */
+  readonly apiKeyCount: (hostId: string) => Effect.Effect<number, DevHubUnknownHost>
 }
 
 interface HostState {
@@ -115,6 +180,9 @@ interface HostState {
   readonly stateEpoch: string | null
   readonly alerts: ReadonlyArray<StateAlert>
   readonly restoreTests: ReadonlyArray<ReportRestoreTest>
+  readonly escrow: Option.Option<EscrowBlob>
+  readonly escrowFault: Option.Option<EscrowPutFault>
+  readonly enrollments: ReadonlyArray<EnrollmentRecord>
 }
 
 /** Compares a report's audit head and state epoch with the last ones seen. */
@@ -168,7 +236,10 @@ const emptyHost: HostState = {
   auditHead: null,
   stateEpoch: null,
   alerts: [],
-  restoreTests: []
+  restoreTests: [],
+  escrow: Option.none(),
+  escrowFault: Option.none(),
+  enrollments: []
 }
 
 const MAX_REPORTS = 100
@@ -196,6 +267,18 @@ const formatIssues = (e: ParseResult.ParseError): string => {
   return lines.join("; ")
 }
 
+/** The `fingerprint` a PBS key file declares in clear (a wrapped file too), if any. */
+const keyFileFingerprint = (text: string): string | undefined => {
+  try {
+    const parsed: unknown = JSON.parse(text)
+    if (typeof parsed !== "object" || parsed === null) return undefined
+    const fp = (parsed as { readonly fingerprint?: unknown }).fingerprint
+    return typeof fp === "string" ? fp : undefined
+  } catch {
+    return undefined
+  }
+}
+
 const errorResponse = (status: number, message: string) =>
   HttpServerResponse.unsafeJson(
     { error: message },
@@ -204,8 +287,11 @@ const errorResponse = (status: number, message: string) =>
 
 export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const keys = Object.entries(options.apiKeys)
-    const hosts = [...new Set(keys.map(([, h]) => h))]
+    // api key → host; grows with enrollments, shrinks when a restore revokes a lost box's keys
+    const keys = new Map<string, string>(Object.entries(options.apiKeys))
+    const hosts = [...new Set(keys.values())]
+    // enrollment token → what it grants; deleted when spent
+    const enrollTokens = new Map<string, EnrollmentGrant>()
     const adminToken = options.adminToken ?? `fha_${randomBytes(24).toString("base64url")}`
     const pollIntervalSeconds = options.pollIntervalSeconds ?? 60
     const overdueAfterSeconds = options.overdueAfterSeconds ?? 3 * clampPollInterval(pollIntervalSeconds)
@@ -275,9 +361,55 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
           audit_head: s.auditHead,
           state_epoch: s.stateEpoch,
           state_alerts: s.alerts,
-          restore_tests: s.restoreTests
+          restore_tests: s.restoreTests,
+          escrow: Option.match(s.escrow, { onNone: () => null, onSome: (b) => ({ generation: b.generation, fingerprint: b.fingerprint }) }),
+          enrollments: s.enrollments
         } satisfies DevHubHostView
       })
+
+    // -------------------------------------------------------------------------------------------
+    // Enrollment and escrow (admin side)
+
+    const addHost = (hostId: string) =>
+      Ref.update(state, (m) => (m.has(hostId) ? m : new Map(m).set(hostId, emptyHost))).pipe(
+        Effect.zipRight(Effect.sync(() => {
+          if (!hosts.includes(hostId)) hosts.push(hostId)
+        }))
+      )
+
+    const addEnrollmentToken = (token: string, grant: EnrollmentGrant) =>
+      Effect.gen(function*() {
+        if (token.length < 16 || token.length > 512 || /\s/.test(token)) {
+          return yield* new DevHubEnrollRefused({ message: "an enrollment token is 16-512 characters without whitespace" })
+        }
+        if (enrollTokens.has(token)) return yield* new DevHubEnrollRefused({ message: "this enrollment token is already registered" })
+        if (grant.host_id !== undefined && !Schema.is(HostId)(grant.host_id)) {
+          return yield* new DevHubEnrollRefused({ message: "not a host id: 1-128 of A-Z a-z 0-9 . _ -, starting alphanumeric" })
+        }
+        if (grant.mode === "restore") yield* getHost(grant.host_id)
+        else if (grant.host_id !== undefined && hosts.includes(grant.host_id)) {
+          return yield* new DevHubEnrollRefused({ message: `host '${grant.host_id}' already exists: a new enrollment needs a new host id` })
+        }
+        enrollTokens.set(token, grant)
+        yield* note(`enrollment token registered (${grant.mode}${grant.host_id === undefined ? "" : ` for ${grant.host_id}`})`)
+      })
+
+    const setEscrow = (hostId: string, blob: { readonly fingerprint: string; readonly key: string }) =>
+      modifyHost(hostId, (s) => {
+        const next: EscrowBlob = {
+          host_id: hostId,
+          generation: Option.match(s.escrow, { onNone: () => 1, onSome: (b) => b.generation + 1 }),
+          fingerprint: blob.fingerprint,
+          key: blob.key
+        }
+        return [next, { ...s, escrow: Option.some(next) }] as const
+      })
+
+    const failNextEscrowPut = (hostId: string, fault: EscrowPutFault) =>
+      modifyHost(hostId, (s) => [undefined, { ...s, escrowFault: Option.some(fault) }] as const)
+
+    const apiKeyCount = (hostId: string) =>
+      Effect.map(getHost(hostId), () => [...keys.values()].filter((h) => h === hostId).length)
 
     // -------------------------------------------------------------------------------------------
     // HTTP
@@ -289,7 +421,7 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
 
     const agentHost = Effect.flatMap(bearer, (token) => {
       // Compare against every key so timing does not tell how many matched.
-      const matches = token === undefined ? [] : keys.filter(([k]) => safeEqual(k, token))
+      const matches = token === undefined ? [] : [...keys].filter(([k]) => safeEqual(k, token))
       return matches.length === 1
         ? Effect.succeed(matches[0]![1])
         : Effect.fail(new HttpFailure({ status: 401, message: "unknown or missing bearer token" }))
@@ -398,6 +530,120 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       return HttpServerResponse.empty({ status: 204 })
     })
 
+    // POST /api/v1/enroll: the bearer is a one-time enrollment token, spent only by a success
+    const enroll = Effect.gen(function*() {
+      const token = yield* bearer
+      const unknown = new HttpFailure({ status: 401, message: "unknown, used or missing enrollment token" })
+      if (token === undefined) return yield* unknown
+      const held = [...enrollTokens].filter(([t]) => safeEqual(t, token))
+      if (held.length !== 1) return yield* unknown
+      const grant = held[0]![1]
+      const req = yield* body(EnrollRequest, "enroll request")
+      if (req.mode !== grant.mode) {
+        return yield* new HttpFailure({ status: 409, message: `this enrollment token is for mode '${grant.mode}', the request asks for '${req.mode}'` })
+      }
+      const now = yield* Clock.currentTimeMillis
+      const record: EnrollmentRecord = { at: iso(now), mode: req.mode, hostname: req.hostname, node: req.node, agent_version: req.agent_version }
+      const apiKey = `fhk_${randomBytes(32).toString("base64url")}`
+      let response: EnrollResponse
+      if (grant.mode === "new") {
+        const hostId = grant.host_id ?? `host-${randomBytes(6).toString("hex")}`
+        if (hosts.includes(hostId)) return yield* new HttpFailure({ status: 409, message: `host '${hostId}' already exists` })
+        yield* addHost(hostId)
+        response = { host_id: hostId, api_key: Redacted.make(apiKey) }
+      } else {
+        const s = yield* getHost(grant.host_id)
+        if (Option.isNone(s.escrow)) {
+          return yield* new HttpFailure({ status: 409, message: `host '${grant.host_id}' has no escrowed key: a restore cannot unlock its backups` })
+        }
+        const storage = yield* Effect.try({
+          try: () => grant.bundle.storage(req.creds_public_key),
+          catch: () => new HttpFailure({ status: 500, message: "the restore bundle's storage manifest could not be built" })
+        })
+        const { storage: _fn, ...rest } = grant.bundle
+        response = { host_id: grant.host_id, api_key: Redacted.make(apiKey), restore: { ...rest, storage, escrow: s.escrow.value } }
+      }
+      const wire = yield* Schema.encode(EnrollResponseSchema)(response).pipe(
+        Effect.mapError(() => new HttpFailure({ status: 500, message: "the enrollment answer does not encode (check the registered bundle)" }))
+      )
+      // spent (and for a restore, the lost box's keys revoked) only now, in one step: a token
+      // cannot be spent twice, and a failed answer above leaves it usable
+      if (!enrollTokens.delete(held[0]![0])) return yield* unknown
+      if (grant.mode === "restore") for (const [k, h] of [...keys]) if (h === grant.host_id) keys.delete(k)
+      keys.set(apiKey, response.host_id)
+      yield* modifyHost(response.host_id, (s) => [undefined, { ...s, enrollments: [...s.enrollments, record] }] as const)
+      yield* note(`enrolled ${response.host_id} (${req.mode}) from ${req.hostname}`)
+      return yield* json(200, wire)
+    })
+
+    const escrowGet = Effect.gen(function*() {
+      const host = yield* agentHost
+      const s = yield* getHost(host)
+      if (Option.isNone(s.escrow)) return yield* new HttpFailure({ status: 404, message: `no escrowed key for host '${host}'` })
+      return yield* json(200, Schema.encodeSync(EscrowBlobSchema)(s.escrow.value))
+    })
+
+    // PUT /api/v1/escrow: compare-and-swap on the generation, bound to the bearer's host
+    const escrowPut = Effect.gen(function*() {
+      const host = yield* agentHost
+      const u = yield* body(EscrowUpload, "escrow upload")
+      if (u.generation <= (u.replaces ?? 0)) {
+        return yield* new HttpFailure({ status: 400, message: "generation must be greater than the one it replaces" })
+      }
+      const declared = keyFileFingerprint(u.key)
+      if (declared !== undefined && declared !== u.fingerprint) {
+        return yield* new HttpFailure({ status: 400, message: "fingerprint differs from the one the key file declares" })
+      }
+      type Outcome =
+        | { readonly _tag: "stored"; readonly fault: Option.Option<EscrowPutFault> }
+        | { readonly _tag: "conflict"; readonly message: string }
+        | { readonly _tag: "fault"; readonly status: number }
+      const outcome = yield* modifyHost(host, (s): readonly [Outcome, HostState] => {
+        const fault = s.escrowFault
+        const cleared = { ...s, escrowFault: Option.none<EscrowPutFault>() }
+        if (Option.isSome(fault) && fault.value.when === "before-store") return [{ _tag: "fault", status: fault.value.status ?? 500 }, cleared]
+        const current = Option.getOrUndefined(s.escrow)
+        if ((current?.generation ?? null) !== u.replaces) {
+          return [{ _tag: "conflict", message: `the current generation is ${current?.generation ?? "none"}, not ${u.replaces ?? "none"}` }, s]
+        }
+        if (current !== undefined && current.fingerprint !== u.fingerprint) {
+          // K never changes (SPEC §13): a blob for another key would orphan every offsite backup
+          return [{ _tag: "conflict", message: "the escrowed key has another fingerprint: the key itself is never replaced" }, s]
+        }
+        const blob: EscrowBlob = { host_id: host, generation: u.generation, fingerprint: u.fingerprint, key: u.key }
+        return [{ _tag: "stored", fault }, { ...cleared, escrow: Option.some(blob) }]
+      })
+      switch (outcome._tag) {
+        case "fault":
+          return yield* new HttpFailure({ status: outcome.status, message: "injected failure before storing" })
+        case "conflict":
+          return yield* new HttpFailure({ status: 409, message: outcome.message })
+        case "stored": {
+          yield* note(`escrow of ${host}: generation ${u.generation} stored`)
+          if (Option.isSome(outcome.fault)) {
+            return yield* new HttpFailure({ status: outcome.fault.value.status ?? 500, message: "injected failure after storing" })
+          }
+          const answer: EscrowUploadResponse = { generation: u.generation }
+          return yield* json(200, answer)
+        }
+      }
+    })
+
+    const adminEnrollToken = Effect.gen(function*() {
+      yield* admin
+      const b = yield* body(Schema.Struct({ token: Schema.String, host_id: Schema.optional(Schema.String) }), "enrollment token (mode new)")
+      yield* addEnrollmentToken(b.token, b.host_id === undefined ? { mode: "new" } : { mode: "new", host_id: b.host_id }).pipe(
+        Effect.mapError((e) => new HttpFailure({ status: e._tag === "DevHubUnknownHost" ? 404 : 400, message: e.message }))
+      )
+      return yield* json(201, { registered: true })
+    })
+
+    const adminEscrow = Effect.gen(function*() {
+      const host = yield* adminHost
+      const blob = yield* Effect.map(getHost(host), (s) => s.escrow)
+      return yield* json(200, Option.match(blob, { onNone: () => null, onSome: (b) => Schema.encodeSync(EscrowBlobSchema)(b) }))
+    })
+
     const adminDesired = Effect.gen(function*() {
       const host = yield* adminHost
       const raw = yield* jsonBody
@@ -435,6 +681,11 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       HttpRouter.get("/api/v1/desired-state", desiredState),
       HttpRouter.get("/api/v1/signed-jobs", signedJobs),
       HttpRouter.post("/api/v1/job-results", jobResults),
+      HttpRouter.post("/api/v1/enroll", enroll),
+      HttpRouter.get("/api/v1/escrow", escrowGet),
+      HttpRouter.put("/api/v1/escrow", escrowPut),
+      HttpRouter.post("/admin/enrollment-tokens", adminEnrollToken),
+      HttpRouter.get("/admin/hosts/:host/escrow", adminEscrow),
       HttpRouter.get("/admin/hosts", adminHosts),
       HttpRouter.get("/admin/hosts/:host", adminView),
       HttpRouter.post("/admin/hosts/:host/desired", adminDesired),
@@ -466,6 +717,11 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       lastSeen: (hostId) => Effect.map(getHost(hostId), (s) => s.lastSeen),
       overdue,
       setBlocked,
-      view
+      view,
+      addEnrollmentToken,
+      escrowOf: (hostId) => Effect.map(getHost(hostId), (s) => s.escrow),
+      setEscrow,
+      failNextEscrowPut,
+      apiKeyCount
     } satisfies DevHub
   })
