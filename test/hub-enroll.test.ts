@@ -189,6 +189,8 @@ describe("dev hub enrollment over HTTPS", () => {
           { concurrency: "unbounded" }
         )
         expect(results.filter(Either.isRight).length).toBe(1)
+        // the losers left nothing behind: one host, one key
+        expect(s.hub.hosts).toEqual([HOST, Either.getOrThrow(results.find(Either.isRight)!).host_id])
         expect(results.filter(Either.isLeft).map((r) => Either.isLeft(r) && r.left.status)).toEqual([401, 401, 401])
       })))
 })

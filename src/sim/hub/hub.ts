@@ -370,13 +370,6 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
     // -------------------------------------------------------------------------------------------
     // Enrollment and escrow (admin side)
 
-    const addHost = (hostId: string) =>
-      Ref.update(state, (m) => (m.has(hostId) ? m : new Map(m).set(hostId, emptyHost))).pipe(
-        Effect.zipRight(Effect.sync(() => {
-          if (!hosts.includes(hostId)) hosts.push(hostId)
-        }))
-      )
-
     const addEnrollmentToken = (token: string, grant: EnrollmentGrant) =>
       Effect.gen(function*() {
         if (token.length < 16 || token.length > 512 || /\s/.test(token)) {
@@ -548,8 +541,6 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       let response: EnrollResponse
       if (grant.mode === "new") {
         const hostId = grant.host_id ?? `host-${randomBytes(6).toString("hex")}`
-        if (hosts.includes(hostId)) return yield* new HttpFailure({ status: 409, message: `host '${hostId}' already exists` })
-        yield* addHost(hostId)
         response = { host_id: hostId, api_key: Redacted.make(apiKey) }
       } else {
         const s = yield* getHost(grant.host_id)
@@ -566,12 +557,25 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       const wire = yield* Schema.encode(EnrollResponseSchema)(response).pipe(
         Effect.mapError(() => new HttpFailure({ status: 500, message: "the enrollment answer does not encode (check the registered bundle)" }))
       )
-      // spent (and for a restore, the lost box's keys revoked) only now, in one step: a token
-      // cannot be spent twice, and a failed answer above leaves it usable
-      if (!enrollTokens.delete(held[0]![0])) return yield* unknown
-      if (grant.mode === "restore") for (const [k, h] of [...keys]) if (h === grant.host_id) keys.delete(k)
-      keys.set(apiKey, response.host_id)
-      yield* modifyHost(response.host_id, (s) => [undefined, { ...s, enrollments: [...s.enrollments, record] }] as const)
+      // Spent, and its effects applied, only now and in one synchronous step: a token cannot be
+      // spent twice, a refused request leaves it usable, and the loser of a race changes nothing.
+      const hostId = response.host_id
+      const outcome = yield* Effect.sync(() => {
+        if (!enrollTokens.has(held[0]![0])) return "spent" as const
+        if (grant.mode === "new" && hosts.includes(hostId)) return "exists" as const
+        enrollTokens.delete(held[0]![0])
+        // a restore revokes every key of the lost box
+        if (grant.mode === "restore") {
+          for (const [k, h] of [...keys]) if (h === hostId) keys.delete(k)
+        } else {
+          hosts.push(hostId)
+        }
+        keys.set(apiKey, hostId)
+        return "enrolled" as const
+      })
+      if (outcome === "spent") return yield* unknown
+      if (outcome === "exists") return yield* new HttpFailure({ status: 409, message: `host '${hostId}' already exists` })
+      yield* Ref.update(state, (m) => new Map(m).set(hostId, { ...(m.get(hostId) ?? emptyHost), enrollments: [...(m.get(hostId)?.enrollments ?? []), record] }))
       yield* note(`enrolled ${response.host_id} (${req.mode}) from ${req.hostname}`)
       return yield* json(200, wire)
     })
