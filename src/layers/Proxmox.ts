@@ -26,6 +26,7 @@ import {
   NodeEntry,
   NodeStatus,
   NodeStorageEntry,
+  NullResponse,
   PveApiError,
   PveDecodeError,
   PveLocked,
@@ -298,6 +299,12 @@ export interface ProxmoxShape {
   ) => Effect.Effect<Upid, ProxmoxError | ClearanceRefused>
   /** Adds a storage entry (synchronous; PVE activates it once and refuses one it cannot reach). */
   readonly createStorage: (params: CreateStorageParams) => Effect.Effect<CreatedStorage, ProxmoxError>
+  /**
+   * Enables or disables a storage entry (`PUT /storage/{storage}` with `disable`; Datastore.Allocate
+   * on /storage/{storage}). Data-safe: nothing on the storage changes. The PBS host-key attach
+   * (issue 13) creates a PBS entry disabled and enables it only once it holds this host's key.
+   */
+  readonly setStorageDisabled: (storage: StorageId, disabled: boolean) => Effect.Effect<void, ProxmoxError>
 
   /** Polls until the task stops; succeeds only on exitstatus "OK". */
   readonly waitTask: (upid: Upid, opts?: WaitOptions) => Effect.Effect<TaskStatus, WaitError>
@@ -925,6 +932,8 @@ export const make = Effect.gen(function*() {
       ),
     deleteBackup,
     createStorage,
+    setStorageDisabled: (storage, disabled) =>
+      Effect.asVoid(request("PUT", `/storage/${encodeURIComponent(storage)}`, NullResponse, { disable: disabled }, false)),
     waitTask
   }
   return shape

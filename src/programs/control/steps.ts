@@ -33,6 +33,7 @@ import {
 import type { ProxmoxError, WaitError } from "../../schema/proxmox.js"
 import { clearBringupConfig, clearCompensation, type Grant } from "./gate.js"
 import { notesFor } from "../protection/provenance.js"
+import { pbsBackupRefusal } from "../protection/pbsGuard.js"
 import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
 import { overwriteLayout } from "../bringup/layout.js"
 
@@ -163,7 +164,11 @@ export const existing = (vmid: VmId) =>
 
 /** `opId`'s notes on the archive are how retention later knows the agent made it (protection/provenance.ts). */
 const vzdumpUpid = (vmid: VmId, storage: StorageId, opId: string) =>
-  Effect.flatMap(Proxmox, (p) => p.vzdump({ vmid, storage, mode: "snapshot", notesTemplate: notesFor(opId) })).pipe(
+  Effect.flatMap(pbsBackupRefusal(storage), (refused): Effect.Effect<Option.Option<Upid>, ClearanceRefused | ProxmoxError, Proxmox> =>
+    // a PBS storage without this host's key (issue 13): nothing sent
+    Option.isSome(refused)
+      ? Effect.fail(new ClearanceRefused({ message: `backup of ${vmid} to ${storage} refused: ${refused.value}` }))
+      : Effect.flatMap(Proxmox, (p) => p.vzdump({ vmid, storage, mode: "snapshot", notesTemplate: notesFor(opId) }))).pipe(
     Effect.flatMap(Option.match({
       onNone: () => Effect.fail(new GuestNotOnNode({ message: `vzdump of ${vmid} started nothing: the guest is not on this node` })),
       onSome: (u: Upid) => Effect.succeed(u)

@@ -24,6 +24,7 @@ import type { StorageId, Upid, VmId, VolumeId } from "../../schema/ids.js"
 import type { StorageContentEntry, WaitError } from "../../schema/proxmox.js"
 import { beginOperation, GuestNotOnNode } from "../control/steps.js"
 import { ProtectionEnv } from "./env.js"
+import { pbsBackupRefusal } from "./pbsGuard.js"
 import { notesFor } from "./provenance.js"
 
 export const CRASH_CONSISTENT = "crash-consistent (vzdump snapshot mode; nothing quiesced inside the guest)"
@@ -76,6 +77,13 @@ export const backupSaga = (vmid: VmId, storage: StorageId, trigger: "schedule" |
     // no job key, no nonce: admission cannot be refused (a refusal would be a bug)
     const s = yield* beginOperation<"backup">({ _tag: "backup", vmid, storage, trigger }).pipe(Effect.catchTag("AdmissionRefused", Effect.die))
     const notes = notesFor(s.id)
+    const refused = yield* pbsBackupRefusal(storage)
+    if (Option.isSome(refused)) {
+      const detail = `backup of ${vmid} to ${storage} refused: ${refused.value}`
+      yield* ops.finish(s.id, "failed", detail)
+      const now = yield* Clock.currentTimeMillis
+      return { vmid, storage, opId: s.id, result: "failed", detail, archive: null, startedMs, endedMs: now, listing: Option.none() } satisfies BackupOutcome as BackupOutcome
+    }
     const ran = yield* Effect.either(Effect.gen(function*() {
       yield* s.started("backup", { notes })
       const started = yield* pve.vzdump({ vmid, storage, mode: "snapshot", notesTemplate: notes })

@@ -21,16 +21,23 @@
  * `{ storage }`): reported, nothing unmounted, nothing deleted. Only a target PVE lists as empty is
  * detached or decommissioned unsigned (a USB disk unmounted), and that decision is audited.
  *
+ * A PBS target whose creds carry no `encryption_key` takes this host's own key K when one is
+ * installed (PbsKey, issue 13): added disabled and keyless, K attached through the root helper,
+ * the fingerprint PVE lists then checked against K's, only then enabled; an entry holding another
+ * key is reported and left as it is (backup.ts never sends a backup to it: pbsGuard.ts).
+ *
  * Creds are opened (creds.ts) only to build the createStorage call and compare with those the
  * target was created with; no text built here contains one.
  */
 import { Clock, type Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { AuditLog } from "../../layers/AuditLog.js"
 import type { JournalError } from "../../layers/Journal.js"
+import { PbsKey } from "../../layers/PbsKey.js"
 import { Privileged } from "../../layers/Privileged.js"
 import { ProtectionStore } from "../../layers/ProtectionStore.js"
 import { type CreateStorageParams, Proxmox, type StorageContentType } from "../../layers/Proxmox.js"
 import { durableIdText, StorageTargetStore, StorageTargetStoreLive, type TargetRecord } from "../../layers/StorageTargetStore.js"
+import type { KeyFingerprint } from "../../schema/escrow.js"
 import type { ReportPendingSignature, ReportPlacementFinding } from "../../schema/hub.js"
 import type { VmId } from "../../schema/ids.js"
 import { USB_MOUNT_ROOT } from "../../schema/privileged.js"
@@ -211,7 +218,12 @@ export const entryMismatch = (t: StorageTarget, e: StorageConfigEntry): string |
 // Creating it
 
 /** The createStorage call for a target, or why the agent leaves it to the operator. */
-export const createParams = (t: StorageTarget, secret: Option.Option<StorageSecret>): Either.Either<CreateStorageParams, string> => {
+export const createParams = (
+  t: StorageTarget,
+  secret: Option.Option<StorageSecret>,
+  /** The host's own PBS key will be attached (issue 13): a pbs entry without a creds key is made disabled, keyless. */
+  opts: { readonly hostKey?: boolean } = {}
+): Either.Either<CreateStorageParams, string> => {
   const content = STORAGE_CONTENT[t.role]
   const d = t.durable_id
   const operator = (why: string) => Either.left(`${why}; run: ${operatorCommand(t)}`)
@@ -245,8 +257,9 @@ export const createParams = (t: StorageTarget, secret: Option.Option<StorageSecr
       const p = pbsParts(d.repo)
       const username = p.username ?? secret.value.username
       if (username === undefined) return operator("neither the repo nor the creds name the PBS user (user@realm!token)")
-      if (secret.value.encryptionKey === undefined) {
-        return operator("the creds carry no encryption_key: PBS offsite backups are always client-side encrypted")
+      const key = secret.value.encryptionKey
+      if (key === undefined && opts.hostKey !== true) {
+        return operator("the creds carry no encryption_key and this host has no PBS key installed: PBS offsite backups are always client-side encrypted")
       }
       return Either.right({
         storage: t.id,
@@ -258,7 +271,8 @@ export const createParams = (t: StorageTarget, secret: Option.Option<StorageSecr
         password: secret.value.password,
         ...(d.fingerprint === undefined ? {} : { fingerprint: d.fingerprint }),
         ...(p.port === undefined ? {} : { port: p.port }),
-        encryptionKey: secret.value.encryptionKey
+        // without a creds key: added disabled, so nothing is backed up to it before the host's key is on it
+        ...(key === undefined ? { disable: true } : { encryptionKey: key })
       })
     }
   }
@@ -362,6 +376,7 @@ export const storageReconcilePass = (input: StorageInput) =>
     const status = yield* StorageStatus
     const vault = yield* CredsVault
     const auditLog = yield* AuditLog
+    const pbsKey = yield* Effect.serviceOption(PbsKey)
 
     const [configs, nodes] = yield* Effect.all([pve.storageList, pve.nodeStorage], { concurrency: 2 })
     const records = new Map((yield* store.records).map((r) => [r.id, r] as const))
@@ -548,12 +563,68 @@ export const storageReconcilePass = (input: StorageInput) =>
         }
 
         // the PVE entry: matched, or created where the agent may
-        const entry = ctx.configs.find((c) => c.storage === t.id)
+        let entry = ctx.configs.find((c) => c.storage === t.id)
         let opened: Option.Option<{ readonly sealed: Redacted.Redacted<string>; readonly secret: StorageSecret }> = Option.none()
         if (t.creds !== undefined) {
           const o = yield* Effect.either(vault.open(t.id, t.creds))
           if (Either.isLeft(o)) return verdict("needs_operator", `creds: ${o.left.message}`)
           if (o.right.kind === "sealed") opened = Option.some({ sealed: o.right.sealed, secret: o.right.secret })
+        }
+
+        // a PBS target whose creds carry no key uses this host's own key K (issue 13): the entry is
+        // added disabled and keyless, K attached through the root helper, the fingerprint PVE then
+        // lists checked against K's, and only then enabled. A pass after a crash in between finds
+        // the disabled entry and finishes it; an entry holding another key is reported, never enabled
+        let hostKey: Option.Option<KeyFingerprint> = Option.none()
+        if (t.type === "pbs" && Option.isSome(opened) && opened.value.secret.encryptionKey === undefined && Option.isSome(pbsKey)) {
+          const fp = yield* Effect.either(pbsKey.value.fingerprint)
+          if (Either.isLeft(fp)) return verdict("needs_operator", `this host's PBS key: ${fp.left.message}`)
+          hostKey = fp.right
+        }
+        /** attach K (unless PVE already lists it), read back, require K's fingerprint, enable; the entry as it now is, or the outcome. */
+        const finishHostKey = (fp: KeyFingerprint, alreadyOn: boolean) =>
+          Effect.gen(function*() {
+            const keep = "the storage stays disabled and nothing is backed up to it"
+            if (!alreadyOn) {
+              const a = yield* Effect.either(pbsKey.pipe(Effect.flatMap((k) => k.attachToStorage(t.id))))
+              if (Either.isLeft(a)) {
+                const why = a.left._tag === "NoSuchElementException" ? "no PbsKey service" : a.left.message
+                return Either.left(verdict("needs_operator", `attaching this host's PBS key to '${t.id}' failed: ${why}; ${keep}`, { available: false }))
+              }
+            }
+            const reread = yield* Effect.either(pve.storageList)
+            if (Either.isLeft(reread)) {
+              return Either.left(verdict("ok", null, { available: false, availabilityDetail: `its key could not be read back (${describe(reread.left)}); ${keep} until a pass can` }))
+            }
+            const now = reread.right.find((c) => c.storage === t.id)
+            const got = now?.["encryption-key"]
+            if (now === undefined || got === undefined || got.toLowerCase() !== fp) {
+              yield* audit("storage-key-attach", t.id, "refused", { fingerprint: fp, listed: got ?? null })
+              return Either.left(verdict("needs_operator", `after attaching this host's PBS key, PVE lists ${got === undefined ? "no key" : `key fingerprint ${got}`} on '${t.id}', not this host's ${fp}; ${keep}`, { available: false }))
+            }
+            const enabled = yield* Effect.either(pve.setStorageDisabled(t.id, false))
+            if (Either.isLeft(enabled)) {
+              return Either.left(verdict("ok", null, { available: false, availabilityDetail: `it holds this host's key; enabling it failed (${describe(enabled.left)}): the next pass tries again` }))
+            }
+            yield* audit("storage-key-attach", t.id, "allowed", { fingerprint: fp })
+            yield* Effect.logInfo(`storage: ${t.id} holds this host's PBS key (${fp.slice(0, 23)}) and is enabled`)
+            created = true
+            const { disable: _disabled, ...rest } = now
+            return Either.right(rest as StorageConfigEntry)
+          })
+        if (Option.isSome(hostKey) && entry !== undefined && entry.type === "pbs") {
+          const fp = hostKey.value
+          const have = entry["encryption-key"]
+          if (have !== undefined && have !== "" && have.toLowerCase() !== fp) {
+            return verdict("needs_operator", `PVE storage '${t.id}' holds another encryption key (fingerprint ${have}) than this host's (${fp}): ` +
+              `nothing is backed up to it; remove its key (pvesm set ${t.id} --delete encryption-key) and the agent attaches this host's`)
+          }
+          // disabled: the agent's own attach, interrupted (keyless, or keyed but not enabled yet)
+          if (entry.disable === 1) {
+            const done = yield* finishHostKey(fp, have !== undefined && have !== "")
+            if (Either.isLeft(done)) return done.left
+            entry = done.right
+          }
         }
         if (entry !== undefined) {
           const mismatch = entryMismatch(t, entry)
@@ -568,7 +639,7 @@ export const storageReconcilePass = (input: StorageInput) =>
             }
           }
         } else if (usbMounted) {
-          const params = createParams(t, Option.map(opened, (o) => o.secret))
+          const params = createParams(t, Option.map(opened, (o) => o.secret), { hostKey: Option.isSome(hostKey) })
           if (Either.isLeft(params)) return verdict("needs_operator", `PVE has no storage '${t.id}': ${params.left}`)
           const made = yield* Effect.either(pve.createStorage(params.right))
           if (Either.isLeft(made)) {
@@ -587,6 +658,10 @@ export const storageReconcilePass = (input: StorageInput) =>
           if (Option.isSome(opened)) yield* store.setCreds(t.id, Redacted.value(opened.value.sealed))
           yield* audit("storage-create", t.id, "allowed", { type: params.right.type, content: params.right.content.join(",") })
           yield* Effect.logInfo(`storage: created PVE storage ${t.id} (${params.right.type})`)
+          if (Option.isSome(hostKey)) {
+            const done = yield* finishHostKey(hostKey.value, false)
+            if (Either.isLeft(done)) return done.left
+          }
           return verdict("ok", null, { available: null })
         }
         if (!usbMounted) return verdict("ok", null, { available: false, availabilityDetail: usbDetail })

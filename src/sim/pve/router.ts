@@ -20,6 +20,7 @@ import { guestRoutes } from "./routes/guest.js"
 import { readRoutes } from "./routes/read.js"
 import { snapshotRoutes } from "./routes/snapshot.js"
 import { storageRoutes } from "./routes/storage.js"
+import { storageUpdateRoutes } from "./routes/storageUpdate.js"
 import { vzdumpRoutes } from "./routes/vzdump.js"
 import { makeSimGuestApp, SIM_GUEST_PREFIX } from "./guestModel.js"
 
@@ -34,7 +35,8 @@ export const allRoutes: ReadonlyArray<RouteDef> = [
   ...snapshotRoutes,
   ...createRoutes,
   ...vzdumpRoutes,
-  ...storageRoutes
+  ...storageRoutes,
+  ...storageUpdateRoutes
 ]
 
 // ---------------------------------------------------------------------------------------------
