@@ -107,7 +107,15 @@ export const IDENTITY_TABLE: { readonly [S in Scenario]: ScenarioPolicy } = {
       tunnel: "kept"
     },
     linkDown: false,
-    why: "the whole box is gone: as a total guest loss, on a new host that the hub binds to the old identity"
+    // restore mode on a new box (src/programs/hostloss/restore.ts), from PBS only. The state database
+    // is new, so no controller is deployed here and the recovery publishes no directive: machine-id
+    // and host keys are reset by the first-boot directive of the fresh controller bootstrap the daemon
+    // deploys on its next reconcile. "kept" for the controller is the hub binding (the same host id
+    // and hub channel: the hub binds this box to the lost host's identity); the local-API token that
+    // bootstrap carries is new, since the archive's is unknown to this host's token store
+    why:
+      "the whole box is gone: as a total guest loss (MAC, hostname, restic, tunnel and the hub binding kept), on a new host the hub binds to the old identity; " +
+      "machine-id and host keys are reset once a bootstrap reaches the guest (the daemon's fresh controller deploy), with a new local-API token"
   }
 }
 

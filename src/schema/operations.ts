@@ -34,6 +34,18 @@ export const SignedAuthorization = Schema.Struct({
 })
 export type SignedAuthorization = typeof SignedAuthorization.Type
 
+/**
+ * What let a host-loss restore run (issue 13): the person at the new box typed the recovery code,
+ * which unwrapped the escrowed PBS key with this fingerprint. Only the fingerprint is kept (never
+ * the code or the key). The gate accepts it for a fresh `recover` of scenario host-loss into an
+ * empty vmid only (gate.ts: approveRecoveryCode).
+ */
+export const RecoveryCodeAuthorization = Schema.Struct({
+  basis: Schema.Literal("recovery-code"),
+  fingerprint: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{2}(:[0-9a-f]{2}){31}$/))
+})
+export type RecoveryCodeAuthorization = typeof RecoveryCodeAuthorization.Type
+
 export const RestoreSource = Schema.Union(
   Schema.Struct({ snapshot: SnapshotName }),
   Schema.Struct({ backup: VolumeId, storage: StorageId, backupStorage: StorageId })
@@ -204,15 +216,19 @@ export type RecoverPoint = typeof RecoverPoint.Type
  */
 export const RecoverOperation = Schema.TaggedStruct("recover", {
   vmid: VmId,
-  scenario: Schema.Literal("guest-loss-total", "guest-loss-partial"),
+  /** host-loss (issue 13): restore mode on a new box, from PBS, always fresh, under the recovery code. */
+  scenario: Schema.Literal("guest-loss-total", "guest-loss-partial", "host-loss"),
   source: RecoverPoint,
   mode: Schema.Literal("fresh", "overwrite", "rollback"),
   /** Where the guest's volumes are restored (fresh, overwrite). */
   storage: StorageId,
   spec: Schema.NullOr(DesiredGuest),
   marker: InstanceMarker,
-  /** null only for a fresh restore run by a local operator at the console (nothing is overwritten). */
-  authorization: Schema.NullOr(SignedAuthorization)
+  /**
+   * null only for a fresh restore run by a local operator at the console (nothing is overwritten);
+   * recovery-code only for a fresh host-loss restore (restoreHost).
+   */
+  authorization: Schema.NullOr(Schema.Union(SignedAuthorization, RecoveryCodeAuthorization))
 })
 
 /**

@@ -24,6 +24,7 @@ import type { JournalOp, StoreServices } from "../../layers/Journal.js"
 import { OpLog } from "../../layers/OpLog.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { IdentityDirective } from "../../schema/bootstrap.js"
+import type { KeyFingerprint } from "../../schema/escrow.js"
 import { directiveResets, freshMac, IDENTITY_TABLE } from "../../schema/identity.js"
 import { SnapshotName, type VmId, VolumeId } from "../../schema/ids.js"
 import type { JsonObject } from "../../schema/json.js"
@@ -33,7 +34,7 @@ import { ControllerOps } from "../controller/ops.js"
 import { normalizeTags } from "../control/plan.js"
 import type { Outcome } from "../control/recover.js"
 import { settledSteps } from "../control/recover.js"
-import { clearBringupConfig, gate, type GateDecision, type Grant, type SignedOp } from "../control/gate.js"
+import { approveRecoveryCode, clearBringupConfig, gate, type GateDecision, type Grant, type SignedOp } from "../control/gate.js"
 import { jsonEqual } from "../../schema/json.js"
 import {
   admissionOf,
@@ -48,6 +49,7 @@ import {
   type StepError,
   surelyRefused
 } from "../control/steps.js"
+import { pbsBackupRefusal } from "../protection/pbsGuard.js"
 import { notesFor } from "../protection/provenance.js"
 import { type BulkReport, bulkSurvivors, type RestoreLayout, restoreLayout, volumeOwner } from "./layout.js"
 import type { RecoverPlan } from "./tiers.js"
@@ -250,6 +252,8 @@ const overwriteBody = (s: Saga<"recover">, plan: RecoverPlan, grant: Grant) =>
     const safety = s.op.source.backupStorage
     const before = yield* Effect.either(Effect.gen(function*() {
       if (safety === null) return yield* new BadJob({ message: "an overwrite needs the backup's storage for its safety backup" })
+      const keyless = yield* pbsBackupRefusal(safety)
+      if (Option.isSome(keyless)) return yield* new BadJob({ message: `the safety backup of ${vmid} was not taken: ${keyless.value}` })
       const wasRunning = (yield* pve.guestStatus(vmid)).status === "running"
       yield* s.task(
         "safety_backup",
@@ -359,7 +363,10 @@ export const executeRecover = (
     const authorization: SignedAuthorization | null = d !== undefined && d.verdict === "signed_ok"
       ? { basis: "signed", signer: d.verified.signer.keyId, fingerprint: d.verified.signer.fingerprint, nonce: d.verified.nonce, job: key }
       : null
-    const scenario = plan.scenario === "guest-loss-partial" ? "guest-loss-partial" as const : "guest-loss-total" as const
+    if (plan.scenario !== "guest-loss-partial" && plan.scenario !== "guest-loss-total") {
+      return refuse(`a ${plan.scenario} recovery of ${plan.vmid} is not run here (host-loss: runHostLossRecover, under the recovery code)`)
+    }
+    const scenario = plan.scenario
     const op: OperationOf<"recover"> = {
       _tag: "recover",
       vmid: plan.vmid,
@@ -380,6 +387,38 @@ export const executeRecover = (
       : plan.mode === "overwrite"
       ? yield* overwriteBody(s, plan, grant)
       : yield* rollbackBody(s, grant)
+    return { opId: s.id, ...r } satisfies RecoverResult as RecoverResult
+  })
+
+/**
+ * A host-loss recovery (issue 13, restore mode on a new box): `plan` is a fresh restore of a
+ * host-loss scenario from a PBS point the caller checked is encrypted with exactly the key whose
+ * fingerprint is `fingerprint` (the one the recovery code unwrapped). The gate re-proves the rest
+ * (approveRecoveryCode: scenario, tier, mode fresh, the vmid empty in PVE) and the op records the
+ * recovery-code basis. The same fresh body as a guest loss: compensated by destroying exactly this
+ * instance until the seal, journal recovery as for any fresh recover. The caller holds the guest's
+ * queue turn.
+ */
+export const runHostLossRecover = (plan: RecoverPlan, fingerprint: KeyFingerprint, opts: { readonly spec?: DesiredGuest | null } = {}) =>
+  Effect.gen(function*() {
+    const refuse = (detail: string) => ({ opId: null, outcome: "rejected" as const, detail, bulk: [] }) satisfies RecoverResult as RecoverResult
+    if (plan.scenario !== "host-loss") return refuse(`the recovery code authorizes host-loss recoveries only, not ${plan.scenario}`)
+    const approved = yield* approveRecoveryCode({ op: "recover", vmid: plan.vmid, params: { ...plan.gatedParams } }, plan.mode, fingerprint)
+    if (Either.isLeft(approved)) return refuse(approved.left)
+    const op: OperationOf<"recover"> = {
+      _tag: "recover",
+      vmid: plan.vmid,
+      scenario: "host-loss",
+      source: plan.point,
+      mode: "fresh",
+      storage: plan.storage,
+      spec: opts.spec ?? null,
+      marker: yield* newMarker,
+      authorization: approved.right
+    }
+    const s = yield* beginOperation<"recover">(op, noAdmission)
+    yield* emitProgress({ kind: "op", opId: s.id, op: "recover", vmid: plan.vmid })
+    const r = yield* freshBody(s, plan)
     return { opId: s.id, ...r } satisfies RecoverResult as RecoverResult
   })
 

@@ -227,8 +227,14 @@ export const pbsKeyProblem = (point: SurvivingPoint, storageConfig: StorageConfi
 export type RecoverMode = "fresh" | "overwrite" | "rollback"
 
 export interface RecoverPlanInput {
-  readonly scenario: LossScenario
+  /** host-loss: restore mode on a new box (src/programs/hostloss/restore.ts). */
+  readonly scenario: LossScenario | "host-loss"
   readonly source: RecoverSource
+  /**
+   * A point the caller chose (host-loss: a PBS snapshot of this vmid with exactly the host's key);
+   * it must be among what PVE lists for this guest now, else NoRestorePoint. Overrides `source`.
+   */
+  readonly point?: RecoverPoint
   /** The desired guest when the hub still wants it (sizes the rootfs), else null. */
   readonly desired: DesiredGuest | null
   /** The guest's volume placement from the desired state. */
@@ -295,9 +301,14 @@ export const recoverPlan = (vmid: VmId, input: RecoverPlanInput): Effect.Effect<
     const records = yield* GuestRecords
     const survivors = yield* survivingPoints(vmid)
     const guestExists = survivors.guestExists
-    const point = yield* chooseTier(survivors, { source: input.source, guestExists })
+    const pinned = input.point
+    const point = pinned === undefined
+      ? yield* chooseTier(survivors, { source: input.source, guestExists })
+      : survivors.points.some((p) => p.vmid === vmid && p.tier === pinned.tier && p.point === pinned.point && p.storage === pinned.backupStorage)
+      ? pinned
+      : yield* new NoRestorePoint({ vmid, source: pinned.tier, message: `guest ${vmid}: ${pinned.point} is not among its restore points PVE lists now` })
     const chosen = survivors.points.find((p) => p.tier === point.tier && p.point === point.point)
-    const scenario = lossScenario(input.scenario)
+    const scenario = input.scenario === "host-loss" ? "host-loss" : lossScenario(input.scenario)
     const mode: RecoverMode = point.tier === "snapshot" ? "rollback" : guestExists ? "overwrite" : "fresh"
     const nodeStorage = yield* pve.nodeStorage
 

@@ -414,6 +414,32 @@ export const clearResume = (opId: string, vmid: VmId) =>
 export const clearForConsole = <K extends CallKind>(call: CallOf<K>, reason: string): Clearance<K> =>
   mint(call, { basis: "console", reason })
 
+/**
+ * A host-loss restore under the recovery code (issue 13, SPEC §10): the person at the new box
+ * typed R, which unwrapped the escrowed PBS key with `fingerprint`. That proves who may bring the
+ * lost host's guests back, and nothing more: this basis approves only op `recover` with scenario
+ * host-loss from a PBS point, mode fresh, into a vmid PVE holds no guest at (re-read here, after
+ * any create/restore lock settles). Never an overwrite or a rollback: it clears no irreversible
+ * call (a fresh restore needs none). Audited either way; Left says why it is refused.
+ */
+export const approveRecoveryCode = (action: GatedAction, mode: "fresh" | "overwrite" | "rollback", fingerprint: string) =>
+  Effect.gen(function*() {
+    const auditLog = yield* AuditLog
+    const vmid = action.vmid
+    const decide = (decision: string, reason: string) =>
+      auditLog.audit({ actor: "gate", action: action.op, target: vmid === null ? null : String(vmid), decision, detail: { basis: "recovery-code", fingerprint, reason, params: action.params } })
+    const refuse = (why: string) => Effect.as(decide("refused:recovery-code", why), Either.left(why))
+    if (action.op !== "recover" || vmid === null) return yield* refuse(`the recovery code authorizes only a recovery of a guest, not ${action.op}`)
+    if (action.params["scenario"] !== "host-loss") return yield* refuse("the recovery code authorizes only a host-loss recovery")
+    if (action.params["tier"] !== "pbs") return yield* refuse("a host-loss recovery restores from PBS only")
+    if (mode !== "fresh") return yield* refuse(`the recovery code never authorizes ${mode === "overwrite" ? "a restore over an existing guest" : "a rollback"}`)
+    const present = yield* Effect.either(settledConfig(vmid))
+    if (Either.isLeft(present)) return yield* refuse(`whether ${vmid} is empty could not be read (${present.left._tag}): nothing is restored on a guess`)
+    if (Option.isSome(present.right)) return yield* refuse(`a guest exists at ${vmid}: a host-loss restore goes into empty vmids only`)
+    yield* decide("allowed", `fresh host-loss restore of ${vmid} into an empty vmid; the recovery code unwrapped the PBS key ${fingerprint}`)
+    return Either.right({ basis: "recovery-code" as const, fingerprint })
+  })
+
 /** A grant on the console basis for one action (same callers as clearForConsole). */
 export const consoleGrant = (action: GatedAction, reason: string): Grant => grantFor(action, { basis: "console", reason })
 
