@@ -12,20 +12,20 @@
  */
 import { HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { Effect, Either, Exit, FastCheck as fc, Layer, Option, Redacted, Schema } from "effect"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { inspect } from "node:util"
 import { hubSettings } from "../src/layers/Config.js"
 import { Hub, hubHttpClientLayer, layerWithoutClient } from "../src/layers/Hub.js"
-import { HubEnroll, hubEnrollLayer } from "../src/layers/HubEnroll.js"
+import { HubEnroll, hubEnrollLayer, hubEnrollLayerWithoutClient, hubEnrollSettings } from "../src/layers/HubEnroll.js"
 import { makeVault, sealCreds } from "../src/programs/protection/creds.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import { type EnrollRequest, type EscrowUpload } from "../src/schema/escrow.js"
 import { HostReport } from "../src/schema/hub.js"
 import { StorageManifest } from "../src/schema/storage.js"
-import { devHubCaPem, serveApp, serveDevHub, type DevHubServer } from "../src/sim/hub/index.js"
+import { devHubCaPem, layerAppHttpClient, serveApp, serveDevHub, type DevHubServer } from "../src/sim/hub/index.js"
 
 const dir = mkdtempSync(join(tmpdir(), "felhom-hub-enroll-"))
 const caFile = join(dir, "hub-ca.pem")
@@ -340,4 +340,51 @@ describe("hostile hubs", () => {
       )
       expect(bad._tag === "HubError" && bad.reason).toBe("Transport")
     })))
+})
+
+describe("the enrollment token never leaks (property)", () => {
+  const tokenArb = fc.stringMatching(/^[A-Za-z0-9_-]{24,64}$/)
+  const placement = fc.constantFrom("body", "json", "key", "host_id", "api_key", "fragment", "namespace")
+  const statusArb = fc.constantFrom(200, 400, 401, 409, 500)
+
+  it.effect.prop(
+    "whatever the hub does with the token, neither the result nor the error shows a 10-character run of it",
+    [tokenArb, placement, statusArb, fc.nat({ max: 14 })],
+    ([token, where, status, cut]) =>
+      Effect.gen(function*() {
+        const key = "fhk_" + "b".repeat(43)
+        const echo = (t: string): unknown => {
+          const frag = t.slice(cut % (t.length - 10), (cut % (t.length - 10)) + 10)
+          switch (where) {
+            case "body":
+              return { error: `Bearer ${t}` }
+            case "json":
+              return { error: JSON.stringify({ authorization: `Bearer ${t}` }) }
+            case "key":
+              return { host_id: "h1", api_key: key, [t]: true }
+            case "host_id":
+              return { host_id: `h${t.replace(/[^A-Za-z0-9._-]/g, "")}`.slice(0, 128), api_key: key }
+            case "api_key":
+              return { host_id: "h1", api_key: `${key}${t}` }
+            case "fragment":
+              return { host_id: `h-${frag}`.replace(/[^A-Za-z0-9._-]/g, "x"), api_key: key }
+            default:
+              return {
+                host_id: "h1",
+                api_key: key,
+                restore: { pbs_namespace: t, tunnel_token: "tt", storage: [], directive: { guests: [] }, escrow: { host_id: "h1", generation: 1, fingerprint: FP, key: "{}" } }
+              }
+          }
+        }
+        const app: HttpApp.Default = Effect.map(HttpServerRequest.HttpServerRequest, (r) =>
+          HttpServerResponse.unsafeJson(echo((r.headers["authorization"] ?? "").replace(/^Bearer /, "")), { status }))
+        const client = hubEnrollLayerWithoutClient({}).pipe(Layer.provide(layerAppHttpClient(app)), Layer.provide(hubEnrollSettings({ url: "https://hub.test" })))
+        const exit = yield* Effect.exit(Effect.flatMap(HubEnroll, (c) => c.enroll(Redacted.make(token), where === "namespace" ? requestFor("restore", Buffer.alloc(32, 1).toString("base64")) : requestFor("new", Buffer.alloc(32, 1).toString("base64")))).pipe(Effect.provide(client)))
+        const text = Exit.match(exit, { onSuccess: (v) => inspect(v, { depth: 8 }), onFailure: (c) => `${inspect(c, { depth: 8 })}\n${JSON.stringify(c)}` })
+        for (let i = 0; i + 10 <= token.length; i++) expect(text.includes(token.slice(i, i + 10))).toBe(false)
+        // an answer that carries the token is never taken
+        if (status === 200 && where !== "body" && where !== "json") expect(Exit.isFailure(exit)).toBe(true)
+      }),
+    { fastCheck: { numRuns: 80 } }
+  )
 })
