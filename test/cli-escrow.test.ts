@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Redacted } from "effect"
@@ -125,6 +125,34 @@ describe("escrow inspect", () => {
     expect(refused(await inspect([file("garbage.json")]))).toMatch(/^felhom-agent: not a PBS key file: /)
     expect(refused(await inspect([file("missing.json")]), 2)).toMatch(/^felhom-agent: cannot read /)
     expect(refused(await inspect([dir]), 2)).toContain("not a regular file")
+  })
+
+  it.skipIf(!existsSync("/usr/bin/script"))("at a terminal: a prompt, the code typed with echo off, the key checked", async () => {
+    // util-linux script(1) gives the command a pseudo-terminal; the code is typed once the prompt shows
+    const command = `${JSON.stringify(process.execPath)} ${JSON.stringify(bin)} escrow inspect ${JSON.stringify(file("scrypt.json"))}`
+    const child = spawn("/usr/bin/script", ["-qfec", command, "/dev/null"], { env, stdio: ["pipe", "pipe", "pipe"] })
+    running.add(child)
+    let out = ""
+    let typed = false
+    const status = await new Promise<number | null>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no prompt: ${out}`)), 30_000)
+      child.stdout!.setEncoding("utf8").on("data", (c: string) => {
+        out += c
+        if (!typed && out.includes("Recovery code or passphrase: ")) {
+          typed = true
+          child.stdin!.write("lega winn than year wave saus wort usef lega winn than yell\r")
+        }
+      })
+      child.on("close", (code) => {
+        clearTimeout(timer)
+        running.delete(child)
+        resolve(code)
+      })
+    })
+    outputs.push(out)
+    expect(status, out).toBe(0)
+    expect(out).toContain(`fingerprint:       ${FP}`)
+    expect(out).not.toContain("lega winn")
   })
 
   it("no output of any run above holds the key (hex or base64), the code or the passphrase", () => {

@@ -62,11 +62,12 @@ export const readSecret = (prompt: string): Effect.Effect<Redacted.Redacted<stri
         stdin.setRawMode(false)
         stdin.pause()
       }
-      process.stderr.write(prompt)
+      // echo off before the prompt shows: whatever is typed after it must never reach the screen
       stdin.setEncoding("utf8")
       stdin.setRawMode(true)
       stdin.on("data", onData)
       stdin.resume()
+      process.stderr.write(prompt)
       return Effect.sync(cleanup)
     })
     : Effect.flatMap(readStdin, (bytes) =>
