@@ -155,6 +155,9 @@ export const runDevHubCli = (
         ...(options.pollIntervalSeconds === undefined ? {} : { pollIntervalSeconds: options.pollIntervalSeconds }),
         verbose: true
       })
+      // one enrollment token for `felhom-agent enroll` against this hub (mode new, a fresh host)
+      const enrollToken = `fhe_${randomBytes(24).toString("base64url")}`
+      yield* s.hub.addEnrollmentToken(enrollToken, { mode: "new" }).pipe(Effect.orDie)
       const fs = yield* FileSystem.FileSystem
       const caFile = tls
         ? yield* fs.makeTempDirectoryScoped({ prefix: "felhom-dev-hub-" }).pipe(
@@ -170,6 +173,7 @@ export const runDevHubCli = (
           `  host id:     ${hostId}`,
           `  api key:     ${apiKey}`,
           `  admin token: ${s.hub.adminToken}`,
+          `  enrollment token (one-time, mode new): ${enrollToken}`,
           ...Option.match(caFile, { onNone: () => [], onSome: (f) => [`  CA file:     ${f} (the dev hub certificate: public, loopback only)`] }),
           `  poll interval ${s.hub.pollIntervalSeconds} s; overdue after ${s.hub.overdueAfterSeconds} s of silence`,
           "",
@@ -183,6 +187,7 @@ export const runDevHubCli = (
           `  ${curl} -X POST --data @desired.json ${admin}/desired`,
           `  ${curl} -X POST --data '{"id":"job-1","op":"force-backup","guest_id":100,"params":{"storage":"local"}}' ${admin}/jobs`,
           `  ${curl} -X POST --data '{"blocked":true}' ${admin}/blocked`,
+          `  ${curl} -X POST --data '{"token":"fhe_<at least 16 characters>"}' ${s.url}/admin/enrollment-tokens`,
           "",
           "Ctrl-C stops the dev hub."
         ].join("\n")
