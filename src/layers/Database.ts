@@ -289,6 +289,20 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
     // The first-boot directive a guest-loss recovery published (issue 12); null: the provision
     // one. (0011 and 0012 are the golden-archive migrations' numbers.)
     yield* sql`ALTER TABLE controllers ADD COLUMN identity TEXT`
+  }),
+  "0014_enrollment": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // `felhom-agent enroll`'s steps (issue 13, src/programs/enroll/steps.ts): one row per step, so
+    // a re-run skips (and verifies) what is done. Not journal ops: the daemon's journal recovery
+    // could finish none of them (they run as root and may need the person at the box to type the
+    // recovery code); a re-run of enroll is their recovery. `detail` holds public facts only
+    // (host id, key fingerprint, escrow generation), never a secret.
+    yield* sql`CREATE TABLE enrollment_steps (
+      step TEXT PRIMARY KEY NOT NULL,
+      status TEXT NOT NULL CHECK (status IN ('started', 'done')),
+      detail TEXT NOT NULL,
+      updated_at_ms INTEGER NOT NULL
+    ) STRICT`
   })
 }
 

@@ -123,6 +123,8 @@ export interface HostSetupShape {
   readonly pveTlsFingerprint: Effect.Effect<string, HostSetupError>
   /** The cloudflared tunnel token, 0600 root. */
   readonly writeTunnelToken: (token: Redacted.Redacted<string>) => Effect.Effect<void, HostSetupError>
+  /** A root-only (0600) file below the config directory, e.g. the restore bundle. */
+  readonly writeSecretFile: (hostPath: string, content: string) => Effect.Effect<void, HostSetupError>
 }
 
 export class HostSetup extends Context.Tag("felhom/HostSetup")<HostSetup, HostSetupShape>() {}
@@ -382,6 +384,13 @@ export const makeHostSetup = (options: HostSetupOptions) =>
         yield* atomicWrite("tunnel", path(HOST_FILES.tunnelToken), `${Redacted.value(token)}\n`, 0o600)
       })
 
+    const writeSecretFile: HostSetupShape["writeSecretFile"] = (hostPath, content) =>
+      Effect.gen(function*() {
+        if (!hostPath.startsWith(`${HOST_FILES.configDir}/`)) return yield* err("config", `${hostPath} is not below ${HOST_FILES.configDir}`)
+        yield* ensureDir("config", configDir, 0o755)
+        yield* atomicWrite("config", path(hostPath), content, 0o600)
+      })
+
     // -------------------------------------------------------------------------------------------
     // sudoers, helpers, units
 
@@ -437,7 +446,8 @@ export const makeHostSetup = (options: HostSetupOptions) =>
       installHelpers,
       installUnits,
       pveTlsFingerprint,
-      writeTunnelToken
+      writeTunnelToken,
+      writeSecretFile
     })
   })
 
