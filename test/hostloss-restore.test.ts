@@ -6,11 +6,12 @@
  * Journal and stores on SQLite files; the production Proxmox client over the simulator's HTTP app.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, Option, Redacted, Schema, TestClock } from "effect"
+import { Clock, Duration, Effect, Either, Layer, Logger, Option, Redacted, Schema, TestClock } from "effect"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { AuditLog } from "../src/layers/AuditLog.js"
 import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { fromJournal, Journal, JournalLive, type JournalShape } from "../src/layers/Journal.js"
@@ -19,7 +20,8 @@ import { PbsKey } from "../src/layers/PbsKey.js"
 import { Proxmox, type ProxmoxShape } from "../src/layers/Proxmox.js"
 import { StorageTargetStoreLive } from "../src/layers/StorageTargetStore.js"
 import { pbsFingerprint, plainKeyFile } from "../src/programs/escrow/keyFile.js"
-import { restoreHost, type HostRestoreReport } from "../src/programs/hostloss/restore.js"
+import { PBS_WAIT, restoreHost, type HostRestoreReport } from "../src/programs/hostloss/restore.js"
+import { approveRecoveryCode } from "../src/programs/control/gate.js"
 import { recover } from "../src/programs/control/recover.js"
 import { credsVaultAt, sealCreds } from "../src/programs/protection/creds.js"
 import { backupSaga } from "../src/programs/protection/backup.js"
@@ -355,6 +357,31 @@ describe("restoreHost: host-loss DR from PBS with the host's key", () => {
       expect(Option.getOrThrow(yield* sim.guest(100)).config["hostname"]).toBe("cust-alpha")
     }))
 
+  it.scoped("the PBS server unreachable: restore mode waits, bounded; still away: every guest skipped, nothing restored; back within the wait: restored", () =>
+    Effect.gen(function*() {
+      const sim = yield* start()
+      const k = newKey()
+      yield* liveAndDie(sim, k, [100])
+      const box = newBox()
+      const pub = yield* hostPublicKey(box.creds)
+      const bundle = bundleFor(pub, [ALL[0]!], k.fingerprint)
+      yield* sim.setStorage(PBS, { online: false })
+      const seq = yield* sim.requestSeq
+      const t0 = yield* Clock.currentTimeMillis
+      const away = yield* Effect.gen(function*() {
+        yield* install(k)
+        return yield* runTimed(restoreHost({ bundle, keyFingerprint: k.fingerprint }))
+      }).pipe(Effect.provide(boxLayer(sim, box)))
+      expect(outcomes(away)).toEqual([[100, "skipped"]])
+      expect(away.guests[0]!.detail).toContain("no PBS storage holding this host's key is reachable")
+      expect((yield* Clock.currentTimeMillis) - t0).toBeGreaterThanOrEqual(Duration.toMillis(PBS_WAIT.every) * (PBS_WAIT.attempts - 1))
+      expect(yield* guestMutations(sim, seq)).toEqual([])
+      // the server answers again 30 s into the next attempt's wait
+      yield* Effect.forkScoped(Effect.delay(sim.setStorage(PBS, { online: true }), "30 seconds"))
+      const back = yield* runTimed(restoreHost({ bundle, keyFingerprint: k.fingerprint })).pipe(Effect.provide(boxLayer(sim, box)))
+      expect(outcomes(back)).toEqual([[100, "restored"]])
+    }))
+
   it.scoped("PVE faults on one guest (a 596 after the restore was sent, a lock): that guest failed and compensated, the others restored", () =>
     Effect.gen(function*() {
       const sim = yield* start()
@@ -436,6 +463,65 @@ describe("restoreHost: host-loss DR from PBS with the host's key", () => {
         const t4 = (yield* runTimed(storageReconcilePass({ storage: manifest, policies: undefined }))).targets.find((t) => t.id === PBS)
         expect(t4?.verdict).toBe("needs_operator")
         expect((yield* runTimed(backupSaga(VmId.make(100), PBS, "schedule"))).detail).toContain("has no encryption key")
+      }).pipe(Effect.provide(boxLayer(sim, box)))
+    }))
+})
+
+describe("pbsKeySimLayer", () => {
+  it.scoped("no key: None; install is idempotent for K, refuses another key (Exists), refuses a key file others can read (Untrusted); attach goes through the simulator; no error carries key bytes", () =>
+    Effect.gen(function*() {
+      const sim = yield* start()
+      const box = newBox()
+      const k = newKey()
+      const other = newKey()
+      yield* Effect.gen(function*() {
+        const p = yield* PbsKey
+        expect(yield* p.fingerprint).toEqual(Option.none())
+        expect((yield* Effect.flip(p.read)).reason).toBe("Missing")
+        expect((yield* p.install(Redacted.make(k.text))).fingerprint).toBe(k.fingerprint)
+        expect((yield* p.install(Redacted.make(k.text))).fingerprint).toBe(k.fingerprint)
+        const exists = yield* Effect.flip(p.install(Redacted.make(other.text)))
+        expect(exists.reason).toBe("Exists")
+        expect(yield* p.fingerprint).toEqual(Option.some(k.fingerprint))
+        expect(Redacted.value(yield* p.read)).toBe(k.text)
+        const absent = yield* Effect.flip(p.attachToStorage(StorageId.make("nope")))
+        expect(absent.reason).toBe("Attach")
+        chmodSync(join(box.pbsDir, "encryption-key.json"), 0o644)
+        const untrusted = yield* Effect.flip(p.read)
+        expect(untrusted.reason).toBe("Untrusted")
+        const bad = yield* Effect.flip(p.install(Redacted.make("{\"kdf\":null}")))
+        expect(bad.reason).toBe("Unreadable")
+        for (const e of [exists, absent, untrusted, bad]) expect(JSON.stringify(e) + e.message).not.toContain(k.data)
+      }).pipe(Effect.provide(boxLayer(sim, box)))
+    }))
+})
+
+describe("the gate's recovery-code basis", () => {
+  it.scoped("approves only a fresh host-loss recover from PBS into a vmid PVE holds nothing at; every decision audited", () =>
+    Effect.gen(function*() {
+      const sim = yield* start()
+      const k = newKey()
+      const box = newBox()
+      yield* Effect.gen(function*() {
+        const audit = yield* AuditLog
+        const params = { scenario: "host-loss", tier: "pbs", point: "pbs-off:backup/ct/150/2026-11-30T12:00:00Z", storage: "local-lvm" }
+        const ask = (vmid: number | null, p: Record<string, string>, mode: "fresh" | "overwrite" | "rollback" = "fresh", op = "recover") =>
+          approveRecoveryCode({ op, vmid: vmid === null ? null : VmId.make(vmid), params: p }, mode, k.fingerprint)
+        expect(yield* ask(150, params)).toEqual(Either.right({ basis: "recovery-code", fingerprint: k.fingerprint }))
+        const refusals = [
+          yield* ask(100, params), // guest 100 exists in the seed
+          yield* ask(150, params, "overwrite"),
+          yield* ask(150, params, "rollback"),
+          yield* ask(150, { ...params, scenario: "guest-loss-total" }),
+          yield* ask(150, { ...params, tier: "vzdump" }),
+          yield* ask(150, params, "fresh", "decommission"),
+          yield* ask(null, params)
+        ]
+        for (const r of refusals) expect(Either.isLeft(r)).toBe(true)
+        expect(Either.getLeft(refusals[0]!).pipe(Option.getOrThrow)).toContain("a guest exists at 100")
+        const tail = yield* audit.auditTail(8)
+        expect(tail.map((e) => e.decision)).toEqual(["allowed", ...refusals.map(() => "refused:recovery-code")])
+        for (const e of tail) expect(JSON.stringify(e)).toContain(k.fingerprint)
       }).pipe(Effect.provide(boxLayer(sim, box)))
     }))
 })
