@@ -128,12 +128,13 @@ export const restoreHost = (input: RestoreHostInput) =>
       return yield* new HostRestoreRefused({ reason: "NoPbsTarget", message: "the restore bundle's storage manifest names no attached PBS target: there is nothing to restore from" })
     }
 
-    const guests = bundle.directive.guests
+    // by position: a directive may name a vmid twice
+    const guests = bundle.directive.guests.map((g, i) => ({ ...g, i }))
     const counts = new Map<number, number>()
     for (const g of guests) counts.set(g.vmid, (counts.get(g.vmid) ?? 0) + 1)
     const verdicts = new Map<number, GuestRestoreReport>()
     const settle = (g: (typeof guests)[number], outcome: GuestRestoreOutcome, detail: string, extra: { readonly point?: string; readonly opId?: string } = {}) => {
-      verdicts.set(guests.indexOf(g), { vmid: g.vmid, name: g.name, outcome, detail, ...extra })
+      verdicts.set(g.i, { vmid: g.vmid, name: g.name, outcome, detail, ...extra })
     }
     for (const g of guests) {
       if ((counts.get(g.vmid) ?? 0) > 1) settle(g, "refused", `vmid ${g.vmid} is named ${counts.get(g.vmid)} times in the directive: which one is meant cannot be known, none is restored`)
@@ -144,7 +145,7 @@ export const restoreHost = (input: RestoreHostInput) =>
         else if (Option.isSome(here.right)) settle(g, "refused", `a guest already exists at vmid ${g.vmid}: restore mode never overwrites; it is left untouched`)
       }
     }
-    const pending = () => guests.filter((g) => !verdicts.has(guests.indexOf(g)))
+    const pending = () => guests.filter((g) => !verdicts.has(g.i))
     const escrowFp = bundle.escrow.fingerprint
     if (escrowFp !== fp) {
       // the key the person unwrapped is not the one the hub says this host's backups are under
@@ -154,7 +155,7 @@ export const restoreHost = (input: RestoreHostInput) =>
     // 2. the storage, once there is anything to restore
     let storage: HostRestoreReport["storage"] = []
     let ready: ReadonlyArray<StorageId> = []
-    if (guests.length === 0 || pending().length > 0) {
+    if (escrowFp === fp && (guests.length === 0 || pending().length > 0)) {
       for (let attempt = 1; attempt <= PBS_WAIT.attempts; attempt++) {
         const pass = yield* Effect.either(storageReconcilePass({ storage: bundle.storage, policies: undefined }))
         if (Either.isRight(pass)) {
@@ -236,7 +237,7 @@ export const restoreHost = (input: RestoreHostInput) =>
     const report: HostRestoreReport = {
       keyFingerprint: fp,
       storage,
-      guests: guests.map((g, i) => verdicts.get(i) ?? { vmid: g.vmid, name: g.name, outcome: "skipped", detail: "not reached" }),
+      guests: guests.map((g) => verdicts.get(g.i) ?? { vmid: g.vmid, name: g.name, outcome: "skipped", detail: "not reached" }),
       notes: [CONTROLLER_NOTE]
     }
     const tally = (o: GuestRestoreOutcome) => report.guests.filter((g) => g.outcome === o).map((g) => g.vmid)
