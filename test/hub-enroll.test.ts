@@ -10,7 +10,7 @@
  * - every error text is free of the enrollment token, the api key and the tunnel token, even when
  *   the hub echoes them back or hides them in a key name; a hostile answer is a typed Decode.
  */
-import { HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
+import { HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit, FastCheck as fc, Layer, Option, Redacted, Schema } from "effect"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
@@ -34,6 +34,7 @@ writeFileSync(caFile, devHubCaPem)
 const ENROLL_TOKEN = "fhe_enroll-TOKEN-3b7d9f1a3c5e7a9c1e3b5d7f9a1c3e5b"
 const OLD_KEY = "fhk_old-api-KEY-0a2c4e6f8b0d2f4a6c8e0b2d4f6a8c0e2b"
 const HOST = "pve-hel1-07"
+const H2_KEY = "fhk_h2-api-key-9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a"
 const FP = "0e:ab:d4:46:0b:6e:b9:ca:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:15:9b"
 const FP2 = "ff:ab:d4:46:0b:6e:b9:ca:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:15:9b"
 const PBS_FP = "0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9"
@@ -68,7 +69,7 @@ const requestFor = (mode: "new" | "restore", credsPublicKey: string): EnrollRequ
 const newVault = Effect.suspend(() => makeVault(mkdtempSync(join(tmpdir(), "felhom-vault-")))).pipe(Effect.orDie)
 
 const withHub = <A, E>(body: (s: DevHubServer) => Effect.Effect<A, E>) =>
-  Effect.scoped(Effect.flatMap(serveDevHub({ host: "127.0.0.1", port: 0, apiKeys: { [OLD_KEY]: HOST } }), body))
+  Effect.scoped(Effect.flatMap(serveDevHub({ host: "127.0.0.1", port: 0, apiKeys: { [OLD_KEY]: HOST, [H2_KEY]: "h2" } }), body))
 
 const enroll = (url: string, token: string, req: EnrollRequest) =>
   Effect.flatMap(HubEnroll, (c) => c.enroll(Redacted.make(token), req)).pipe(Effect.provide(enrollClient(url)))
@@ -190,7 +191,7 @@ describe("dev hub enrollment over HTTPS", () => {
         )
         expect(results.filter(Either.isRight).length).toBe(1)
         // the losers left nothing behind: one host, one key
-        expect(s.hub.hosts).toEqual([HOST, Either.getOrThrow(results.find(Either.isRight)!).host_id])
+        expect(s.hub.hosts).toEqual([HOST, "h2", Either.getOrThrow(results.find(Either.isRight)!).host_id])
         expect(results.filter(Either.isLeft).map((r) => Either.isLeft(r) && r.left.status)).toEqual([401, 401, 401])
       })))
 })
@@ -225,6 +226,27 @@ describe("escrow compare-and-swap", () => {
         const backwards = yield* Effect.flip(put(s.url, OLD_KEY, { generation: 2, replaces: 2, fingerprint: FP, key: wrappedKey(FP) }))
         expect(backwards.status).toBe(400)
         for (const e of [first, stale, otherKey, lying, backwards]) expect(leaks(shown(e))).toBe(false)
+        // another host's key sees only its own (none) and cannot swap this host's blob
+        expect(Option.isNone(yield* get(s.url, H2_KEY))).toBe(true)
+        const foreign = yield* Effect.flip(put(s.url, H2_KEY, { generation: 3, replaces: 2, fingerprint: FP, key: wrappedKey(FP) }))
+        expect(foreign.reason).toBe("Conflict")
+        // a body naming a host is not an EscrowUpload: 400, nothing stored
+        const named = yield* HttpClient.HttpClient.pipe(
+          Effect.flatMap((c) =>
+            c.execute(HttpClientRequest.put("https://hub.test/api/v1/escrow").pipe(
+              HttpClientRequest.bearerToken(H2_KEY),
+              HttpClientRequest.bodyUnsafeJson({ generation: 1, replaces: null, fingerprint: FP, key: wrappedKey(FP), host_id: HOST })
+            ))
+          ),
+          Effect.map((r) => r.status),
+          Effect.provide(layerAppHttpClient(s.hub.app)),
+          Effect.orDie
+        )
+        expect(named).toBe(400)
+        expect(Option.isNone(yield* s.hub.escrowOf("h2"))).toBe(true)
+        yield* put(s.url, H2_KEY, { generation: 1, replaces: null, fingerprint: FP, key: wrappedKey(FP) })
+        expect(Option.getOrThrow(yield* s.hub.escrowOf("h2")).host_id).toBe("h2")
+        expect(Option.getOrThrow(yield* s.hub.escrowOf(HOST)).generation).toBe(2)
       })))
 
   it.live("a crash between storing and answering: the client sees a failure, the hub holds the new blob; before storing: the old", () =>
