@@ -11,7 +11,9 @@
  *   the hub echoes them back or hides them in a key name; a hostile answer is a typed Decode.
  */
 import { HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse, type HttpApp } from "@effect/platform"
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, expectTypeOf, it } from "@effect/vitest"
+import type { CommandExecutor } from "@effect/platform"
+import { type MethodR, type RIn } from "./fence-support.js"
 import { Effect, Either, Exit, FastCheck as fc, Layer, Option, Redacted, Schema } from "effect"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -19,7 +21,16 @@ import { join } from "node:path"
 import { inspect } from "node:util"
 import { hubSettings } from "../src/layers/Config.js"
 import { Hub, hubHttpClientLayer, layerWithoutClient } from "../src/layers/Hub.js"
-import { HubEnroll, hubEnrollLayer, hubEnrollLayerWithoutClient, hubEnrollSettings } from "../src/layers/HubEnroll.js"
+import {
+  HubEnroll,
+  HubEnrollHttpClientLive,
+  hubEnrollLayer,
+  hubEnrollLayerWithoutClient,
+  type HubEnrollSettings,
+  hubEnrollSettings,
+  type HubEnrollShape,
+  HubEnrollWithoutClient
+} from "../src/layers/HubEnroll.js"
 import { makeVault, sealCreds } from "../src/programs/protection/creds.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import { type EnrollRequest, type EscrowUpload } from "../src/schema/escrow.js"
@@ -409,4 +420,13 @@ describe("the enrollment token never leaks (property)", () => {
       }),
     { fastCheck: { numRuns: 80 } }
   )
+})
+
+describe("the fence in types", () => {
+  it("HubEnroll needs only an HttpClient and its own settings, never a CommandExecutor; its method needs nothing", () => {
+    expectTypeOf<RIn<typeof HubEnrollWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | HubEnrollSettings>()
+    expectTypeOf<RIn<typeof HubEnrollHttpClientLive>>().toEqualTypeOf<HubEnrollSettings>()
+    expectTypeOf<Extract<RIn<typeof HubEnrollWithoutClient>, CommandExecutor.CommandExecutor>>().toBeNever()
+    expectTypeOf<MethodR<HubEnrollShape>>().toBeNever()
+  })
 })
