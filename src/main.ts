@@ -215,6 +215,41 @@ const escrow = Command.make("escrow").pipe(
   Command.withSubcommands([escrowInspect])
 )
 
+// enroll, rotate-recovery-code (issue 13): run as root on the PVE host
+
+const prefixOpt = fileOpt("prefix", "put every host path below this directory (tests)").pipe(Options.optional)
+
+const enroll = Command.make(
+  "enroll",
+  {
+    hub: Options.text("hub").pipe(Options.withDescription("the hub's https:// URL")),
+    hubCa: fileOpt("hub-ca", "the CA (PEM) to trust for the hub instead of the system roots").pipe(Options.optional),
+    tokenFile: fileOpt("token-file", "the one-time enrollment token (default: the first line of stdin; never on the command line)").pipe(Options.optional),
+    node: Options.text("node").pipe(Options.optional, Options.withDescription("the PVE node name (default: the config's, else this host's short name)")),
+    config: fileOpt("config", `the base config: authz signers, golden, local_api... (default ${DEFAULT_CONFIG_PATH} when present)`).pipe(Options.withAlias("c"), Options.optional),
+    prefix: prefixOpt,
+    paperkey: Options.boolean("paperkey").pipe(Options.withDescription("also print the raw PBS key in PBS's paperkey format (anyone holding it reads every backup)")),
+    restoreMode: Options.boolean("restore-mode").pipe(Options.withDescription("a lost host on a new box: type its recovery code, install its key, restore its guests")),
+    noGolden: Options.boolean("no-golden").pipe(Options.withDescription("skip the golden image build")),
+    json: Options.boolean("json").pipe(Options.withDescription("the result as one JSON object on stdout; progress and the code on stderr"))
+  },
+  (o) => lazy(() => import("./programs/cli/enroll.js"), (m) => m.enroll(o))
+).pipe(Command.withDescription(
+  "make this PVE host a felhom host (PVE token, config, sudoers, units, hub registration, golden image, PBS key, recovery code); re-run to resume; exit 0 enrolled, 1 a step failed, 2 usage"
+))
+
+const rotateRecoveryCode = Command.make(
+  "rotate-recovery-code",
+  {
+    signed: fileOpt("signed", "the operator's signed op rotate-recovery-code (BLOB.sig beside it)").pipe(Options.optional),
+    newKey: Options.boolean("new-key").pipe(Options.withDescription("(out of scope: the PBS key itself is never changed; says why)")),
+    config: configOpt,
+    prefix: prefixOpt,
+    json: jsonOpt
+  },
+  (o) => lazy(() => import("./programs/cli/enroll.js"), (m) => m.rotateRecoveryCode(o))
+).pipe(Command.withDescription("a new recovery code for the same PBS key: shown once, typed back, then escrowed (signed op; the recovery key may sign it)"))
+
 // ---------------------------------------------------------------------------------------------
 // plan, journal, audit
 
@@ -330,7 +365,7 @@ const recover = Command.make(
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })
