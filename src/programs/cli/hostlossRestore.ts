@@ -32,7 +32,9 @@ const privileged = Layer.mergeAll(PrivilegedLive, PrivilegedPbsKeyLive).pipe(Lay
 export const runHostRestore = (input: { readonly bundle: RestoreBundle; readonly keyFingerprint: KeyFingerprint }) =>
   restoreHost(input).pipe(
     Effect.map((report): RestoreOutcome => ({
-      ok: report.guests.every((g) => g.outcome === "restored"),
+      // a re-run after a partial restore finds the guests restored before in place (refused as
+      // existing: restore mode never overwrites); they count as done
+      ok: report.guests.every((g) => g.outcome === "restored" || (g.outcome === "refused" && g.detail.startsWith("a guest already exists"))),
       human: renderHostRestore(report),
       json: report
     })),
