@@ -23,6 +23,7 @@ import { reportNowFromQueue } from "../protection/status.js"
 import { guestHealthFromSim } from "../../layers/GuestHealth.js"
 import { DEFAULT_HOST_PATHS, privilegedLayerAt } from "../../layers/Privileged.js"
 import { newOp, signOp } from "../cli/op.js"
+import { pbsKeySimLayer } from "../../sim/pve/pbsKeySim.js"
 import { privilegedSimLayer } from "../../sim/pve/privilegedSim.js"
 import { simControllers } from "../../sim/controller/index.js"
 import { controllersLayer, daemonGates, startControllers } from "./controllers.js"
@@ -147,7 +148,9 @@ export const runDemo = Effect.scoped(
             Layer.provide(privilegedLayerAt({ ...DEFAULT_HOST_PATHS, byUuidDir: `${host}/by-uuid`, mountInfo: `${host}/mountinfo` }))
           )
         ),
-        reportNowFromQueue(reportNow)
+        reportNowFromQueue(reportNow),
+        // the host's PBS key as the simulator plays it (none installed unless enrolled)
+        pbsKeySimLayer(pve.sim, `${dir}/pbs-key`)
       )),
       Layer.provideMerge(layerFrom(file))
     )

@@ -17,7 +17,8 @@ import { JournalLive } from "../../layers/Journal.js"
 import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
-import { type Privileged, PrivilegedLive } from "../../layers/Privileged.js"
+import { PbsKeyLive } from "../../layers/PbsKey.js"
+import { type Privileged, PrivilegedLive, PrivilegedPbsKeyLive } from "../../layers/Privileged.js"
 import { goldenDaemonLayer } from "../golden/live.js"
 import { type GuestHealth, GuestHealthLive } from "../../layers/GuestHealth.js"
 import { RestoreTestSettingsLive } from "../protection/scratch.js"
@@ -70,12 +71,19 @@ export const protectionLayerWith = <E, R, E2, R2, E3, R3>(
 /** With the settings of the config file's `protection` block. */
 export const protectionLayer = protectionLayerWith(ProtectionEnvLive, GuestHealthLive, PrivilegedLive)
 
+/**
+ * The host's PBS key (issue 13): the storage pass attaches it to a PBS entry through the root
+ * helper and the backup guard checks every PBS storage holds it. The daemon reads only the
+ * public fingerprint; the key file is root's.
+ */
+export const pbsKeyDaemonLayer = PbsKeyLive.pipe(Layer.provide(PrivilegedPbsKeyLive))
+
 /** The board reads PVE and the protection store; it is built over both. */
 export const protectionBoardLayer = ProtectionBoard.layer
 
 /** The daemon graph from a config file (validated for the daemon mode). */
 export const daemonLayer = (path: Option.Option<string>) =>
   protectionBoardLayer.pipe(
-    Layer.provideMerge(Layer.mergeAll(servicesLayer, protectionLayer, goldenDaemonLayer)),
+    Layer.provideMerge(Layer.mergeAll(servicesLayer, protectionLayer, goldenDaemonLayer, pbsKeyDaemonLayer)),
     Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "daemon" }))
   )

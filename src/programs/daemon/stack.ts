@@ -26,6 +26,7 @@ import type { CertPin } from "../../schema/bootstrap.js"
 import { readBootstrap, simControllers } from "../../sim/controller/index.js"
 import { serveDevHub } from "../../sim/hub/index.js"
 import { decodeSeed, defaultSeedJson, serveSimPve } from "../../sim/pve/index.js"
+import { pbsKeySimLayer } from "../../sim/pve/pbsKeySim.js"
 import { bootstrapDirOf, privilegedSimLayer } from "../../sim/pve/privilegedSim.js"
 import { newOp, signOp } from "../cli/op.js"
 import { ProtectionEnvLive } from "../protection/env.js"
@@ -263,7 +264,9 @@ export const runStack = (o: StackOptions) =>
       Layer.provideMerge(Layer.mergeAll(
         servicesLayer,
         protectionLayerWith(ProtectionEnvLive, guestHealthFromSim(pve.sim), privileged),
-        reportNowFromQueue(reportNow)
+        reportNowFromQueue(reportNow),
+        // the host's PBS key as the simulator plays it (none installed unless enrolled)
+        pbsKeySimLayer(pve.sim, `${dir}/pbs-key`)
       )),
       Layer.provideMerge(layerFrom(file))
     )
