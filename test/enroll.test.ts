@@ -195,8 +195,12 @@ describe.skipIf(!isRoot)("enroll: a new host", () => {
         }))
         expect(Exit.isFailure(crashed.exit), crashAt).toBe(true)
         const keyAfterCrash = existsSync(h.keyFile) ? readFileSync(h.keyFile, "utf8") : undefined
+        // the unit is enabled by the last step only: a reboot mid-enrollment starts no daemon
+        const enabled = () => h.calls("systemctl").some((c) => c[0] === "enable")
+        expect(enabled(), crashAt).toBe(crashAt === "done")
         const rerun = yield* runEnroll(h, hub, inputFor(h, hub, token), depsWith())
         const r = value(rerun.exit)
+        expect(enabled(), crashAt).toBe(true)
         if (keyAfterCrash !== undefined) expect(readFileSync(h.keyFile, "utf8"), crashAt).toBe(keyAfterCrash)
         const blob = Option.getOrThrow(yield* hub.hub.escrowOf(r.hostId))
         expect(blob.fingerprint, crashAt).toBe(yield* fingerprintOfKeyFile(h.keyFile))

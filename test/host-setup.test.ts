@@ -167,13 +167,16 @@ describe.skipIf(!isRoot)("HostSetup files", () => {
       expect(readdirSync(join(h2.prefix, "etc", "sudoers.d"))).toEqual([])
     }))
 
-  it.effect("units: installed 0644, daemon-reload then enable (not started); the unit loads secrets.env", () =>
+  it.effect("units: installed 0644 and daemon-reload, enabled only by enableUnits (never started); the unit loads secrets.env", () =>
     Effect.gen(function*() {
       const h = fresh()
       ok(yield* withSetup(h, (s) => s.installUnits))
       const unit = join(h.prefix, HOST_FILES.unitDir, "felhom-agent.service")
       expect(lstatSync(unit).mode & 0o7777).toBe(0o644)
       expect(readFileSync(unit, "utf8")).toMatch(/^EnvironmentFile=-?\/etc\/felhom-agent\/secrets\.env$/m)
+      // a reboot between the units step and the escrow upload must not start the daemon
+      expect(h.calls("systemctl")).toEqual([["daemon-reload"]])
+      ok(yield* withSetup(h, (s) => s.enableUnits))
       expect(h.calls("systemctl")).toEqual([["daemon-reload"], ["enable", "felhom-agent.service"]])
       ok(yield* withSetup(h, (s) => s.installHelpers))
       for (const helper of ["felhom-pbskey", "felhom-bootstrap", "felhom-golden", "felhom-mount-unit"]) {

@@ -206,6 +206,11 @@ describe("restoreHost: host-loss DR from PBS with the host's key", () => {
             ["host-loss", "fresh", { basis: "recovery-code", fingerprint: k.fingerprint }]
           )
         }
+        // a re-run (enroll --restore-mode again): the journal knows these three, nothing is redone
+        const again = yield* runTimed(restoreHost({ bundle: bundleFor(pub, ALL, k.fingerprint), keyFingerprint: k.fingerprint }))
+        expect(outcomes(again)).toEqual([[100, "restored"], [101, "restored"], [102, "restored"]])
+        for (const g of again.guests) expect(g.detail).toContain("restored earlier")
+        expect((yield* Effect.flatMap(OpLog, (o) => o.list({ status: "done", limit: 100 }))).filter((o) => o.kind === "recover").length).toBe(3)
         return report
       }).pipe(Effect.provide(Layer.merge(boxLayer(sim, box), logger)))
       expect(outcomes(report)).toEqual([[100, "restored"], [101, "restored"], [102, "restored"]])

@@ -251,9 +251,15 @@ describe("Privileged: sudo mode", () => {
       gzip: "/usr/bin/gzip",
       lzop: "/usr/bin/lzop",
       "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
-      "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden"
+      "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden",
+      "felhom-pbskey": "/usr/local/libexec/felhom-agent/felhom-pbskey",
+      pveum: "/usr/sbin/pveum"
     })
-    for (const path of Object.values(DEFAULT_COMMAND_PATHS)) expect(sudoers).toContain(`    ${path} ^`)
+    // pveum is enroll's, run as root: the service user may never create roles, users or tokens
+    for (const [name, path] of Object.entries(DEFAULT_COMMAND_PATHS)) {
+      if (name === "pveum") expect(sudoers).not.toContain(path)
+      else expect(sudoers).toContain(`    ${path} ^`)
+    }
     return Effect.void
   })
 })

@@ -292,7 +292,7 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
   }),
   "0014_enrollment": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    // `felhom-agent enroll`'s steps (issue 13, src/programs/enroll/steps.ts): one row per step, so
+    // `felhom-agent enroll`'s steps (issue 13, src/programs/enroll/ports.ts): one row per step, so
     // a re-run skips (and verifies) what is done. Not journal ops: the daemon's journal recovery
     // could finish none of them (they run as root and may need the person at the box to type the
     // recovery code); a re-run of enroll is their recovery. `detail` holds public facts only

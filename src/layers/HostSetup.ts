@@ -56,8 +56,16 @@ export const FELHOM_TOKEN_ID = `${FELHOM_USER}!${FELHOM_TOKEN_NAME}`
 /** The env names Config.ts reads the two secrets from (its FELHOM_AGENT_* overlay). */
 export const SECRET_ENV = {
   proxmoxTokenSecret: "FELHOM_AGENT_PROXMOX_TOKEN_SECRET",
-  hubApiKey: "FELHOM_AGENT_HUB_API_KEY"
+  hubApiKey: "FELHOM_AGENT_HUB_API_KEY",
+  /**
+   * Not a secret and not a config overlay (the daemon reads host_id from agent.json): the host id
+   * the hub answered with, written in the same atomic write as its api key, so a crash can never
+   * leave the api key without the host id it belongs to (the enrollment token is spent by then).
+   */
+  enrolledHostId: "FELHOM_AGENT_ENROLLED_HOST_ID"
 } as const
+
+const HOST_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 
 /** Production locations (below the prefix). */
 export const HOST_FILES = {
@@ -101,6 +109,8 @@ export interface PveAccessResult {
 export interface StoredSecrets {
   readonly proxmoxTokenSecret: Option.Option<Redacted.Redacted<string>>
   readonly hubApiKey: Option.Option<Redacted.Redacted<string>>
+  /** The host id stored with the api key (see SECRET_ENV.enrolledHostId). */
+  readonly hostId: Option.Option<string>
 }
 
 export interface HostSetupShape {
@@ -111,20 +121,24 @@ export interface HostSetupShape {
   /** agent.json, 0644: the caller passes it without secrets (checked: refused if it holds either). */
   readonly writeConfig: (json: string) => Effect.Effect<void, HostSetupError>
   /** secrets.env, 0600 root; the given secrets replace the stored ones, the others are kept. */
-  readonly writeSecrets: (s: Partial<{ readonly proxmoxTokenSecret: Redacted.Redacted<string>; readonly hubApiKey: Redacted.Redacted<string> }>) => Effect.Effect<void, HostSetupError>
+  readonly writeSecrets: (s: Partial<{ readonly proxmoxTokenSecret: Redacted.Redacted<string>; readonly hubApiKey: Redacted.Redacted<string>; readonly hostId: string }>) => Effect.Effect<void, HostSetupError>
   readonly readSecrets: Effect.Effect<StoredSecrets, HostSetupError>
   /** The sudoers drop-in, 0440, validated with `visudo -c -f <temp>` before the rename. */
   readonly installSudoers: Effect.Effect<void, HostSetupError>
   /** The root helpers (0755) the sudoers rules name, the golden-baked files, the bootstrap root. */
   readonly installHelpers: Effect.Effect<void, HostSetupError>
-  /** The units (0644), `systemctl daemon-reload`, `systemctl enable <unit>` (not started). */
+  /** The units (0644) and `systemctl daemon-reload`; not enabled (enableUnits, at the end of enroll). */
   readonly installUnits: Effect.Effect<void, HostSetupError>
+  /** `systemctl enable <unit>` (not started): enroll's last step. */
+  readonly enableUnits: Effect.Effect<void, HostSetupError>
   /** SHA-256 of PVE's own certificate, `AA:BB:...` as proxmox.tls.fingerprint_sha256 takes it. */
   readonly pveTlsFingerprint: Effect.Effect<string, HostSetupError>
   /** The cloudflared tunnel token, 0600 root. */
   readonly writeTunnelToken: (token: Redacted.Redacted<string>) => Effect.Effect<void, HostSetupError>
   /** A root-only (0600) file below the config directory, e.g. the restore bundle. */
   readonly writeSecretFile: (hostPath: string, content: string) => Effect.Effect<void, HostSetupError>
+  /** Removes a file below the config directory written by writeSecretFile; absent is fine. */
+  readonly removeFile: (hostPath: string) => Effect.Effect<void, HostSetupError>
 }
 
 export class HostSetup extends Context.Tag("felhom/HostSetup")<HostSetup, HostSetupShape>() {}
@@ -343,7 +357,8 @@ export const makeHostSetup = (options: HostSetupOptions) =>
         if (m !== null) values.set(m[1]!, m[2]!)
       }
       const get = (k: string) => Option.map(Option.fromNullable(values.get(k)).pipe(Option.filter((v) => v.length > 0)), Redacted.make)
-      return { proxmoxTokenSecret: get(SECRET_ENV.proxmoxTokenSecret), hubApiKey: get(SECRET_ENV.hubApiKey) }
+      const hostId = Option.fromNullable(values.get(SECRET_ENV.enrolledHostId)).pipe(Option.filter((v) => HOST_ID.test(v)))
+      return { proxmoxTokenSecret: get(SECRET_ENV.proxmoxTokenSecret), hubApiKey: get(SECRET_ENV.hubApiKey), hostId }
     })
 
     const writeSecrets: HostSetupShape["writeSecrets"] = (given) =>
@@ -362,6 +377,11 @@ export const makeHostSetup = (options: HostSetupOptions) =>
           const v = Redacted.value(value.value)
           if (!ENV_VALUE.test(v)) return yield* err("secrets", `${name}: the value has characters an env file cannot hold (quotes, backslashes, spaces)`)
           lines.push(`${name}=${v}`)
+        }
+        const hostId = given.hostId !== undefined ? Option.some(given.hostId) : stored.hostId
+        if (Option.isSome(hostId)) {
+          if (!HOST_ID.test(hostId.value)) return yield* err("secrets", "the hub's host id is not a host id (1-128 of A-Z a-z 0-9 . _ -)")
+          lines.push(`${SECRET_ENV.enrolledHostId}=${hostId.value}`)
         }
         yield* atomicWrite("secrets", secretsPath, `${lines.join("\n")}\n`, 0o600)
       }).pipe(Effect.withSpan("HostSetup.writeSecrets"))
@@ -389,6 +409,14 @@ export const makeHostSetup = (options: HostSetupOptions) =>
         if (!hostPath.startsWith(`${HOST_FILES.configDir}/`)) return yield* err("config", `${hostPath} is not below ${HOST_FILES.configDir}`)
         yield* ensureDir("config", configDir, 0o755)
         yield* atomicWrite("config", path(hostPath), content, 0o600)
+      })
+
+    const removeFile: HostSetupShape["removeFile"] = (hostPath) =>
+      Effect.gen(function*() {
+        if (!hostPath.startsWith(`${HOST_FILES.configDir}/`)) return yield* err("config", `${hostPath} is not below ${HOST_FILES.configDir}`)
+        yield* Effect.tryPromise(() => unlink(path(hostPath))).pipe(
+          Effect.catchAll((e) => codeOf(e) === "ENOENT" ? Effect.void : Effect.fail(err("config", `cannot remove ${path(hostPath)} (${codeOf(e)})`)))
+        )
       })
 
     // -------------------------------------------------------------------------------------------
@@ -425,8 +453,13 @@ export const makeHostSetup = (options: HostSetupOptions) =>
       yield* ensureDir("units", dir, 0o755)
       for (const u of UNITS) yield* atomicWrite("units", join(dir, u), yield* readSource("units", `systemd/${u}`), 0o644)
       yield* runOk("units", options.binaries.systemctl, ["daemon-reload"], "systemctl daemon-reload")
-      for (const u of UNITS) yield* runOk("units", options.binaries.systemctl, ["enable", u], `systemctl enable ${u}`)
     }).pipe(Effect.withSpan("HostSetup.installUnits"))
+
+    // enabled only once enrollment is done: a reboot before the escrow upload must not start a
+    // daemon that backs up offsite under a key nobody could recover yet
+    const enableUnits: HostSetupShape["enableUnits"] = Effect.gen(function*() {
+      for (const u of UNITS) yield* runOk("units", options.binaries.systemctl, ["enable", u], `systemctl enable ${u}`)
+    }).pipe(Effect.withSpan("HostSetup.enableUnits"))
 
     const pveTlsFingerprint: HostSetupShape["pveTlsFingerprint"] = Effect.gen(function*() {
       const pem = path(HOST_FILES.pveSslPem)
@@ -445,9 +478,11 @@ export const makeHostSetup = (options: HostSetupOptions) =>
       installSudoers,
       installHelpers,
       installUnits,
+      enableUnits,
       pveTlsFingerprint,
       writeTunnelToken,
-      writeSecretFile
+      writeSecretFile,
+      removeFile
     })
   })
 

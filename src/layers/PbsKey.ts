@@ -22,6 +22,7 @@ import { basename, dirname } from "node:path"
 import { inspectKeyFile, unwrapKey } from "../programs/escrow/keyFile.js"
 import { KeyFingerprint } from "../schema/escrow.js"
 import type { StorageId } from "../schema/ids.js"
+import { DEFAULT_PBS_KEY_FILE } from "../schema/config.js"
 import { AgentConfig } from "./Config.js"
 import { PrivilegedPbsKey, type PrivilegedPbsKeyShape } from "./Privileged.js"
 
@@ -311,6 +312,16 @@ export const PbsKeyLive: Layer.Layer<PbsKey, never, PrivilegedPbsKey | AgentConf
   PbsKey,
   Effect.gen(function*() {
     const { file } = yield* AgentConfig
-    return makePbsKey({ keyFile: file.escrow.key_file }, yield* PrivilegedPbsKey)
+    const made = makePbsKey({ keyFile: file.escrow.key_file }, yield* PrivilegedPbsKey)
+    if (file.escrow.key_file === DEFAULT_PBS_KEY_FILE) return made
+    // the root helper attaches only the fixed path (the service user never names a file root reads)
+    return PbsKey.of({
+      ...made,
+      attachToStorage: () =>
+        Effect.fail(new PbsKeyError({
+          reason: "Attach",
+          message: `the root helper felhom-pbskey attaches only ${DEFAULT_PBS_KEY_FILE}; escrow.key_file is ${file.escrow.key_file}: use the default path`
+        }))
+    })
   })
 )

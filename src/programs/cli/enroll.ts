@@ -188,6 +188,9 @@ const renderResult = (r: EnrollResult): string =>
 
 export const enroll = (o: EnrollCommand) =>
   Effect.scoped(Effect.gen(function*() {
+    if (o.paperkey && o.restoreMode) {
+      return yield* usage("--paperkey is for a new host's enrollment: in restore mode the key is the escrowed one, which your recovery code already opens (felhom-agent escrow inspect checks a blob)")
+    }
     const prefix = Option.getOrElse(o.prefix, () => "")
     const base = yield* readBase(o)
     const lines = makeLines()
@@ -274,7 +277,7 @@ export const rotateRecoveryCode = (o: RotateCommand) =>
     )
     yield* Console.log(o.json
       ? JSON.stringify(r)
-      : `recovery code rotated: the hub holds generation ${r.generation} (replaced ${r.replaced}) for key ${r.fingerprint.split(":").slice(0, 8).join(":")}; the old code no longer opens the escrow`)
+      : `recovery code rotated: the hub holds generation ${r.generation} (replaced ${r.replaced}) for key ${r.fingerprint.split(":").slice(0, 8).join(":")}; the hub's blob now opens only with the new code (K is unchanged: an old code still opens any copy of an older blob, so destroy old paper copies)`)
   })).pipe(
     Effect.provide(NodeFileSystem.layer),
     Effect.provide(NodeCommandExecutor.layer),

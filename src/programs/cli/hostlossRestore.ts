@@ -32,9 +32,9 @@ const privileged = Layer.mergeAll(PrivilegedLive, PrivilegedPbsKeyLive).pipe(Lay
 export const runHostRestore = (input: { readonly bundle: RestoreBundle; readonly keyFingerprint: KeyFingerprint }) =>
   restoreHost(input).pipe(
     Effect.map((report): RestoreOutcome => ({
-      // a re-run after a partial restore finds the guests restored before in place (refused as
-      // existing: restore mode never overwrites); they count as done
-      ok: report.guests.every((g) => g.outcome === "restored" || (g.outcome === "refused" && g.detail.startsWith("a guest already exists"))),
+      // a re-run after a partial restore reports the guests this host restored before as restored
+      // (from its journal); a guest that merely exists at a directed vmid is refused, not ok
+      ok: report.guests.every((g) => g.outcome === "restored"),
       human: renderHostRestore(report),
       json: report
     })),

@@ -203,6 +203,9 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
 
     const secrets = setup.readSecrets.pipe(Effect.mapError((e) => fail("secrets", e.message)))
 
+    /** The daemon's unit, enabled (not started) only now: never before the key is escrowed or the restore ran. */
+    const enableUnits = setup.enableUnits.pipe(Effect.mapError((e) => fail("done", e.message)), Effect.as({}))
+
     // --- the steps -------------------------------------------------------------------------------
 
     const preflight = step("preflight", Effect.gen(function*() {
@@ -245,14 +248,22 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
 
     const register = step("register", Effect.gen(function*() {
       const stored = yield* secrets
-      const known = yield* writtenHostId
-      // the hub answered before (a crash before this was recorded): never register twice
-      if (Option.isSome(stored.hubApiKey) && Option.isSome(known)) {
+      // the hub answered before (a crash before this was recorded): never register twice; the
+      // host id was written with the api key in one atomic write
+      if (Option.isSome(stored.hubApiKey)) {
+        const known = Option.orElse(stored.hostId, () => Option.none<string>())
+        if (Option.isNone(known)) {
+          return yield* fail("register", "an api key is stored without the host id it belongs to: ask the operator for a new enrollment token and remove the hub api key line from secrets.env")
+        }
         if (input.mode === "restore" && Option.isNone(yield* readJsonFile(bundlePath))) {
           return yield* fail("register", `registered, but the restore bundle ${bundlePath} is gone: ask the operator for a new restore-mode enrollment token`)
         }
+        yield* writeConfig(known.value, "daemon", "register")
         return { host_id: known.value, mode: input.mode }
       }
+      // everything that can be checked before the one-time token is spent
+      const pinNow = yield* setup.pveTlsFingerprint.pipe(Effect.mapError((e) => fail("register", e.message)))
+      yield* validate("register", agentConfigObject(input, { hostId: "host-pending", pin: pinNow, node }), "daemon")
       const vault = yield* makeVault(stateDir).pipe(Effect.mapError((e) => fail("register", e.message)))
       const token = yield* input.token
       const hostname = osHostname()
@@ -267,8 +278,8 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
       ))
       if (input.mode === "restore" && res.restore === undefined) return yield* fail("register", "the hub answered a restore-mode enrollment without a restore bundle")
       if (input.mode === "new" && res.restore !== undefined) return yield* fail("register", "the hub answered a new-host enrollment with a restore bundle; refusing it")
-      // the token is spent now: the api key and host id go to disk before anything else
-      yield* setup.writeSecrets({ hubApiKey: res.api_key }).pipe(Effect.mapError((e) => fail("register", e.message)))
+      // the token is spent now: the api key and its host id go to disk (one atomic write) before anything else
+      yield* setup.writeSecrets({ hubApiKey: res.api_key, hostId: res.host_id }).pipe(Effect.mapError((e) => fail("register", e.message)))
       if (res.restore !== undefined) {
         const bundle = res.restore
         if (bundle.escrow.host_id !== res.host_id) {
@@ -335,6 +346,8 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
         // never escrow a blob that does not open with the code to this key
         const check = yield* unwrapKey(wrapped, code).pipe(Effect.mapError(() => fail("recovery-code", "the wrapped key does not unwrap with its own code (a bug); nothing uploaded")))
         if (check.fingerprint !== fingerprint) return yield* fail("recovery-code", "the wrapped key unwraps to another fingerprint (a bug); nothing uploaded")
+        // if enroll stops before the hub confirms, this code opens nothing: the re-run shows a new one
+        yield* say("The code below is in force once this command says the recovery code is escrowed; if it stops before that, run enroll again: it shows a new code, and this one is void.")
         yield* showAndConfirm(code, "recovery-code")
         const put = yield* hub.putEscrow(apiKey, { generation: 1, replaces: null, fingerprint, key: wrapped }).pipe(
           Effect.mapError((e) =>
@@ -346,6 +359,7 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
             )
           )
         )
+        yield* say(`recovery code escrowed: the hub holds it as generation ${put.generation}; the code you wrote down is now the one in force`)
         return { generation: put.generation }
       }), (d) =>
         Effect.gen(function*() {
@@ -374,7 +388,7 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
         yield* io.showSecret(paperkeyText(Redacted.value(plain), `felhom host ${hostIdOf(reg)}`))
       }
       const escrow = yield* escrowStep(fingerprint)
-      yield* step("done", Effect.succeed({}))
+      yield* step("done", enableUnits)
       return {
         mode: input.mode,
         hostId: hostIdOf(reg),
@@ -414,7 +428,11 @@ export const enroll = (input: EnrollInput, deps: EnrollDeps) =>
       if (!r.ok) return yield* fail("restore", "not every guest was restored (see the report); run enroll --restore-mode again to retry")
       return { guests: bundle.directive.guests.length }
     }))
-    yield* step("done", Effect.succeed({}))
+    yield* step("done", Effect.gen(function*() {
+      // restored: the bundle (sealed creds, the escrow blob) has served its purpose
+      yield* setup.removeFile(RESTORE_BUNDLE_FILE).pipe(Effect.mapError((e) => fail("done", e.message)))
+      return yield* enableUnits
+    }))
     return {
       mode: input.mode,
       hostId: hostIdOf(reg),

@@ -19,7 +19,7 @@ import { gate, type SignedOp } from "../control/gate.js"
 import { unwrapKey, wrapKey } from "../escrow/keyFile.js"
 import { generateRecoveryCode } from "../escrow/recoveryCode.js"
 import { showAndConfirm } from "./code.js"
-import { EnrollFailed, EnrollHub } from "./ports.js"
+import { EnrollFailed, EnrollHub, EnrollIO } from "./ports.js"
 
 export const ROTATE_OP = "rotate-recovery-code"
 
@@ -63,6 +63,10 @@ export const rotateRecoveryCode = (signed: SignedOp, deps: { readonly isRoot: bo
     const wrapped = yield* wrapKey(Redacted.value(k.key), code, { kdf: "scrypt", nowMs: now, created: k.created }).pipe(Effect.mapError((e) => fail(e.message)))
     const check = yield* unwrapKey(wrapped, code).pipe(Effect.mapError(() => fail("the new blob does not unwrap with its own code (a bug); nothing uploaded")))
     if (check.fingerprint !== k.fingerprint) return yield* fail("the new blob unwraps to another key (a bug); nothing uploaded")
+    // until the hub answers, the old code is the one that opens the escrow: a person who threw it
+    // away on seeing the new one, before a crash or a 409, would hold a code nothing opens
+    yield* Effect.flatMap(EnrollIO, (io) =>
+      io.say(`Keep your current recovery code until this command says the rotation is done: until then it stays the one in force (generation ${current.value.generation}).`))
     yield* showAndConfirm(code, ROTATE_OP)
     const put = yield* hub.putEscrow(apiKey, {
       generation: current.value.generation + 1,

@@ -30,13 +30,15 @@
  * Nothing here sees K or the recovery code: fingerprints only. The bundle's tunnel token is not
  * read here.
  */
-import { Clock, Data, Duration, Effect, Either, Option } from "effect"
+import { Clock, Data, Duration, Effect, Either, Option, Schema } from "effect"
 import { AuditLog } from "../../layers/AuditLog.js"
 import { GuestQueue } from "../../layers/GuestQueue.js"
+import { Journal } from "../../layers/Journal.js"
 import { PbsKey } from "../../layers/PbsKey.js"
 import { Proxmox } from "../../layers/Proxmox.js"
 import type { KeyFingerprint, RestoreBundle } from "../../schema/escrow.js"
 import { StorageId, VmId } from "../../schema/ids.js"
+import { RecoverOperation } from "../../schema/operations.js"
 import type { StorageTarget } from "../../schema/storage.js"
 import { runHostLossRecover } from "../bringup/recoverGuest.js"
 import { recoverPlan, type SurvivingPoint, survivingPoints, toRecoverPoint } from "../bringup/tiers.js"
@@ -93,6 +95,25 @@ const describeUnusable = (p: SurvivingPoint, fp: KeyFingerprint): string =>
     ? `${p.point} is not encrypted (refused: a plaintext archive may have been planted)`
     : `${p.point} is encrypted with key ${p.encrypted === "1" ? "(unknown fingerprint)" : short(p.encrypted)}, not this host's ${short(fp)}`
 
+const decodeRecover = Schema.decodeUnknownOption(RecoverOperation)
+
+/**
+ * The host-loss recovery this state database finished for `vmid` under key `fp`, if any: what a
+ * re-run of restore mode (after a partial restore) finds in place. Only the journal's word
+ * counts; a guest that merely exists at the vmid is not ours and stays refused.
+ */
+const restoredEarlier = (vmid: number, fp: KeyFingerprint) =>
+  Effect.gen(function*() {
+    const journal = yield* Journal
+    const done = yield* journal.list({ status: "done" })
+    return Option.fromNullable(done.find((op) => {
+      if (op.kind !== "recover" || op.vmid !== vmid) return false
+      const typed = decodeRecover(op.payload)
+      return Option.isSome(typed) && typed.value.scenario === "host-loss" &&
+        typed.value.authorization?.basis === "recovery-code" && typed.value.authorization.fingerprint === fp
+    }))
+  })
+
 const newest = (ps: ReadonlyArray<SurvivingPoint>): SurvivingPoint | undefined =>
   ps.reduce<SurvivingPoint | undefined>((b, p) => (b === undefined || p.takenAtMs > b.takenAtMs || (p.takenAtMs === b.takenAtMs && p.point > b.point) ? p : b), undefined)
 
@@ -142,7 +163,11 @@ export const restoreHost = (input: RestoreHostInput) =>
       else {
         const here = yield* Effect.either(existing(VmId.make(g.vmid)))
         if (Either.isLeft(here)) settle(g, "refused", `whether vmid ${g.vmid} is empty could not be read (${here.left._tag}): nothing is restored on a guess`)
-        else if (Option.isSome(here.right)) settle(g, "refused", `a guest already exists at vmid ${g.vmid}: restore mode never overwrites; it is left untouched`)
+        else if (Option.isSome(here.right)) {
+          const earlier = yield* restoredEarlier(g.vmid, fp).pipe(Effect.orElseSucceed(() => Option.none()))
+          if (Option.isSome(earlier)) settle(g, "restored", `restored earlier by this host (op ${earlier.value.id}); left as it is`, { opId: earlier.value.id })
+          else settle(g, "refused", `a guest already exists at vmid ${g.vmid}: restore mode never overwrites; it is left untouched`)
+        }
       }
     }
     const pending = () => guests.filter((g) => !verdicts.has(g.i))
