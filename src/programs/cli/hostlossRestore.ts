@@ -17,7 +17,9 @@ import { type HostRestoreReport, restoreHost } from "../hostloss/restore.js"
 import { CredsVaultLive } from "../protection/creds.js"
 import { StorageRemoverLive } from "../protection/detach.js"
 import { StorageStatusLive } from "../protection/status.js"
+import { recover as replayJournal } from "../control/recover.js"
 import { cliServices } from "./graph.js"
+import { holdStateLock } from "./stateLock.js"
 
 export const renderHostRestore = (r: HostRestoreReport): string =>
   [
@@ -29,8 +31,24 @@ export const renderHostRestore = (r: HostRestoreReport): string =>
 
 const privileged = Layer.mergeAll(PrivilegedLive, PrivilegedPbsKeyLive).pipe(Layer.provide(NodeCommandExecutor.layer), Layer.provide(NodeFileSystem.layer))
 
+/**
+ * The state lock first (a daemon started meanwhile never runs beside a restore: stateLock.ts), then
+ * the journal replay the daemon runs at start: a guest whose recovery a crash interrupted is
+ * finished or undone before restoreHost looks at its vmid (else it would be refused as existing).
+ */
+const settled = (input: { readonly bundle: RestoreBundle; readonly keyFingerprint: KeyFingerprint }) =>
+  Effect.scoped(Effect.gen(function*() {
+    yield* holdStateLock("enroll --restore-mode")
+    const replayed = yield* replayJournal
+    const open = replayed.filter((r) => r.outcome === "in_flight" || r.outcome === "needs_operator")
+    if (open.length > 0) {
+      yield* Effect.logWarning(`restore mode: ${open.length} interrupted operation(s) still need attention: ${open.map((r) => `${r.id} ${r.outcome}`).join(", ")}`)
+    }
+    return yield* restoreHost(input)
+  }))
+
 export const runHostRestore = (input: { readonly bundle: RestoreBundle; readonly keyFingerprint: KeyFingerprint }) =>
-  restoreHost(input).pipe(
+  settled(input).pipe(
     Effect.map((report): RestoreOutcome => ({
       // a re-run after a partial restore reports the guests this host restored before as restored
       // (from its journal); a guest that merely exists at a directed vmid is refused, not ok
