@@ -15,7 +15,7 @@ import { existsSync, lstatSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { HOST_FILES } from "../src/layers/HostSetup.js"
 import { unwrapKey } from "../src/programs/escrow/keyFile.js"
-import { enroll, type EnrollDeps, type EnrollInput, type EnrollResult, NEW_STEPS, RESTORE_STEPS, type RestoreOutcome } from "../src/programs/enroll/enroll.js"
+import { enroll, type EnrollDeps, type EnrollInput, type EnrollResult, NEW_STEPS, RESTORE_BUNDLE_FILE, RESTORE_STEPS, type RestoreOutcome } from "../src/programs/enroll/enroll.js"
 import { EnrollFailed } from "../src/programs/enroll/ports.js"
 import type { KeyFingerprint, RestoreBundle } from "../src/schema/escrow.js"
 import { serveDevHub } from "../src/sim/hub/index.js"
@@ -318,6 +318,8 @@ describe.skipIf(!isRoot)("enroll --restore-mode", () => {
       const tunnel = join(box.prefix, HOST_FILES.tunnelToken)
       expect(readFileSync(tunnel, "utf8")).toBe("tunnel-token-0123456789\n")
       expect(lstatSync(tunnel).mode & 0o777).toBe(0o600)
+      // the bundle (sealed creds, the escrow blob) served its purpose: gone with the done step
+      expect(existsSync(join(box.prefix, RESTORE_BUNDLE_FILE))).toBe(false)
       expect(run.person.shown).toEqual([])
       // the sweep: R, K, the tunnel token in no output, log, state row or agent.json
       const secrets = [lost.code, ...keyEncodings(box.keyFile), "tunnel-token-0123456789", lost.restoreToken]

@@ -226,6 +226,8 @@ describe("escrow compare-and-swap", () => {
         expect([kept.generation, kept.key]).toEqual([2, wrappedKey(FP, "dHdv")])
         expect(Option.getOrThrow(yield* get(s.url, OLD_KEY))).toEqual(kept)
         expect(kept.host_id).toBe(HOST)
+        // the superseded blob is kept, never deleted: an api key alone cannot make R's blob vanish
+        expect((yield* s.hub.escrowHistoryOf(HOST)).map((b) => [b.generation, b.key])).toEqual([[1, wrappedKey(FP, "b25l")]])
         // K never changes: a blob for another key is refused, the old one kept
         const otherKey = yield* Effect.flip(put(s.url, OLD_KEY, { generation: 3, replaces: 2, fingerprint: FP2, key: wrappedKey(FP2) }))
         expect(otherKey.reason).toBe("Conflict")

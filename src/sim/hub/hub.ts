@@ -159,6 +159,12 @@ export interface DevHub {
   readonly addEnrollmentToken: (token: string, grant: EnrollmentGrant) => Effect.Effect<void, DevHubUnknownHost | DevHubEnrollRefused>
   /** The host's current escrow blob. */
   readonly escrowOf: (hostId: string) => Effect.Effect<Option.Option<EscrowBlob>, DevHubUnknownHost>
+  /**
+   * Every superseded blob of the host, oldest first. A hub never deletes one: the api key alone
+   * can replace the current blob (a compromised service user holds it), so a blob the customer's
+   * code opens must survive a replacement by one it does not (docs/hub-protocol.md).
+   */
+  readonly escrowHistoryOf: (hostId: string) => Effect.Effect<ReadonlyArray<EscrowBlob>, DevHubUnknownHost>
   /** Sets the host's blob as if the host had uploaded it (next generation); for tests and the demo. */
   readonly setEscrow: (hostId: string, blob: { readonly fingerprint: string; readonly key: string }) => Effect.Effect<EscrowBlob, DevHubUnknownHost>
   /** Makes the host's next PUT /api/v1/escrow fail (once). */
@@ -181,6 +187,7 @@ interface HostState {
   readonly alerts: ReadonlyArray<StateAlert>
   readonly restoreTests: ReadonlyArray<ReportRestoreTest>
   readonly escrow: Option.Option<EscrowBlob>
+  readonly escrowHistory: ReadonlyArray<EscrowBlob>
   readonly escrowFault: Option.Option<EscrowPutFault>
   readonly enrollments: ReadonlyArray<EnrollmentRecord>
 }
@@ -238,6 +245,7 @@ const emptyHost: HostState = {
   alerts: [],
   restoreTests: [],
   escrow: Option.none(),
+  escrowHistory: [],
   escrowFault: Option.none(),
   enrollments: []
 }
@@ -395,7 +403,7 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
           fingerprint: blob.fingerprint,
           key: blob.key
         }
-        return [next, { ...s, escrow: Option.some(next) }] as const
+        return [next, { ...s, escrow: Option.some(next), escrowHistory: Option.match(s.escrow, { onNone: () => s.escrowHistory, onSome: (b) => [...s.escrowHistory, b] }) }] as const
       })
 
     const failNextEscrowPut = (hostId: string, fault: EscrowPutFault) =>
@@ -615,7 +623,7 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
           return [{ _tag: "conflict", message: "the escrowed key has another fingerprint: the key itself is never replaced" }, s]
         }
         const blob: EscrowBlob = { host_id: host, generation: u.generation, fingerprint: u.fingerprint, key: u.key }
-        return [{ _tag: "stored", fault }, { ...cleared, escrow: Option.some(blob) }]
+        return [{ _tag: "stored", fault }, { ...cleared, escrow: Option.some(blob), escrowHistory: current === undefined ? s.escrowHistory : [...s.escrowHistory, current] }]
       })
       switch (outcome._tag) {
         case "fault":
@@ -724,6 +732,7 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       view,
       addEnrollmentToken,
       escrowOf: (hostId) => Effect.map(getHost(hostId), (s) => s.escrow),
+      escrowHistoryOf: (hostId) => Effect.map(getHost(hostId), (s) => s.escrowHistory),
       setEscrow,
       failNextEscrowPut,
       apiKeyCount
