@@ -23,32 +23,15 @@ import { randomBytes, X509Certificate } from "node:crypto"
 import { constants } from "node:fs"
 import { chmod, lstat, mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises"
 import { basename, dirname, join } from "node:path"
+import { FELHOM_ROLE, FELHOM_ROLE_PRIVS } from "../schema/pveRole.js"
 
 export class HostSetupError extends Data.TaggedError("HostSetupError")<{
   readonly step: "pveum" | "config" | "secrets" | "sudoers" | "helpers" | "units" | "tls" | "tunnel"
   readonly message: string
 }> {}
 
-/** The role's privileges, exactly docs/operations.md §2 (16; there is no VM.Config.CPUMemory). */
-export const FELHOM_ROLE = "FelhomAgent"
-export const FELHOM_ROLE_PRIVS: ReadonlyArray<string> = [
-  "VM.Allocate",
-  "VM.Audit",
-  "VM.Config.Disk",
-  "VM.Config.CPU",
-  "VM.Config.Memory",
-  "VM.Config.Network",
-  "VM.Config.Options",
-  "VM.PowerMgmt",
-  "VM.Snapshot",
-  "VM.Snapshot.Rollback",
-  "VM.Backup",
-  "Datastore.Allocate",
-  "Datastore.AllocateSpace",
-  "Datastore.Audit",
-  "Sys.Audit",
-  "SDN.Use"
-]
+/** The role and its privileges: one list with the simulator's (src/schema/pveRole.ts). */
+export { FELHOM_ROLE, FELHOM_ROLE_PRIVS }
 export const FELHOM_USER = "felhom-agent@pve"
 export const FELHOM_TOKEN_NAME = "agent"
 export const FELHOM_TOKEN_ID = `${FELHOM_USER}!${FELHOM_TOKEN_NAME}`

@@ -4,6 +4,7 @@
  * for the entity replaces everything inherited), and privilege separation (a privsep token gets
  * the intersection of its own and its user's privileges).
  */
+import { FELHOM_ROLE_PRIVS } from "../../schema/pveRole.js"
 
 /** PVE 9 privilege names (VM.Monitor is gone in 9; a role naming it is refused). */
 export const PVE_PRIVILEGES = [
@@ -60,25 +61,9 @@ export type PvePrivilege = (typeof PVE_PRIVILEGES)[number]
 const KNOWN = new Set<string>(PVE_PRIVILEGES)
 export const isPrivilege = (s: string): s is PvePrivilege => KNOWN.has(s)
 
-/** The validated FelhomAgent role (SPEC §2). */
-export const FELHOM_AGENT_ROLE: ReadonlyArray<PvePrivilege> = [
-  "VM.Allocate",
-  "VM.Audit",
-  "VM.Config.Disk",
-  "VM.Config.CPU",
-  "VM.Config.Memory",
-  "VM.Config.Network",
-  "VM.Config.Options",
-  "VM.PowerMgmt",
-  "VM.Snapshot",
-  "VM.Snapshot.Rollback",
-  "VM.Backup",
-  "Datastore.Allocate",
-  "Datastore.AllocateSpace",
-  "Datastore.Audit",
-  "Sys.Audit",
-  "SDN.Use"
-]
+/** The FelhomAgent role (SPEC §2): enroll's list (src/schema/pveRole.ts), each a privilege this simulator knows. */
+export const FELHOM_AGENT_ROLE: ReadonlyArray<PvePrivilege> = FELHOM_ROLE_PRIVS.filter(isPrivilege)
+if (FELHOM_AGENT_ROLE.length !== FELHOM_ROLE_PRIVS.length) throw new Error("the FelhomAgent role names a privilege the simulator does not know")
 
 /** One resolved ACL entry. `ugid` is a user id (`user@realm`) or a token id (`user@realm!name`). */
 export interface AclEntry {
