@@ -19,10 +19,10 @@
 import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import { Context, Data, Duration, Effect, Either, Layer, Option, Redacted, Schema, Stream } from "effect"
-import { randomBytes, X509Certificate } from "node:crypto"
-import { constants } from "node:fs"
-import { chmod, lstat, mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises"
+import { X509Certificate } from "node:crypto"
+import { chmod, lstat, mkdir, readdir, readFile, rename, unlink } from "node:fs/promises"
 import { basename, dirname, join } from "node:path"
+import { removeQuietly, syncDir, writeTemp } from "./durableFile.js"
 import { FELHOM_ROLE, FELHOM_ROLE_PRIVS } from "../schema/pveRole.js"
 
 export class HostSetupError extends Data.TaggedError("HostSetupError")<{
@@ -194,32 +194,6 @@ export const makeHostSetup = (options: HostSetupOptions) =>
         if (st.uid !== 0) throw Object.assign(new Error("not root's"), { code: "not root-owned" })
         if ((st.mode & 0o022) !== 0) await chmod(dir, st.mode & ~0o022 & 0o7777)
       }).pipe(Effect.mapError((e) => err(step, `cannot prepare directory ${dir} (${codeOf(e)})`)))
-
-    const syncDir = (dir: string) =>
-      Effect.acquireUseRelease(
-        Effect.tryPromise(() => open(dir, constants.O_RDONLY | constants.O_DIRECTORY)),
-        (h) => Effect.tryPromise(() => h.sync()),
-        (h) => Effect.promise(() => h.close())
-      )
-
-    /** A temp file beside `target` (O_EXCL, `mode`, synced). */
-    const writeTemp = (target: string, content: string | Uint8Array, mode: number) =>
-      Effect.gen(function*() {
-        const tmp = `${dirname(target)}/.${basename(target)}.tmp-${randomBytes(6).toString("hex")}`
-        yield* Effect.acquireUseRelease(
-          Effect.tryPromise(() => open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode)),
-          (h) =>
-            Effect.tryPromise(async () => {
-              await h.chmod(mode)
-              await h.writeFile(content)
-              await h.sync()
-            }),
-          (h) => Effect.promise(() => h.close())
-        )
-        return tmp
-      })
-
-    const removeQuietly = (p: string) => Effect.promise(() => unlink(p).catch(() => undefined))
 
     /** The rename after `check(tmp)` passes; a failed check or rename leaves no temp file behind. */
     const atomicWrite = (

@@ -15,15 +15,15 @@
  * Errors never carry key material, only paths, storage ids and fingerprints.
  */
 import { Context, Data, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
-import { randomBytes } from "node:crypto"
 import { constants } from "node:fs"
-import { chmod, link, lstat, mkdir, open, readFile, rename, unlink } from "node:fs/promises"
-import { basename, dirname } from "node:path"
+import { chmod, link, lstat, mkdir, readFile, rename } from "node:fs/promises"
+import { dirname } from "node:path"
 import { inspectKeyFile, unwrapKey } from "../programs/escrow/keyFile.js"
 import { KeyFingerprint } from "../schema/escrow.js"
 import type { StorageId } from "../schema/ids.js"
 import { DEFAULT_PBS_KEY_FILE } from "../schema/config.js"
 import { AgentConfig } from "./Config.js"
+import { removeQuietly, syncDir, writeTemp } from "./durableFile.js"
 import { PrivilegedPbsKey, type PrivilegedPbsKeyShape } from "./Privileged.js"
 
 export class PbsKeyError extends Data.TaggedError("PbsKeyError")<{
@@ -176,32 +176,6 @@ const plainFingerprint = (text: Redacted.Redacted<string>, what: string): Effect
     return unwrapped.fingerprint
   })
 
-const fsyncDir = (dir: string) =>
-  Effect.acquireUseRelease(
-    Effect.tryPromise(() => open(dir, constants.O_RDONLY | constants.O_DIRECTORY)),
-    (h) => Effect.tryPromise(() => h.sync()),
-    (h) => Effect.promise(() => h.close())
-  )
-
-/** Writes a new temp file beside `target` (O_EXCL, `mode`), synced; returns its path. */
-const writeTemp = (target: string, content: string, mode: number) =>
-  Effect.gen(function*() {
-    const tmp = `${dirname(target)}/.${basename(target)}.tmp-${randomBytes(6).toString("hex")}`
-    yield* Effect.acquireUseRelease(
-      Effect.tryPromise(() => open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode)),
-      (h) =>
-        Effect.tryPromise(async () => {
-          await h.chmod(mode) // the umask may have narrowed it
-          await h.writeFile(content, "utf8")
-          await h.sync()
-        }),
-      (h) => Effect.promise(() => h.close())
-    )
-    return tmp
-  })
-
-const removeQuietly = (path: string) => Effect.promise(() => unlink(path).catch(() => undefined))
-
 export const makePbsKey = (opts: PbsKeyOptions, privileged: PrivilegedPbsKeyShape): PbsKeyShape => {
   const keyFile = opts.keyFile
   const sidecar = sidecarOf(keyFile)
@@ -214,7 +188,7 @@ export const makePbsKey = (opts: PbsKeyOptions, privileged: PrivilegedPbsKeyShap
     Effect.gen(function*() {
       const tmp = yield* writeTemp(sidecar, `${fp}\n`, SIDECAR_MODE)
       yield* Effect.tryPromise(() => rename(tmp, sidecar)).pipe(Effect.tapError(() => removeQuietly(tmp)))
-      yield* fsyncDir(dir)
+      yield* syncDir(dir)
     }).pipe(Effect.mapError((e) => e instanceof PbsKeyError ? e : fail("Io", `cannot write ${sidecar} (${codeOf(e)})`)))
 
   /** K's text and fingerprint as installed, after every check; None when no key file exists. */
@@ -286,7 +260,7 @@ export const makePbsKey = (opts: PbsKeyOptions, privileged: PrivilegedPbsKeyShap
         }
         return yield* fail("Io", `cannot install ${keyFile} (${codeOf(linked.left)})`)
       }
-      yield* fsyncDir(dir).pipe(Effect.mapError((e) => fail("Io", `cannot sync ${dir} (${codeOf(e)})`)))
+      yield* syncDir(dir).pipe(Effect.mapError((e) => fail("Io", `cannot sync ${dir} (${codeOf(e)})`)))
       yield* writeSidecar(fp)
       return { fingerprint: fp }
     }).pipe(Effect.withSpan("PbsKey.install"))

@@ -15,7 +15,7 @@
  *    other-key snapshot is refused: a hostile hub or PBS cannot plant a plaintext archive); the
  *    directive's pinned point must be one of them, else the newest; then the recover saga, mode
  *    fresh, scenario host-loss, on the recovery-code basis (recoverGuest.ts: runHostLossRecover),
- *    which re-attaches surviving bulk volumes after its seal as any recovery does.
+ *    which re-attaches surviving bulk volumes after its seal, as every recovery does.
  *
  * Identity (schema/identity.ts, host-loss row): MAC, hostname, restic identity and tunnel come
  * back as the archive holds them; machine-id and SSH host keys are reset at first boot by the
