@@ -90,7 +90,9 @@ export const PrivilegedCommand = Schema.Literal(
   "felhom-bootstrap",
   "felhom-golden",
   "felhom-pbskey",
-  "pveum"
+  "pveum",
+  "felhom-update",
+  "felhom-cloudflared"
 )
 export type PrivilegedCommand = typeof PrivilegedCommand.Type
 
@@ -326,6 +328,69 @@ export class EscrowConfig extends Schema.Class<EscrowConfig>("EscrowConfig")({
 
 export const DEFAULT_PBS_KEY_FILE = "/etc/felhom-agent/pbs/encryption-key.json"
 
+/**
+ * The daemon's loopback status endpoint (issue 14): `GET /health` (the self-update health gate
+ * probes it), `GET /metrics` (Prometheus text), `GET /status` (what `felhom-agent status` reads).
+ * Loopback only: it carries no secret but names guests and operations.
+ */
+export class StatusEndpointConfig extends Schema.Class<StatusEndpointConfig>("StatusEndpointConfig")({
+  enabled: Schema.optionalWith(Schema.Boolean, { default: () => true }),
+  host: Schema.optionalWith(Schema.Literal("127.0.0.1", "::1"), { default: () => "127.0.0.1" as const }),
+  /** 0: any free port (tests); the health gate unit names the default. */
+  port: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 65535)), { default: () => 8719 }),
+  /**
+   * The hub loop counts as hung when it has made no progress (a cycle step, a PVE task poll) for
+   * this long outside its sleep between cycles: /health fails and systemd's watchdog is no longer
+   * pinged, so systemd kills and restarts the daemon.
+   */
+  stall_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(30, 86_400)), { default: () => 600 })
+}) {}
+
+/**
+ * Self-update (issue 14, SPEC §15): releases are SSHSIG-signed manifests (namespace
+ * felhom-release-v1, src/schema/release.ts) by one of these keys, authorized_keys style
+ * (`<type> <base64> [comment]`); none configured: no update is ever accepted.
+ */
+export class UpdateConfig extends Schema.Class<UpdateConfig>("UpdateConfig")({
+  release_signers: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** The install prefix holding `package/`, `slots/{a,b}`, `current` and `last-good`. */
+  prefix: Schema.optionalWith(AbsolutePath, { default: () => "/opt/felhom-agent" }),
+  /** A release larger than this (all files) is refused before download. */
+  max_release_bytes: Schema.optionalWith(Schema.Int.pipe(Schema.between(1024 * 1024, 2 * 1024 * 1024 * 1024)), {
+    default: () => 512 * 1024 * 1024
+  })
+}) {}
+
+/**
+ * cloudflared (issue 14, SPEC §15): a separate systemd service the daemon manages (token config
+ * written 0600 by a root helper, started, restarted with backoff) and health-watches through its
+ * readiness endpoint on loopback. The token comes from FELHOM_AGENT_CLOUDFLARED_TOKEN
+ * (secrets.env), never the config file in production.
+ */
+export class CloudflaredConfig extends Schema.Class<CloudflaredConfig>("CloudflaredConfig")({
+  enabled: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  token: Schema.optional(Secret),
+  /** cloudflared's --metrics port on 127.0.0.1 (its /ready endpoint). */
+  metrics_port: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 65535)), { default: () => 20241 }),
+  check_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 15 }),
+  /** Consecutive failed readiness checks before a restart. */
+  failures_before_restart: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), { default: () => 3 }),
+  /** Restart backoff: doubles from min to max, reset by a ready check. */
+  backoff_min_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 30 }),
+  backoff_max_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 86_400)), { default: () => 900 })
+}) {}
+
+/**
+ * Break-glass (issue 14, SPEC §15): the emergency access unit, started only by an operator-signed
+ * `break-glass-enable` with the customer's consent in the desired state, stopped at its expiry.
+ */
+export class BreakGlassConfig extends Schema.Class<BreakGlassConfig>("BreakGlassConfig")({
+  /** The longest a signed enable may keep access open; the unit's own RuntimeMaxSec matches it. */
+  max_hours: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 72)), { default: () => 24 }),
+  /** How often the expiry is re-checked against the wall clock (catches clock jumps). */
+  check_interval_seconds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3600)), { default: () => 30 })
+}) {}
+
 export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigFile")(
   Schema.Struct({
     host_id: Schema.optional(Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/))),
@@ -340,7 +405,11 @@ export class AgentConfigFile extends Schema.Class<AgentConfigFile>("AgentConfigF
     controllers: Schema.optionalWith(ControllersConfig, { default: () => ControllersConfig.make({}) }),
     /** Absent: the agent builds no golden archive on this host. */
     golden: Schema.optional(GoldenConfig),
-    escrow: Schema.optionalWith(EscrowConfig, { default: () => EscrowConfig.make({}) })
+    escrow: Schema.optionalWith(EscrowConfig, { default: () => EscrowConfig.make({}) }),
+    status_endpoint: Schema.optionalWith(StatusEndpointConfig, { default: () => StatusEndpointConfig.make({}) }),
+    update: Schema.optionalWith(UpdateConfig, { default: () => UpdateConfig.make({}) }),
+    cloudflared: Schema.optionalWith(CloudflaredConfig, { default: () => CloudflaredConfig.make({}) }),
+    break_glass: Schema.optionalWith(BreakGlassConfig, { default: () => BreakGlassConfig.make({}) })
   }).pipe(
     // The service user owns state_dir and can rename anything in it; a bootstrap tree there (or
     // a state_dir inside the bootstrap tree) would hand it the bind-mount sources (issue 8,
