@@ -49,7 +49,8 @@ const OVERLAY: ReadonlyArray<readonly [path: ReadonlyArray<string>, kind: "strin
   [["hub", "ca_file"], "string"],
   [["authz", "clock_skew_seconds"], "int"],
   [["authz", "max_validity_seconds"], "int"],
-  [["controllers", "registry", "password"], "string"]
+  [["controllers", "registry", "password"], "string"],
+  [["cloudflared", "token"], "string"]
 ]
 
 export const envNameOf = (path: ReadonlyArray<string>) => ENV_PREFIX + path.join("_").toUpperCase()

@@ -105,7 +105,9 @@ export const DEFAULT_COMMAND_PATHS: { readonly [K in PrivilegedCommand]: string 
   "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
   "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden",
   "felhom-pbskey": "/usr/local/libexec/felhom-agent/felhom-pbskey",
-  "pveum": "/usr/sbin/pveum"
+  "pveum": "/usr/sbin/pveum",
+  "felhom-update": "/usr/local/libexec/felhom-agent/felhom-update",
+  "felhom-cloudflared": "/usr/local/libexec/felhom-agent/felhom-cloudflared"
 }
 
 /**
