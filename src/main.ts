@@ -64,6 +64,12 @@ const selftestRead = Command.make("read", { config: configOpt, json: jsonOpt }, 
   lazy(() => import("./programs/cli/selftest.js"), (m) => m.selftestReadCommand(o))
 ).pipe(Command.withDescription("read-only health report (the default)"))
 
+const selftestHub = Command.make("hub", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/selftest.js"), (m) => m.selftestHubCommand(o))
+).pipe(Command.withDescription(
+  "reach the hub over the configured transport, authenticate, read the envelope (never a heartbeat); exit 1 naming tls, auth, clock_skew, unreachable or bad_answer"
+))
+
 const selftest = Command.make(
   "selftest",
   {
@@ -76,7 +82,7 @@ const selftest = Command.make(
   (o) => lazy(() => import("./programs/cli/selftest.js"), (m) => m.selftestCommand(o))
 ).pipe(
   Command.withDescription("read-only health report: PVE version, nodes, node status, guests with spec, storage"),
-  Command.withSubcommands([selftestRead, selftestTask])
+  Command.withSubcommands([selftestRead, selftestTask, selftestHub])
 )
 
 // ---------------------------------------------------------------------------------------------

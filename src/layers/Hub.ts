@@ -50,6 +50,12 @@ export interface HubShape {
    * Conflict (409: the hub kept what it had). Success means the hub confirmed this generation.
    */
   readonly putEscrow: (u: EscrowUpload) => Effect.Effect<EscrowUploadResponse, HubError>
+  /**
+   * GET /api/v1/envelope (issue 14, `selftest hub`): the control envelope without a report, so
+   * a probe never counts as a heartbeat or changes hub state. `date` is the answer's Date header
+   * (the hub's clock, for the skew check); the poll interval is returned unclamped.
+   */
+  readonly envelope: Effect.Effect<{ readonly envelope: ControlEnvelope; readonly date: Option.Option<string> }, HubError>
 }
 
 export class Hub extends Context.Tag("felhom/Hub")<Hub, HubShape>() {}
@@ -58,7 +64,8 @@ export const PATHS = {
   report: "/api/v1/host-report",
   desiredState: "/api/v1/desired-state",
   signedJobs: "/api/v1/signed-jobs",
-  jobResults: "/api/v1/job-results"
+  jobResults: "/api/v1/job-results",
+  envelope: "/api/v1/envelope"
 } as const
 
 export interface HubClientOptions {
@@ -78,13 +85,14 @@ export const makeHub = (options: HubClientOptions = {}) =>
     const hub = yield* HubSettings
     const http = yield* HttpClient.HttpClient
     // The one place the api key is unwrapped: the scrubber has to know what to look for.
-    const { decodeWith, encodeBody, exchange, safe, scrubber } = makeHubExchange(http, {
+    const exchangeOptions = {
       url: hub.url,
       bearer: hub.api_key,
       secrets: [Redacted.value(hub.api_key)],
       timeout: options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT,
       maxBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES
-    })
+    }
+    const { decodeWith, encodeBody, exchange, safe, scrubber } = makeHubExchange(http, exchangeOptions)
 
     const report = (r: HostReport) =>
       exchange("POST", PATHS.report, encodeBody("POST", PATHS.report, HostReport, r), decodeWith("POST", PATHS.report, ControlEnvelope)).pipe(
@@ -169,7 +177,18 @@ export const makeHub = (options: HubClientOptions = {}) =>
         Effect.withSpan("Hub.putEscrow")
       )
 
-    return Hub.of({ report, desiredState, signedJobs, postJobResults, escrow, putEscrow })
+    // Its own exchange per call over a client that notes the Date header of this one answer.
+    const envelope = Effect.suspend(() => {
+      let date: string | undefined
+      const noting = HttpClient.tap(http, (res) => Effect.sync(() => { date = res.headers["date"] }))
+      const ex = makeHubExchange(noting, exchangeOptions)
+      return ex.exchange("GET", PATHS.envelope, Effect.succeed(undefined), ex.decodeWith("GET", PATHS.envelope, ControlEnvelope)).pipe(
+        Effect.map((e) => ({ envelope: e, date: Option.fromNullable(date) })),
+        Effect.withSpan("Hub.envelope")
+      )
+    })
+
+    return Hub.of({ report, desiredState, signedJobs, postJobResults, escrow, putEscrow, envelope })
   })
 
 /** Hub over whatever HttpClient is provided (HubHttpClientLive in production, in-process in tests). */

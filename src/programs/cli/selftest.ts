@@ -2,12 +2,15 @@
  * selftest: a read-only health report of the PVE host as the agent's token sees it, and the
  * `task` variant that exercises the async task path (snapshot → rollback → delete snapshot).
  */
-import { Clock, Console, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Console, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import * as AgentConfigLayer from "../../layers/Config.js"
+import * as HubLayer from "../../layers/Hub.js"
+import { Hub, type HubError } from "../../layers/Hub.js"
 import { Proxmox, ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SnapshotName, type Upid, type VmId } from "../../schema/ids.js"
 import type { GuestConfig, ProxmoxError, WaitError } from "../../schema/proxmox.js"
+import { AuthzConfig } from "../../schema/config.js"
 import type { ClearanceRefused } from "../../schema/clearance.js"
 import { clearForConsole } from "../control/gate.js"
 import { CliFailure, toCliFailure } from "./failure.js"
@@ -295,3 +298,156 @@ export const selftestTaskCommand = (o: {
       return yield* new CliFailure({ code: 1, message: `selftest task failed at ${failed?.step ?? "?"}: ${failed?.error ?? ""}` })
     }
   }).pipe(Effect.provide(proxmoxLayer(o.config)), Effect.mapError(toCliFailure))
+
+// ---------------------------------------------------------------------------------------------
+// `selftest hub` (issue 14): reach the hub over the configured transport, authenticate, read
+// the envelope (GET /api/v1/envelope: read-only, never a heartbeat), time it, and name the
+// reason when it fails. Nothing it prints carries the api key: HubError texts are scrubbed of it
+// by the exchange (HubExchange.ts), and this report only adds the URL (which the config refuses
+// to hold credentials in) and numbers.
+
+export const HubProbeReason = Schema.Literal("tls", "auth", "clock_skew", "unreachable", "bad_answer")
+export type HubProbeReason = typeof HubProbeReason.Type
+
+/** `selftest hub --json`: the machine-readable verdict. */
+export const HubSelftestReport = Schema.Struct({
+  ok: Schema.Boolean,
+  hub_url: Schema.String,
+  reason: Schema.NullOr(HubProbeReason),
+  message: Schema.NullOr(Schema.String),
+  rtt_ms: Schema.NullOr(Schema.Number),
+  http_status: Schema.NullOr(Schema.Int),
+  /** hub clock minus ours, seconds (from the answer's Date header); null when not known. */
+  clock_skew_seconds: Schema.NullOr(Schema.Number),
+  max_clock_skew_seconds: Schema.Int,
+  envelope: Schema.NullOr(Schema.Struct({
+    poll_interval_seconds: Schema.Number,
+    blocked: Schema.Boolean,
+    desired_generation: Schema.Int,
+    has_signed_ops: Schema.Boolean
+  })),
+  notes: Schema.Array(Schema.String)
+})
+export type HubSelftestReport = typeof HubSelftestReport.Type
+
+/** How long `selftest hub` waits for the whole exchange (the daemon's client waits 30 s). */
+export const HUB_SELFTEST_TIMEOUT = Duration.seconds(10)
+
+/** authz.clock_skew_seconds' default, from the schema itself (no authz block: still checked). */
+const DEFAULT_CLOCK_SKEW_SECONDS = AuthzConfig.make({ signers: [] }).clock_skew_seconds
+
+// undici/OpenSSL texts for a certificate the client refused (chain, name, expiry, pin)
+const TLS_FAILURE =
+  /certificate|self[- ]signed|unable to (get|verify)|CERT_|fingerprint mismatch|altnames|Hostname\/IP|SSL|TLS|handshake|wrong version number/i
+
+/** The reason a failed exchange gets: what an operator has to fix. */
+export const classifyHubError = (e: HubError): HubProbeReason => {
+  switch (e.reason) {
+    case "Status":
+      return e.status === 401 || e.status === 403 ? "auth" : "bad_answer"
+    case "Transport":
+      return TLS_FAILURE.test(e.message) ? "tls" : "unreachable"
+    default:
+      return "bad_answer"
+  }
+}
+
+const ADVICE: Record<HubProbeReason, string> = {
+  tls: "the hub's certificate was not accepted (hub.ca_file, or the system roots without it)",
+  auth: "the hub refused this host's api key (hub.api_key, FELHOM_AGENT_HUB_API_KEY)",
+  clock_skew: "this host's clock differs from the hub's: signed operations would be refused (check NTP)",
+  unreachable: "no answer from the hub (address, DNS, firewall, or the hub is down)",
+  bad_answer: "the hub answered, but not with a control envelope"
+}
+
+/**
+ * One envelope read through `Hub`, timed on `Clock`; the skew is the hub's Date against the
+ * midpoint of the exchange (the header has whole seconds, so ±1 s is noise, not skew).
+ */
+export const probeHub = (o: { readonly hubUrl: string; readonly maxSkewSeconds: number }) =>
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const t0 = yield* Clock.currentTimeMillis
+    const r = yield* Effect.either(hub.envelope)
+    const t1 = yield* Clock.currentTimeMillis
+    const base = { hub_url: o.hubUrl, rtt_ms: t1 - t0, max_clock_skew_seconds: o.maxSkewSeconds }
+    if (Either.isLeft(r)) {
+      const reason = classifyHubError(r.left)
+      const report: HubSelftestReport = {
+        ...base,
+        ok: false,
+        reason,
+        message: `${ADVICE[reason]}: ${r.left.message}`,
+        http_status: r.left.status ?? null,
+        clock_skew_seconds: null,
+        envelope: null,
+        notes: []
+      }
+      return report
+    }
+    const { date, envelope } = r.right
+    const hubMs = Option.map(date, (d) => Date.parse(d)).pipe(Option.filter((ms) => Number.isFinite(ms)))
+    // `|| 0`: no -0 in the JSON
+    const skew = Option.map(hubMs, (ms) => Math.round((ms - (t0 + t1) / 2) / 1000) || 0)
+    const notes = Option.isNone(hubMs) ? ["the hub's answer carried no usable Date header: clock skew not checked"] : []
+    const skewed = Option.exists(skew, (s) => Math.abs(s) > o.maxSkewSeconds)
+    const report: HubSelftestReport = {
+      ...base,
+      ok: !skewed,
+      reason: skewed ? "clock_skew" : null,
+      message: skewed
+        ? `${ADVICE.clock_skew}: the hub's clock is ${Option.getOrElse(skew, () => 0)} s from ours (tolerance ${o.maxSkewSeconds} s, authz.clock_skew_seconds)`
+        : null,
+      http_status: 200,
+      clock_skew_seconds: Option.getOrNull(skew),
+      envelope: {
+        poll_interval_seconds: envelope.poll_interval_seconds,
+        blocked: envelope.blocked,
+        desired_generation: envelope.desired_generation,
+        has_signed_ops: envelope.has_signed_ops
+      },
+      notes: envelope.blocked ? [...notes, "the hub marks this host blocked"] : notes
+    }
+    return report
+  })
+
+export const renderHubReport = (r: HubSelftestReport): string =>
+  [
+    `felhom-agent selftest hub: ${r.ok ? "OK" : `FAILED (${r.reason ?? "?"})`}`,
+    `  hub ${r.hub_url}, round trip ${r.rtt_ms ?? "?"} ms${r.http_status === null ? "" : `, HTTP ${r.http_status}`}`,
+    ...(r.clock_skew_seconds === null ? [] : [`  clock skew ${r.clock_skew_seconds} s (tolerance ${r.max_clock_skew_seconds} s)`]),
+    ...(r.envelope === null ? [] : [
+      `  envelope: generation ${r.envelope.desired_generation}, poll ${r.envelope.poll_interval_seconds} s, ` +
+      `${r.envelope.blocked ? "BLOCKED" : "not blocked"}, ${r.envelope.has_signed_ops ? "signed ops waiting" : "no signed ops"}`
+    ]),
+    ...(r.message === null ? [] : [`  ${r.message}`]),
+    ...r.notes.map((n) => `  note: ${n}`)
+  ].join("\n")
+
+/** The hub client exactly as the daemon builds it (HubHttpClientLive over the hub block), with a shorter timeout. */
+const hubProbeLayer = HubLayer.layerWithoutClient({ requestTimeout: HUB_SELFTEST_TIMEOUT }).pipe(
+  Layer.provide(HubLayer.HubHttpClientLive),
+  Layer.provide(AgentConfigLayer.HubSettingsLive)
+)
+
+/** The verdict as a value (tests); exit codes are the command's. */
+export const selftestHub = (path: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const { file } = yield* AgentConfigLayer.AgentConfig
+    if (file.hub === undefined) {
+      return yield* new CliFailure({ code: 2, message: "hub: not configured (config file or FELHOM_AGENT_HUB_URL / FELHOM_AGENT_HUB_API_KEY)" })
+    }
+    const maxSkewSeconds = file.authz?.clock_skew_seconds ?? DEFAULT_CLOCK_SKEW_SECONDS
+    return yield* probeHub({ hubUrl: file.hub.url, maxSkewSeconds }).pipe(Effect.provide(hubProbeLayer))
+  }).pipe(
+    Effect.provide(AgentConfigLayer.layer({ path, mode: "none" })),
+    Effect.mapError(toCliFailure)
+  )
+
+/** `selftest hub`: exit 0 reached and authenticated within the skew tolerance, 1 not, 2 configuration. */
+export const selftestHubCommand = (o: { readonly config: Option.Option<string>; readonly json: boolean }) =>
+  Effect.gen(function*() {
+    const report = yield* selftestHub(o.config)
+    yield* Console.log(o.json ? JSON.stringify(report, null, 2) : renderHubReport(report))
+    if (!report.ok) return yield* new CliFailure({ code: 1, message: `selftest hub: ${report.reason ?? "failed"}` })
+  })

@@ -492,6 +492,13 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       return yield* json(200, envelopeOf(s))
     })
 
+    // Read-only (issue 14, `selftest hub`): never a heartbeat, never a state change.
+    const envelopeGet = Effect.gen(function*() {
+      const host = yield* agentHost
+      const s = yield* getHost(host)
+      return yield* json(200, envelopeOf(s))
+    })
+
     const desiredState = Effect.gen(function*() {
       const host = yield* agentHost
       const s = yield* getHost(host)
@@ -691,6 +698,7 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
     const router = HttpRouter.empty.pipe(
       HttpRouter.post("/api/v1/host-report", report),
       HttpRouter.get("/api/v1/desired-state", desiredState),
+      HttpRouter.get("/api/v1/envelope", envelopeGet),
       HttpRouter.get("/api/v1/signed-jobs", signedJobs),
       HttpRouter.post("/api/v1/job-results", jobResults),
       HttpRouter.post("/api/v1/enroll", enroll),
