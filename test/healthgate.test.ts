@@ -10,7 +10,7 @@
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { readdirSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
-import { type Behaviour, type GateTiming, type Host, makeHost, runGate, runScript, runUpdate, writeAgentConfig, writeDownload } from "./update-gate-support.js"
+import { type Behaviour, type GateTiming, type Host, makeHost, runGate, runScript, runUpdate, watchInvariants, writeAgentConfig, writeDownload } from "./update-gate-support.js"
 
 const hosts: Array<Host> = []
 afterAll(() => {
@@ -55,9 +55,14 @@ const expectReverted = async (h: Host, reason: RegExp) => {
 rootSuite("felhom-healthgate: the window", () => {
   it("commits a good release: trial written, current flipped, agent restarted, clean window, last-good moved", async () => {
     const h = await stagedHost("ok")
+    const stop = watchInvariants(h)
     const r = await runGate(h)
+    const seen = stop()
     expect(r.code, r.stderr).toBe(0)
     await expectCommitted(h)
+    // sampled throughout: current always a whole release, the journal always whole
+    expect(seen.violations).toEqual([])
+    expect(seen.samples).toBeGreaterThan(50)
     const log = h.systemctlLog()
     expect(log[0]).toBe("restart felhom-agent.service")
     expect(log.filter((l) => l === "is-active felhom-agent.service").length).toBeGreaterThanOrEqual(2)
@@ -74,7 +79,9 @@ rootSuite("felhom-healthgate: the window", () => {
     ["answers ok with the OLD version (a stale process)", "old" as const, /version 0\.0\.1 answers, expected 1\.1\.0/]
   ])("reverts a release with %s: current back, agent restarted, last-good untouched, reason named", async (_, behaviour, reason) => {
     const h = await stagedHost(behaviour)
+    const stop = watchInvariants(h)
     const r = await runGate(h, {}, { grace: 2 })
+    expect(stop().violations).toEqual([])
     expect(r.code, r.stderr).toBe(0)
     await expectReverted(h, reason)
     const log = h.systemctlLog()

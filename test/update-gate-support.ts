@@ -260,6 +260,33 @@ const isLink = (p: string) => {
 
 const spawnHash = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex")
 
+/**
+ * Polls, every few milliseconds while a script runs, that `current` names a whole release and
+ * update.json parses (it is replaced by rename, never rewritten in place). Returns the stopper,
+ * which gives the violations seen and how many samples were taken.
+ */
+export const watchInvariants = (h: Host) => {
+  const violations = new Set<string>()
+  let samples = 0
+  const timer = setInterval(() => {
+    samples += 1
+    try {
+      h.currentRelease()
+    } catch (e) {
+      violations.add(`current: ${String(e)}`)
+    }
+    try {
+      h.state()
+    } catch (e) {
+      violations.add(`update.json: ${String(e)}`)
+    }
+  }, 3)
+  return () => {
+    clearInterval(timer)
+    return { violations: [...violations], samples }
+  }
+}
+
 export interface RunResult {
   readonly code: number | null
   readonly signal: NodeJS.Signals | null
