@@ -275,7 +275,7 @@ rootSuite("felhom-update and the gate together", () => {
     await runScript([h.systemctl, "restart", "felhom-agent.service"], {})
     writeDownload(h, { version: "1.1.0" })
     const staged = await runUpdate(h, ["stage", "1.1.0"])
-    expect(staged.stdout, staged.stderr).toBe("staged slots/a 1.1.0\n")
+    expect(staged.stdout, staged.stderr).toBe("staged a 1.1.0\n")
     const act = await runUpdate(h, ["activate"])
     expect(act.stdout, act.stderr).toBe("activating 1.1.0\n")
     expect(h.systemctlLog().at(-1)).toBe("start --no-block felhom-agent-gate.service")
@@ -286,7 +286,7 @@ rootSuite("felhom-update and the gate together", () => {
     // 1.2.0 goes to slots/b (slots/a is current and last-good) and fails its window
     writeDownload(h, { version: "1.2.0", behaviour: "failing" })
     const staged2 = await runUpdate(h, ["stage", "1.2.0"])
-    expect(staged2.stdout, staged2.stderr).toBe("staged slots/b 1.2.0\n")
+    expect(staged2.stdout, staged2.stderr).toBe("staged b 1.2.0\n")
     expect((await runUpdate(h, ["activate"])).code).toBe(0)
     expect((await runGate(h, {}, { grace: 1 })).code).toBe(0)
     expect(h.state()).toMatchObject({ state: "reverted", slot: "slots/b", previous: "slots/a", version: "1.2.0" })

@@ -62,7 +62,7 @@ rootSuite("felhom-update stage", () => {
     chmodSync(join(src, "bin"), 0o700)
     const r = await runUpdate(h, ["stage", "1.1.0"])
     expect(r.code, r.stderr).toBe(0)
-    expect(r.stdout).toBe("staged slots/a 1.1.0\n")
+    expect(r.stdout).toBe("staged a 1.1.0\n")
     const slot = join(h.prefix, "slots", "a")
     const snap = snapshot(slot)
     expect(Object.keys(snap).sort()).toEqual([".", "./RELEASE.json", "./bin", "./bin/felhom-agent", "./lib", "./lib/felhom-agent.cjs"])
@@ -163,7 +163,7 @@ rootSuite("felhom-update stage", () => {
     h.setLink("current", "slots/a")
     h.setLink("last-good", "slots/a")
     let r = await runUpdate(h, ["stage", "1.1.0"])
-    expect(r.stdout, r.stderr).toBe("staged slots/b 1.1.0\n")
+    expect(r.stdout, r.stderr).toBe("staged b 1.1.0\n")
     expect(readFileSync(join(h.prefix, "slots", "a", "RELEASE.json"), "utf8")).toMatch(/"1\.0\.1"/)
 
     // current on b (mid-flight after a commit), last-good on a: no slot is free
@@ -179,7 +179,7 @@ rootSuite("felhom-update stage", () => {
     h.setLink("current", "package")
     h.setLink("last-good", "slots/b")
     r = await runUpdate(h, ["stage", "1.1.0"])
-    expect(r.stdout, r.stderr).toBe("staged slots/a 1.1.0\n")
+    expect(r.stdout, r.stderr).toBe("staged a 1.1.0\n")
     expect(readFileSync(join(h.prefix, "slots", "b", "RELEASE.json"), "utf8")).toMatch(/"1\.1\.0"/)
   })
 
@@ -216,11 +216,11 @@ rootSuite("felhom-update stage", () => {
 
   it("re-staging replaces a staged release (its record withdrawn first) and removes staging leftovers", async () => {
     const { h } = await hostWithDownload()
-    expect((await runUpdate(h, ["stage", "1.1.0"])).stdout).toBe("staged slots/a 1.1.0\n")
+    expect((await runUpdate(h, ["stage", "1.1.0"])).stdout).toBe("staged a 1.1.0\n")
     mkdirSync(join(h.prefix, "slots", ".staging.ABCDEF", "tree"), { recursive: true })
     writeDownload(h, { version: "1.2.0" })
     const r = await runUpdate(h, ["stage", "1.2.0"])
-    expect(r.stdout, r.stderr).toBe("staged slots/a 1.2.0\n")
+    expect(r.stdout, r.stderr).toBe("staged a 1.2.0\n")
     expect(h.state()).toMatchObject({ state: "staged", slot: "slots/a", version: "1.2.0" })
     expect(readFileSync(join(h.prefix, "slots", "a", "RELEASE.json"), "utf8")).toMatch(/"1\.2\.0"/)
     expect(stagingLeftovers(h)).toEqual([])
