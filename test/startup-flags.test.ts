@@ -12,6 +12,7 @@ import { join } from "node:path"
 const root = join(__dirname, "..")
 const bin = join(root, "bin", "felhom-agent.cjs")
 const unit = join(root, "configs", "systemd", "felhom-agent.service")
+const wrapper = join(root, "configs", "release", "felhom-agent")
 
 const shebangFlags = (): Array<string> => {
   const first = readFileSync(bin, "utf8").split("\n", 1)[0]!
@@ -25,9 +26,12 @@ describe("the daemon's node flags", () => {
     expect(shebangFlags()).toEqual(["--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1"])
   })
 
-  it("the unit's ExecStart runs the bin under node with exactly the bin's flags", () => {
+  it("the unit's ExecStart runs the installed release's wrapper, which execs its node with exactly the bin's flags", () => {
     const exec = readFileSync(unit, "utf8").split("\n").filter((l) => l.startsWith("ExecStart="))
-    expect(exec).toEqual([`ExecStart=/usr/bin/env node ${shebangFlags().join(" ")} /usr/local/bin/felhom-agent daemon`])
+    expect(exec).toEqual(["ExecStart=/opt/felhom-agent/current/bin/felhom-agent daemon"])
+    // configs/release/felhom-agent becomes <release>/bin/felhom-agent (scripts/package.mjs)
+    const execs = readFileSync(wrapper, "utf8").split("\n").filter((l) => /^\s*exec /.test(l))
+    expect(execs).toEqual([`exec "$dir/node" ${shebangFlags().join(" ")} "$dir/../lib/felhom-agent.cjs" "$@"`])
   })
 
   it("the code cache is primed with the bin's flags", async () => {

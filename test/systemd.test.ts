@@ -316,11 +316,11 @@ describe.skipIf(!hasAnalyze)("the unit file (needs systemd-analyze)", () => {
     // The shipped ExecStart binary does not exist here; a copy pointing at /bin/true is verified
     // instead, so nothing needs to be ignored.
     const text = readFileSync(unitPath, "utf8")
-    // the bin under node with its V8 flags (test/startup-flags.test.ts checks they are the bin's)
-    expect(text).toMatch(/^ExecStart=\/usr\/bin\/env node(?: --[a-z0-9-]+(?:=\S+)?)* \/usr\/local\/bin\/felhom-agent daemon$/m)
+    // the installed release's wrapper (test/startup-flags.test.ts checks its V8 flags are the bin's)
+    expect(text).toMatch(/^ExecStart=\/opt\/felhom-agent\/current\/bin\/felhom-agent daemon$/m)
     const dir = tempDir()
     const copy = join(dir, "felhom-agent.service")
-    writeFileSync(copy, text.replace(/^ExecStart=.* \/usr\/local\/bin\/felhom-agent /m, "ExecStart=/bin/true "))
+    writeFileSync(copy, text.replace(/^ExecStart=\S+ /m, "ExecStart=/bin/true "))
     const r = spawnSync("systemd-analyze", ["verify", copy], { encoding: "utf8", env: { ...process.env, SYSTEMD_LOG_COLOR: "0" } })
     expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: 0, stdout: "", stderr: "" })
   })
