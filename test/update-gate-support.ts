@@ -150,6 +150,7 @@ export const makeHost = async (pkg: ReleaseSpec = { version: "1.0.0" }): Promise
       // the stand-in verifier: release verify --dir D --config F --expect-version V
       `if [ "$1 $2" = "release verify" ]; then`,
       `  printf '%s\\0' "$@" >"$b/verify.argv"`,
+      `  env >"$b/verify.env"`,
       `  [ -x "$b/verify.hook" ] && "$b/verify.hook"`,
       `  d=$4; v=$8`,
       `  [ -f "$b/expected/$v.sums" ] || { echo "no release $v is known"; exit 1; }`,

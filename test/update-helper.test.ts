@@ -87,6 +87,15 @@ rootSuite("felhom-update stage", () => {
     expect(h.systemctlLog()).toEqual([])
   })
 
+  it("runs the verifier with an empty environment: nothing of the caller's (NODE_OPTIONS, secrets) reaches root's node", async () => {
+    const { h } = await hostWithDownload()
+    const r = await runUpdate(h, ["stage", "1.1.0"], { NODE_OPTIONS: "--require /tmp/evil.js", FELHOM_AGENT_HUB_API_KEY: "hub-secret-123", LD_PRELOAD: "/tmp/evil.so" })
+    expect(r.code, r.stderr).toBe(0)
+    const env = readFileSync(join(h.base, "verify.env"), "utf8")
+    expect(env).not.toMatch(/NODE_OPTIONS|hub-secret-123|LD_PRELOAD|FELHOM_UPDATE_TEST/)
+    expect(env).toMatch(/^PATH=\/usr\/sbin:\/usr\/bin:\/sbin:\/bin$/m)
+  })
+
   it.each([
     ["a symlink", (src: string) => symlinkSync("/etc/shadow", join(src, "lib", "shadow"))],
     ["a symlinked directory", (src: string) => symlinkSync("/root", join(src, "lib", "home"))],
