@@ -10,7 +10,7 @@
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Clock, Context, Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import { type CallKind, type CallOf, Clearance, ClearanceRefused } from "../schema/clearance.js"
 import type { NodeName, SnapshotName, StorageId, VmId, VolumeId } from "../schema/ids.js"
 import { NodeName as NodeNameSchema, type Upid, upidParts, VmId as VmIdSchema } from "../schema/ids.js"
@@ -47,6 +47,8 @@ import {
 import { deepestCauseMessage, formatIssues, makeScrubber, type Scrubber } from "../schema/text.js"
 import { ProxmoxSettings } from "./Config.js"
 import { REASON_HEADER } from "./PveTransport.js"
+import { LoopProgress } from "./LoopProgress.js"
+import { type PveOutcome, recordPveRequest, recordTaskWait } from "./Metrics.js"
 
 // ---------------------------------------------------------------------------------------------
 // Parameters
@@ -393,6 +395,24 @@ const isTransientRead = (e: ProxmoxError) =>
 /** Reads retry transient failures a few times; writes never do (see the module comment). */
 const readRetry = Schedule.exponential("250 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
 
+/** A request's outcome as a metric label: a fixed vocabulary, never PVE's text. */
+const pveOutcomeOf = (exit: Exit.Exit<unknown, ProxmoxError>): PveOutcome => {
+  if (Exit.isSuccess(exit)) return "ok"
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) return "network"
+  const e = failure.value
+  switch (e._tag) {
+    case "PveApiError":
+      return "api_error"
+    case "PveLocked":
+      return "locked"
+    case "PveDecodeError":
+      return "decode"
+    case "PveTransportError":
+      return e.reason
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export const make = Effect.gen(function*() {
@@ -496,7 +516,15 @@ export const make = Effect.gen(function*() {
         )
       })
     )
-    return method === "GET" && retryReads ? once.pipe(Effect.retry({ schedule: readRetry, while: isTransientRead })) : once
+    // each attempt is measured (metrics: method and outcome only, never the path or PVE's text)
+    const measured = Effect.gen(function*() {
+      const t0 = yield* Clock.currentTimeMillis
+      const exit = yield* Effect.exit(once)
+      const t1 = yield* Clock.currentTimeMillis
+      yield* recordPveRequest(method, pveOutcomeOf(exit), (t1 - t0) / 1000)
+      return yield* exit
+    })
+    return method === "GET" && retryReads ? measured.pipe(Effect.retry({ schedule: readRetry, while: isTransientRead })) : measured
   }
 
   const get = <A, I>(path: string, schema: Schema.Schema<A, I>, params?: Params) =>
@@ -558,6 +586,8 @@ export const make = Effect.gen(function*() {
     /** last time its own status was read (or it arrived) */
     lastOwnMs: number
     settled: boolean
+    /** the waiting fiber's loop progress (LoopProgress.ts): a long wait that polls is progress */
+    readonly onPoll: Effect.Effect<void>
   }
 
   interface NodePoller {
@@ -649,6 +679,7 @@ export const make = Effect.gen(function*() {
           continue
         }
         yield* pollOnce(p, now, sharedAt <= now, live)
+        yield* Effect.forEach(live, (w) => w.onPoll, { discard: true })
       }
     }).pipe(
       // a defect must not leave waiters hanging
@@ -664,7 +695,10 @@ export const make = Effect.gen(function*() {
       const result = yield* Deferred.make<TaskStatus, ProxmoxError>()
       const now = yield* Clock.currentTimeMillis
       const node = upidParts(upid).node
-      const w: TaskWaiter = { upid, arrivedMs: now, result, blind: false, nextOwnMs: now, lastOwnMs: now, settled: false }
+      // read in the waiter's fiber: the poller runs detached, without the waiter's services
+      const progress = yield* Effect.serviceOption(LoopProgress)
+      const onPoll = Option.match(progress, { onNone: () => Effect.void, onSome: (p) => p.beat("pve task poll") })
+      const w: TaskWaiter = { upid, arrivedMs: now, result, blind: false, nextOwnMs: now, lastOwnMs: now, settled: false, onPoll }
       const existing = pollers.get(node)
       if (existing !== undefined) {
         existing.waiters.add(w)
@@ -691,7 +725,7 @@ export const make = Effect.gen(function*() {
 
   const waitTask = (upid: Upid, opts: WaitOptions = {}): Effect.Effect<TaskStatus, WaitError> => {
     const limit = opts.timeout === undefined ? taskTimeout : Duration.decode(opts.timeout)
-    return Effect.acquireUseRelease(register(upid), ([, w]) => Deferred.await(w.result), ([p, w]) => unregister(p, w)).pipe(
+    const waited = Effect.acquireUseRelease(register(upid), ([, w]) => Deferred.await(w.result), ([p, w]) => unregister(p, w)).pipe(
       Effect.timeoutFail({
         duration: limit,
         onTimeout: () =>
@@ -700,7 +734,16 @@ export const make = Effect.gen(function*() {
             afterSeconds: Duration.toSeconds(limit),
             message: `task ${upid} still running after ${Duration.format(limit)}; it was not stopped, keep tracking it`
           })
-      }),
+      })
+    )
+    // the wait's length by task type (metrics; the type only, never the UPID)
+    const measured = Effect.gen(function*() {
+      const t0 = yield* Clock.currentTimeMillis
+      const exit = yield* Effect.exit(waited)
+      yield* recordTaskWait(upidParts(upid).type, ((yield* Clock.currentTimeMillis) - t0) / 1000)
+      return yield* exit
+    })
+    return measured.pipe(
       Effect.flatMap((last): Effect.Effect<TaskStatus, WaitError> => {
         if (last.status === "stopped" && (last.exitstatus === "OK" || (opts.acceptWarnings === true && /^WARNINGS: \d+$/.test(last.exitstatus ?? "")))) {
           return Effect.succeed(last)

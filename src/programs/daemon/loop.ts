@@ -2,16 +2,19 @@
  * The daemon (SPEC §6, §9, §15): recover the journal before any mutation, then the hub loop —
  * report immediately, then every adopted interval; reconcile on new desired state; run signed
  * jobs; report what waits for a signature. Every cycle is resilient: an error is logged and the
- * loop goes on. systemd gets READY=1 after recovery, watchdog pings while the loop lives, and
+ * loop goes on. systemd gets READY=1 after recovery, watchdog pings only while the loop makes
+ * progress (LoopProgress.ts: beats per step, per PVE task poll, and its declared sleep), and
  * STOPPING=1 on the way out.
  */
 import { OpLog } from "../../layers/OpLog.js"
-import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref, Schedule } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Option, Queue, Ref } from "effect"
 import { AgentConfig } from "../../layers/Config.js"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { Hub } from "../../layers/Hub.js"
 import { } from "../../layers/Journal.js"
 import { Systemd } from "../../layers/Systemd.js"
+import { beat, LoopProgress, type LoopProgressShape, make as makeLoopProgress } from "../../layers/LoopProgress.js"
+import { recordAction, recordCycle, recordHubPoll } from "../../layers/Metrics.js"
 import { clampPollInterval } from "../../schema/hub.js"
 import type { DesiredState } from "../../schema/desired.js"
 import type { JsonObject } from "../../schema/json.js"
@@ -38,6 +41,12 @@ export interface DaemonState {
   readonly store: { readonly healthy: boolean; readonly detail: string | null }
   /** Whether journal recovery has completed; until it has, nothing is mutated. */
   readonly recovered: boolean
+  /** The last host report the hub accepted (epoch ms), and the last failure since (scrubbed text). */
+  readonly lastHubContactMs: number | null
+  readonly lastHubError: string | null
+  readonly lastCycleMs: number | null
+  /** Guests the desired state wants that PVE no longer has (the plan's "lost" notes). */
+  readonly lostGuests: ReadonlyArray<number>
 }
 
 export const initialState: DaemonState = {
@@ -47,7 +56,11 @@ export const initialState: DaemonState = {
   pending: [],
   cycles: 0,
   store: { healthy: true, detail: null },
-  recovered: false
+  recovered: false,
+  lastHubContactMs: null,
+  lastHubError: null,
+  lastCycleMs: null,
+  lostGuests: []
 }
 
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
@@ -56,8 +69,11 @@ const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
 const reconcileOnce = (desired: DesiredState, previous: ReadonlyArray<PendingSignature>) =>
   Effect.gen(function*() {
     const p = yield* planNow(desired)
+    yield* beat("cycle planned")
     for (const n of p.notes) yield* Effect.logWarning(`reconcile note for ${n.vmid}: ${n.reason}: ${n.message}`)
-    if (p.actions.length === 0) return { pending: [] as ReadonlyArray<PendingSignature>, failed: 0 }
+    // a lost guest is noted "lost" whether or not a recover could be planned for it
+    const lost = [...new Set(p.notes.filter((n) => n.reason === "lost").map((n) => n.vmid as number))].sort((a, b) => a - b)
+    if (p.actions.length === 0) return { pending: [] as ReadonlyArray<PendingSignature>, failed: 0, lost }
     yield* Effect.logInfo(`reconcile generation ${desired.generation}: ${p.actions.length} action(s)`)
     const outcomes = yield* executePlan(p)
     const now = iso(yield* Clock.currentTimeMillis)
@@ -70,8 +86,9 @@ const reconcileOnce = (desired: DesiredState, previous: ReadonlyArray<PendingSig
       })
     for (const o of outcomes) {
       yield* Effect.logInfo(`reconcile ${o.action} ${o.vmid}: ${o.verdict} ${o.result}${o.result === "applied" ? "" : ` (${o.reason})`}`)
+      yield* recordAction(o.action, o.verdict, o.result)
     }
-    return { pending, failed: outcomes.filter((o) => o.result === "failed").length }
+    return { pending, failed: outcomes.filter((o) => o.result === "failed").length, lost }
   })
 
 /** One poll cycle. Never fails: every error is logged and the state keeps what it had. */
@@ -82,6 +99,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
     const { file } = yield* AgentConfig
     const hostId = file.host_id ?? "unknown-host"
     const ops = yield* OpLog
+    yield* beat("cycle start")
 
     // The state store first: a write that fails (locked, disk full) means no change this cycle,
     // only the heartbeat, with the store reported unhealthy.
@@ -98,6 +116,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       const queue = yield* GuestQueue
       yield* queue.whenIdle(recoverInto(state))
     }
+    yield* beat("cycle store probed")
     const s = yield* Ref.get(state)
     const mayMutate = s.store.healthy && s.recovered
 
@@ -108,11 +127,13 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       cloudflared: systemd.cloudflaredStatus,
       stateStore: s.store
     }))
+    yield* beat("cycle report collected")
     if (Either.isLeft(report)) {
       yield* Effect.logWarning(`host report skipped: ${report.left.message}`)
       return
     }
     const envelope = yield* Effect.either(hub.report(report.right))
+    yield* noteHubContact(state, envelope)
     if (Either.isLeft(envelope)) {
       yield* Effect.logWarning(`host report not delivered: ${envelope.left.message}`)
       return
@@ -120,6 +141,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
     const env = envelope.right
     const interval = Duration.seconds(clampPollInterval(env.poll_interval_seconds))
     yield* Ref.update(state, (x) => ({ ...x, interval, cycles: x.cycles + 1 }))
+    yield* recordCycle
     if (env.blocked) {
       yield* Effect.logWarning("the hub marks this host blocked: no reconcile, no jobs this cycle")
       return
@@ -133,6 +155,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       const fetched = yield* Effect.either(hub.desiredState)
       if (Either.isLeft(fetched)) yield* Effect.logWarning(`desired state not fetched: ${fetched.left.message}`)
       else desired = Option.some(fetched.right)
+      yield* beat("cycle desired fetched")
     }
     if (Option.isSome(desired)) {
       const d = desired.value
@@ -149,9 +172,11 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
           ...x,
           desired,
           pending: r.right.pending,
+          lostGuests: r.right.lost,
           appliedGeneration: r.right.failed === 0 ? d.generation : x.appliedGeneration
         }))
       }
+      yield* beat("cycle reconciled")
     }
 
     if (env.has_signed_ops && (yield* Ref.get(state)).store.healthy) {
@@ -164,12 +189,30 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
         const posted = yield* Effect.either(hub.postJobResults(results))
         if (Either.isLeft(posted)) yield* Effect.logWarning(`job results not delivered: ${posted.left.message}`)
       }
+      yield* beat("cycle jobs run")
     }
   }).pipe(
     // resilient to every error, defects included; only interruption ends the loop
     Effect.catchAllCause((cause) => Effect.logError("poll cycle failed", cause)),
+    // the end of a cycle is progress however it ended
+    Effect.zipRight(Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.update(state, (x) => ({ ...x, lastCycleMs: now })))),
+    Effect.zipRight(beat("cycle end")),
     Effect.withLogSpan("cycle")
   )
+
+/**
+ * Records a hub exchange's outcome for /health, /status and the metrics. The error text is the
+ * hub client's own message, already scrubbed of the api key (Hub.ts); it is bounded here too.
+ */
+const noteHubContact = <A, E extends { readonly message: string }>(state: Ref.Ref<DaemonState>, result: Either.Either<A, E>) =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    yield* recordHubPoll(Either.isRight(result), now)
+    yield* Ref.update(state, (x) =>
+      Either.isRight(result)
+        ? { ...x, lastHubContactMs: now, lastHubError: null }
+        : { ...x, lastHubError: result.left.message.slice(0, 300) })
+  })
 
 /**
  * The hub loop: first cycle immediately, then after the adopted interval, or at once when
@@ -177,10 +220,16 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
  */
 export const hubLoop = (state: Ref.Ref<DaemonState>, poke: Queue.Queue<void>) =>
   Effect.gen(function*() {
+    const progress = yield* Effect.serviceOption(LoopProgress)
+    const idle = (ms: number) => Option.match(progress, { onNone: () => Effect.void, onSome: (p) => p.idleUntil(ms) })
     for (;;) {
       yield* cycle(state)
       const { interval } = yield* Ref.get(state)
+      // asleep by design until the next cycle is due: no beat is expected before then
+      yield* idle((yield* Clock.currentTimeMillis) + Duration.toMillis(interval))
       yield* Effect.raceFirst(Effect.sleep(interval), Queue.take(poke))
+      // awake (the interval, or a poke): from here on silence counts again
+      yield* idle(yield* Clock.currentTimeMillis)
       yield* Queue.takeAll(poke) // several pokes during one cycle mean one extra cycle
     }
   })
@@ -202,7 +251,9 @@ export const reportOnly = (state: Ref.Ref<DaemonState>) =>
       cloudflared: systemd.cloudflaredStatus,
       stateStore: s.store
     })
-    const env = yield* hub.report(report)
+    const sent = yield* Effect.either(hub.report(report))
+    yield* noteHubContact(state, sent)
+    const env = yield* sent
     yield* Ref.update(state, (x) => ({ ...x, interval: Duration.seconds(clampPollInterval(env.poll_interval_seconds)) }))
   }).pipe(Effect.catchAllCause((cause) => Effect.logWarning("out-of-cycle host report failed", cause)))
 
@@ -233,7 +284,40 @@ const recoverInto = (state: Ref.Ref<DaemonState>) =>
     return r.right.length
   })
 
-/** Recovery first, READY=1, watchdog pings, then the loop until interrupted (SIGTERM). */
+/**
+ * systemd's watchdog, pinged only while the hub loop progresses (LoopProgress.ts): a loop that
+ * hangs (a deadlock, a wait that never ends and never polls) stops the pings, and systemd kills
+ * and restarts the daemon after WatchdogSec. Said once when it stops, once when it resumes.
+ */
+export const watchdogLoop = (systemd: Systemd["Type"], progress: LoopProgressShape, every: Duration.Duration) =>
+  Effect.gen(function*() {
+    let stalled = false
+    for (;;) {
+      if (!(yield* progress.stalled)) {
+        if (stalled) {
+          stalled = false
+          yield* Effect.logWarning("hub loop progressing again: pinging the watchdog again")
+          yield* systemd.status("polling the hub")
+        }
+        yield* systemd.watchdog
+      } else if (!stalled) {
+        stalled = true
+        const silentS = Math.round((yield* progress.silentForMs) / 1000)
+        const { lastLabel } = yield* progress.snapshot
+        yield* Effect.logError(
+          `hub loop made no progress for ${silentS}s: no longer pinging the watchdog; systemd will restart the daemon`
+        ).pipe(Effect.annotateLogs("last_step", lastLabel))
+        yield* systemd.status(`hub loop stalled after "${lastLabel}": no watchdog pings`)
+      }
+      yield* Effect.sleep(every)
+    }
+  })
+
+/**
+ * Recovery first, READY=1, watchdog pings from the loop's progress, then the loop until
+ * interrupted (SIGTERM). The LoopProgress in context is used (the status endpoint reads the same
+ * one); without one, the daemon makes its own from status_endpoint.stall_seconds.
+ */
 export const runDaemon = <R = never>(opts: {
   readonly poke: Queue.Queue<void>
   readonly state: Ref.Ref<DaemonState>
@@ -244,18 +328,26 @@ export const runDaemon = <R = never>(opts: {
 }) =>
   Effect.gen(function*() {
     const systemd = yield* Systemd
-    yield* Effect.logInfo("felhom-agent daemon starting: recovering the journal before any mutation")
-    const recovered = yield* recoverInto(opts.state)
-    yield* systemd.ready
-    yield* systemd.status(`recovered ${recovered} op(s); polling the hub`)
-    const watchdog = yield* Option.match(systemd.watchdogInterval, {
-      onNone: () => Effect.succeed(Option.none<Fiber.RuntimeFiber<unknown, never>>()),
-      onSome: (every) => Effect.map(Effect.forkScoped(Effect.repeat(systemd.watchdog, Schedule.spaced(every))), Option.some)
+    const { file } = yield* AgentConfig
+    const progress = yield* Option.match(yield* Effect.serviceOption(LoopProgress), {
+      onNone: () => makeLoopProgress(file.status_endpoint.stall_seconds),
+      onSome: Effect.succeed
     })
-    yield* Effect.logInfo(`ready${Option.isSome(watchdog) ? ", watchdog armed" : ""}`)
-    if (opts.reportNow !== undefined) yield* Effect.forkScoped(reportNowLoop(opts.state, opts.reportNow))
-    if (opts.alongside !== undefined) yield* opts.alongside
-    return yield* hubLoop(opts.state, opts.poke)
+    return yield* Effect.gen(function*() {
+      yield* Effect.logInfo("felhom-agent daemon starting: recovering the journal before any mutation")
+      const recovered = yield* recoverInto(opts.state)
+      yield* progress.beat("recovered")
+      yield* systemd.ready
+      yield* systemd.status(`recovered ${recovered} op(s); polling the hub`)
+      const watchdog = yield* Option.match(systemd.watchdogInterval, {
+        onNone: () => Effect.succeed(Option.none<Fiber.RuntimeFiber<unknown, never>>()),
+        onSome: (every) => Effect.map(Effect.forkScoped(watchdogLoop(systemd, progress, every)), Option.some)
+      })
+      yield* Effect.logInfo(`ready${Option.isSome(watchdog) ? ", watchdog armed (pinged while the hub loop progresses)" : ""}`)
+      if (opts.reportNow !== undefined) yield* Effect.forkScoped(reportNowLoop(opts.state, opts.reportNow))
+      if (opts.alongside !== undefined) yield* opts.alongside
+      return yield* hubLoop(opts.state, opts.poke)
+    }).pipe(Effect.provideService(LoopProgress, progress))
   }).pipe(
     // the fibers forked above (watchdog pings, report-now, data protection) end with the daemon,
     // not with whatever scope its caller runs in (the demo restarts the daemon in one process)
