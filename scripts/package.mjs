@@ -224,7 +224,8 @@ const primeDaemon = (wrapper, env, dir) =>
     config.hub.url = "https://127.0.0.1:9"
     config.local_api = { ...config.local_api, listen: "127.0.0.1", port: 0 }
     delete config.local_api.advertise_url
-    if (config.status_endpoint !== undefined) config.status_endpoint = { ...config.status_endpoint, host: "127.0.0.1", port: 0 }
+    // the status endpoint (issue 14) on any free loopback port: two builds, or a live agent, never collide
+    config.status_endpoint = { ...(config.status_endpoint ?? {}), host: "127.0.0.1", port: 0 }
     writeFileSync(join(dir, "agent.json"), JSON.stringify(config))
     const child = spawn(wrapper, ["daemon"], { cwd: dir, env: { ...env, FELHOM_AGENT_CONFIG: join(dir, "agent.json") }, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
@@ -304,8 +305,9 @@ const helpText = (tree) => {
 
 /** RELEASE.json through B's `release manifest` when the bundle has it; until then the same shape here. */
 const writeManifest = (tree) => {
+  // an unknown subcommand's --help prints the root help (exit 0): look for the command's own usage line
   const help = cli(tree, ["release", "manifest", "--help"])
-  if (help.status === 0 && /manifest/.test(stripAnsi(help.stdout))) {
+  if (help.status === 0 && /^\$ (release )?manifest\b.*--dir/m.test(stripAnsi(help.stdout))) {
     const r = cli(tree, ["release", "manifest", "--dir", tree, "--version", VERSION, "--node", RUNTIME.version])
     if (r.status !== 0) fail(`felhom-agent release manifest exited ${r.status}: ${r.stderr.trim()}`)
     log("RELEASE.json written by `felhom-agent release manifest`")

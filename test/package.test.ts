@@ -28,7 +28,7 @@ import {
   writeFileSync
 } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, relative } from "node:path"
+import { dirname, join, relative } from "node:path"
 import { MANIFEST_FILE, ReleaseManifest, REQUIRED_RELEASE_FILES } from "../src/schema/release.js"
 
 const root = join(__dirname, "..")
@@ -62,12 +62,20 @@ const sh = (cmd: string, args: ReadonlyArray<string>, opts: { env?: NodeJS.Proce
     child.on("close", (status) => resolve({ status, stdout, stderr }))
   })
 
+/** dpkg, dpkg-deb, visudo and useradd: a Debian host (.ci/run installs sudo where it is missing). */
+const missingTools = ["dpkg", "dpkg-deb", "visudo", "useradd", "userdel"].filter((t) =>
+  !(process.env["PATH"] ?? "/usr/sbin:/usr/bin").split(":").some((d) => existsSync(join(d, t)))
+)
+const needsTools = describe.skipIf(missingTools.length > 0)
+if (missingTools.length > 0) console.warn(`package.test: skipped, this host lacks ${missingTools.join(", ")}`)
+
 const work = mkdtempSync(join(tmpdir(), "felhom-package-"))
 const out = join(work, "out")
 const deb = join(out, `felhom-agent_${VERSION}_amd64.deb`)
 let build: Run
 
 beforeAll(async () => {
+  if (missingTools.length > 0) return
   build = await sh(process.execPath, [join(root, "scripts", "package.mjs"), "--out", out], {
     cwd: root,
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: process.env["HOME"] ?? "/root" },
@@ -114,7 +122,7 @@ const files = (dir: string): Array<string> =>
 
 // ---------------------------------------------------------------------------------------------
 
-describe("the built package", () => {
+needsTools("the built package", () => {
   it("control: name, version from package.json, amd64, maintainer, Depends without nodejs, description", async () => {
     const f = await sh("dpkg-deb", ["-f", deb])
     expect(f.status).toBe(0)
@@ -185,7 +193,7 @@ describe("the built package", () => {
   })
 })
 
-describe("installed into a scratch root (dpkg --root, maintainer scripts with DPKG_ROOT)", () => {
+needsTools("installed into a scratch root (dpkg --root, maintainer scripts with DPKG_ROOT)", () => {
   const r = join(work, "root")
   const pfx = join(r, "opt/felhom-agent")
   const sudoers = join(r, "etc/sudoers.d/felhom-agent")
@@ -223,16 +231,20 @@ describe("installed into a scratch root (dpkg --root, maintainer scripts with DP
 
   it("runs `version` and `selftest --help` from the installed layout on the packaged node, with its code cache", async () => {
     const probe = join(work, "probe.cjs")
-    writeFileSync(probe, `process.on("exit", () => process.stderr.write("probe " + JSON.stringify([process.execPath, process.version, process.execArgv]) + "\\n"))`)
+    writeFileSync(probe, `process.on("exit", () => process.stderr.write("probe " + JSON.stringify([process.execPath, process.version, process.execArgv, process.argv[1]]) + "\\n"))`)
     const v = await run(["version"], { NODE_OPTIONS: `--require ${probe}`, FELHOM_AGENT_DEBUG_CACHE: "1" })
     expect(v.status, v.stderr).toBe(0)
     expect(v.stdout.trim()).toBe(`felhom-agent ${VERSION}`)
     const line = v.stderr.split("\n").find((l) => l.startsWith("probe "))!
-    const [exec, version, execArgv] = JSON.parse(line.slice("probe ".length)) as [string, string, Array<string>]
+    const [exec, version, execArgv, main] = JSON.parse(line.slice("probe ".length)) as [string, string, Array<string>, string]
     expect(exec).toBe(realpathSync(join(pfx, "package/bin/node")))
     expect(exec).not.toBe(process.execPath)
     expect(version).toBe(`v${NODE}`)
     expect(execArgv).toEqual(["--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1"])
+    // enroll reads the files it installs from <dirname(dirname(realpath(argv[1])))>/configs (src/programs/cli/enroll.ts)
+    expect(readFileSync(join(dirname(dirname(realpathSync(main))), "configs", "sudoers", "felhom-agent"), "utf8")).toBe(
+      readFileSync(join(root, "configs/sudoers/felhom-agent"), "utf8")
+    )
     // the cache primed at build time with this node and these flags is taken as is
     expect(v.stderr).toMatch(/^felhom-agent: code cache accepted$/m)
     const h = await run(["selftest", "--help"])
@@ -329,7 +341,7 @@ const BROKEN_SUDOERS = "felhom-agent ALL = (root NOPASSWD: ALL\n"
  * root holding only what postinst reads (the sudoers template, the release directory): dpkg adds
  * nothing to these checks, and unpacking the ~115 MiB payload again for each costs ~5 s.
  */
-describe("postinst refusals (the package's scripts, DPKG_ROOT on a small root)", () => {
+needsTools("postinst refusals (the package's scripts, DPKG_ROOT on a small root)", () => {
   const control = join(work, "control")
   const miniRoot = async (name: string, sudoers: string, accounts: Partial<typeof ACCOUNTS> = {}) => {
     if (!existsSync(control)) expect((await sh("dpkg-deb", ["-e", deb, control])).status).toBe(0)
