@@ -247,6 +247,13 @@ needsTools("installed into a scratch root (dpkg --root, maintainer scripts with 
     )
     // the cache primed at build time with this node and these flags is taken as is
     expect(v.stderr).toMatch(/^felhom-agent: code cache accepted$/m)
+    // a V8 without a primed cache (other flags here; on a host: another CPU) runs the bundle as is, and writes nothing into the tree
+    const before = readdirSync(join(pfx, "package/lib/bundle")).sort()
+    const other = await run(["version"], { NODE_OPTIONS: "--max-old-space-size=100", FELHOM_AGENT_DEBUG_CACHE: "1" })
+    expect(other.status, other.stderr).toBe(0)
+    expect(other.stdout.trim()).toBe(`felhom-agent ${VERSION}`)
+    expect(other.stderr).toMatch(/^felhom-agent: code cache absent \(release tree: none written\)$/m)
+    expect(readdirSync(join(pfx, "package/lib/bundle")).sort()).toEqual(before)
     const h = await run(["selftest", "--help"])
     expect(h.status, h.stderr).toBe(0)
     expect(h.stdout).toMatch(/selftest/)
