@@ -1,7 +1,10 @@
 // `npm run package`: dist/deb/felhom-agent_<version>_amd64.deb (issue 14, SPEC §15), built with
 // dpkg-deb from `npm run build`'s output (dist/) and the pinned Node runtime.
 //
-//   node scripts/package.mjs [--out DIR] [--cache DIR] [--no-code-cache]
+//   node scripts/package.mjs [--out DIR] [--cache DIR] [--tree DIR] [--no-code-cache]
+//
+// --tree DIR also leaves the staged release tree there (a self-update release: sign its
+// RELEASE.json with `ssh-keygen -Y sign -n felhom-release-v1` and publish it to the hub).
 //
 // The runtime is package.json's `felhomRuntime` (not an npm dependency: a `node` bin in
 // node_modules/.bin would shadow the system node in every npm script): `npm pack` fetches it once
@@ -24,6 +27,7 @@ import { createHash } from "node:crypto"
 import {
   chmodSync,
   copyFileSync,
+  cpSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -52,6 +56,7 @@ const arg = (name, fallback) => {
 }
 const OUT = arg("--out", join(ROOT, "dist", "deb"))
 const CACHE = arg("--cache", join(ROOT, ".cache", "runtime"))
+const TREE_OUT = arg("--tree", undefined)
 const CODE_CACHE = !process.argv.includes("--no-code-cache")
 
 class PackageError extends Error {}
@@ -412,6 +417,11 @@ const main = async () => {
     // gzip -1 6.1 s 44.3 MiB; zstd -9 10.0 s 34.0 MiB; xz -6 266 s 27.0 MiB.
     runOk("dpkg-deb", ["--root-owner-group", "-Zzstd", "-z3", "--build", deb, tmp], { timeout: 300_000 })
     renameSync(tmp, target)
+    if (TREE_OUT !== undefined) {
+      rmSync(TREE_OUT, { recursive: true, force: true })
+      cpSync(tree, TREE_OUT, { recursive: true, preserveTimestamps: true })
+      log(`release tree: ${TREE_OUT}`)
+    }
     const size = statSync(target).size
     log(`${relative(process.cwd(), target) || target}: ${(size / 1048576).toFixed(1)} MiB, units ${units.join(", ")}; dpkg-deb ${Date.now() - tb} ms, total ${Date.now() - t0} ms`)
   } finally {
