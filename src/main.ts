@@ -368,10 +368,26 @@ const recover = Command.make(
 ))
 
 // ---------------------------------------------------------------------------------------------
+// break-glass (issue 14): enabling is a signed job from the hub; here only what a person at the box needs
+
+const breakGlassStatus = Command.make("status", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/breakglass.js"), (m) => m.breakGlassStatus(o))
+).pipe(Command.withDescription("the emergency access session (who, since, until, why) and the unit's state; exit 0 consistent, 1 a problem"))
+
+const breakGlassDisable = Command.make("disable", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/breakglass.js"), (m) => m.breakGlassDisable(o))
+).pipe(Command.withDescription("close the emergency access now: stop the unit, end the open session (no signature needed); root or the service user"))
+
+const breakGlass = Command.make("break-glass").pipe(
+  Command.withDescription("the operator-signed, time-limited emergency access path"),
+  Command.withSubcommands([breakGlassStatus, breakGlassDisable])
+)
+
+// ---------------------------------------------------------------------------------------------
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, sim, demo])
+  Command.withSubcommands([version, daemon, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, breakGlass, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

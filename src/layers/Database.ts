@@ -303,6 +303,35 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       detail TEXT NOT NULL,
       updated_at_ms INTEGER NOT NULL
     ) STRICT`
+  }),
+  "0015_break_glass": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Break-glass sessions (issue 14, src/programs/breakglass/store.ts): one row per signed enable,
+    // written before the access unit is started, ended only after it was stopped. Who signed (key
+    // id and fingerprint) and until when; never a secret. `stop_error`: the last failed stop of an
+    // open session (it stays open and is retried).
+    yield* sql`CREATE TABLE break_glass_sessions (
+      id TEXT PRIMARY KEY NOT NULL,
+      op_id TEXT NOT NULL UNIQUE,
+      job_id TEXT,
+      enabled_at_ms INTEGER NOT NULL,
+      until_ms INTEGER NOT NULL CHECK (until_ms > enabled_at_ms),
+      signer TEXT NOT NULL,
+      fingerprint TEXT NOT NULL,
+      reason TEXT NOT NULL,
+      ended_at_ms INTEGER,
+      end_reason TEXT CHECK (end_reason IN ('expired', 'disabled', 'consent_withdrawn', 'interrupted', 'start_failed')),
+      stop_error TEXT,
+      CHECK ((ended_at_ms IS NULL) = (end_reason IS NULL))
+    ) STRICT`
+    // at most one open session: every open row indexes the same value
+    yield* sql`CREATE UNIQUE INDEX break_glass_one_open ON break_glass_sessions ((ended_at_ms IS NULL)) WHERE ended_at_ms IS NULL`
+    // an ended session is final: nothing (a replayed job, a bug) reopens or edits it
+    yield* sql`CREATE TRIGGER break_glass_ended_final BEFORE UPDATE ON break_glass_sessions
+      WHEN OLD.ended_at_ms IS NOT NULL
+      BEGIN SELECT RAISE(ABORT, 'an ended break-glass session is final'); END`
+    yield* sql`CREATE TRIGGER break_glass_no_delete BEFORE DELETE ON break_glass_sessions
+      BEGIN SELECT RAISE(ABORT, 'break-glass sessions are kept'); END`
   })
 }
 

@@ -424,6 +424,26 @@ export class PrivilegedPbsKey extends Context.Tag("felhom/PrivilegedPbsKey")<Pri
 /** The helper and its sudoers rule take storage ids of at most this length. */
 export const PBSKEY_STORAGE_MAX = 64
 
+/** What `systemctl is-active` says of the break-glass unit; anything unknown counts as active (fail closed). */
+export type BreakGlassUnitState = "active" | "inactive" | "failed" | "activating" | "deactivating" | "reloading" | "unknown"
+
+/**
+ * The break-glass unit (issue 14, SPEC §15): `systemctl start|stop|is-active
+ * felhom-breakglass.service` (configs/systemd/felhom-breakglass.service), fixed argv: no caller
+ * picks a unit. Why root: starting a system unit is root's (polkit would need a rule of its own).
+ * Whether it may be started (a signed enable with the customer's consent) is decided in
+ * src/programs/breakglass/; this only performs it. A tag of its own like PrivilegedPbsKey.
+ */
+export interface PrivilegedBreakGlassShape {
+  readonly start: Effect.Effect<void, PrivilegedError>
+  readonly stop: Effect.Effect<void, PrivilegedError>
+  readonly state: Effect.Effect<BreakGlassUnitState, PrivilegedError>
+}
+
+export class PrivilegedBreakGlass extends Context.Tag("felhom/PrivilegedBreakGlass")<PrivilegedBreakGlass, PrivilegedBreakGlassShape>() {}
+
+export const BREAK_GLASS_UNIT = "felhom-breakglass.service"
+
 /** How long the install step may take unless `golden.install_timeout_seconds` says otherwise. */
 export const DEFAULT_GOLDEN_INSTALL_TIMEOUT_SECONDS = 1800
 
@@ -1159,6 +1179,22 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
 
   const pbsKey = PrivilegedPbsKey.of({ attachPbsKey })
 
+  // -------------------------------------------------------------------------------------------
+  // The break-glass unit
+
+  const breakGlass = PrivilegedBreakGlass.of({
+    start: Effect.asVoid(runOk("systemctl", ["start", BREAK_GLASS_UNIT])).pipe(Effect.withSpan("Privileged.breakGlassStart")),
+    stop: Effect.asVoid(runOk("systemctl", ["stop", BREAK_GLASS_UNIT])).pipe(Effect.withSpan("Privileged.breakGlassStop")),
+    // exit 0 only for active; the state word is on stdout either way (3: inactive/failed)
+    state: Effect.flatMap(run("systemctl", ["is-active", BREAK_GLASS_UNIT]), (r) => {
+      if (sudoRefused(r)) return Effect.fail(nonZero("systemctl", r))
+      const word = r.stdout.trim()
+      const known = ["active", "inactive", "failed", "activating", "deactivating", "reloading"] as const
+      const state = known.find((k) => k === word)
+      return Effect.succeed<BreakGlassUnitState>(state ?? "unknown")
+    }).pipe(Effect.withSpan("Privileged.breakGlassState"))
+  })
+
   const privileged = Privileged.of({
     createGoldenContainer,
     dumpGoldenArchive,
@@ -1175,7 +1211,7 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     smart,
     sensors
   })
-  return { privileged, golden, pbsKey }
+  return { privileged, golden, pbsKey, breakGlass }
 })
 
 const make = (paths: PrivilegedHostPaths) => Effect.map(makeBoth(paths), (both) => both.privileged)
@@ -1207,6 +1243,11 @@ export const privilegedPbsKeyLayerAt = (paths: PrivilegedHostPaths) =>
   )
 
 export const PrivilegedPbsKeyLive = privilegedPbsKeyLayerAt(DEFAULT_HOST_PATHS)
+
+/** The break-glass unit's three systemctl commands; the same fence as Privileged. */
+export const PrivilegedBreakGlassLive = Layer.effect(PrivilegedBreakGlass, Effect.map(makeBoth(DEFAULT_HOST_PATHS), (both) => both.breakGlass)).pipe(
+  Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+)
 
 // ---------------------------------------------------------------------------------------------
 // Archive tests

@@ -85,8 +85,17 @@ export const DesiredState = Schema.Struct({
   /** The storage manifest (SPEC §13, src/schema/storage.ts); absent: no targets managed. */
   storage: Schema.optionalWith(StorageManifest, { exact: true }),
   /** Per-guest volume placement and backup decisions; cross-checked against `storage`. */
-  policies: Schema.optionalWith(ProtectionPolicies, { exact: true })
-}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies? }" }).pipe(
+  policies: Schema.optionalWith(ProtectionPolicies, { exact: true }),
+  /**
+   * The customer's consent to break-glass (issue 14, SPEC §15): an operator-signed
+   * break-glass-enable runs only while this is true; a newer desired state without it ends an
+   * open session. Absent: no consent.
+   */
+  break_glass_consent: Schema.optionalWith(
+    Schema.Boolean.annotations({ message: () => "break_glass_consent is true or false" }),
+    { exact: true }
+  )
+}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies?, break_glass_consent? }" }).pipe(
   Schema.filter((d) => protectionIssues(d.storage, d.policies))
 )
 export type DesiredState = typeof DesiredState.Type

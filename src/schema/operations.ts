@@ -250,6 +250,19 @@ export const GoldenBuildOperation = Schema.TaggedStruct("golden-build", {
   authorization: Schema.NullOr(SignedAuthorization)
 })
 
+/**
+ * Break-glass (issue 14, src/programs/breakglass/enable.ts): the emergency access unit opened on
+ * an operator's signature until `until` (ISO 8601 UTC, seconds). `record` writes the session row
+ * before `start` starts the unit, so a crash after the start never leaves an unrecorded open door.
+ * Host-level.
+ */
+export const BreakGlassOperation = Schema.TaggedStruct("break-glass", {
+  vmid: Schema.Null,
+  until: Schema.String.pipe(Schema.pattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/)),
+  reason: Schema.String,
+  authorization: SignedAuthorization
+})
+
 /** After a partial-loss recovery an operator confirmed the source is gone: the guest's NICs come up. */
 export const LinkConfirmOperation = Schema.TaggedStruct("link-confirm", { vmid: VmId, nics: Schema.Array(Schema.String) })
 
@@ -275,7 +288,8 @@ export const Operation = Schema.Union(
   ApiRollbackOperation,
   RecoverOperation,
   GoldenBuildOperation,
-  LinkConfirmOperation
+  LinkConfirmOperation,
+  BreakGlassOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -321,7 +335,8 @@ export const STEPS = {
     "compensate_destroy"
   ],
   "link-confirm": ["link"],
-  "golden-build": ["create", "install", "dump", "checksum", "destroy", "register", "compensate_destroy"]
+  "golden-build": ["create", "install", "dump", "checksum", "destroy", "register", "compensate_destroy"],
+  "break-glass": ["record", "start"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

@@ -9,6 +9,7 @@ import { controllersLayer, daemonGates, startControllers } from "../daemon/contr
 import { AgentConfig } from "../../layers/Config.js"
 import { toCliFailure } from "./failure.js"
 import { holdStateLock } from "./stateLock.js"
+import { breakGlassDaemonLayer, startBreakGlass } from "../breakglass/daemon.js"
 
 export const daemon = (o: { readonly config: Option.Option<string> }) =>
   Effect.scoped(Effect.gen(function*() {
@@ -30,15 +31,18 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
     const reportNow = yield* Queue.sliding<void>(1)
     const { file } = yield* AgentConfig
     if (file.local_api === undefined) {
-      return yield* runDaemon({ poke, state, reportNow, alongside: startProtection(state) }).pipe(
-        Effect.provide(reportNowFromQueue(reportNow))
+      return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), startBreakGlass) }).pipe(
+        Effect.provide(reportNowFromQueue(reportNow)),
+        // break-glass (issue 14): before recovery, which may have to stop its unit
+        Effect.provide(breakGlassDaemonLayer(state))
       )
     }
     // the local API and the controllers (issue 11): services for recovery, reconcile and jobs,
     // fibers once recovered
-    return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), startControllers) }).pipe(
+    return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), Effect.zipRight(startControllers, startBreakGlass)) }).pipe(
       Effect.provide(controllersLayer(daemonGates(state))),
-      Effect.provide(reportNowFromQueue(reportNow))
+      Effect.provide(reportNowFromQueue(reportNow)),
+      Effect.provide(breakGlassDaemonLayer(state))
     )
   })).pipe(
     Effect.provide(daemonLayer(o.config)),

@@ -85,7 +85,10 @@ const ALWAYS_BENIGN = new Set([
   "controller-deploy",
   // the plan names this op only for an image in the operator's controllers.repositories (the hub
   // cannot: a hub job with it is refused by the job runner); health-checked and rolled back
-  "controller-update-policy"
+  "controller-update-policy",
+  // closes the emergency access path early (SPEC §15: unsigned): it only ever reduces access; a
+  // hostile hub can at worst cut an operator's session short, never open one
+  "break-glass-disable"
 ])
 
 /** Ops that overwrite or remove data whatever their provenance. */

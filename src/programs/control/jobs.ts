@@ -30,6 +30,8 @@ import { type ControllerOpFailed, ControllerOps } from "../controller/ops.js"
 import { recoverPlan } from "../bringup/tiers.js"
 import { executeRecover } from "../bringup/recoverGuest.js"
 import { jsonEqual } from "../../schema/json.js"
+import { disableBreakGlassJob, enableBreakGlass } from "../breakglass/enable.js"
+import type { BreakGlassRefused, BreakGlassUnitFailed } from "../breakglass/service.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -69,7 +71,7 @@ const run = (
   job: SignedJob,
   approved: Approved,
   key: string
-): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed | ControllerOpFailed, Proxmox | StoreServices> => {
+): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed | ControllerOpFailed | BreakGlassRefused | BreakGlassUnitFailed, Proxmox | StoreServices> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -173,6 +175,20 @@ const run = (
         if (r.outcome !== "done") return yield* new BadJob({ message: `recover of ${vmid}: ${r.outcome} (${r.detail})` })
       })
     }
+    case "break-glass-enable": {
+      // the emergency access path (src/programs/breakglass/enable.ts): consent, until and the one
+      // open session are checked there, under its lock, before anything is admitted
+      const auth = signed()
+      if (vmid !== null) return Effect.fail(new BadJob({ message: "break-glass-enable is host-level (guest_id null)" }))
+      return Either.isLeft(auth) ? Effect.fail(auth.left) : Effect.asVoid(enableBreakGlass(params, approved.grant, auth.right, key))
+    }
+    case "break-glass-disable": {
+      // unsigned (benign in the gate): it only ever closes access
+      if (vmid !== null || Object.keys(job.params).length > 0) {
+        return Effect.fail(new BadJob({ message: "break-glass-disable is host-level (guest_id null) with no params" }))
+      }
+      return Effect.asVoid(disableBreakGlassJob(job.id))
+    }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))
   }
@@ -235,6 +251,8 @@ export const runSignedJob = (job: SignedJob) =>
               ? result("duplicate", `job ${job.id} was already handled; not run again`)
               : result("rejected", `Replay: ${e.message}`)
           }
+          // break-glass's own refusals (no consent, until, an open session): nothing was admitted
+          if (e._tag === "BreakGlassRefused") return result("rejected", `${e.reason}: ${e.message}`)
           // admitted ops record their end; a job refused before admission claimed nothing
           yield* idem.idempotencyGet(key).pipe(
             Effect.flatMap((claimed) => Option.isSome(claimed) ? idem.idempotencyComplete(key, { status: "failed", reason: e.message }) : Effect.void)

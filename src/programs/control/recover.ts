@@ -34,6 +34,7 @@ import { recoverControllerDeploy } from "../controller/deploy.js"
 import { recoverControllerUpdate } from "../controller/update.js"
 import { recoverControllerRestart } from "../controller/heal.js"
 import { recoverApiRollback, recoverApiSnapshot } from "../localapi/ops.js"
+import { recoverBreakGlass } from "../breakglass/enable.js"
 
 export interface RecoveredOp {
   readonly id: string
@@ -248,6 +249,10 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
     case "golden-build":
       // the build container is the op's own: removed; an archive already dumped is kept, unregistered
       return recoverGoldenBuild(op, typed)
+    case "break-glass":
+      // start not recorded done: the unit is stopped (fail closed) and the session ends
+      // "interrupted"; done: the expiry fiber takes over
+      return recoverBreakGlass(op, typed)
     default: {
       const unreachable: never = typed
       return unreachable
