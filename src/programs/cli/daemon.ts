@@ -3,6 +3,7 @@ import * as NodeCommandExecutor from "@effect/platform-node/NodeCommandExecutor"
 import { Effect, Logger, type Option, Queue, Ref } from "effect"
 import { initialState, runDaemon } from "../daemon/loop.js"
 import { startProtection } from "../daemon/protection.js"
+import { startStatusEndpoint } from "../daemon/status.js"
 import { reportNowFromQueue } from "../protection/status.js"
 import { daemonLayer } from "../daemon/root.js"
 import { controllersLayer, daemonGates, startControllers } from "../daemon/controllers.js"
@@ -31,7 +32,7 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
     const reportNow = yield* Queue.sliding<void>(1)
     const { file } = yield* AgentConfig
     if (file.local_api === undefined) {
-      return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), startBreakGlass) }).pipe(
+      return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startStatusEndpoint(state), Effect.zipRight(startProtection(state), startBreakGlass)) }).pipe(
         Effect.provide(reportNowFromQueue(reportNow)),
         // break-glass (issue 14): before recovery, which may have to stop its unit
         Effect.provide(breakGlassDaemonLayer(state))
@@ -39,7 +40,7 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
     }
     // the local API and the controllers (issue 11): services for recovery, reconcile and jobs,
     // fibers once recovered
-    return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startProtection(state), Effect.zipRight(startControllers, startBreakGlass)) }).pipe(
+    return yield* runDaemon({ poke, state, reportNow, alongside: Effect.zipRight(startStatusEndpoint(state), Effect.zipRight(startProtection(state), Effect.zipRight(startControllers, startBreakGlass))) }).pipe(
       Effect.provide(controllersLayer(daemonGates(state))),
       Effect.provide(reportNowFromQueue(reportNow)),
       Effect.provide(breakGlassDaemonLayer(state))
