@@ -122,7 +122,7 @@ const files = (dir: string): Array<string> =>
 
 // ---------------------------------------------------------------------------------------------
 
-needsTools("the built package", () => {
+needsTools("the built package", { timeout: 120_000 }, () => {
   it("control: name, version from package.json, amd64, maintainer, Depends without nodejs, description", async () => {
     const f = await sh("dpkg-deb", ["-f", deb])
     expect(f.status).toBe(0)
@@ -193,7 +193,7 @@ needsTools("the built package", () => {
   })
 })
 
-needsTools("installed into a scratch root (dpkg --root, maintainer scripts with DPKG_ROOT)", () => {
+needsTools("installed into a scratch root (dpkg --root, maintainer scripts with DPKG_ROOT)", { timeout: 120_000 }, () => {
   const r = join(work, "root")
   const pfx = join(r, "opt/felhom-agent")
   const sudoers = join(r, "etc/sudoers.d/felhom-agent")
@@ -348,7 +348,7 @@ const BROKEN_SUDOERS = "felhom-agent ALL = (root NOPASSWD: ALL\n"
  * root holding only what postinst reads (the sudoers template, the release directory): dpkg adds
  * nothing to these checks, and unpacking the ~115 MiB payload again for each costs ~5 s.
  */
-needsTools("postinst refusals (the package's scripts, DPKG_ROOT on a small root)", () => {
+needsTools("postinst refusals (the package's scripts, DPKG_ROOT on a small root)", { timeout: 120_000 }, () => {
   const control = join(work, "control")
   const miniRoot = async (name: string, sudoers: string, accounts: Partial<typeof ACCOUNTS> = {}) => {
     if (!existsSync(control)) expect((await sh("dpkg-deb", ["-e", deb, control])).status).toBe(0)
