@@ -319,3 +319,80 @@ describe.skipIf(sandbox === undefined)("sudoers: the felhom-update rule", () => 
     expect(sandbox!.allows(["/usr/bin/systemctl", "start", "felhom-agent-gate.service"])).toBe(false)
   })
 })
+
+// ---------------------------------------------------------------------------------------------
+// With the real verifier: B's `felhom-agent release verify` from the built bundle as `current`
+
+const REPO = join(__dirname, "..")
+const BIN = join(REPO, "bin", "felhom-agent.cjs")
+const probeRelease = spawnSync(process.execPath, [BIN, "release", "verify", "--help"], { encoding: "utf8", env: { PATH: "/usr/bin:/bin" } })
+const hasReleaseVerify = !`${probeRelease.stdout}${probeRelease.stderr}`.includes("Invalid subcommand") && probeRelease.error === undefined
+
+/** An ed25519 release key made by ssh-keygen, and a signer for RELEASE.json. */
+const releaseKey = (dir: string, name: string) => {
+  const key = join(dir, name)
+  const r = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key], { encoding: "utf8" })
+  if (r.status !== 0) throw new Error(r.stderr)
+  return {
+    pub: readFileSync(`${key}.pub`, "utf8").trim(),
+    sign: (manifest: string) => {
+      const s = spawnSync("ssh-keygen", ["-Y", "sign", "-f", key, "-n", "felhom-release-v1", manifest], { encoding: "utf8" })
+      if (s.status !== 0) throw new Error(s.stderr)
+    }
+  }
+}
+
+describe.skipIf(!isRoot || !hasReleaseVerify)("felhom-update with the real release verify (the built bundle as current)", () => {
+  it("stages a release signed by a configured key; refuses a tampered file, an unknown signer and a wrong version (exit 4)", async () => {
+    const h = await makeHost({ version: "1.0.0" })
+    hosts.push(h)
+    // current: a release whose bin/felhom-agent is the repository's bin (the built bundle)
+    writeFileSync(join(h.prefix, "package", "bin", "felhom-agent"), `#!/bin/sh\nexec ${process.execPath} ${BIN} "$@"\n`, { mode: 0o755 })
+    const trusted = releaseKey(h.base, "release-key")
+    const stranger = releaseKey(h.base, "stranger")
+    const cfg = writeAgentConfig(h)
+    writeFileSync(cfg, JSON.stringify({ update: { release_signers: [trusted.pub] } }) + "\n")
+
+    const download = (version: string, signer: typeof trusted) => {
+      const dir = join(h.root, "var", "lib", "felhom-agent", "update", version)
+      rmSync(dir, { recursive: true, force: true })
+      for (const d of ["bin", "lib"]) mkdirSync(join(dir, d), { recursive: true })
+      writeFileSync(join(dir, "bin", "node"), "#!/bin/sh\necho fake node\n", { mode: 0o755 })
+      writeFileSync(join(dir, "bin", "felhom-agent"), "#!/bin/sh\nexec \"$(dirname \"$0\")/node\" \"$@\"\n", { mode: 0o755 })
+      writeFileSync(join(dir, "lib", "felhom-agent.cjs"), `console.log(${JSON.stringify(version)})\n`, { mode: 0o644 })
+      const m = spawnSync(process.execPath, [BIN, "release", "manifest", "--dir", dir, "--version", version, "--node", "20.20.2"], { encoding: "utf8" })
+      if (m.status !== 0) throw new Error(`release manifest: ${m.stdout}${m.stderr}`)
+      signer.sign(join(dir, "RELEASE.json"))
+      chownTree(join(h.root, "var", "lib", "felhom-agent"), SERVICE_UID)
+      return dir
+    }
+
+    download("1.1.0", trusted)
+    const r = await runUpdate(h, ["stage", "1.1.0"])
+    expect(r.stdout, r.stderr).toBe("staged a 1.1.0\n")
+    expect(readFileSync(join(h.prefix, "slots", "a", "lib", "felhom-agent.cjs"), "utf8")).toBe("console.log(\"1.1.0\")\n")
+    expect(existsSync(join(h.prefix, "slots", "a", "RELEASE.json.sig"))).toBe(true)
+
+    const refusedWith = async (version: string) => {
+      const before = snapshot(join(h.prefix, "slots"))
+      const state = h.state()
+      const out = await runUpdate(h, ["stage", version])
+      expect(out.code, out.stderr).toBe(4)
+      expect(out.stderr).toMatch(new RegExp(`^felhom-update: release ${version.replaceAll(".", "\\.")} failed verification: .+\\n$`))
+      expect(snapshot(join(h.prefix, "slots"))).toEqual(before)
+      expect(h.state()).toEqual(state)
+      expect(stagingLeftovers(h)).toEqual([])
+    }
+    // a file changed after signing
+    writeFileSync(join(download("1.2.0", trusted), "lib", "felhom-agent.cjs"), "tampered\n")
+    await refusedWith("1.2.0")
+    // signed by a key the config does not list
+    download("1.3.0", stranger)
+    await refusedWith("1.3.0")
+    // a validly signed release under another version's name
+    const other = download("1.4.0", trusted)
+    rmSync(join(h.root, "var", "lib", "felhom-agent", "update", "1.5.0"), { recursive: true, force: true })
+    spawnSync("cp", ["-a", other, join(h.root, "var", "lib", "felhom-agent", "update", "1.5.0")])
+    await refusedWith("1.5.0")
+  })
+})
