@@ -102,13 +102,15 @@ rootSuite("felhom-update stage", () => {
     ["a fifo", (src: string) => spawnSync("mkfifo", [join(src, "lib", "pipe")])],
     ["a setuid file", (src: string) => chmodSync(join(src, "lib", "felhom-agent.cjs"), 0o4755)],
     ["a setgid directory", (src: string) => chmodSync(join(src, "lib"), 0o2755)],
-    ["a hidden symlink", (src: string) => symlinkSync("/", join(src, "bin", ".x"))]
+    ["a hidden symlink", (src: string) => symlinkSync("/", join(src, "bin", ".x"))],
+    ["a symlink whose name forges a log line", (src: string) => symlinkSync("/", join(src, "lib", "x\nstaged a 9.9.9"))]
   ])("refuses %s in the download (exit 3): no slot, state unchanged, staging removed", async (_, plant) => {
     const { h, src } = await hostWithDownload()
     plant(src)
     const r = await runUpdate(h, ["stage", "1.1.0"])
     expect(r.code, r.stdout).toBe(3)
     expect(r.stderr).toMatch(/only directories and regular files/)
+    expect(r.stderr.trimEnd().split("\n")).toHaveLength(1)
     expect(existsSync(join(h.prefix, "slots", "a"))).toBe(false)
     expect(h.state()).toBeUndefined()
     expect(stagingLeftovers(h)).toEqual([])
