@@ -85,6 +85,12 @@ const selftest = Command.make(
   Command.withSubcommands([selftestRead, selftestTask, selftestHub])
 )
 
+const status = Command.make("status", { config: configOpt, json: jsonOpt }, (o) =>
+  lazy(() => import("./programs/cli/status.js"), (m) => m.statusCommand(o))
+).pipe(Command.withDescription(
+  "what to ask first: daemon health (its loopback /status), hub contact, pending signatures, in-flight and needs_operator ops, lost guests, backups and restore tests, storage targets, break-glass; reads the state DB read-only; exit 0 all well, 1 findings, 2 usage"
+))
+
 // ---------------------------------------------------------------------------------------------
 // sim, daemon, demo
 
@@ -387,7 +393,7 @@ const breakGlass = Command.make("break-glass").pipe(
 
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, breakGlass, sim, demo])
+  Command.withSubcommands([version, daemon, status, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, breakGlass, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

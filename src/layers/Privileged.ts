@@ -444,6 +444,32 @@ export class PrivilegedBreakGlass extends Context.Tag("felhom/PrivilegedBreakGla
 
 export const BREAK_GLASS_UNIT = "felhom-breakglass.service"
 
+/** What `felhom-cloudflared write-token` did: wrote a different token, or found this one there. */
+export type CloudflaredTokenResult = "changed" | "unchanged"
+
+/**
+ * cloudflared's service (issue 14, SPEC §15: a separate service, never embedded), a tag of its
+ * own like PrivilegedPbsKey. Why root: the token file (/etc/felhom-agent/cloudflared/token.env,
+ * the unit's EnvironmentFile) is root's 0600, and starting a system unit is root's. Why a helper:
+ * the path is fixed inside it, and the token travels on stdin, never in argv (which /proc shows
+ * to every user). The unit name is fixed here: no caller picks a unit.
+ */
+export interface PrivilegedCloudflaredShape {
+  /** `felhom-cloudflared write-token`, the token on stdin; rewritten (atomically, 0600) only when it differs. */
+  readonly writeToken: (token: Redacted.Redacted<string>) => Effect.Effect<CloudflaredTokenResult, PrivilegedError>
+  /** `systemctl start felhom-cloudflared.service` (a no-op when it runs). */
+  readonly start: Effect.Effect<void, PrivilegedError>
+  /** `systemctl restart felhom-cloudflared.service` (starts it when stopped). */
+  readonly restart: Effect.Effect<void, PrivilegedError>
+}
+
+export class PrivilegedCloudflared extends Context.Tag("felhom/PrivilegedCloudflared")<PrivilegedCloudflared, PrivilegedCloudflaredShape>() {}
+
+export const CLOUDFLARED_UNIT = "felhom-cloudflared.service"
+
+/** What the helper (and its EnvironmentFile line) accepts: base64 and base64url characters, bounded. */
+export const isTunnelToken = (s: string): boolean => s.length >= 1 && s.length <= 4096 && /^[A-Za-z0-9+/=._-]+$/.test(s)
+
 /** How long the install step may take unless `golden.install_timeout_seconds` says otherwise. */
 export const DEFAULT_GOLDEN_INSTALL_TIMEOUT_SECONDS = 1800
 
@@ -1195,6 +1221,32 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     }).pipe(Effect.withSpan("Privileged.breakGlassState"))
   })
 
+  // -------------------------------------------------------------------------------------------
+  // cloudflared: its token file and its unit
+
+  const writeCloudflaredToken = Effect.fn("Privileged.writeCloudflaredToken")(function*(token: Redacted.Redacted<string>) {
+    const value = Redacted.value(token)
+    // checked here too, so a bad token never reaches sudo; the message never quotes it
+    if (!isTunnelToken(value)) {
+      return yield* new PrivilegedError({
+        reason: "InvalidArgument",
+        command: "felhom-cloudflared",
+        argument: "token",
+        message: "felhom-cloudflared: the tunnel token must be 1 to 4096 characters of [A-Za-z0-9+/=._-] (value hidden)"
+      })
+    }
+    const r = yield* runOk("felhom-cloudflared", ["write-token"], new TextEncoder().encode(`${value}\n`))
+    const line = r.stdout.trim()
+    if (line === "changed" || line === "unchanged") return line
+    return yield* decodeError("felhom-cloudflared", "unexpected output (neither changed nor unchanged)", r)
+  })
+
+  const cloudflared = PrivilegedCloudflared.of({
+    writeToken: writeCloudflaredToken,
+    start: Effect.asVoid(runOk("systemctl", ["start", CLOUDFLARED_UNIT])).pipe(Effect.withSpan("Privileged.cloudflaredStart")),
+    restart: Effect.asVoid(runOk("systemctl", ["restart", CLOUDFLARED_UNIT])).pipe(Effect.withSpan("Privileged.cloudflaredRestart"))
+  })
+
   const privileged = Privileged.of({
     createGoldenContainer,
     dumpGoldenArchive,
@@ -1211,7 +1263,7 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     smart,
     sensors
   })
-  return { privileged, golden, pbsKey, breakGlass }
+  return { privileged, golden, pbsKey, breakGlass, cloudflared }
 })
 
 const make = (paths: PrivilegedHostPaths) => Effect.map(makeBoth(paths), (both) => both.privileged)
@@ -1248,6 +1300,14 @@ export const PrivilegedPbsKeyLive = privilegedPbsKeyLayerAt(DEFAULT_HOST_PATHS)
 export const PrivilegedBreakGlassLive = Layer.effect(PrivilegedBreakGlass, Effect.map(makeBoth(DEFAULT_HOST_PATHS), (both) => both.breakGlass)).pipe(
   Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
 )
+
+/** cloudflared's helper and unit over explicit host paths (tests); the same fence as Privileged. */
+export const privilegedCloudflaredLayerAt = (paths: PrivilegedHostPaths) =>
+  Layer.effect(PrivilegedCloudflared, Effect.map(makeBoth(paths), (both) => both.cloudflared)).pipe(
+    Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+  )
+
+export const PrivilegedCloudflaredLive = privilegedCloudflaredLayerAt(DEFAULT_HOST_PATHS)
 
 // ---------------------------------------------------------------------------------------------
 // Archive tests

@@ -10,6 +10,7 @@ import { controllersLayer, daemonGates, startControllers } from "../daemon/contr
 import { AgentConfig } from "../../layers/Config.js"
 import { toCliFailure } from "./failure.js"
 import { holdStateLock } from "./stateLock.js"
+import { CloudflaredLive } from "../cloudflared/manager.js"
 import { breakGlassDaemonLayer, startBreakGlass } from "../breakglass/daemon.js"
 
 export const daemon = (o: { readonly config: Option.Option<string> }) =>
@@ -46,6 +47,9 @@ export const daemon = (o: { readonly config: Option.Option<string> }) =>
       Effect.provide(breakGlassDaemonLayer(state))
     )
   })).pipe(
+    // the cloudflared manager (issue 14): a fiber for the daemon's life when cloudflared.enabled
+    // and a token is configured; its view feeds the host report
+    Effect.provide(CloudflaredLive),
     Effect.provide(daemonLayer(o.config)),
     // journald: one structured logfmt line per event (runMain installs the pretty logger; swap it)
     Effect.provide(Logger.replace(Logger.prettyLoggerDefault, Logger.withConsoleLog(Logger.logfmtLogger))),

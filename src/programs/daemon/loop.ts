@@ -22,6 +22,8 @@ import { executePlan, planNow } from "../control/apply.js"
 import { runJobBatch } from "../control/jobs.js"
 import { recover } from "../control/recover.js"
 import { collectReport } from "./report.js"
+// the cloudflared manager's view when the daemon runs it (issue 14), else systemd's word
+import { cloudflaredReportStatus } from "../cloudflared/manager.js"
 
 export interface PendingSignature {
   readonly op: string
@@ -124,7 +126,7 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       hostId,
       desiredGenerationApplied: s.appliedGeneration,
       pendingSignatures: s.pending,
-      cloudflared: systemd.cloudflaredStatus,
+      cloudflared: cloudflaredReportStatus(systemd),
       stateStore: s.store
     }))
     yield* beat("cycle report collected")
@@ -248,7 +250,7 @@ export const reportOnly = (state: Ref.Ref<DaemonState>) =>
       hostId: file.host_id ?? "unknown-host",
       desiredGenerationApplied: s.appliedGeneration,
       pendingSignatures: s.pending,
-      cloudflared: systemd.cloudflaredStatus,
+      cloudflared: cloudflaredReportStatus(systemd),
       stateStore: s.store
     })
     const sent = yield* Effect.either(hub.report(report))
