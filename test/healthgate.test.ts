@@ -8,8 +8,11 @@
  * whole release at that instant, and a re-run (as at boot) must converge. Windows are ~1 s.
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { readdirSync, rmSync, writeFileSync } from "node:fs"
+import { spawnSync } from "node:child_process"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { DEFAULT_STATUS_PORT, UNITS } from "../src/schema/install.js"
 import { type Behaviour, type GateTiming, type Host, makeHost, runGate, runScript, runUpdate, watchInvariants, writeAgentConfig, writeDownload } from "./update-gate-support.js"
 
 const hosts: Array<Host> = []
@@ -295,5 +298,38 @@ rootSuite("felhom-update and the gate together", () => {
     expect(await h.health()).toBe("1.1.0")
     // activate again is refused: nothing staged
     expect((await runUpdate(h, ["activate"])).code).toBe(3)
+  })
+})
+
+const UNIT = join(__dirname, "..", "configs", "systemd", UNITS.gate)
+const hasAnalyze = spawnSync("sh", ["-c", "command -v systemd-analyze"]).status === 0
+
+describe("the gate unit", () => {
+  const text = readFileSync(UNIT, "utf8")
+  it("runs the gate as a oneshot at boot after the agent, probing the status endpoint's default port on loopback", () => {
+    expect(text).toMatch(/^Type=oneshot$/m)
+    expect(text).toMatch(/^ExecStart=\/usr\/local\/libexec\/felhom-agent\/felhom-healthgate run$/m)
+    expect(text).toMatch(/^After=felhom-agent\.service$/m)
+    expect(text).toMatch(/^WantedBy=multi-user\.target$/m)
+    expect(text).toContain(`Environment=FELHOM_GATE_HEALTH_URL=http://127.0.0.1:${DEFAULT_STATUS_PORT}/health\n`)
+    // no test hook is ever set by the unit
+    expect(text).not.toMatch(/FELHOM_GATE_TEST_/)
+    // the script's defaults are the unit's
+    const script = readFileSync(join(__dirname, "..", "configs", "libexec", "felhom-healthgate"), "utf8")
+    for (const [k, v] of [...text.matchAll(/^Environment=(FELHOM_GATE_[A-Z_]+)=(\S+)$/gm)].map((m) => [m[1]!, m[2]!] as const)) {
+      expect(script, k).toContain(`\${${k}:-${v}}`)
+    }
+  })
+
+  it.skipIf(!hasAnalyze)("passes systemd-analyze verify", () => {
+    const dir = mkdtempSync(join(tmpdir(), "felhom-gate-unit-"))
+    try {
+      const copy = join(dir, UNITS.gate)
+      writeFileSync(copy, text.replace(/^ExecStart=\S+ /m, "ExecStart=/bin/true "))
+      const r = spawnSync("systemd-analyze", ["verify", "--man=no", copy], { encoding: "utf8", env: { ...process.env, SYSTEMD_LOG_COLOR: "0" } })
+      expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }).toEqual({ status: 0, stdout: "", stderr: "" })
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
