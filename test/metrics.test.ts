@@ -231,6 +231,7 @@ describe("the daemon's /metrics", () => {
       expect(value(a, "felhom_watchdog_state", { state: "armed" })).toBe(1)
       expect(value(a, "felhom_watchdog_state", { state: "stalled" })).toBe(0)
       expect(value(a, "felhom_agent_info", { version: "0.1.0" })).toBe(1)
+      expect(a.get("felhom_break_glass_active")?.samples.map((x) => x.value)).toEqual([0])
       // at scrape, from the store: 100's backup is ~90 s old, 101 never succeeded, 100's restore-test failed
       const age = value(a, "felhom_backup_age_seconds", { vmid: "100" })
       expect(age).toBeGreaterThanOrEqual(85)

@@ -29,6 +29,7 @@ const sourcesWith = (state: DaemonState, o: { readonly armed?: boolean } = {}) =
       watchdogArmed: o.armed ?? true,
       cloudflared: Effect.succeed("running"),
       runs: Option.none(),
+      breakGlassUntil: Option.none(),
       startedAtMs: 0,
       pid: 4242,
       scrub: (t) => t.replaceAll("sekrit", "<redacted>")

@@ -72,7 +72,9 @@ export const startDaemonWithEndpoint = (o: { readonly pollIntervalSeconds?: numb
       Layer.effect(Authz, makeAuthz({ hostId: HOST, signers: [], clockSkewSeconds: 60 })).pipe(Layer.provide(db)),
       GuestQueue.layer(4),
       Layer.succeed(Systemd, quietSystemd),
-      Layer.effect(LoopProgress, makeProgress(300))
+      Layer.effect(LoopProgress, makeProgress(300)),
+      // the same database (layers are shared by reference within one build): break-glass reads it
+      db
     ).pipe(Layer.provideMerge(layerFrom(file)), Layer.orDie)
     const context = yield* Layer.build(services)
     const port = yield* Deferred.make<number>()

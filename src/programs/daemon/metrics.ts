@@ -98,6 +98,8 @@ export interface ScrapeInput {
   readonly lostGuests: number
   /** The protection store's runs; None when it is not in the graph or could not be read. */
   readonly runs: Option.Option<ReadonlyArray<RunRecord>>
+  /** The open break-glass session's end (epoch ms), Some(null) when none is open; None: unknown. */
+  readonly breakGlassUntilMs: Option.Option<number | null>
 }
 
 const RESTORE_VALUE: Record<RunRecord["lastResult"], number> = { ok: 1, warnings: 1, failed: 0, skipped: -1 }
@@ -135,6 +137,13 @@ export const scrapeFamilies = (i: ScrapeInput): ReadonlyArray<Family> => {
         byVmid(restore).map(([vmid, r]) => [[["vmid", String(vmid)]], RESTORE_VALUE[r.lastResult]] as const)),
       gauge("felhom_restore_test_last_timestamp_seconds", "Unix time of the guest's last restore-test attempt.",
         byVmid(restore).map(([vmid, r]) => [[["vmid", String(vmid)]], Math.floor(r.lastAttemptMs / 1000)] as const))
+    )
+  }
+  if (Option.isSome(i.breakGlassUntilMs)) {
+    const until = i.breakGlassUntilMs.value
+    families.push(
+      gauge("felhom_break_glass_active", "Whether an emergency access (break-glass) session is open (1) or not (0).", [[[], until === null ? 0 : 1]]),
+      ...(until === null ? [] : [gauge("felhom_break_glass_until_timestamp_seconds", "Unix time the open break-glass session expires.", [[[], Math.floor(until / 1000)]])])
     )
   }
   families.push(gauge("felhom_protection_store_readable", "Whether this scrape could read the protection store (1) or not (0).",

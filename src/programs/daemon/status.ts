@@ -14,6 +14,7 @@
  * bounded labels only.
  */
 import { Clock, Effect, Option, Redacted, type Ref, Schedule } from "effect"
+import { SqlClient } from "@effect/sql"
 import { AgentConfig } from "../../layers/Config.js"
 import { LoopProgress, type LoopProgressShape } from "../../layers/LoopProgress.js"
 import { ProtectionStore, type RunRecord } from "../../layers/ProtectionStore.js"
@@ -22,6 +23,7 @@ import { Systemd } from "../../layers/Systemd.js"
 import { HEALTH_PATH, type HealthBody, METRICS_PATH, STATUS_PATH, type StatusBody } from "../../schema/status.js"
 import { makeScrubber } from "../../schema/text.js"
 import { VERSION } from "../../version.js"
+import { currentSession } from "../breakglass/store.js"
 import type { DaemonState } from "./loop.js"
 import { CONTENT_TYPE, registryFamilies, render, scrapeFamilies } from "./metrics.js"
 import type { CloudflaredStatus } from "./report.js"
@@ -37,6 +39,8 @@ export interface StatusSources {
    * caller; the cloudflared manager replaces it here and in collectReport's input alike.
    */
   readonly cloudflared: Effect.Effect<StatusBody["cloudflared"]>
+  /** The open break-glass session's end, epoch ms, or null (None: no state database in this graph). */
+  readonly breakGlassUntil: Option.Option<Effect.Effect<number | null, unknown>>
   /** The protection store's runs (None: not in this graph). */
   readonly runs: Option.Option<Effect.Effect<ReadonlyArray<RunRecord>, unknown>>
   readonly startedAtMs: number
@@ -89,6 +93,10 @@ export const metricsOf = (src: StatusSources): Effect.Effect<string> =>
       onNone: () => Effect.succeed(Option.none()),
       onSome: (read) => Effect.option(read)
     })
+    const breakGlassUntilMs = yield* Option.match(src.breakGlassUntil, {
+      onNone: () => Effect.succeed(Option.none<number | null>()),
+      onSome: (read) => Effect.option(read)
+    })
     const scraped = scrapeFamilies({
       nowMs: yield* Clock.currentTimeMillis,
       version: VERSION,
@@ -97,7 +105,8 @@ export const metricsOf = (src: StatusSources): Effect.Effect<string> =>
       lastProgressMs: snap.lastBeatMs,
       pendingSignatures: s.pending.length,
       lostGuests: s.lostGuests.length,
-      runs
+      runs,
+      breakGlassUntilMs
     })
     return render([...(yield* registryFamilies), ...scraped])
   })
@@ -140,6 +149,7 @@ export const startStatusEndpoint = (state: Ref.Ref<DaemonState>, options: Status
     const systemd = yield* Systemd
     const progress = yield* LoopProgress
     const store = yield* Effect.serviceOption(ProtectionStore)
+    const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
     // systemctl per /status request would let any local user make the daemon spawn processes
     const cloudflared = yield* Effect.cachedWithTTL(options.cloudflared ?? systemd.cloudflaredStatus, "30 seconds")
     const secrets = [
@@ -153,6 +163,11 @@ export const startStatusEndpoint = (state: Ref.Ref<DaemonState>, options: Status
       watchdogArmed: Option.isSome(systemd.watchdogInterval),
       cloudflared,
       runs: Option.map(store, (s) => s.runs),
+      breakGlassUntil: Option.map(sql, (client) =>
+        currentSession.pipe(
+          Effect.map(Option.match({ onNone: () => null, onSome: (b) => Date.parse(b.until) })),
+          Effect.provideService(SqlClient.SqlClient, client)
+        )),
       startedAtMs: yield* Clock.currentTimeMillis,
       pid: process.pid,
       scrub: scrubber.scrub
