@@ -6,7 +6,7 @@
  * Every time-driven path runs on TestClock.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Fiber, Option, TestClock } from "effect"
+import { Clock, Duration, Effect, FastCheck as fc, Fiber, Option, Ref, TestClock } from "effect"
 import { Journal } from "../src/layers/Journal.js"
 import { runSignedJob } from "../src/programs/control/jobs.js"
 import { recover } from "../src/programs/control/recover.js"
@@ -14,6 +14,10 @@ import { beginOperation } from "../src/programs/control/steps.js"
 import { BreakGlass } from "../src/programs/breakglass/service.js"
 import { breakGlassExpiry, checkBreakGlass, nextWait } from "../src/programs/breakglass/expiry.js"
 import { currentSession } from "../src/programs/breakglass/store.js"
+import { decodeEnableParams } from "../src/programs/breakglass/enable.js"
+import { consentOf } from "../src/programs/breakglass/daemon.js"
+import { initialState } from "../src/programs/daemon/loop.js"
+import { decodeDesiredState } from "../src/schema/desired.js"
 import { job, operator, recoveryKey, settle, stranger } from "./engine-support.js"
 import {
   CHECK_SECONDS,
@@ -220,6 +224,18 @@ describe("break-glass expiry", () => {
     expect(nextWait([1_000, 50_000], 2_000, 30_000)).toBe(30_000)
   })
 
+  it.prop(
+    "the wait is positive, at most one interval, and never sleeps past the earliest future until",
+    [fc.array(fc.integer({ min: 0, max: 10 * HOUR }), { maxLength: 4 }), fc.integer({ min: 0, max: 10 * HOUR }), fc.integer({ min: 1000, max: 3_600_000 })],
+    ([untils, now, interval]) => {
+      const w = nextWait(untils, now, interval)
+      expect(w).toBeGreaterThan(0)
+      expect(w).toBeLessThanOrEqual(interval)
+      const future = untils.filter((u) => u > now)
+      if (future.length > 0) expect(now + w).toBeLessThanOrEqual(Math.min(...future))
+    }
+  )
+
   it.effect("a failing stop keeps the session open (noted, audited once) and is retried every interval until it works", () => {
     const h = harness()
     return withBreakGlass(h, Effect.gen(function*() {
@@ -278,6 +294,38 @@ describe("break-glass expiry", () => {
       expect((yield* bgAudits).filter((a) => a.startsWith("break-glass-stop"))).toHaveLength(1)
     }))
   })
+})
+
+describe("break-glass inputs", () => {
+  it.prop("until decodes exactly when it is a real UTC second written YYYY-MM-DDTHH:MM:SSZ", [fc.integer({ min: 0, max: 4_102_444_800_000 }), fc.string()], ([ms, junk]) => {
+    const until = iso(ms - (ms % 1000))
+    expect(Option.isSome(decodeEnableParams({ until, reason: REASON }))).toBe(true)
+    expect(Option.isSome(decodeEnableParams({ until: `${until}${junk}`, reason: REASON }))).toBe(junk.length === 0)
+    expect(Option.isSome(decodeEnableParams({ until: until.replace("Z", ".000Z"), reason: REASON }))).toBe(false)
+  })
+
+  it("the reason is 1..200 printable characters; nothing else is accepted beside until", () => {
+    const ok = (reason: string) => Option.isSome(decodeEnableParams({ until: UNTIL, reason }))
+    expect(ok("x")).toBe(true)
+    expect(ok("é".repeat(200))).toBe(true)
+    expect(ok("")).toBe(false)
+    expect(ok("x".repeat(201))).toBe(false)
+    for (const c of ["\n", "\r", "\u001b[2J", "\u0000", "\u2028"]) expect(ok(`a${c}b`), JSON.stringify(c)).toBe(false)
+    expect(Option.isSome(decodeEnableParams({ until: UNTIL, reason: "x", hours: "3" }))).toBe(false)
+    expect(Option.isSome(decodeEnableParams({ until: UNTIL }))).toBe(false)
+  })
+
+  it.effect("the daemon's consent: none until a desired state is known; absent or false in it is no consent", () =>
+    Effect.gen(function*() {
+      const state = yield* Ref.make(initialState)
+      expect(yield* consentOf(state)).toEqual(Option.none())
+      const desired = (extra: object) => Option.some(Option.getOrThrow(Option.getRight(decodeDesiredState({ generation: 1, guests: [], ...extra }))))
+      yield* Ref.update(state, (s) => ({ ...s, desired: desired({}) }))
+      expect(yield* consentOf(state)).toEqual(Option.some(false))
+      yield* Ref.update(state, (s) => ({ ...s, desired: desired({ break_glass_consent: true }) }))
+      expect(yield* consentOf(state)).toEqual(Option.some(true))
+      expect(Option.isNone(Option.getRight(decodeDesiredState({ generation: 1, guests: [], break_glass_consent: "yes" })))).toBe(true)
+    }))
 })
 
 describe("break-glass disable and replay", () => {
