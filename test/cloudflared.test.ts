@@ -11,7 +11,7 @@
  *   in the fake's environment, never in any argv (/proc/<pid>/cmdline), log line or error.
  */
 import { NodeContext } from "@effect/platform-node"
-import { describe, expect, it } from "@effect/vitest"
+import { afterAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, Logger, Option, Redacted, Ref, Schema, TestClock } from "effect"
 import { spawnSync } from "node:child_process"
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs"
@@ -19,7 +19,8 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { AgentConfig } from "../src/layers/Config.js"
-import { DEFAULT_HOST_PATHS, privilegedCloudflaredLayerAt, PrivilegedError } from "../src/layers/Privileged.js"
+import { DEFAULT_HOST_PATHS, PrivilegedCloudflared, privilegedCloudflaredLayerAt, type PrivilegedCloudflaredShape, PrivilegedError } from "../src/layers/Privileged.js"
+import { makeSudoSandbox } from "./privileged-support.js"
 import type { SystemdShape } from "../src/layers/Systemd.js"
 import {
   CloudflaredState,
@@ -362,4 +363,60 @@ describe.skipIf(!isRoot)("cloudflared with a fake binary: real processes, real l
       expect(host.calls()).toBe("")
       expect(existsSync(join(host.dir, "helper.argv"))).toBe(false)
     }))
+})
+
+// ---------------------------------------------------------------------------------------------
+
+describe("PrivilegedCloudflared: the argv and stdin it hands over", () => {
+  it.live("write-token carries the token on stdin only; a bad token is refused before anything is spawned", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "felhom-cfpriv-"))
+      const helper = join(dir, "felhom-cloudflared")
+      writeFileSync(helper, [
+        "#!/bin/sh",
+        `printf '%s\\0' "$@" > ${shq(join(dir, "argv"))}`,
+        `cat > ${shq(join(dir, "stdin"))}`,
+        "echo changed",
+        ""
+      ].join("\n"))
+      chmodSync(helper, 0o755)
+      const file = Schema.decodeUnknownSync(AgentConfigFile)({ privileged: { mode: "direct", timeout_seconds: 10, commands: { "felhom-cloudflared": helper } } })
+      const run = <A, E>(f: (p: PrivilegedCloudflaredShape) => Effect.Effect<A, E>) =>
+        Effect.flatMap(PrivilegedCloudflared, f).pipe(
+          Effect.provide(privilegedCloudflaredLayerAt(DEFAULT_HOST_PATHS).pipe(
+            Layer.provide(Layer.succeed(AgentConfig, { source: undefined, file })),
+            Layer.provide(NodeContext.layer)
+          ))
+        )
+      expect(yield* run((p) => p.writeToken(Redacted.make(TOKEN)))).toBe("changed")
+      expect(readFileSync(join(dir, "argv"), "utf8")).toBe("write-token\0")
+      expect(readFileSync(join(dir, "stdin"), "utf8")).toBe(`${TOKEN}\n`)
+      for (const bad of ["two words", "line\nbreak", "", "q\"uote", "a".repeat(4097)]) {
+        rmSync(join(dir, "argv"), { force: true })
+        const e = yield* Effect.flip(run((p) => p.writeToken(Redacted.make(bad))))
+        expect(e).toMatchObject({ _tag: "PrivilegedError", reason: "InvalidArgument", command: "felhom-cloudflared", argument: "token" })
+        if (bad.length > 0) expect(e.message).not.toContain(bad.slice(0, 5))
+        expect(existsSync(join(dir, "argv"))).toBe(false)
+      }
+    }))
+})
+
+const sandbox = makeSudoSandbox()
+afterAll(() => sandbox?.cleanup())
+
+describe.skipIf(sandbox === undefined)("sudoers: the cloudflared rules", () => {
+  it("allows write-token (no argument) and start/restart of the one unit, nothing else", () => {
+    const helper = "/usr/local/libexec/felhom-agent/felhom-cloudflared"
+    expect(sandbox!.allows([helper, "write-token"])).toBe(true)
+    expect(sandbox!.allows([helper, "write-token", TOKEN])).toBe(false)
+    expect(sandbox!.allows([helper, "write-token", "/etc/shadow"])).toBe(false)
+    expect(sandbox!.allows([helper])).toBe(false)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "start", "felhom-cloudflared.service"])).toBe(true)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "restart", "felhom-cloudflared.service"])).toBe(true)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "stop", "felhom-cloudflared.service"])).toBe(false)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "restart", "felhom-agent.service"])).toBe(false)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "restart", "felhom-cloudflaredXservice"])).toBe(false)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "start", "felhom-cloudflared.service", "ssh.service"])).toBe(false)
+    expect(sandbox!.allows(["/usr/bin/systemctl", "edit", "felhom-cloudflared.service"])).toBe(false)
+  })
 })

@@ -161,6 +161,7 @@ describe("felhom-agent status", () => {
       daemon.set(body({ pending_signatures: [{ op: "decommission", vmid: 104, reason: "destroy needs a signature", since: "2026-11-30T10:00:00Z" }], lost_guests: [107] }))
       const config = writeConfig(stateDir, daemon.port)
       const dbBefore = readFileSync(dbPath)
+      const walBefore = existsSync(`${dbPath}-wal`) ? readFileSync(`${dbPath}-wal`) : null
       const r = yield* run(config)
       noSecrets(r)
       expect(r.ok).toBe(false)
@@ -195,6 +196,10 @@ describe("felhom-agent status", () => {
       expect(r.lost_guests).toEqual([105, 107])
       // read-only: the file is byte-identical, no journal/wal appeared beside it
       expect(readFileSync(dbPath).equals(dbBefore)).toBe(true)
+      // SQLite may open an empty -wal beside a WAL-mode file for a reader; no frame is ever written to it
+      const walAfter = existsSync(`${dbPath}-wal`) ? readFileSync(`${dbPath}-wal`) : null
+      expect(walAfter === null || walAfter.length === 0 || (walBefore !== null && walAfter.equals(walBefore))).toBe(true)
+      expect(existsSync(`${dbPath}-journal`)).toBe(false)
       // exit 1, and the human form lists findings first, one line each
       const exit = yield* command(config, false)
       expect(Exit.isFailure(exit) && exit.cause._tag === "Fail" ? exit.cause.error : null).toMatchObject({ _tag: "CliFailure", code: 1 })

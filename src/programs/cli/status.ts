@@ -350,7 +350,7 @@ export const assemble = (i: StatusInputs): StatusReport => {
   const bg = db?.breakGlass ?? { ...closedBreakGlass, state: "unknown" as const, note: "state database not read" }
   if (bg.state === "open") {
     const expired = bg.until !== null && Date.parse(bg.until) < i.nowMs
-    add("break_glass", `break-glass access is OPEN${bg.until === null ? "" : ` until ${bg.until}`}${bg.signer === null ? "" : ` (enabled by ${bg.signer})`}${expired ? ": past its expiry, it should have closed" : ""}`)
+    add("break_glass", `break-glass access is OPEN${bg.until === null ? "" : ` until ${bg.until}`}${bg.signer === null ? "" : ` (enabled by ${bg.signer})`}${expired ? ": past its expiry, it should have closed" : ""}${bg.note === null ? "" : `; ${bg.note}`}`)
   } else if (bg.state === "unknown" && db !== null) add("break_glass", `break-glass state unknown: ${bg.note ?? "not readable"}`)
 
   return {
