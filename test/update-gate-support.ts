@@ -332,7 +332,7 @@ export const runGate = (host: Host, extra: Record<string, string> = {}, t: GateT
     FELHOM_GATE_TEST_ROOT: host.root,
     FELHOM_GATE_TEST_SYSTEMCTL: host.systemctl,
     FELHOM_GATE_HEALTH_URL: `http://127.0.0.1:${host.port}/health`,
-    FELHOM_GATE_GRACE_SECONDS: String(t.grace ?? 6),
+    FELHOM_GATE_GRACE_SECONDS: String(t.grace ?? 15),
     FELHOM_GATE_WINDOW_SECONDS: String(t.window ?? 0.8),
     FELHOM_GATE_INTERVAL_SECONDS: String(t.interval ?? 0.2),
     ...extra

@@ -7,7 +7,7 @@
  * changes no slot; current's and last-good's slots are never written; nothing is staged during a
  * trial. Plus the sudoers rule for the two argv shapes. Needs root.
  */
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { afterAll, describe, expect, it, vi } from "@effect/vitest"
 import { spawn, spawnSync } from "node:child_process"
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
@@ -15,6 +15,8 @@ import { makeSudoSandbox } from "./privileged-support.js"
 import { type Host, makeHost, runUpdate, writeAgentConfig, writeDownload } from "./update-gate-support.js"
 
 const isRoot = process.getuid?.() === 0
+// Generous per-test limit: the shared CI machine runs at several times its core count.
+vi.setConfig({ testTimeout: 120_000 })
 const rootSuite = isRoot ? describe.concurrent : describe.skip
 const SERVICE_UID = 64999
 
