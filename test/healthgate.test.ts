@@ -260,6 +260,34 @@ rootSuite("felhom-healthgate: SIGKILL at every step, then a reboot", () => {
     })
   })
 
+  it("crashes in a row: a good release still commits on its third trial; a fourth trial is never started (reverted)", async () => {
+    const h = await stagedHost("ok")
+    // trial 1 dies right after the flip, trial 2 inside the window (its first is-active probe)
+    for (const env of [{ FELHOM_GATE_TEST_CRASH_AFTER: "flipped" }, { FAKE_CRASH_CALL: "2", FAKE_CRASH_WHEN: "before" }]) {
+      rmSync(join(h.base, "systemctl.calls"), { force: true })
+      const r = await runGate(h, env)
+      expect(r.signal).toBe("SIGKILL")
+      expect(h.currentRelease()).toBe("1.1.0")
+    }
+    expect(h.state()).toMatchObject({ state: "trial", attempt: 2 })
+    rmSync(join(h.base, "systemctl.calls"), { force: true })
+    expect((await runGate(h)).code).toBe(0)
+    await expectCommitted(h)
+
+    // a release whose trials keep dying (say it takes the host down): three starts, then reverted
+    const h2 = await stagedHost("ok")
+    for (let i = 1; i <= 3; i++) {
+      rmSync(join(h2.base, "systemctl.calls"), { force: true })
+      const r = await runGate(h2, { FAKE_CRASH_CALL: "1", FAKE_CRASH_WHEN: "after" })
+      expect(r.signal).toBe("SIGKILL")
+      expect(h2.state()).toMatchObject({ state: "trial", attempt: i })
+      expect(h2.currentRelease()).toBe("1.1.0")
+    }
+    rmSync(join(h2.base, "systemctl.calls"), { force: true })
+    expect((await runGate(h2)).code).toBe(0)
+    await expectReverted(h2, /the health window was interrupted 3 times/)
+  })
+
   it("a bad release crashed just before or after the revert's own restart converges to reverted", async () => {
     const h = await stagedHost("flaky", "1.1.0", 1)
     expect((await runGate(h, {}, { window: 5 })).code).toBe(0)
