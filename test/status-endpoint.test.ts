@@ -4,7 +4,8 @@
  * hostile local client (wrong methods, bodies, huge headers, slowloris, idle sockets, too many
  * connections) cut off while a loop beside it goes on, and the real daemon loop serving it on a
  * loopback port: ok after the first report, still ok when the hub goes away ("since start"),
- * 503 while the state store is unusable, ok again when it heals.
+ * 503 while the state store is unusable, ok again when it heals; and the shipped bin's daemon
+ * (built dist, `sim pve` and `sim hub` as processes) serving it on the port its log line names.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Option, Ref, Schema, TestClock } from "effect"
@@ -283,3 +284,78 @@ describe("the daemon serves the endpoint on loopback", () => {
     }), 120_000)
 })
 
+
+// ---------------------------------------------------------------------------------------------
+// The shipped bin: `felhom-agent daemon` against `sim pve` and `sim hub`, real processes on loopback
+
+const waitFor = async <A>(what: string, probe: () => Promise<A | undefined> | A | undefined, ms = 30_000): Promise<A> => {
+  const until = Date.now() + ms
+  for (;;) {
+    const got = await probe()
+    if (got !== undefined) return got
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+describe("the shipped daemon serves /health (needs npm run build)", () => {
+  it.live("the port from the log line; 200 with our version after the first report; the hub killed: still 200, /status says why; SIGTERM ends it", () =>
+    Effect.promise(async () => {
+      const { bin, cleanEnv, startSimPve } = await import("./bin-support.js")
+      const { mkdtempSync, writeFileSync } = await import("node:fs")
+      const { tmpdir } = await import("node:os")
+      const { join } = await import("node:path")
+      const dir = mkdtempSync(join(tmpdir(), "felhom-status-bin-"))
+      const config = join(dir, "agent.json")
+      writeFileSync(config, JSON.stringify({ state_dir: join(dir, "state"), authz: { signers: [] }, status_endpoint: { port: 0 } }))
+      const children: Array<ReturnType<typeof spawn>> = []
+      try {
+        const pve = await startSimPve(cleanEnv(config))
+        children.push(pve.child)
+        const hub = spawn(process.execPath, [bin, "sim", "hub", "--port", "0", "--host-id", "host-bin"], { env: cleanEnv(config), stdio: ["ignore", "pipe", "pipe"] })
+        children.push(hub)
+        let hubOut = ""
+        hub.stdout!.on("data", (c: Buffer) => void (hubOut += c.toString()))
+        await waitFor("the dev hub", () => (hubOut.includes("Ctrl-C") ? true : undefined))
+        const hubEnv: Record<string, string> = {}
+        for (const m of hubOut.matchAll(/^export (FELHOM_AGENT_[A-Z_0-9]+)='([^']*)'$/gm)) hubEnv[m[1]!] = m[2]!
+        const daemon = spawn(process.execPath, [bin, "daemon"], { env: cleanEnv(config, { ...pve.exports, ...hubEnv }), stdio: ["ignore", "pipe", "pipe"] })
+        children.push(daemon)
+        let log = ""
+        daemon.stdout!.on("data", (c: Buffer) => void (log += c.toString()))
+        daemon.stderr!.on("data", (c: Buffer) => void (log += c.toString()))
+        const port = Number(await waitFor("the listening line", () => /status endpoint listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log)?.[1]))
+        const health = async () => {
+          const r = await fetch(`http://127.0.0.1:${port}/health`)
+          return { status: r.status, body: await r.text() }
+        }
+        const ok = await waitFor("/health 200", async () => {
+          const h = await health()
+          return h.status === 200 ? h : undefined
+        })
+        expect(ok.body.startsWith(`{"status":"ok","version":"${VERSION}"`), log).toBe(true)
+
+        // the hub goes away; SIGUSR1 polls at once: the report fails, /health stays ok (since start)
+        hub.kill("SIGKILL")
+        await new Promise((r) => hub.once("close", r))
+        daemon.kill("SIGUSR1")
+        const status = await waitFor("/status with a hub error", async () => {
+          const r = await fetch(`http://127.0.0.1:${port}/status`)
+          const s = Schema.decodeUnknownSync(StatusBody)(JSON.parse(await r.text()))
+          return s.last_hub_error !== null ? s : undefined
+        })
+        expect(status.health.status).toBe("ok")
+        expect((await health()).status).toBe(200)
+        for (const secret of [hubEnv["FELHOM_AGENT_HUB_API_KEY"]!, pve.exports["FELHOM_AGENT_PROXMOX_TOKEN_SECRET"]!]) {
+          expect(secret.length).toBeGreaterThan(8)
+          expect(JSON.stringify(status)).not.toContain(secret)
+        }
+        daemon.kill("SIGTERM")
+        const code = await new Promise((r) => daemon.once("close", r))
+        expect(code, log).toBe(0)
+        await expect(fetch(`http://127.0.0.1:${port}/health`)).rejects.toThrow()
+      } finally {
+        for (const c of children) c.kill("SIGKILL")
+      }
+    }), 90_000)
+})
