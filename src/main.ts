@@ -391,9 +391,50 @@ const breakGlass = Command.make("break-glass").pipe(
 
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// self-update (issue 14): release manifests and signatures, the manual update
+
+const releaseManifest = Command.make(
+  "manifest",
+  {
+    dir: Options.directory("dir").pipe(Options.withDescription("the release tree (bin/, lib/)")),
+    version: Options.text("version").pipe(Options.withDescription("the release version, e.g. 1.4.0")),
+    node: Options.text("node").pipe(Options.optional, Options.withDescription("the bundled Node runtime's version (default: the running one)"))
+  },
+  (o) => lazy(() => import("./programs/cli/release.js"), (m) => m.releaseManifest(o))
+).pipe(Command.withDescription("write DIR/RELEASE.json for the tree; sign it with: ssh-keygen -Y sign -n felhom-release-v1 -f KEY DIR/RELEASE.json"))
+
+const releaseVerify = Command.make(
+  "verify",
+  {
+    dir: Options.directory("dir").pipe(Options.withDescription("the release tree with RELEASE.json and RELEASE.json.sig")),
+    config: configOpt,
+    expectVersion: Options.text("expect-version").pipe(Options.optional, Options.withDescription("refuse any other version"))
+  },
+  (o) => lazy(() => import("./programs/cli/release.js"), (m) => m.releaseVerify(o))
+).pipe(Command.withDescription("verify a release tree: the SSHSIG by update.release_signers, then every file; exit 0 'verified <version>', else 1"))
+
+const release = Command.make("release").pipe(
+  Command.withDescription("self-update releases: write and verify signed manifests"),
+  Command.withSubcommands([releaseManifest, releaseVerify])
+)
+
+const update = Command.make(
+  "update",
+  {
+    version: Options.text("version").pipe(Options.optional, Options.withDescription("the release to install (signed by a release key)")),
+    yes: Options.boolean("yes").pipe(Options.withDescription("do not ask")),
+    status: Options.boolean("status").pipe(Options.withDescription("show update.json and the current and last-good versions")),
+    config: configOpt
+  },
+  (o) => lazy(() => import("./programs/cli/update.js"), (m) => m.update(o))
+).pipe(Command.withDescription(
+  "as root, daemon stopped: download, verify and stage a signed release, then start the health gate (it flips and reverts on a failed window); --status shows where it stands"
+))
+
 const root = Command.make("felhom-agent").pipe(
   Command.withDescription("felhom host agent for Proxmox VE"),
-  Command.withSubcommands([version, daemon, status, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, breakGlass, sim, demo])
+  Command.withSubcommands([version, daemon, status, selftest, enroll, rotateRecoveryCode, plan, provision, recover, journal, audit, golden, op, sshsig, escrow, breakGlass, release, update, sim, demo])
 )
 
 const cli = Command.run(root, { name: "felhom-agent", version: VERSION })

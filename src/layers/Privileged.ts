@@ -29,6 +29,7 @@ import { lstat, readFile, realpath, stat } from "node:fs/promises"
 import { posix } from "node:path"
 import type { PrivilegedCommand } from "../schema/config.js"
 import { StorageId, VmId, VolumeId } from "../schema/ids.js"
+import { ReleaseVersion } from "../schema/release.js"
 import {
   type ArchiveCheck,
   type ArchiveCompression,
@@ -443,6 +444,32 @@ export interface PrivilegedBreakGlassShape {
 export class PrivilegedBreakGlass extends Context.Tag("felhom/PrivilegedBreakGlass")<PrivilegedBreakGlass, PrivilegedBreakGlassShape>() {}
 
 export const BREAK_GLASS_UNIT = "felhom-breakglass.service"
+
+/** What `felhom-update stage` printed: the slot it filled (never `current`'s or `last-good`'s target). */
+export interface UpdateStaged {
+  readonly slot: "a" | "b"
+  readonly version: string
+}
+
+/**
+ * The self-update root helper (issue 14, configs/libexec/felhom-update), a tag of its own like
+ * PrivilegedPbsKey. Why root: the slots, `current` and update.json are root's (the service user
+ * only reads what it runs). Why a helper: the source directory (the default state_dir's
+ * `update/<version>/`) and the prefix are fixed inside it, so sudoers pins only the version, and
+ * the helper verifies the copy itself (`release verify` as root, with the release signers of
+ * /etc/felhom-agent/agent.json) before it fills the inactive slot.
+ */
+export interface PrivilegedUpdateShape {
+  /** `felhom-update stage <version>`: copy, verify as root, rename into the inactive slot; update.json `staged`. */
+  readonly stage: (version: string) => Effect.Effect<UpdateStaged, PrivilegedError>
+  /** `felhom-update activate`: update.json must be `staged`; starts the health gate (--no-block). */
+  readonly activate: Effect.Effect<string, PrivilegedError>
+}
+
+export class PrivilegedUpdate extends Context.Tag("felhom/PrivilegedUpdate")<PrivilegedUpdate, PrivilegedUpdateShape>() {}
+
+/** Staging copies and hashes a whole release tree (~100 MiB) as root: longer than the default timeout. */
+export const UPDATE_STAGE_TIMEOUT = Duration.minutes(10)
 
 /** What `felhom-cloudflared write-token` did: wrote a different token, or found this one there. */
 export type CloudflaredTokenResult = "changed" | "unchanged"
@@ -1222,6 +1249,27 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
   })
 
   // -------------------------------------------------------------------------------------------
+  // The self-update helper
+
+  const stageUpdate = Effect.fn("Privileged.stageUpdate")(function*(versionIn: string) {
+    const version = yield* check("felhom-update", "releaseVersion", ReleaseVersion)(versionIn)
+    const r = yield* run("felhom-update", ["stage", version], UPDATE_STAGE_TIMEOUT)
+    if (r.exitCode !== 0) return yield* nonZero("felhom-update", r)
+    const m = /^staged (a|b) (\S+)$/.exec(r.stdout.trim())
+    if (m === null || m[2] !== version) return yield* decodeError("felhom-update", "unexpected output (no 'staged <slot> <version>' for this version)", r)
+    return { slot: m[1] as "a" | "b", version } satisfies UpdateStaged
+  })
+
+  const activateUpdate = Effect.gen(function*() {
+    const r = yield* runOk("felhom-update", ["activate"])
+    const m = /^activating (\S+)$/.exec(r.stdout.trim())
+    if (m === null) return yield* decodeError("felhom-update", "unexpected output (no 'activating <version>')", r)
+    return m[1]!
+  }).pipe(Effect.withSpan("Privileged.activateUpdate"))
+
+  const update = PrivilegedUpdate.of({ stage: stageUpdate, activate: activateUpdate })
+
+  // -------------------------------------------------------------------------------------------
   // cloudflared: its token file and its unit
 
   const writeCloudflaredToken = Effect.fn("Privileged.writeCloudflaredToken")(function*(token: Redacted.Redacted<string>) {
@@ -1263,7 +1311,7 @@ const makeBoth = (paths: PrivilegedHostPaths) => Effect.gen(function*() {
     smart,
     sensors
   })
-  return { privileged, golden, pbsKey, breakGlass, cloudflared }
+  return { privileged, golden, pbsKey, breakGlass, update, cloudflared }
 })
 
 const make = (paths: PrivilegedHostPaths) => Effect.map(makeBoth(paths), (both) => both.privileged)
@@ -1300,6 +1348,14 @@ export const PrivilegedPbsKeyLive = privilegedPbsKeyLayerAt(DEFAULT_HOST_PATHS)
 export const PrivilegedBreakGlassLive = Layer.effect(PrivilegedBreakGlass, Effect.map(makeBoth(DEFAULT_HOST_PATHS), (both) => both.breakGlass)).pipe(
   Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
 )
+
+/** The self-update helper over explicit host paths (tests); the same fence as Privileged. */
+export const privilegedUpdateLayerAt = (paths: PrivilegedHostPaths) =>
+  Layer.effect(PrivilegedUpdate, Effect.map(makeBoth(paths), (both) => both.update)).pipe(
+    Layer.ensureRequirementsType<CommandExecutor.CommandExecutor | AgentConfig>()
+  )
+
+export const PrivilegedUpdateLive = privilegedUpdateLayerAt(DEFAULT_HOST_PATHS)
 
 /** cloudflared's helper and unit over explicit host paths (tests); the same fence as Privileged. */
 export const privilegedCloudflaredLayerAt = (paths: PrivilegedHostPaths) =>

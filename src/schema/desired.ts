@@ -77,6 +77,21 @@ const uniqueVmids = (guests: ReadonlyArray<DesiredGuest>): Array<Schema.FilterIs
   return issues
 }
 
+/** "HH:MM", 00:00 to 23:59. */
+const WallTime = Schema.String.pipe(
+  Schema.filter((s) => /^([01][0-9]|2[0-3]):[0-5][0-9]$/.test(s), { message: () => "a time is \"HH:MM\" (00:00 to 23:59)" })
+)
+
+/**
+ * When the agent may act on an `agent-update` job (issue 14): from `start` to `end` (exclusive)
+ * on the wall clock of `protection.time_zone`; `end` before `start` crosses midnight. Absent:
+ * any time. A job outside it is left unanswered until a poll inside it.
+ */
+export const UpdateWindow = Schema.Struct({ start: WallTime, end: WallTime }).pipe(
+  Schema.filter((w) => w.start !== w.end || "an update window's start and end differ (an empty window would defer every update)")
+).annotations({ message: () => "update_window is an object { start: \"HH:MM\", end: \"HH:MM\" }" })
+export type UpdateWindow = typeof UpdateWindow.Type
+
 export const DesiredState = Schema.Struct({
   generation: intIn(0, Number.MAX_SAFE_INTEGER, "generation"),
   guests: Schema.Array(DesiredGuest).pipe(Schema.filter(uniqueVmids)),
@@ -94,8 +109,10 @@ export const DesiredState = Schema.Struct({
   break_glass_consent: Schema.optionalWith(
     Schema.Boolean.annotations({ message: () => "break_glass_consent is true or false" }),
     { exact: true }
-  )
-}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies?, break_glass_consent? }" }).pipe(
+  ),
+  /** When self-update jobs may run (src/programs/update/window.ts); absent: no limit. */
+  update_window: Schema.optionalWith(UpdateWindow, { exact: true })
+}).annotations({ message: () => "the desired state is an object { generation, guests, provisioning?, storage?, policies?, break_glass_consent?, update_window? }" }).pipe(
   Schema.filter((d) => protectionIssues(d.storage, d.policies))
 )
 export type DesiredState = typeof DesiredState.Type

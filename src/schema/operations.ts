@@ -263,6 +263,20 @@ export const BreakGlassOperation = Schema.TaggedStruct("break-glass", {
   authorization: SignedAuthorization
 })
 
+/**
+ * Agent self-update (issue 14, src/programs/update/saga.ts): download (the signed release into
+ * `<state_dir>/update/<version>/`) → stage (the root helper verifies it again and fills the
+ * inactive slot) → activate (the health gate flips `current` and restarts the agent). Host-level.
+ * `manifestSha256`: the SHA-256 of the exact RELEASE.json bytes the operator signed for.
+ * `authorization` null: run by a local operator (root at the console, `felhom-agent update`).
+ */
+export const AgentUpdateOperation = Schema.TaggedStruct("agent-update", {
+  vmid: Schema.Null,
+  version: Schema.String.pipe(Schema.pattern(/^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$/)),
+  manifestSha256: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)),
+  authorization: Schema.NullOr(SignedAuthorization)
+})
+
 /** After a partial-loss recovery an operator confirmed the source is gone: the guest's NICs come up. */
 export const LinkConfirmOperation = Schema.TaggedStruct("link-confirm", { vmid: VmId, nics: Schema.Array(Schema.String) })
 
@@ -289,7 +303,8 @@ export const Operation = Schema.Union(
   RecoverOperation,
   GoldenBuildOperation,
   LinkConfirmOperation,
-  BreakGlassOperation
+  BreakGlassOperation,
+  AgentUpdateOperation
 )
 export type Operation = typeof Operation.Type
 export type OperationKind = Operation["_tag"]
@@ -336,7 +351,8 @@ export const STEPS = {
   ],
   "link-confirm": ["link"],
   "golden-build": ["create", "install", "dump", "checksum", "destroy", "register", "compensate_destroy"],
-  "break-glass": ["record", "start"]
+  "break-glass": ["record", "start"],
+  "agent-update": ["download", "stage", "activate"]
 } as const satisfies { readonly [K in OperationKind]: ReadonlyArray<string> }
 
 export type StepName<K extends OperationKind> = (typeof STEPS)[K][number]

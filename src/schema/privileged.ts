@@ -104,7 +104,8 @@ export const ARGUMENT_RULES = {
   bootstrapRoot: `bootstrapRoot is privileged.bootstrap_root (default ${DEFAULT_BOOTSTRAP_ROOT}): ${SAFE_PATH_RULE}`,
   device: "device must be a disk name like 'sda' or 'nvme0n1' (no '/dev/' prefix)",
   goldenHostname: "the golden build container's hostname must be felhom-golden-<the build op's UUID>",
-  bridge: "bridge must be a Linux bridge name: a letter, then up to 14 of [A-Za-z0-9_.-]"
+  bridge: "bridge must be a Linux bridge name: a letter, then up to 14 of [A-Za-z0-9_.-]",
+  releaseVersion: "releaseVersion must be a release version like 1.4.0 or 1.4.0-rc.1 (src/schema/release.ts)"
 } as const
 export type ArgumentName = keyof typeof ARGUMENT_RULES
 

@@ -99,6 +99,7 @@ const SIGNED_ONLY: ReadonlyMap<string, string> = new Map([
   ["golden-register", "registers a provisioning source (a golden archive): only an operator vouches for one"],
   ["retention-change", "a retention policy that would delete existing backups: only an operator may make it the policy in force"],
   ["controller-update", "a controller image outside the operator's repositories runs as root in the customer's guest: only an operator vouches for it"],
+  ["agent-update", "runs new agent code as the service user and root's CLI: only an operator vouches for a release"],
   [
     "recover",
     "brings a customer guest back from a restore point only an operator chooses (it decides which data the customer has; over an existing guest it overwrites it)"

@@ -11,7 +11,7 @@
  */
 import { Idempotency } from "../../layers/Idempotency.js"
 import { AuditLog } from "../../layers/AuditLog.js"
-import { Effect, Either, Option, Schema } from "effect"
+import { Clock, Effect, Either, Option, Schema } from "effect"
 import { GuestQueue } from "../../layers/GuestQueue.js"
 import { type StoreServices } from "../../layers/Journal.js"
 import type { Proxmox } from "../../layers/Proxmox.js"
@@ -32,6 +32,11 @@ import { executeRecover } from "../bringup/recoverGuest.js"
 import { jsonEqual } from "../../schema/json.js"
 import { disableBreakGlassJob, enableBreakGlass } from "../breakglass/enable.js"
 import type { BreakGlassRefused, BreakGlassUnitFailed } from "../breakglass/service.js"
+import { AgentUpdater, type UpdateFailed } from "../update/saga.js"
+import { inUpdateWindow } from "../update/window.js"
+import type { UpdateWindow } from "../../schema/desired.js"
+import { ReleaseVersion, Sha256Hex } from "../../schema/release.js"
+import type { TimeZone } from "../protection/calendar.js"
 
 // The wire shapes live with the rest of the hub contract; re-exported for existing importers.
 export { JobResult, SignedJob } from "../../schema/hub.js"
@@ -51,6 +56,7 @@ const GoldenParams = Schema.Struct({ archive: VolumeId })
 const RetentionChangeParams = Schema.Struct({ storage: StorageId, retention: Retention })
 const StorageRemovalParams = Schema.Struct({ storage: StorageId })
 const ControllerUpdateParams = Schema.Struct({ image: ImageRef })
+const AgentUpdateParams = Schema.Struct({ version: ReleaseVersion, manifest_sha256: Sha256Hex })
 const RecoverParams = Schema.Struct({
   scenario: Schema.Literal("guest-loss-total", "guest-loss-partial"),
   tier: Schema.Literal("snapshot", "vzdump", "pbs"),
@@ -71,7 +77,7 @@ const run = (
   job: SignedJob,
   approved: Approved,
   key: string
-): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed | ControllerOpFailed | BreakGlassRefused | BreakGlassUnitFailed, Proxmox | StoreServices> => {
+): Effect.Effect<void, StepError | BadJob | StorageRemovalFailed | ControllerOpFailed | BreakGlassRefused | BreakGlassUnitFailed | UpdateFailed, Proxmox | StoreServices> => {
   const vmid = job.guest_id
   const d = approved.decision
   // what runs is the signed op's own params when there is a signature, the job's otherwise
@@ -189,6 +195,25 @@ const run = (
       }
       return Effect.asVoid(disableBreakGlassJob(job.id))
     }
+    case "agent-update": {
+      // an operator vouches for a release: its version and the SHA-256 of its exact RELEASE.json;
+      // the release key's own signature over that manifest is checked by the download step
+      const p = Schema.decodeUnknownOption(AgentUpdateParams, strict)(params)
+      const auth = signed()
+      if (vmid !== null || Option.isNone(p)) {
+        return Effect.fail(new BadJob({ message: "agent-update is host-level (guest_id null) with params exactly {version, manifest_sha256}" }))
+      }
+      if (Either.isLeft(auth)) return Effect.fail(auth.left)
+      const want = p.value
+      const grant = approved.grant
+      return Effect.flatMap(
+        Effect.serviceOption(AgentUpdater),
+        (u): Effect.Effect<void, BadJob | UpdateFailed | StepError, StoreServices> =>
+          Option.isSome(u)
+            ? Effect.asVoid(u.value.run(want.version, want.manifest_sha256, auth.right, admissionOf(grant, key)))
+            : Effect.fail(new BadJob({ message: "this process has no self-update services: agent-update cannot run here" }))
+      )
+    }
     default:
       return Effect.fail(new BadJob({ message: `no executor for op '${job.op}'` }))
   }
@@ -269,13 +294,32 @@ export const runSignedJob = (job: SignedJob) =>
  * A batch from the hub, one entry at a time: an entry that did not decode (prototype keys,
  * absurd nesting, a missing field) is rejected on its own and never costs the others.
  */
-export const runJobBatch = (entries: ReadonlyArray<JobEntry>) =>
-  Effect.forEach(entries, (entry, i) =>
-    Either.match(entry, {
-      onLeft: (bad) =>
-        Effect.succeed(resultOf({ id: bad.id ?? `invalid-${i}`, op: bad.op ?? "unknown", guest_id: null })(
-          "rejected",
-          `Malformed: ${bad.message}`
-        )),
-      onRight: runSignedJob
-    }))
+export const runJobBatch = (entries: ReadonlyArray<JobEntry>, updates?: UpdateWindowContext) =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    const deferred = (entry: JobEntry) =>
+      updates !== undefined && Either.isRight(entry) && entry.right.op === "agent-update" && !inUpdateWindow(updates.window, updates.timeZone, now)
+    const results = yield* Effect.forEach(entries, (entry, i) =>
+      deferred(entry)
+        // left unanswered: nothing judged, nothing admitted, so its nonce stays unspent and the
+        // hub hands it out again; a poll inside the window runs it
+        ? Effect.as(
+          Effect.logInfo(`job ${Either.isRight(entry) ? entry.right.id : "?"} agent-update: deferred to the update window (${updates?.window?.start}-${updates?.window?.end})`),
+          Option.none<JobResult>()
+        )
+        : Either.match(entry, {
+          onLeft: (bad) =>
+            Effect.succeed(Option.some(resultOf({ id: bad.id ?? `invalid-${i}`, op: bad.op ?? "unknown", guest_id: null })(
+              "rejected",
+              `Malformed: ${bad.message}`
+            ))),
+          onRight: (job) => Effect.map(runSignedJob(job), Option.some)
+        }))
+    return results.flatMap(Option.toArray)
+  })
+
+/** The desired state's update window and the zone it is read in (protection.time_zone). */
+export interface UpdateWindowContext {
+  readonly window: UpdateWindow | undefined
+  readonly timeZone: TimeZone
+}

@@ -35,6 +35,7 @@ import { recoverControllerUpdate } from "../controller/update.js"
 import { recoverControllerRestart } from "../controller/heal.js"
 import { recoverApiRollback, recoverApiSnapshot } from "../localapi/ops.js"
 import { recoverBreakGlass } from "../breakglass/enable.js"
+import { recoverAgentUpdate } from "../update/saga.js"
 
 export interface RecoveredOp {
   readonly id: string
@@ -253,6 +254,10 @@ const ruleFor = (op: JournalOp, typed: Operation): Effect.Effect<Outcome, StepEr
       // start not recorded done: the unit is stopped (fail closed) and the session ends
       // "interrupted"; done: the expiry fiber takes over
       return recoverBreakGlass(op, typed)
+    case "agent-update":
+      // never re-run: before activate, abandoned (download removed; nothing changed); after it,
+      // the health gate's update.json and what `current` runs decide done or failed
+      return recoverAgentUpdate(op, typed)
     default: {
       const unreachable: never = typed
       return unreachable

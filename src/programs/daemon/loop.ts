@@ -20,6 +20,7 @@ import type { DesiredState } from "../../schema/desired.js"
 import type { JsonObject } from "../../schema/json.js"
 import { executePlan, planNow } from "../control/apply.js"
 import { runJobBatch } from "../control/jobs.js"
+import { parseTimeZone, UTC } from "../protection/calendar.js"
 import { recover } from "../control/recover.js"
 import { collectReport } from "./report.js"
 // the cloudflared manager's view when the daemon runs it (issue 14), else systemd's word
@@ -186,9 +187,13 @@ export const cycle = (state: Ref.Ref<DaemonState>) =>
       if (Either.isLeft(jobs)) {
         yield* Effect.logWarning(`signed jobs not fetched: ${jobs.left.message}`)
       } else if (jobs.right.length > 0) {
-        const results = yield* runJobBatch(jobs.right)
+        // agent-update jobs outside the desired state's update window are left unanswered
+        const results = yield* runJobBatch(jobs.right, {
+          window: Option.getOrUndefined(desired)?.update_window,
+          timeZone: Either.getOrElse(parseTimeZone(file.protection.time_zone), () => UTC)
+        })
         for (const r of results) yield* Effect.logInfo(`job ${r.id} ${r.op} ${r.guest_id ?? "-"}: ${r.status}: ${r.reason}`)
-        const posted = yield* Effect.either(hub.postJobResults(results))
+        const posted = results.length === 0 ? Either.right(undefined) : yield* Effect.either(hub.postJobResults(results))
         if (Either.isLeft(posted)) yield* Effect.logWarning(`job results not delivered: ${posted.left.message}`)
       }
       yield* beat("cycle jobs run")

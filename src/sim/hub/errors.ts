@@ -23,3 +23,8 @@ export class DevHubServeError extends Data.TaggedError("DevHubServeError")<{
 export class DevHubEnrollRefused extends Data.TaggedError("DevHubEnrollRefused")<{
   readonly message: string
 }> {}
+
+/** A release directory the dev hub cannot serve (no RELEASE.json, unreadable files). */
+export class DevHubReleaseRefused extends Data.TaggedError("DevHubReleaseRefused")<{
+  readonly message: string
+}> {}

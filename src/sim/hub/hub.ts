@@ -43,7 +43,10 @@ import {
   type RestoreBundle
 } from "../../schema/escrow.js"
 import type { StorageManifest } from "../../schema/storage.js"
-import { DevHubEnrollRefused, DevHubUnknownHost } from "./errors.js"
+import { DevHubEnrollRefused, DevHubReleaseRefused, DevHubUnknownHost } from "./errors.js"
+import { readFileSync } from "node:fs"
+import { isAbsolute, join } from "node:path"
+import { MANIFEST_FILE, SIGNATURE_FILE } from "../../schema/release.js"
 
 export interface DevHubOptions {
   /** api key → host id. Several keys may name the same host (rotation). */
@@ -171,6 +174,22 @@ export interface DevHub {
   readonly failNextEscrowPut: (hostId: string, fault: EscrowPutFault) => Effect.Effect<void, DevHubUnknownHost>
   /** How many api keys currently authenticate as the host (a restore revokes the old ones). */
   readonly apiKeyCount: (hostId: string) => Effect.Effect<number, DevHubUnknownHost>
+  /**
+   * Serves the release in `dir` (issue 14): RELEASE.json and .sig as they are, and each listed
+   * file's bytes under the SHA-256 the manifest lists (whatever the file now holds: tests tamper
+   * with it to play a hostile hub). Every host's api key may fetch it. Returns the version.
+   */
+  readonly addRelease: (dir: string) => Effect.Effect<string, DevHubReleaseRefused>
+  /** A release given byte for byte (hostile-hub tests: any manifest, any file under any hash). */
+  readonly putRelease: (version: string, release: DevHubRelease) => Effect.Effect<void>
+}
+
+/** What the dev hub serves for one release version. */
+export interface DevHubRelease {
+  readonly manifest: Uint8Array
+  readonly signature: Uint8Array
+  /** sha256 (as requested) → body */
+  readonly files: ReadonlyMap<string, Uint8Array>
 }
 
 interface HostState {
@@ -413,6 +432,32 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       Effect.map(getHost(hostId), () => [...keys.values()].filter((h) => h === hostId).length)
 
     // -------------------------------------------------------------------------------------------
+    // Releases (issue 14): served as stored; the agent verifies everything
+
+    const releases = new Map<string, DevHubRelease>()
+
+    const putRelease = (version: string, release: DevHubRelease) =>
+      Effect.sync(() => void releases.set(version, release)).pipe(Effect.zipRight(note(`release ${version} served`)))
+
+    const addRelease = (dir: string) =>
+      Effect.try({
+        try: () => {
+          const manifest = readFileSync(join(dir, MANIFEST_FILE))
+          const signature = readFileSync(join(dir, SIGNATURE_FILE))
+          const parsed = JSON.parse(manifest.toString("utf8")) as { readonly version?: unknown; readonly files?: unknown }
+          if (typeof parsed.version !== "string" || !Array.isArray(parsed.files)) throw new Error(`${MANIFEST_FILE} names no version or files`)
+          const files = new Map<string, Uint8Array>()
+          for (const f of parsed.files as ReadonlyArray<{ readonly path?: unknown; readonly sha256?: unknown }>) {
+            // a path leaving the directory is listed but not served (the agent refuses it anyway)
+            if (typeof f.path !== "string" || typeof f.sha256 !== "string" || isAbsolute(f.path) || f.path.split("/").includes("..")) continue
+            files.set(f.sha256, readFileSync(join(dir, f.path)))
+          }
+          return { version: parsed.version, release: { manifest, signature, files } }
+        },
+        catch: (e) => new DevHubReleaseRefused({ message: `cannot serve the release in ${dir}: ${e instanceof Error ? e.message : String(e)}` })
+      }).pipe(Effect.tap(({ release, version }) => putRelease(version, release)), Effect.map(({ version }) => version))
+
+    // -------------------------------------------------------------------------------------------
     // HTTP
 
     const bearer = Effect.map(HttpServerRequest.HttpServerRequest, (req) => {
@@ -648,6 +693,23 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       }
     })
 
+    const releaseOf = Effect.gen(function*() {
+      yield* agentHost
+      const p = yield* HttpRouter.params
+      const r = releases.get(p["version"] ?? "")
+      if (r === undefined) return yield* new HttpFailure({ status: 404, message: "no such release" })
+      return { release: r, params: p }
+    })
+
+    const releaseManifest = Effect.map(releaseOf, ({ release }) => HttpServerResponse.uint8Array(release.manifest, { status: 200, contentType: "application/json" }))
+    const releaseSignature = Effect.map(releaseOf, ({ release }) => HttpServerResponse.uint8Array(release.signature, { status: 200, contentType: "text/plain" }))
+    const releaseFile = Effect.flatMap(releaseOf, ({ params, release }) => {
+      const body = release.files.get(params["sha256"] ?? "")
+      return body === undefined
+        ? Effect.fail(new HttpFailure({ status: 404, message: "no such file in this release" }))
+        : Effect.succeed(HttpServerResponse.uint8Array(body, { status: 200, contentType: "application/octet-stream" }))
+    })
+
     const adminEnrollToken = Effect.gen(function*() {
       yield* admin
       const b = yield* body(Schema.Struct({ token: Schema.String, host_id: Schema.optional(Schema.String) }), "enrollment token (mode new)")
@@ -704,6 +766,9 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       HttpRouter.post("/api/v1/enroll", enroll),
       HttpRouter.get("/api/v1/escrow", escrowGet),
       HttpRouter.put("/api/v1/escrow", escrowPut),
+      HttpRouter.get("/api/v1/releases/:version/manifest", releaseManifest),
+      HttpRouter.get("/api/v1/releases/:version/signature", releaseSignature),
+      HttpRouter.get("/api/v1/releases/:version/files/:sha256", releaseFile),
       HttpRouter.post("/admin/enrollment-tokens", adminEnrollToken),
       HttpRouter.get("/admin/hosts/:host/escrow", adminEscrow),
       HttpRouter.get("/admin/hosts", adminHosts),
@@ -743,6 +808,8 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
       escrowHistoryOf: (hostId) => Effect.map(getHost(hostId), (s) => s.escrowHistory),
       setEscrow,
       failNextEscrowPut,
-      apiKeyCount
+      apiKeyCount,
+      addRelease,
+      putRelease
     } satisfies DevHub
   })

@@ -3,12 +3,13 @@
  * docs/hub-protocol.md plus an admin surface), in-process or served on loopback.
  */
 export { layerAppHttpClient, makeAppHttpClient } from "./client.js"
-export { DevHubBindRefused, DevHubEnrollRefused, DevHubServeError, DevHubUnknownHost } from "./errors.js"
+export { DevHubBindRefused, DevHubEnrollRefused, DevHubReleaseRefused, DevHubServeError, DevHubUnknownHost } from "./errors.js"
 export {
   DEV_HUB_MAX_BODY_BYTES,
   type DevHub,
   type DevHubHostView,
   type DevHubOptions,
+  type DevHubRelease,
   type EnrollmentGrant,
   type EnrollmentRecord,
   type EscrowPutFault,
