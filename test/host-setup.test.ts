@@ -208,5 +208,32 @@ describe.skipIf(!isRoot)("HostSetup files", () => {
       const p = join(h.prefix, HOST_FILES.tunnelToken)
       expect(lstatSync(p).mode & 0o7777).toBe(0o600)
       expect(readFileSync(p, "utf8")).toBe("tunnel-token-xyz\n")
+      // and into secrets.env for the daemon's cloudflared manager (issue 14), beside the other secrets
+      ok(yield* withSetup(h, (s) => s.writeSecrets({ hubApiKey: Redacted.make("hubkey-0123456789abcdef") })))
+      const env = readFileSync(join(h.prefix, HOST_FILES.secretsEnv), "utf8")
+      expect(env).toContain("FELHOM_AGENT_CLOUDFLARED_TOKEN=tunnel-token-xyz\n")
+      expect(env).toContain("FELHOM_AGENT_HUB_API_KEY=hubkey-0123456789abcdef\n")
+      expect(lstatSync(join(h.prefix, HOST_FILES.secretsEnv)).mode & 0o7777).toBe(0o600)
+      const e = bad(yield* withSetup(h, (s) => s.writeConfig(JSON.stringify({ cloudflared: { token: "tunnel-token-xyz" } }))))
+      expect(e.message).not.toContain("tunnel-token-xyz")
+    }))
+
+  it.effect("a packaged host (issue 14): sudoers, helpers, golden files and units are dpkg's; enroll writes none of them", () =>
+    Effect.gen(function*() {
+      const h = fresh()
+      mkdirSync(join(h.prefix, "usr/share/felhom-agent"), { recursive: true })
+      writeFileSync(join(h.prefix, HOST_FILES.packageMarker), readFileSync(join(CONFIGS_DIR, "sudoers", "felhom-agent")))
+      ok(yield* withSetup(h, (s) => s.installSudoers))
+      ok(yield* withSetup(h, (s) => s.installHelpers))
+      ok(yield* withSetup(h, (s) => s.installUnits))
+      expect(existsSync(join(h.prefix, HOST_FILES.sudoers))).toBe(false)
+      expect(existsSync(join(h.prefix, HOST_FILES.libexecDir))).toBe(false)
+      expect(existsSync(join(h.prefix, HOST_FILES.goldenShareDir))).toBe(false)
+      // a unit copy in /etc/systemd/system would shadow every later packaged unit
+      expect(existsSync(join(h.prefix, HOST_FILES.unitDir, "felhom-agent.service"))).toBe(false)
+      expect(h.calls("visudo")).toEqual([])
+      // enabling is still enroll's last step
+      ok(yield* withSetup(h, (s) => s.enableUnits))
+      expect(h.calls("systemctl")).toEqual([["enable", "felhom-agent.service"]])
     }))
 })

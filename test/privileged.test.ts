@@ -253,7 +253,9 @@ describe("Privileged: sudo mode", () => {
       "felhom-bootstrap": "/usr/local/libexec/felhom-agent/felhom-bootstrap",
       "felhom-golden": "/usr/local/libexec/felhom-agent/felhom-golden",
       "felhom-pbskey": "/usr/local/libexec/felhom-agent/felhom-pbskey",
-      pveum: "/usr/sbin/pveum"
+      pveum: "/usr/sbin/pveum",
+      "felhom-update": "/usr/local/libexec/felhom-agent/felhom-update",
+      "felhom-cloudflared": "/usr/local/libexec/felhom-agent/felhom-cloudflared"
     })
     // pveum is enroll's, run as root: the service user may never create roles, users or tokens
     for (const [name, path] of Object.entries(DEFAULT_COMMAND_PATHS)) {

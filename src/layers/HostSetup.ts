@@ -20,7 +20,7 @@ import { CommandExecutor } from "@effect/platform"
 import * as Command from "@effect/platform/Command"
 import { Context, Data, Duration, Effect, Either, Layer, Option, Redacted, Schema, Stream } from "effect"
 import { X509Certificate } from "node:crypto"
-import { chmod, lstat, mkdir, readdir, readFile, rename, unlink } from "node:fs/promises"
+import { access, chmod, lstat, mkdir, readdir, readFile, rename, unlink } from "node:fs/promises"
 import { basename, dirname, join } from "node:path"
 import { removeQuietly, syncDir, writeTemp } from "./durableFile.js"
 import { FELHOM_ROLE, FELHOM_ROLE_PRIVS } from "../schema/pveRole.js"
@@ -40,6 +40,8 @@ export const FELHOM_TOKEN_ID = `${FELHOM_USER}!${FELHOM_TOKEN_NAME}`
 export const SECRET_ENV = {
   proxmoxTokenSecret: "FELHOM_AGENT_PROXMOX_TOKEN_SECRET",
   hubApiKey: "FELHOM_AGENT_HUB_API_KEY",
+  /** The cloudflared tunnel token (issue 14): the daemon hands it to the felhom-cloudflared helper. */
+  cloudflaredToken: "FELHOM_AGENT_CLOUDFLARED_TOKEN",
   /**
    * Not a secret and not a config overlay (the daemon reads host_id from agent.json): the host id
    * the hub answered with, written in the same atomic write as its api key, so a crash can never
@@ -60,7 +62,13 @@ export const HOST_FILES = {
   unitDir: "/etc/systemd/system",
   libexecDir: "/usr/local/libexec/felhom-agent",
   goldenShareDir: "/usr/local/share/felhom-agent/golden",
-  pveSslPem: "/etc/pve/local/pve-ssl.pem"
+  pveSslPem: "/etc/pve/local/pve-ssl.pem",
+  /**
+   * Shipped by the Debian package (issue 14, scripts/package.mjs): its presence means dpkg owns
+   * the sudoers file, the root helpers, the golden files and the units, so enroll leaves them be
+   * (a copy of the unit in /etc/systemd/system would shadow every later packaged one).
+   */
+  packageMarker: "/usr/share/felhom-agent/sudoers"
 } as const
 
 /** The units shipped in configs/systemd/, installed and enabled. */
@@ -94,6 +102,7 @@ export interface StoredSecrets {
   readonly hubApiKey: Option.Option<Redacted.Redacted<string>>
   /** The host id stored with the api key (see SECRET_ENV.enrolledHostId). */
   readonly hostId: Option.Option<string>
+  readonly cloudflaredToken: Option.Option<Redacted.Redacted<string>>
 }
 
 export interface HostSetupShape {
@@ -104,7 +113,14 @@ export interface HostSetupShape {
   /** agent.json, 0644: the caller passes it without secrets (checked: refused if it holds either). */
   readonly writeConfig: (json: string) => Effect.Effect<void, HostSetupError>
   /** secrets.env, 0600 root; the given secrets replace the stored ones, the others are kept. */
-  readonly writeSecrets: (s: Partial<{ readonly proxmoxTokenSecret: Redacted.Redacted<string>; readonly hubApiKey: Redacted.Redacted<string>; readonly hostId: string }>) => Effect.Effect<void, HostSetupError>
+  readonly writeSecrets: (
+    s: Partial<{
+      readonly proxmoxTokenSecret: Redacted.Redacted<string>
+      readonly hubApiKey: Redacted.Redacted<string>
+      readonly hostId: string
+      readonly cloudflaredToken: Redacted.Redacted<string>
+    }>
+  ) => Effect.Effect<void, HostSetupError>
   readonly readSecrets: Effect.Effect<StoredSecrets, HostSetupError>
   /** The sudoers drop-in, 0440, validated with `visudo -c -f <temp>` before the rename. */
   readonly installSudoers: Effect.Effect<void, HostSetupError>
@@ -116,7 +132,7 @@ export interface HostSetupShape {
   readonly enableUnits: Effect.Effect<void, HostSetupError>
   /** SHA-256 of PVE's own certificate, `AA:BB:...` as proxmox.tls.fingerprint_sha256 takes it. */
   readonly pveTlsFingerprint: Effect.Effect<string, HostSetupError>
-  /** The cloudflared tunnel token, 0600 root. */
+  /** The cloudflared tunnel token, 0600 root, and into secrets.env for the daemon's cloudflared manager. */
   readonly writeTunnelToken: (token: Redacted.Redacted<string>) => Effect.Effect<void, HostSetupError>
   /** A root-only (0600) file below the config directory, e.g. the restore bundle. */
   readonly writeSecretFile: (hostPath: string, content: string) => Effect.Effect<void, HostSetupError>
@@ -315,7 +331,12 @@ export const makeHostSetup = (options: HostSetupOptions) =>
       }
       const get = (k: string) => Option.map(Option.fromNullable(values.get(k)).pipe(Option.filter((v) => v.length > 0)), Redacted.make)
       const hostId = Option.fromNullable(values.get(SECRET_ENV.enrolledHostId)).pipe(Option.filter((v) => HOST_ID.test(v)))
-      return { proxmoxTokenSecret: get(SECRET_ENV.proxmoxTokenSecret), hubApiKey: get(SECRET_ENV.hubApiKey), hostId }
+      return {
+        proxmoxTokenSecret: get(SECRET_ENV.proxmoxTokenSecret),
+        hubApiKey: get(SECRET_ENV.hubApiKey),
+        hostId,
+        cloudflaredToken: get(SECRET_ENV.cloudflaredToken)
+      }
     })
 
     const writeSecrets: HostSetupShape["writeSecrets"] = (given) =>
@@ -326,7 +347,8 @@ export const makeHostSetup = (options: HostSetupOptions) =>
           g !== undefined ? Option.some(g) : s
         const entries: Array<readonly [string, Option.Option<Redacted.Redacted<string>>]> = [
           [SECRET_ENV.proxmoxTokenSecret, pick(given.proxmoxTokenSecret, stored.proxmoxTokenSecret)],
-          [SECRET_ENV.hubApiKey, pick(given.hubApiKey, stored.hubApiKey)]
+          [SECRET_ENV.hubApiKey, pick(given.hubApiKey, stored.hubApiKey)],
+          [SECRET_ENV.cloudflaredToken, pick(given.cloudflaredToken, stored.cloudflaredToken)]
         ]
         const lines = ["# felhom-agent secrets (written by felhom-agent enroll); root-only, read by systemd (EnvironmentFile=)"]
         for (const [name, value] of entries) {
@@ -346,7 +368,7 @@ export const makeHostSetup = (options: HostSetupOptions) =>
     const writeConfig: HostSetupShape["writeConfig"] = (json) =>
       Effect.gen(function*() {
         const stored = yield* readSecrets
-        for (const s of [stored.proxmoxTokenSecret, stored.hubApiKey]) {
+        for (const s of [stored.proxmoxTokenSecret, stored.hubApiKey, stored.cloudflaredToken]) {
           if (Option.isSome(s) && json.includes(Redacted.value(s.value))) {
             return yield* err("config", "refusing to write agent.json: it holds a secret (secrets belong in secrets.env)")
           }
@@ -359,6 +381,7 @@ export const makeHostSetup = (options: HostSetupOptions) =>
       Effect.gen(function*() {
         yield* ensureDir("tunnel", configDir, 0o755)
         yield* atomicWrite("tunnel", path(HOST_FILES.tunnelToken), `${Redacted.value(token)}\n`, 0o600)
+        yield* writeSecrets({ cloudflaredToken: token })
       })
 
     const writeSecretFile: HostSetupShape["writeSecretFile"] = (hostPath, content) =>
@@ -379,7 +402,11 @@ export const makeHostSetup = (options: HostSetupOptions) =>
     // -------------------------------------------------------------------------------------------
     // sudoers, helpers, units
 
+    /** dpkg owns the sudoers file, helpers, golden files and units on a packaged host. */
+    const packaged = Effect.promise(() => access(path(HOST_FILES.packageMarker)).then(() => true, () => false))
+
     const installSudoers: HostSetupShape["installSudoers"] = Effect.gen(function*() {
+      if (yield* packaged) return
       const text = yield* readSource("sudoers", "sudoers/felhom-agent")
       const target = path(HOST_FILES.sudoers)
       yield* ensureDir("sudoers", dirname(target), 0o755)
@@ -389,6 +416,7 @@ export const makeHostSetup = (options: HostSetupOptions) =>
     }).pipe(Effect.withSpan("HostSetup.installSudoers"))
 
     const installHelpers: HostSetupShape["installHelpers"] = Effect.gen(function*() {
+      if (yield* packaged) return
       const libexec = path(HOST_FILES.libexecDir)
       yield* ensureDir("helpers", libexec, 0o755)
       for (const h of HELPERS) yield* atomicWrite("helpers", join(libexec, h), yield* readSource("helpers", `libexec/${h}`), 0o755)
@@ -406,6 +434,7 @@ export const makeHostSetup = (options: HostSetupOptions) =>
     }).pipe(Effect.withSpan("HostSetup.installHelpers"))
 
     const installUnits: HostSetupShape["installUnits"] = Effect.gen(function*() {
+      if (yield* packaged) return
       const dir = path(HOST_FILES.unitDir)
       yield* ensureDir("units", dir, 0o755)
       for (const u of UNITS) yield* atomicWrite("units", join(dir, u), yield* readSource("units", `systemd/${u}`), 0o644)

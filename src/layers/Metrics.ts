@@ -59,7 +59,7 @@ export const recordPveRequest = (method: string, outcome: PveOutcome, seconds: n
   )
 }
 
-/** PVE names its task types (vzdump, vzstart, ...): anything else becomes "other". */
+/** PVE names its task types (vzdump, vzstart, ...); other names become "other". */
 export const taskTypeLabel = (type: string | undefined): string =>
   type !== undefined && /^[a-z][a-z0-9]{0,23}$/.test(type) ? type : "other"
 

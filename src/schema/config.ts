@@ -336,7 +336,7 @@ export const DEFAULT_PBS_KEY_FILE = "/etc/felhom-agent/pbs/encryption-key.json"
 export class StatusEndpointConfig extends Schema.Class<StatusEndpointConfig>("StatusEndpointConfig")({
   enabled: Schema.optionalWith(Schema.Boolean, { default: () => true }),
   host: Schema.optionalWith(Schema.Literal("127.0.0.1", "::1"), { default: () => "127.0.0.1" as const }),
-  /** 0: any free port (tests); the health gate unit names the default. */
+  /** 0 picks a free port (tests); the health gate unit names the default. */
   port: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 65535)), { default: () => 8719 }),
   /**
    * The hub loop counts as hung when it has made no progress (a cycle step, a PVE task poll) for

@@ -13,7 +13,7 @@ import { Schema } from "effect"
 export const CheckState = Schema.Literal("ok", "failing")
 
 export const HealthBody = Schema.Struct({
-  /** ok: every check ok. failing: any check failing. */
+  /** "ok" when every check is ok, else "failing". */
   status: Schema.Literal("ok", "failing"),
   version: Schema.String,
   pid: Schema.Int,

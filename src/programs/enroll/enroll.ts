@@ -98,6 +98,8 @@ const withoutSecrets = (base: Readonly<Json>): Json => {
   const out: Json = structuredClone(base) as Json
   if (isObject(out["proxmox"])) delete (out["proxmox"] as Json)["token_secret"]
   if (isObject(out["hub"])) delete (out["hub"] as Json)["api_key"]
+  // the tunnel token reaches the daemon through secrets.env (FELHOM_AGENT_CLOUDFLARED_TOKEN)
+  if (isObject(out["cloudflared"])) delete (out["cloudflared"] as Json)["token"]
   return out
 }
 
