@@ -13,6 +13,7 @@
  * scrubbed text (scrubbed again here with the api key and the PVE token secret), metrics carry
  * bounded labels only.
  */
+import { cloudflaredView } from "../cloudflared/manager.js"
 import { Clock, Effect, Option, Redacted, type Ref, Schedule } from "effect"
 import { SqlClient } from "@effect/sql"
 import { AgentConfig } from "../../layers/Config.js"
@@ -26,7 +27,6 @@ import { VERSION } from "../../version.js"
 import { currentSession } from "../breakglass/store.js"
 import type { DaemonState } from "./loop.js"
 import { CONTENT_TYPE, registryFamilies, render, scrapeFamilies } from "./metrics.js"
-import type { CloudflaredStatus } from "./report.js"
 
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z")
 
@@ -35,8 +35,8 @@ export interface StatusSources {
   readonly progress: LoopProgressShape
   readonly watchdogArmed: boolean
   /**
-   * cloudflared's state. Today the host report's source (Systemd.cloudflaredStatus), cached by the
-   * caller; the cloudflared manager replaces it here and in collectReport's input alike.
+   * cloudflared's state: the manager's view when it runs (disabled included), else
+   * Systemd.cloudflaredStatus; cached by the caller.
    */
   readonly cloudflared: Effect.Effect<StatusBody["cloudflared"]>
   /** The open break-glass session's end, epoch ms, or null (None: no state database in this graph). */
@@ -125,8 +125,8 @@ export const routesOf = (src: StatusSources) =>
   })
 
 export interface StatusEndpointOptions {
-  /** The cloudflared source (default: the host report's, Systemd.cloudflaredStatus). */
-  readonly cloudflared?: Effect.Effect<CloudflaredStatus>
+  /** The cloudflared source (default: the manager's view, or Systemd.cloudflaredStatus without one). */
+  readonly cloudflared?: Effect.Effect<StatusBody["cloudflared"]>
   /** Called with the bound port (tests, the demo). */
   readonly onListening?: (port: number) => Effect.Effect<void>
   /** Limits for tests (StatusServer.DEFAULT_LIMITS otherwise). */
@@ -151,7 +151,7 @@ export const startStatusEndpoint = (state: Ref.Ref<DaemonState>, options: Status
     const store = yield* Effect.serviceOption(ProtectionStore)
     const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
     // systemctl per /status request would let any local user make the daemon spawn processes
-    const cloudflared = yield* Effect.cachedWithTTL(options.cloudflared ?? systemd.cloudflaredStatus, "30 seconds")
+    const cloudflared = yield* Effect.cachedWithTTL(options.cloudflared ?? cloudflaredView(systemd.cloudflaredStatus), "30 seconds")
     const secrets = [
       ...(file.hub === undefined ? [] : [Redacted.value(file.hub.api_key)]),
       ...(file.proxmox === undefined ? [] : [Redacted.value(file.proxmox.token_secret)])
