@@ -180,7 +180,7 @@ export interface DevHub {
    * with it to play a hostile hub). Every host's api key may fetch it. Returns the version.
    */
   readonly addRelease: (dir: string) => Effect.Effect<string, DevHubReleaseRefused>
-  /** A release given byte for byte (hostile-hub tests: any manifest, any file under any hash). */
+  /** A release given byte for byte (hostile-hub tests choose the manifest and which bytes each hash serves). */
   readonly putRelease: (version: string, release: DevHubRelease) => Effect.Effect<void>
 }
 
