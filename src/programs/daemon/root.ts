@@ -18,7 +18,9 @@ import { ProxmoxWithoutClient } from "../../layers/Proxmox.js"
 import { PveHttpClientLive } from "../../layers/PveTransport.js"
 import { SystemdLive } from "../../layers/Systemd.js"
 import { PbsKeyLive } from "../../layers/PbsKey.js"
-import { type Privileged, PrivilegedLive, PrivilegedPbsKeyLive } from "../../layers/Privileged.js"
+import { type Privileged, PrivilegedLive, PrivilegedPbsKeyLive, PrivilegedUpdateLive } from "../../layers/Privileged.js"
+import { HubReleasesLive } from "../../layers/HubReleases.js"
+import { AgentUpdaterLive, UpdateSettingsLive } from "../update/saga.js"
 import { goldenDaemonLayer } from "../golden/live.js"
 import { type GuestHealth, GuestHealthLive } from "../../layers/GuestHealth.js"
 import { RestoreTestSettingsLive } from "../protection/scratch.js"
@@ -78,12 +80,25 @@ export const protectionLayer = protectionLayerWith(ProtectionEnvLive, GuestHealt
  */
 export const pbsKeyDaemonLayer = PbsKeyLive.pipe(Layer.provide(PrivilegedPbsKeyLive))
 
+/**
+ * Self-update (issue 14): the `agent-update` job's saga with its own hub client for releases
+ * (the hub block only), the root helper felhom-update and the update settings. A malformed
+ * `update.release_signers` line stops the daemon at start, like any bad config key.
+ */
+export const agentUpdaterDaemonLayer = AgentUpdaterLive.pipe(
+  Layer.provide(Layer.mergeAll(
+    UpdateSettingsLive,
+    HubReleasesLive.pipe(Layer.provide(AgentConfigLayer.HubSettingsLive)),
+    PrivilegedUpdateLive
+  ))
+)
+
 /** The board reads PVE and the protection store; it is built over both. */
 export const protectionBoardLayer = ProtectionBoard.layer
 
 /** The daemon graph from a config file (validated for the daemon mode). */
 export const daemonLayer = (path: Option.Option<string>) =>
   protectionBoardLayer.pipe(
-    Layer.provideMerge(Layer.mergeAll(servicesLayer, protectionLayer, goldenDaemonLayer, pbsKeyDaemonLayer)),
+    Layer.provideMerge(Layer.mergeAll(servicesLayer, protectionLayer, goldenDaemonLayer, pbsKeyDaemonLayer, agentUpdaterDaemonLayer)),
     Layer.provideMerge(AgentConfigLayer.layer({ path, mode: "daemon" }))
   )
