@@ -422,7 +422,8 @@ const release = Command.make("release").pipe(
 const update = Command.make(
   "update",
   {
-    version: Options.text("version").pipe(Options.optional, Options.withDescription("the release to install (signed by a release key)")),
+    // not --version: @effect/cli answers that flag itself, anywhere on the line, with the agent's version
+    version: Options.text("release").pipe(Options.optional, Options.withDescription("the release version to install, e.g. 1.4.0 (signed by a release key)")),
     yes: Options.boolean("yes").pipe(Options.withDescription("do not ask")),
     status: Options.boolean("status").pipe(Options.withDescription("show update.json and the current and last-good versions")),
     config: configOpt

@@ -4,9 +4,10 @@
  * null, like `recover` at the console). The release itself must still be signed by a release
  * key: nothing unsigned reaches a slot whoever asks.
  *
- * - `update --version V [--yes]`: fetches and verifies the release's manifest, shows what it is,
- *   asks (unless --yes), then runs download → stage → activate under the state lock (the daemon
- *   holds it: stop it first; the health gate starts the new version). Progress on stderr.
+ * - `update --release V [--yes]` (not --version: @effect/cli answers that flag itself): fetches
+ *   and verifies the release's manifest, shows what it is, asks (unless --yes), then runs
+ *   download → stage → activate under the state lock (the daemon holds it: stop it first; the
+ *   health gate starts the new version). Progress on stderr.
  * - `update --status`: update.json (the gate's journal) and the versions `current` and
  *   `last-good` point at.
  *
@@ -93,7 +94,7 @@ const runUpdate = (versionIn: string, yes: boolean) =>
     const { file } = yield* AgentConfigLayer.AgentConfig
     if (process.getuid?.() !== 0) return yield* usage("update runs as root on the host (the service user updates only on an operator-signed job)")
     if (file.hub === undefined) return yield* new CliFailure({ code: 2, message: "hub: required for 'update' (releases come from the hub)" })
-    const version = yield* Schema.decodeUnknown(ReleaseVersion)(versionIn).pipe(Effect.mapError(() => usage("--version: expected a release version like 1.4.0")))
+    const version = yield* Schema.decodeUnknown(ReleaseVersion)(versionIn).pipe(Effect.mapError(() => usage("--release: expected a release version like 1.4.0")))
     const settings = yield* UpdateSettings
     const hub = yield* HubReleases
     // what the operator agrees to: the manifest's exact bytes, verified before anything is shown
@@ -119,10 +120,10 @@ const runUpdate = (versionIn: string, yes: boolean) =>
 export const update = (o: UpdateCommand) =>
   Effect.gen(function*() {
     if (o.status) {
-      if (Option.isSome(o.version)) return yield* usage("--status takes no --version")
+      if (Option.isSome(o.version)) return yield* usage("--status takes no --release")
       return yield* showStatus
     }
-    if (Option.isNone(o.version)) return yield* usage("update needs --version V (or --status)")
+    if (Option.isNone(o.version)) return yield* usage("update needs --release V (or --status)")
     const { file } = yield* AgentConfigLayer.AgentConfig
     const scrub = scrubberFor(configSecrets(file))
     const services = Layer.mergeAll(
