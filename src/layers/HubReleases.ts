@@ -25,6 +25,7 @@ import { RELEASE_PATHS, type ReleaseFile, type ReleaseVersion } from "../schema/
 import { deepestCauseMessage } from "../schema/text.js"
 import { VERSION } from "../version.js"
 import { HubSettings } from "./Config.js"
+import { beat } from "./LoopProgress.js"
 import { syncDir } from "./durableFile.js"
 import { DEFAULT_REQUEST_TIMEOUT, hubHttpClientLayer } from "./Hub.js"
 import { makeHubExchange } from "./HubExchange.js"
@@ -152,7 +153,8 @@ export const makeHubReleases = (options: HubReleasesOptions = {}) =>
           yield* streamed(path, f.size, fileTimeout(f.size), (chunk) => {
             hash.update(chunk)
             size += chunk.length
-            return Effect.tryPromise({ try: () => h.write(chunk), catch: writeFail("write") }).pipe(Effect.asVoid)
+            // a long download is progress of the hub loop (the watchdog); fileTimeout bounds a trickle
+            return Effect.tryPromise({ try: () => h.write(chunk), catch: writeFail("write") }).pipe(Effect.zipRight(beat("release download")))
           })
           if (size !== f.size) return yield* fail("Decode", path, `${f.path}: got ${size} bytes, the signed manifest lists ${f.size}`)
           if (hash.digest("hex") !== f.sha256) return yield* fail("Decode", path, `${f.path}: the bytes do not match the signed manifest's SHA-256`)

@@ -468,8 +468,12 @@ export interface PrivilegedUpdateShape {
 
 export class PrivilegedUpdate extends Context.Tag("felhom/PrivilegedUpdate")<PrivilegedUpdate, PrivilegedUpdateShape>() {}
 
-/** Staging copies and hashes a whole release tree (~100 MiB) as root: longer than the default timeout. */
-export const UPDATE_STAGE_TIMEOUT = Duration.minutes(10)
+/**
+ * Staging copies and hashes a whole release tree (~100 MiB) as root: longer than the default
+ * timeout, and well inside status_endpoint.stall_seconds (600 by default: the step beats no
+ * progress while the helper runs).
+ */
+export const UPDATE_STAGE_TIMEOUT = Duration.minutes(5)
 
 /** What `felhom-cloudflared write-token` did: wrote a different token, or found this one there. */
 export type CloudflaredTokenResult = "changed" | "unchanged"

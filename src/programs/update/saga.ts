@@ -25,6 +25,7 @@ import { AgentConfig } from "../../layers/Config.js"
 import { removeQuietly, syncDir, writeTemp } from "../../layers/durableFile.js"
 import { HubReleases, type ReleaseWriteError } from "../../layers/HubReleases.js"
 import type { AdmissionRefused, JournalError, JournalOp, StoreServices } from "../../layers/Journal.js"
+import { beat } from "../../layers/LoopProgress.js"
 import { OpLog } from "../../layers/OpLog.js"
 import { PrivilegedUpdate } from "../../layers/Privileged.js"
 import type { ConfigError } from "../../schema/errors.js"
@@ -199,11 +200,13 @@ export const runAgentUpdate = (
       Effect.tapError((e) => Effect.zipRight(removeDownload(downloadDirOf(settings.stateDir, version)), failed(e)))
     )
     yield* s.started("stage")
+    yield* beat("update stage")
     const staged = yield* priv.stage(version).pipe(
       Effect.mapError((e) => new UpdateFailed({ step: "stage", message: e.message })),
       Effect.tapError((e) => Effect.zipRight(removeDownload(dir), failed(e)))
     )
     yield* s.done("stage", { slot: staged.slot })
+    yield* beat("update staged")
     // the helper made its own root-owned copy: the download is no longer needed
     yield* removeDownload(dir)
     yield* s.started("activate", { prefix: settings.prefix })
