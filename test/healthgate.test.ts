@@ -32,10 +32,10 @@ const stagedHost = async (behaviour: Behaviour, version = "1.1.0", flakyAfter?: 
   const h = await makeHost({ version: "1.0.0" })
   hosts.push(h)
   h.writeRelease(join(h.prefix, "slots", "a"), { version, behaviour, ...(flakyAfter === undefined ? {} : { flakyAfter }) })
-  h.writeState({ state: "staged", slot: "slots/a", version, staged_at: "2026-11-30T00:00:00Z" })
+  h.writeState({ state: "staged", slot: "slots/a", version, staged_at: "2026-11-30T00:00:00Z", activated_at: "2026-11-30T00:01:00Z" })
   // the agent runs the old release, as before activation
   await runScript([h.systemctl, "restart", "felhom-agent.service"], {})
-  h.writeState({ state: "staged", slot: "slots/a", version, staged_at: "2026-11-30T00:00:00Z" })
+  h.writeState({ state: "staged", slot: "slots/a", version, staged_at: "2026-11-30T00:00:00Z", activated_at: "2026-11-30T00:01:00Z" })
   rmSync(join(h.base, "systemctl.log"), { force: true })
   rmSync(join(h.base, "systemctl.calls"), { force: true })
   return h
@@ -130,6 +130,22 @@ rootSuite("felhom-healthgate: the window", () => {
     }
   })
 
+  it("leaves a staged release that was never activated alone (the boot run): no flip, no restart, still staged", async () => {
+    // an update that stopped between stage and activate is abandoned in the agent's journal
+    // ("nothing changed"); the boot-time gate must not start it later, outside the update window
+    const h = await stagedHost("ok")
+    const line = { state: "staged", slot: "slots/a", version: "1.1.0", staged_at: "2026-11-30T00:00:00Z" }
+    h.writeState(line)
+    const r = await runGate(h)
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toMatch(/never activated/)
+    expect(h.link("current")).toBe("package")
+    expect(h.link("last-good")).toBe("package")
+    expect(h.systemctlLog()).toEqual([])
+    expect(h.state()).toEqual(line)
+    expect(await h.health()).toBe("1.0.0")
+  })
+
   it("refuses a non-loopback health URL and bad timings (exit 2), touching nothing", async () => {
     const h = await stagedHost("ok")
     for (const url of ["http://10.0.0.1:8719/health", "https://127.0.0.1:8719/health", "http://127.0.0.1.evil:80/health", "http://localhost:8719/health", "http://127.0.0.1:8719/h'x"]) {
@@ -153,7 +169,7 @@ rootSuite("felhom-healthgate: the window", () => {
     expect(h.systemctlLog()).toEqual([])
 
     const h2 = await stagedHost("ok")
-    h2.writeState({ state: "staged", slot: "slots/a", version: "1.2.0", staged_at: "x" })
+    h2.writeState({ state: "staged", slot: "slots/a", version: "1.2.0", staged_at: "x", activated_at: "x" })
     expect((await runGate(h2)).code).toBe(0)
     expect(h2.state()).toMatchObject({ state: "reverted", version: "1.2.0" })
     expect(h2.link("current")).toBe("package")
@@ -311,9 +327,14 @@ rootSuite("felhom-update and the gate together", () => {
     writeDownload(h, { version: "1.1.0" })
     const staged = await runUpdate(h, ["stage", "1.1.0"])
     expect(staged.stdout, staged.stderr).toBe("staged a 1.1.0\n")
+    // staged, not yet activated: a gate run (as at boot) leaves it alone
+    expect((await runGate(h)).code).toBe(0)
+    expect(h.state()).toMatchObject({ state: "staged", slot: "slots/a", version: "1.1.0" })
+    expect(h.link("current")).toBe("package")
     const act = await runUpdate(h, ["activate"])
     expect(act.stdout, act.stderr).toBe("activating 1.1.0\n")
     expect(h.systemctlLog().at(-1)).toBe("start --no-block felhom-agent-gate.service")
+    expect(h.state()?.activated_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/)
     expect((await runGate(h)).code).toBe(0)
     expect(h.state()).toMatchObject({ state: "committed", slot: "slots/a", version: "1.1.0" })
     expect(await h.health()).toBe("1.1.0")

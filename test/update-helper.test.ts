@@ -286,10 +286,21 @@ rootSuite("felhom-update activate", () => {
     expect(h.systemctlLog()).toEqual(["start --no-block felhom-agent-gate.service"])
     // activate flips nothing itself: that is the gate's job
     expect(h.link("current")).toBe("package")
-    expect(h.state()?.state).toBe("staged")
+    // the record is marked activated: the gate (also at boot) trials nothing else
+    expect(h.state()).toMatchObject({ state: "staged", slot: "slots/a", version: "1.1.0", activated_at: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/) })
     // systemctl failing is exit 5
     const failed = await runUpdate(h, ["activate"], { FAKE_SYSTEMCTL_FAIL: "1" })
     expect(failed.code).toBe(5)
+  })
+
+  it("withdraws the activation when systemctl fails: the agent records nothing changed, so no later boot may start it", async () => {
+    const { h } = await hostWithDownload()
+    expect((await runUpdate(h, ["stage", "1.1.0"])).code).toBe(0)
+    const staged = h.state()
+    const failed = await runUpdate(h, ["activate"], { FAKE_SYSTEMCTL_FAIL: "1" })
+    expect(failed.code).toBe(5)
+    expect(h.state()).toEqual(staged)
+    expect(h.state()?.activated_at).toBeUndefined()
   })
 
   it.each([[undefined], [{ state: "trial", slot: "slots/a", previous: "package", version: "1.1.0" }], [{ state: "committed", slot: "slots/a", previous: "package", version: "1.1.0" }], [{ state: "idle" }]])("refuses without a staged release (%j)", async (state) => {
