@@ -212,6 +212,23 @@ rootSuite("felhom-update stage", () => {
     expect(existsSync(join(h.prefix, "slots", "a"))).toBe(false)
   })
 
+  it("refuses while a recorded revert is unfinished (current still on the reverted slot): the record is not erased", async () => {
+    const { h } = await hostWithDownload()
+    // the gate wrote reverted, then died before flipping current back to package
+    h.writeRelease(join(h.prefix, "slots", "a"), { version: "1.0.5" })
+    h.setLink("current", "slots/a")
+    const rec = { state: "reverted", slot: "slots/a", previous: "package", version: "1.0.5", reason: "x" }
+    h.writeState(rec)
+    const r = await runUpdate(h, ["stage", "1.1.0"])
+    expect(r.code).toBe(3)
+    expect(r.stderr).toMatch(/revert of slots\/a is unfinished/)
+    expect(h.state()).toEqual(rec)
+    expect(existsSync(join(h.prefix, "slots", "b"))).toBe(false)
+    // once the gate has flipped current back, staging goes ahead (slots/a is free again)
+    h.setLink("current", "package")
+    expect((await runUpdate(h, ["stage", "1.1.0"])).stdout).toBe("staged a 1.1.0\n")
+  })
+
   it("refuses when the verifier's config or the prefix could be written by someone else", async () => {
     const { h } = await hostWithDownload()
     const cfg = join(h.root, "etc", "felhom-agent", "agent.json")
