@@ -13,7 +13,7 @@ import { HttpServerResponse } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Schema, TestClock } from "effect"
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { AgentConfig, hubSettings } from "../src/layers/Config.js"
 import { layerAt } from "../src/layers/Database.js"
@@ -259,6 +259,23 @@ describe("agent-update against the dev hub (loopback HTTPS)", () => {
   })
 
   refusedCase("a release the hub does not have (it can withhold one)", () => Effect.void, /HTTP 404/)
+
+  it.live("a symlinked <state_dir>/update (planted by the service user): refused, nothing written through it", () => {
+    const h = makeHost()
+    const r = makeRelease(key, V)
+    const elsewhere = scratch("elsewhere")
+    mkdirSync(join(elsewhere, V))
+    writeFileSync(join(elsewhere, V, "keep"), "not the agent's")
+    symlinkSync(elsewhere, join(h.stateDir, "update"))
+    return withHub((url, hub) =>
+      Effect.gen(function*() {
+        yield* hub.addRelease(r.dir)
+        const e = yield* Effect.flip(runAgentUpdate(V, shaOf(r.bytes), null))
+        expect(e.message).toMatch(/update is not a directory/)
+        expect(readdirSync(elsewhere, { recursive: true }).map(String).sort()).toEqual([V, `${V}/keep`])
+        expect(h.helperCalls()).toEqual([])
+      }).pipe(Effect.provide(servicesFor(h, url))))
+  })
 
   it.live("a hub echoing the api key in its error body: the key never reaches the error", () => {
     const h = makeHost()

@@ -80,9 +80,14 @@ export interface UpdateStarted {
 const codeOf = (e: unknown): string =>
   typeof e === "object" && e !== null && "code" in e ? String((e as { readonly code: unknown }).code) : "error"
 
-/** Removes the download directory; never follows a link (rmSync removes a link itself). */
+/**
+ * Removes the download directory; never through a link: its parent `update` must be a real
+ * directory (the service user owns state_dir; a planted link would aim root's CLI elsewhere), and
+ * rmSync removes a link inside itself, not its target.
+ */
 const removeDownload = (dir: string) => Effect.sync(() => {
   try {
+    if (!lstatSync(posix.dirname(dir)).isDirectory()) return
     rmSync(dir, { recursive: true, force: true })
   } catch {
     // best effort: a leftover is replaced by the next download of this version
@@ -90,19 +95,24 @@ const removeDownload = (dir: string) => Effect.sync(() => {
 })
 
 /** A fresh, empty download directory below `<state_dir>/update` (a real directory, never a link). */
-const freshDir = (stateDir: string, version: string) =>
-  Effect.try({
-    try: () => {
-      const parent = posix.join(stateDir, "update")
-      mkdirSync(parent, { recursive: true, mode: 0o755 })
-      if (!lstatSync(parent).isDirectory()) throw Object.assign(new Error("not a directory"), { code: "ENOTDIR" })
-      const dir = downloadDirOf(stateDir, version)
-      rmSync(dir, { recursive: true, force: true })
-      mkdirSync(dir, { mode: 0o755 })
-      return dir
-    },
-    catch: (e) => new UpdateFailed({ step: "download", message: `cannot prepare ${posix.join(stateDir, "update", version)}: ${codeOf(e)}` })
-  })
+const freshDir = (stateDir: string, version: string) => {
+  const parent = posix.join(stateDir, "update")
+  const dir = downloadDirOf(stateDir, version)
+  const cannot = (why: string) => new UpdateFailed({ step: "download", message: `cannot prepare ${dir}: ${why}` })
+  return Effect.try({ try: () => mkdirSync(parent, { recursive: true, mode: 0o755 }), catch: (e) => cannot(codeOf(e)) }).pipe(
+    // a symlinked `update` (the service user owns state_dir) would send the writes elsewhere
+    Effect.zipRight(Effect.try({ try: () => lstatSync(parent).isDirectory(), catch: (e) => cannot(codeOf(e)) })),
+    Effect.filterOrFail((isDir) => isDir, () => cannot(`${parent} is not a directory`)),
+    Effect.zipRight(Effect.try({
+      try: () => {
+        rmSync(dir, { recursive: true, force: true })
+        mkdirSync(dir, { mode: 0o755 })
+        return dir
+      },
+      catch: (e) => cannot(codeOf(e))
+    }))
+  )
+}
 
 const sha256Hex = (b: Uint8Array) => createHash("sha256").update(b).digest("hex")
 
