@@ -208,6 +208,32 @@ describe("felhom-agent status", () => {
       expect(text.slice(1, 1 + r.findings.length).every((l) => l.startsWith("  ! "))).toBe(true)
     }))
 
+  it.scoped("whatever answers on the status port (a local user squatting it) cannot drive root's terminal: no control characters in the output", () =>
+    Effect.gen(function*() {
+      const { stateDir } = fresh()
+      const daemon = yield* fakeDaemon
+      // an escape sequence (OSC title, clear screen, cursor up) and a forged line in every string
+      const evil = "\u001b]0;owned\u0007\u001b[2J\u001b[1A\r\n  ! all well\u009b"
+      const h = body().health
+      daemon.set(body({
+        health: { ...h, status: "failing", version: `9.9.9${evil}`, started_at: `t${evil}` },
+        last_hub_error: `boom${evil}`,
+        last_hub_contact_at: `c${evil}`,
+        pending_signatures: [{ op: `decommission${evil}`, vmid: 101, reason: `r${evil}`, since: `s${evil}` }]
+      }))
+      const config = writeConfig(stateDir, daemon.port)
+      const r = yield* run(config)
+      expect(r.ok).toBe(false)
+      const text = renderStatus(r)
+      expect(text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+      // no line but the ones the report makes: each finding stays on its own line
+      expect(text.split("\n").filter((l) => l.startsWith("  ! ")).length).toBe(r.findings.length)
+      const exit = yield* command(config, false)
+      const failure = Exit.isFailure(exit) && exit.cause._tag === "Fail" ? exit.cause.error : null
+      expect(failure).toMatchObject({ _tag: "CliFailure", code: 1 })
+      expect(String((failure as { message?: string } | null)?.message)).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/)
+    }))
+
   it.scoped("all well: exit 0; the daemon's own health failing, stalled, no hub contact: findings", () =>
     Effect.gen(function*() {
       const { stateDir, dbPath } = fresh()

@@ -406,8 +406,15 @@ export const renderStatus = (r: StatusReport): string => {
   }
   const bg = r.break_glass
   lines.push(`break-glass: ${bg.state}${bg.state === "open" ? ` since ${bg.since ?? "?"} until ${bg.until ?? "?"} by ${bg.signer ?? "?"}` : ""}`)
-  return lines.join("\n")
+  return lines.map(printable).join("\n")
 }
+
+/**
+ * Text for root's terminal: the strings come from whatever answers on the status port (any local
+ * user can bind it while the daemon is down) and from the service user's database, so no control
+ * character (escape sequences, a forged line) reaches the terminal.
+ */
+const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, "?")
 
 // ---------------------------------------------------------------------------------------------
 // The command
@@ -432,5 +439,5 @@ export const statusCommand = (o: { readonly config: Option.Option<string>; reado
   Effect.gen(function*() {
     const r = yield* statusReport(o.config)
     yield* Console.log(o.json ? JSON.stringify(Schema.encodeSync(StatusReport)(r), null, 2) : renderStatus(r))
-    if (!r.ok) return yield* new CliFailure({ code: 1, message: `${r.findings.length} finding(s): ${r.findings[0]!.area}: ${r.findings[0]!.message}` })
+    if (!r.ok) return yield* new CliFailure({ code: 1, message: printable(`${r.findings.length} finding(s): ${r.findings[0]!.area}: ${r.findings[0]!.message}`) })
   }).pipe(Effect.mapError(toCliFailure))
