@@ -13,7 +13,8 @@ const RULES = [
     name: "Proxmox, the Hub client and the local API never shell out",
     entries: [
       "src/layers/Proxmox.ts", "src/layers/PveTransport.ts", "src/layers/TlsDispatcher.ts", "src/layers/Hub.ts", "src/layers/HubEnroll.ts",
-      "src/layers/LocalApi.ts", "src/layers/LocalCert.ts", "src/layers/LocalTokens.ts"
+      "src/layers/HubReleases.ts", "src/layers/HubExchange.ts",
+      "src/layers/LocalApi.ts", "src/layers/LocalCert.ts", "src/layers/LocalTokens.ts", "src/layers/StatusServer.ts"
     ],
     modules: [
       /^(node:)?child_process$/,

@@ -20,6 +20,8 @@ import { LocalApi, LocalApiLive, type LocalApiSettings, type LocalApiShape } fro
 import { type LocalCert, LocalCertFromConfig } from "../src/layers/LocalCert.js"
 import { type LocalTokens, LocalTokensLive, type LocalTokensShape } from "../src/layers/LocalTokens.js"
 import type { LocalApiBackend, LocalApiBackendShape } from "../src/programs/localapi/backend.js"
+import { HubReleasesWithoutClient, type HubReleasesShape } from "../src/layers/HubReleases.js"
+import { PrivilegedBreakGlassLive, PrivilegedCloudflaredLive, PrivilegedUpdateLive } from "../src/layers/Privileged.js"
 
 
 describe("the fence (types)", () => {
@@ -44,6 +46,18 @@ describe("the fence (types)", () => {
   it("Privileged's layer requires only CommandExecutor and AgentConfig, never an HttpClient", () => {
     expectTypeOf<Extract<RIn<typeof PrivilegedLive>, HttpClient.HttpClient>>().toBeNever()
     expectTypeOf<MethodR<PrivilegedShape>>().toBeNever()
+  })
+
+  // issue 14: the release downloads are the hub client's kind (HTTP only); the self-update,
+  // break-glass and cloudflared root commands are Privileged's (processes only)
+  it("HubReleases requires only HttpClient and the hub block, never a CommandExecutor", () => {
+    expectTypeOf<RIn<typeof HubReleasesWithoutClient>>().toEqualTypeOf<HttpClient.HttpClient | HubSettings>()
+    expectTypeOf<MethodR<HubReleasesShape>>().toBeNever()
+  })
+
+  it("the update, break-glass and cloudflared runners never require an HttpClient", () => {
+    expectTypeOf<Extract<RIn<typeof PrivilegedUpdateLive> | RIn<typeof PrivilegedBreakGlassLive> | RIn<typeof PrivilegedCloudflaredLive>, HttpClient.HttpClient>>()
+      .toBeNever()
   })
 
   it("Authz's layer requires only SqlClient and AgentConfig: no HTTP, no processes", () => {

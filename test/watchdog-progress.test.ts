@@ -16,7 +16,7 @@ import { layerAt } from "../src/layers/Database.js"
 import { GuestQueue } from "../src/layers/GuestQueue.js"
 import { HubWithoutClient } from "../src/layers/Hub.js"
 import { JournalLive } from "../src/layers/Journal.js"
-import { make as makeProgress } from "../src/layers/LoopProgress.js"
+import { coverFor, LoopProgress, make as makeProgress } from "../src/layers/LoopProgress.js"
 import { OpLog } from "../src/layers/OpLog.js"
 import { ProxmoxWithoutClient } from "../src/layers/Proxmox.js"
 import { REASON_HEADER } from "../src/layers/PveTransport.js"
@@ -213,6 +213,20 @@ describe("LoopProgress's rule", () => {
         expect(yield* p.stalled).toBe((yield* now) > covered + 30_000)
       })
   )
+
+  it.effect("coverFor: a bounded wait (the update's root helper) covers the loop until its bound, not after", () =>
+    Effect.gen(function*() {
+      const p = yield* makeProgress(30)
+      const layer = Layer.succeed(LoopProgress, p)
+      yield* coverFor("stage", Duration.minutes(5)).pipe(Effect.provide(layer))
+      yield* TestClock.adjust("5 minutes")
+      yield* TestClock.adjust("30 seconds")
+      expect(yield* p.stalled).toBe(false)
+      yield* TestClock.adjust("1 millis")
+      expect(yield* p.stalled).toBe(true)
+      // outside a daemon (CLI, tests) it does nothing
+      yield* coverFor("stage", Duration.minutes(5))
+    }))
 
   it.effect("the boundary: stall_seconds of silence is still alive, one more millisecond is not", () =>
     Effect.gen(function*() {

@@ -9,7 +9,7 @@
  * Labels are fixed strings chosen by the code (never PVE or hub text): the stall log quotes the
  * last one.
  */
-import { Clock, Context, Effect, Layer, Option } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
 
 export interface ProgressSnapshot {
   readonly lastBeatMs: number
@@ -59,3 +59,15 @@ export const layer = (stallSeconds: number): Layer.Layer<LoopProgress> => Layer.
 /** Beats the loop's progress if this fiber runs under one (a no-op elsewhere: CLI, tests). */
 export const beat = (label: string): Effect.Effect<void> =>
   Effect.flatMap(Effect.serviceOption(LoopProgress), Option.match({ onNone: () => Effect.void, onSome: (p) => p.beat(label) }))
+
+/**
+ * A wait bounded by its own timeout (a root helper's child process) counts as progress until that
+ * timeout: the loop is covered until now + `bound` and beats now. The watchdog still fires if the
+ * bound passes with no further beat (the timeout itself failed to end the wait).
+ */
+export const coverFor = (label: string, bound: Duration.Duration): Effect.Effect<void> =>
+  Effect.flatMap(Effect.serviceOption(LoopProgress), Option.match({
+    onNone: () => Effect.void,
+    onSome: (p) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.zipRight(p.beat(label), p.idleUntil(now + Duration.toMillis(bound))))
+  }))

@@ -25,9 +25,9 @@ import { AgentConfig } from "../../layers/Config.js"
 import { removeQuietly, syncDir, writeTemp } from "../../layers/durableFile.js"
 import { HubReleases, type ReleaseWriteError } from "../../layers/HubReleases.js"
 import type { AdmissionRefused, JournalError, JournalOp, StoreServices } from "../../layers/Journal.js"
-import { beat } from "../../layers/LoopProgress.js"
+import { beat, coverFor } from "../../layers/LoopProgress.js"
 import { OpLog } from "../../layers/OpLog.js"
-import { PrivilegedUpdate } from "../../layers/Privileged.js"
+import { PrivilegedUpdate, UPDATE_STAGE_TIMEOUT } from "../../layers/Privileged.js"
 import type { ConfigError } from "../../schema/errors.js"
 import type { HubError } from "../../schema/hub.js"
 import { DEFAULT_PREFIX, UPDATE_STATE_FILE, UPDATE_STATES, type UpdateState } from "../../schema/install.js"
@@ -210,7 +210,8 @@ export const runAgentUpdate = (
       Effect.tapError((e) => Effect.zipRight(removeDownload(downloadDirOf(settings.stateDir, version)), failed(e)))
     )
     yield* s.started("stage")
-    yield* beat("update stage")
+    // copying and verifying as root may take minutes without a beat; bounded by the helper's timeout
+    yield* coverFor("update stage", UPDATE_STAGE_TIMEOUT)
     const staged = yield* priv.stage(version).pipe(
       Effect.mapError((e) => new UpdateFailed({ step: "stage", message: e.message })),
       Effect.tapError((e) => Effect.zipRight(removeDownload(dir), failed(e)))
