@@ -130,6 +130,15 @@ describe("selftest hub", () => {
       expect(checked(yield* run(configAt(html.url)))).toMatchObject({ ok: false, reason: "bad_answer", http_status: 502 })
     })))
 
+  it.live("a hostile hub's error text cannot drive the operator's terminal: no control characters in the output", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const evil = "\u001b]0;owned\u0007\u001b[2J\u001b[1A\u009b\r\n  OK"
+      const hub = yield* serveApp(Effect.succeed(HttpServerResponse.text(`oops${evil}`, { status: 502 })), { host: "127.0.0.1", port: 0 })
+      const r = checked(yield* run(configAt(hub.url)))
+      expect(r).toMatchObject({ ok: false, reason: "bad_answer", http_status: 502 })
+      expect(renderHubReport(r)).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+    })))
+
   it.live("no hub block is a configuration error (exit 2)", () =>
     Effect.gen(function*() {
       const path = join(dir, "nohub.json")

@@ -422,7 +422,10 @@ export const renderHubReport = (r: HubSelftestReport): string =>
     ]),
     ...(r.message === null ? [] : [`  ${r.message}`]),
     ...r.notes.map((n) => `  note: ${n}`)
-  ].join("\n")
+  ].map(printable).join("\n")
+
+/** The message quotes the hub's own text: no control character (an escape sequence) reaches the terminal. */
+const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, "?")
 
 /** The hub client exactly as the daemon builds it (HubHttpClientLive over the hub block), with a shorter timeout. */
 const hubProbeLayer = HubLayer.layerWithoutClient({ requestTimeout: HUB_SELFTEST_TIMEOUT }).pipe(
