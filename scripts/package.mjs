@@ -313,7 +313,7 @@ const writeManifest = (tree) => {
   // an unknown subcommand's --help prints the root help (exit 0): look for the command's own usage line
   const help = cli(tree, ["release", "manifest", "--help"])
   if (help.status === 0 && /^\$ (release )?manifest\b.*--dir/m.test(stripAnsi(help.stdout))) {
-    const r = cli(tree, ["release", "manifest", "--dir", tree, "--version", VERSION, "--node", RUNTIME.version])
+    const r = cli(tree, ["release", "manifest", "--dir", tree, "--release", VERSION, "--node", RUNTIME.version])
     if (r.status !== 0) fail(`felhom-agent release manifest exited ${r.status}: ${r.stderr.trim()}`)
     log("RELEASE.json written by `felhom-agent release manifest`")
   } else {

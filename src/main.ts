@@ -305,7 +305,8 @@ const audit = Command.make("audit").pipe(
 const goldenBuild = Command.make(
   "build",
   {
-    version: Options.text("version").pipe(Options.optional, Options.withDescription("the version to register it as (default: its UTC start, YYYY.MM.DD-HHMMSS)")),
+    // not --version: @effect/cli answers a --version right after the command path with the agent's own
+    version: Options.text("golden-version").pipe(Options.optional, Options.withDescription("the version to register it as (default: its UTC start, YYYY.MM.DD-HHMMSS)")),
     config: configOpt,
     json: jsonOpt
   },
@@ -398,7 +399,8 @@ const releaseManifest = Command.make(
   "manifest",
   {
     dir: Options.directory("dir").pipe(Options.withDescription("the release tree (bin/, lib/)")),
-    version: Options.text("version").pipe(Options.withDescription("the release version, e.g. 1.4.0")),
+    // not --version: @effect/cli answers a --version right after the command path with the agent's own
+    version: Options.text("release").pipe(Options.withDescription("the release version, e.g. 1.4.0")),
     node: Options.text("node").pipe(Options.optional, Options.withDescription("the bundled Node runtime's version (default: the running one)"))
   },
   (o) => lazy(() => import("./programs/cli/release.js"), (m) => m.releaseManifest(o))
@@ -452,7 +454,8 @@ cli(process.argv).pipe(
   Effect.tapErrorCause((cause) => {
     const failure = Cause.failureOption(cause)
     if (Option.isSome(failure) && failure.value instanceof CliFailure) {
-      return Console.error(`felhom-agent: ${failure.value.message}`)
+      // a message may carry hub or PVE text: no control character reaches the operator's terminal
+      return Console.error(`felhom-agent: ${failure.value.message.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, "?")}`)
     }
     if (Option.isSome(failure)) return Effect.void // @effect/cli already printed the usage error
     return Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(`felhom-agent: unexpected error\n${Cause.pretty(cause)}`)

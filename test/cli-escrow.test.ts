@@ -155,6 +155,12 @@ describe("escrow inspect", () => {
     expect(out).not.toContain("lega winn")
   })
 
+  it("a failure message never carries a control character to the terminal (main.ts; here a file name with ESC)", async () => {
+    const line = refused(await inspect([file("no\u001b[31msuch\u0007file.json")]), 2)
+    expect(line).toContain("no?[31msuch?file.json")
+    expect(line).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/)
+  })
+
   it("no output of any run above holds the key (hex or base64), the code or the passphrase", () => {
     expect(outputs.length).toBeGreaterThanOrEqual(24)
     const keyHex = Buffer.from(KEY).toString("hex")

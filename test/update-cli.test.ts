@@ -24,7 +24,7 @@ describe("release manifest / release verify (built bin)", () => {
   it("manifest, ssh-keygen sign, verify: exit 0 'verified'; a tampered tree: exit 1, one line; no state DB", async () => {
     const dir = scratch("cli-rel")
     makeTree(dir, "2.0.0")
-    const made = await runner.run(["release", "manifest", "--dir", dir, "--version", "2.0.0", "--node", "20.20.2"])
+    const made = await runner.run(["release", "manifest", "--dir", dir, "--release", "2.0.0", "--node", "20.20.2"])
     expect(made.status, made.stderr).toBe(0)
     expect(made.stdout).toMatch(/wrote .*RELEASE\.json: 2\.0\.0, 4 files/)
     sshSign(key, join(dir, MANIFEST_FILE))

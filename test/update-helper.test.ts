@@ -392,7 +392,7 @@ describe.skipIf(!isRoot || !hasReleaseVerify)("felhom-update with the real relea
       writeFileSync(join(dir, "bin", "node"), "#!/bin/sh\necho fake node\n", { mode: 0o755 })
       writeFileSync(join(dir, "bin", "felhom-agent"), "#!/bin/sh\nexec \"$(dirname \"$0\")/node\" \"$@\"\n", { mode: 0o755 })
       writeFileSync(join(dir, "lib", "felhom-agent.cjs"), `console.log(${JSON.stringify(version)})\n`, { mode: 0o644 })
-      const m = spawnSync(process.execPath, [BIN, "release", "manifest", "--dir", dir, "--version", version, "--node", "20.20.2"], { encoding: "utf8" })
+      const m = spawnSync(process.execPath, [BIN, "release", "manifest", "--dir", dir, "--release", version, "--node", "20.20.2"], { encoding: "utf8" })
       if (m.status !== 0) throw new Error(`release manifest: ${m.stdout}${m.stderr}`)
       signer.sign(join(dir, "RELEASE.json"))
       chownTree(join(h.root, "var", "lib", "felhom-agent"), SERVICE_UID)

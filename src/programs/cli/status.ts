@@ -217,6 +217,9 @@ const opView = (o: JournalStore.JournalOp, status: "in_flight" | "needs_operator
 
 /** Every section on its own: a table that cannot be read is a problem, never an abort. */
 export const readDb: Effect.Effect<DbView, never, SqlClient.SqlClient> = Effect.gen(function*() {
+  // root may read a file the service user wrote: no schema-defined function or view runs code here
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.unsafe("PRAGMA trusted_schema = OFF").pipe(Effect.ignore)
   const journal = yield* JournalStore.make
   const protection = yield* ProtectionStoreLayer.make
   const targets = yield* StorageTargetStoreLayer.make
