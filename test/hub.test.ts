@@ -255,12 +255,14 @@ describe("Hub client against the dev hub over HTTPS", () => {
         const jobs = (yield* client.signedJobs).map((e) => Either.getOrThrow(e))
         expect(jobs.map((j) => j.id)).toEqual(["job-1", "job-2"])
         expect(jobs[0]).toEqual(job("job-1"))
+        // unanswered jobs are handed out again (a job deferred to the update window waits there)
+        expect((yield* client.signedJobs).map((e) => Either.getOrThrow(e).id)).toEqual(["job-1", "job-2"])
+        expect((yield* client.report(reportFor(HOST))).has_signed_ops).toBe(true)
+        yield* client.postJobResults([{ id: "job-1", op: "force-backup", guest_id: 100, status: "done", reason: "ok" }])
+        expect((yield* client.signedJobs).map((e) => Either.getOrThrow(e).id)).toEqual(["job-2"])
+        yield* client.postJobResults([{ id: "job-2", op: "force-backup", guest_id: null, status: "failed", reason: "BadJob: needs guest_id" }])
         expect(yield* client.signedJobs).toEqual([])
         expect((yield* client.report(reportFor(HOST))).has_signed_ops).toBe(false)
-        yield* client.postJobResults([
-          { id: "job-1", op: "force-backup", guest_id: 100, status: "done", reason: "ok" },
-          { id: "job-2", op: "force-backup", guest_id: null, status: "failed", reason: "BadJob: needs guest_id" }
-        ])
         yield* client.postJobResults([{ id: "job-1", op: "force-backup", guest_id: 100, status: "duplicate", reason: "already handled" }])
         const results = yield* hub.jobResults(HOST)
         expect(results.map((r) => [r.result.id, r.result.status])).toEqual([["job-1", "duplicate"], ["job-2", "failed"]])

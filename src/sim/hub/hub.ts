@@ -343,11 +343,15 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
     const isOverdue = (s: HostState, now: number) =>
       now - Option.getOrElse(s.lastSeen, () => startedAt) > overdueAfterSeconds * 1000
 
+    /** Handed out, but no result posted yet (e.g. an agent-update deferred to the update window). */
+    const unanswered = (s: HostState): ReadonlyArray<SignedJob> =>
+      s.handedOut.filter((j) => !s.results.some((r) => r.result.id === j.id))
+
     const envelopeOf = (s: HostState): ControlEnvelope => ({
       poll_interval_seconds: pollIntervalSeconds,
       blocked: s.blocked,
       desired_generation: s.generation,
-      has_signed_ops: s.queue.length > 0
+      has_signed_ops: s.queue.length > 0 || unanswered(s).length > 0
     })
 
     const setDesired = (hostId: string, desired: DesiredState) =>
@@ -559,8 +563,9 @@ export const makeDevHub = (options: DevHubOptions): Effect.Effect<DevHub, never,
 
     const signedJobs = Effect.gen(function*() {
       const host = yield* agentHost
-      // Handed out once: the queue empties as it is read.
-      const jobs = yield* modifyHost(host, (s) => [s.queue, { ...s, queue: [], handedOut: [...s.handedOut, ...s.queue] }] as const)
+      // The queue empties as it is read; a job handed out earlier whose result never came is handed
+      // out again (hub-protocol: redelivery until answered; the agent's idempotency makes it harmless)
+      const jobs = yield* modifyHost(host, (s) => [[...unanswered(s), ...s.queue], { ...s, queue: [], handedOut: [...s.handedOut, ...s.queue] }] as const)
       if (jobs.length > 0) yield* note(`${jobs.length} job(s) handed to ${host}`)
       const response: SignedJobsResponse = { jobs }
       return yield* json(200, response)
