@@ -16,15 +16,8 @@ import { JournalError } from "../../layers/Journal.js"
 export const END_REASONS = ["expired", "disabled", "consent_withdrawn", "interrupted", "start_failed"] as const
 export type EndReason = (typeof END_REASONS)[number]
 
-export interface Session {
-  readonly id: string
-  readonly opId: string
-  readonly jobId: string | null
-  readonly enabledAtMs: number
-  readonly untilMs: number
-  readonly signer: string
-  readonly fingerprint: string
-  readonly reason: string
+/** A recorded session: what the enable recorded, and how it ended. */
+export interface Session extends NewSession {
   readonly endedAtMs: number | null
   readonly endReason: EndReason | null
   readonly stopError: string | null
