@@ -24,7 +24,7 @@ import { BreakGlass, breakGlassLayer } from "../src/programs/breakglass/service.
 import { type DaemonState, initialState, runDaemon } from "../src/programs/daemon/loop.js"
 import { AgentConfigFile } from "../src/schema/config.js"
 import type { DesiredState } from "../src/schema/desired.js"
-import { makeAppHttpClient, makeDevHub } from "../src/sim/hub/index.js"
+import { type DevHub, makeAppHttpClient, makeDevHub } from "../src/sim/hub/index.js"
 import { makeSimHttpClient, makeSimPve, type SimPve } from "../src/sim/pve/index.js"
 import { dbFile, HOST, settle, SIGNERS } from "./engine-support.js"
 import { seedWith } from "./support.js"
@@ -42,6 +42,30 @@ const fileFor = (sim: SimPve) =>
   })
 
 /** A desired state with only the consent flag of interest (the seed's guests plan as pending destroys: never run unsigned). */
+/** One daemon's services over the shared simulator, hub and state database (what cli/daemon.ts wires). */
+const daemonServices = (o: {
+  readonly sim: SimPve
+  readonly hub: DevHub
+  readonly db: ReturnType<typeof layerAt>
+  readonly signers: Effect.Effect.Success<ReturnType<typeof parseSigners>>
+  readonly state: Ref.Ref<DaemonState>
+  readonly unit: ReturnType<typeof fakeUnit>
+  readonly file: ReturnType<typeof fileFor>
+}) =>
+  Layer.mergeAll(
+    ProxmoxWithoutClient.pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, makeSimHttpClient(o.sim, { reasonHeader: REASON_HEADER }))),
+      Layer.provide(ProxmoxSettingsLive)
+    ),
+    HubWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, makeAppHttpClient(o.hub.app))), Layer.provide(HubSettingsLive)),
+    JournalLive.pipe(Layer.provide(o.db)),
+    Layer.effect(Authz, makeAuthz({ hostId: HOST, signers: o.signers, clockSkewSeconds: 60 })).pipe(Layer.provide(o.db)),
+    GuestQueue.layer(4),
+    makeSystemdLayer({ systemctl: "/bin/false", systemdNotify: "/bin/false" }).pipe(Layer.provide(NodeContext.layer)),
+    // what cli/daemon.ts provides: the consent from this daemon's state, the unit (here a fake)
+    breakGlassLayer(consentOf(o.state)).pipe(Layer.provide(Layer.succeed(PrivilegedBreakGlass, o.unit.shape)), Layer.provide(o.db))
+  ).pipe(Layer.provideMerge(layerFrom(o.file)), Layer.orDie)
+
 const desiredWith = (consent: boolean): DesiredState => ({ generation: 0, guests: [], break_glass_consent: consent })
 
 const advance = (seconds: number) =>
@@ -67,19 +91,7 @@ describe("break-glass in the daemon", () => {
       const startDaemon = Effect.gen(function*() {
         const db = layerAt(path)
         const state = yield* Ref.make<DaemonState>(initialState)
-        const services = Layer.mergeAll(
-          ProxmoxWithoutClient.pipe(
-            Layer.provide(Layer.succeed(HttpClient.HttpClient, makeSimHttpClient(sim, { reasonHeader: REASON_HEADER }))),
-            Layer.provide(ProxmoxSettingsLive)
-          ),
-          HubWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, makeAppHttpClient(hub.app))), Layer.provide(HubSettingsLive)),
-          JournalLive.pipe(Layer.provide(db)),
-          Layer.effect(Authz, makeAuthz({ hostId: HOST, signers, clockSkewSeconds: 60 })).pipe(Layer.provide(db)),
-          GuestQueue.layer(4),
-          makeSystemdLayer({ systemctl: "/bin/false", systemdNotify: "/bin/false" }).pipe(Layer.provide(NodeContext.layer)),
-          // what cli/daemon.ts provides: the consent from this daemon's state, the unit (here a fake)
-          breakGlassLayer(consentOf(state)).pipe(Layer.provide(Layer.succeed(PrivilegedBreakGlass, unit.shape)), Layer.provide(db))
-        ).pipe(Layer.provideMerge(layerFrom(file)), Layer.orDie)
+        const services = daemonServices({ sim, hub, db, signers, state, unit, file })
         const poke = yield* Queue.sliding<void>(1)
         const fiber = yield* Effect.fork(runDaemon({ poke, state, alongside: startBreakGlass }).pipe(Effect.provide(services)))
         return { fiber, state, services }
@@ -116,18 +128,7 @@ describe("break-glass in the daemon", () => {
       const signers = yield* Effect.orDie(parseSigners(SIGNERS))
       const db = layerAt(path)
       const state = yield* Ref.make<DaemonState>(initialState)
-      const services = Layer.mergeAll(
-        ProxmoxWithoutClient.pipe(
-          Layer.provide(Layer.succeed(HttpClient.HttpClient, makeSimHttpClient(sim, { reasonHeader: REASON_HEADER }))),
-          Layer.provide(ProxmoxSettingsLive)
-        ),
-        HubWithoutClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, makeAppHttpClient(hub.app))), Layer.provide(HubSettingsLive)),
-        JournalLive.pipe(Layer.provide(db)),
-        Layer.effect(Authz, makeAuthz({ hostId: HOST, signers, clockSkewSeconds: 60 })).pipe(Layer.provide(db)),
-        GuestQueue.layer(4),
-        makeSystemdLayer({ systemctl: "/bin/false", systemdNotify: "/bin/false" }).pipe(Layer.provide(NodeContext.layer)),
-        breakGlassLayer(consentOf(state)).pipe(Layer.provide(Layer.succeed(PrivilegedBreakGlass, unit.shape)), Layer.provide(db))
-      ).pipe(Layer.provideMerge(layerFrom(file)), Layer.orDie)
+      const services = daemonServices({ sim, hub, db, signers, state, unit, file })
       yield* hub.setDesired(HOST, desiredWith(true))
       yield* hub.enqueueJob(HOST, enableJob({ until: iso(10 * HOUR), reason: REASON }))
       const poke = yield* Queue.sliding<void>(1)
